@@ -1,0 +1,143 @@
+/**
+ * Every metric tether exports, in one place.
+ *
+ * Series the Go prototype already exported keep their `cluster_proxy_*` names and labels so
+ * existing dashboards and alerts keep working; new series of those components use the same
+ * prefix. The engine's own series copy controller-runtime's shapes under `tether_`.
+ * Counters end in `_total`, durations in `_seconds`, sizes in `_bytes`, and every label value
+ * comes from a closed set (see the literal types below).
+ *
+ * @since 0.1.0
+ */
+import { Metric } from "effect"
+
+const secondsBuckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30]
+const connectionBuckets = [0.01, 0.1, 1, 10, 60, 300, 1800, 3600, 14400]
+
+// ---------------------------------------------------------------------------
+// managed-kubeconfig-provisioner
+// ---------------------------------------------------------------------------
+
+/** Label `result` of {@link refreshTotal}. */
+export type RefreshResult = "success" | "skipped" | "error"
+
+/** One increment per reconcile of the managed kubeconfig. Labels: `result`. */
+export const refreshTotal = Metric.counter("cluster_proxy_managed_kubeconfig_refresh_total", {
+  description: "Reconciles of the generated managed kubeconfig Secret, by result (success | skipped | error).",
+  incremental: true
+})
+
+/** Seconds until the current token expires; set at scrape time, so it counts down between syncs. */
+export const tokenExpirationSeconds = Metric.gauge("cluster_proxy_managed_kubeconfig_token_expiration_seconds", {
+  description: "Seconds until the token in the generated managed kubeconfig expires (0 when expired or absent)."
+})
+
+/** Absolute expiry of the current token, for exact alerts (`time() > x`). */
+export const tokenExpirationTimestampSeconds = Metric.gauge(
+  "cluster_proxy_managed_kubeconfig_token_expiration_timestamp_seconds",
+  { description: "Unix time at which the token in the generated managed kubeconfig expires." }
+)
+
+/** Duration of TokenRequest calls to the managed cluster. Labels: `result`. */
+export const tokenRequestDuration = Metric.histogram("cluster_proxy_managed_kubeconfig_token_request_duration_seconds", {
+  description: "Duration of TokenRequest calls against the managed cluster.",
+  boundaries: secondsBuckets
+})
+
+// ---------------------------------------------------------------------------
+// engine (controller-runtime shapes)
+// ---------------------------------------------------------------------------
+
+/** Label `result` of {@link reconcileTotal}. */
+export type ReconcileResult = "success" | "error" | "requeue_after"
+
+/** Reconciles per controller. Labels: `controller`, `result`. */
+export const reconcileTotal = Metric.counter("tether_reconcile_total", {
+  description: "Reconciles per controller, by result (success | error | requeue_after).",
+  incremental: true
+})
+
+/** Failed reconciles per controller. Labels: `controller`. */
+export const reconcileErrorsTotal = Metric.counter("tether_reconcile_errors_total", {
+  description: "Reconciles that returned an error, per controller.",
+  incremental: true
+})
+
+/** Reconcile duration per controller. Labels: `controller`. */
+export const reconcileTime = Metric.histogram("tether_reconcile_time_seconds", {
+  description: "Duration of one reconcile, per controller.",
+  boundaries: secondsBuckets
+})
+
+/** Watch (re)connections per resource. Labels: `resource`, `result` (connected | expired | error). */
+export const watchRestartsTotal = Metric.counter("tether_watch_restarts_total", {
+  description: "Watch connections started, by watched resource and why the previous one ended.",
+  incremental: true
+})
+
+// ---------------------------------------------------------------------------
+// managed-apiserver-proxy (raw TCP relay)
+// ---------------------------------------------------------------------------
+
+export const relayConnectionsTotal = Metric.counter("cluster_proxy_managed_apiserver_relay_connections_total", {
+  description: "TCP connections accepted by the managed apiserver relay.",
+  incremental: true
+})
+
+export const relayConnectionsActive = Metric.gauge("cluster_proxy_managed_apiserver_relay_connections_active", {
+  description: "TCP connections currently open through the managed apiserver relay."
+})
+
+export const relayDialErrorsTotal = Metric.counter("cluster_proxy_managed_apiserver_relay_dial_errors_total", {
+  description: "Failed dials from the managed apiserver relay to the managed apiserver.",
+  incremental: true
+})
+
+/** Bytes relayed. Labels: `direction` (upstream | downstream). */
+export const relayBytesTotal = Metric.counter("cluster_proxy_managed_apiserver_relay_bytes_total", {
+  description: "Bytes relayed, by direction (upstream = client to apiserver, downstream = apiserver to client).",
+  incremental: true
+})
+
+export const relayDialDuration = Metric.histogram("cluster_proxy_managed_apiserver_relay_dial_duration_seconds", {
+  description: "Time to connect to the managed apiserver.",
+  boundaries: secondsBuckets
+})
+
+export const relayConnectionDuration = Metric.histogram(
+  "cluster_proxy_managed_apiserver_relay_connection_duration_seconds",
+  { description: "Lifetime of relayed TCP connections.", boundaries: connectionBuckets }
+)
+
+// ---------------------------------------------------------------------------
+// service-relay (HTTP relay on the managed cluster)
+// ---------------------------------------------------------------------------
+
+/** Label `scheme` of {@link serviceRelayRequestsTotal}. */
+export type RelayScheme = "http" | "https" | "unknown" | "unsupported"
+
+/** Requests through the service relay. Labels: `scheme`, `result` (success | error). */
+export const serviceRelayRequestsTotal = Metric.counter("cluster_proxy_service_relay_requests_total", {
+  description: "Requests handled by the service relay, by target scheme and result.",
+  incremental: true
+})
+
+export const serviceRelayRequestDuration = Metric.histogram("cluster_proxy_service_relay_request_duration_seconds", {
+  description: "Duration of requests through the service relay (until response headers).",
+  boundaries: secondsBuckets
+})
+
+// ---------------------------------------------------------------------------
+// service-proxy
+// ---------------------------------------------------------------------------
+
+/** Requests through the service proxy. Labels: `mode` (Direct | Disabled | BestEffort | Relay), `target`, `result`. */
+export const serviceProxyRequestsTotal = Metric.counter("cluster_proxy_service_proxy_requests_total", {
+  description: "Requests handled by the service proxy, by hosted mode, target kind and result.",
+  incremental: true
+})
+
+export const serviceProxyRequestDuration = Metric.histogram("cluster_proxy_service_proxy_request_duration_seconds", {
+  description: "Duration of requests through the service proxy (until response headers).",
+  boundaries: secondsBuckets
+})
