@@ -62,7 +62,7 @@ export interface KubeClient {
   /** Full replace guarded by `secret.metadata.resourceVersion` (409 Conflict when stale). */
   readonly replaceSecret: (namespace: string, secret: V1Secret) => Effect.Effect<V1Secret, KubeError>
   readonly deleteSecret: (namespace: string, name: string) => Effect.Effect<void, KubeError>
-  readonly watchSecrets: (namespace: string, options?: WatchOptions) => Stream.Stream<WatchEvent<V1Secret>, KubeError>
+  readonly watchSecrets: (namespace: string, options?: WatchOptions) => Stream.Stream<WatchEvent<V1Secret>>
 
   readonly createEvent: (namespace: string, event: CoreV1Event) => Effect.Effect<CoreV1Event, KubeError>
 
@@ -87,7 +87,7 @@ export interface KubeClient {
     resource: CustomResource,
     namespace: string,
     options?: WatchOptions
-  ) => Stream.Stream<WatchEvent<CustomObject>, KubeError>
+  ) => Stream.Stream<WatchEvent<CustomObject>>
 
   readonly getLease: (namespace: string, name: string) => Effect.Effect<V1Lease, KubeError>
   readonly createLease: (namespace: string, lease: V1Lease) => Effect.Effect<V1Lease, KubeError>

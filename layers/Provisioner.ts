@@ -1,0 +1,71 @@
+/**
+ * Composition root of the managed-kubeconfig provisioner, used by `tether
+ * managed-kubeconfig-provisioner` and by controllers that embed the provisioner.
+ *
+ * - {@link layerNoDeps}: the running provisioner; the caller provides the cluster clients
+ *   ({@link HostingCluster}, and {@link HubCluster} when an add-on is tracked), {@link Probes}
+ *   and a `FileSystem`.
+ * - {@link layer}: the same with clients built from kubeconfig paths (in-cluster when absent).
+ *
+ * @since 0.1.0
+ */
+import { NodeServices } from "@effect/platform-node"
+import { Effect, Layer } from "effect"
+import * as ClientNodeKube from "../src/kube/ClientNodeKube.ts"
+import { EventRecorder } from "../src/kube/EventRecorder.ts"
+import { HostingCluster, HubCluster } from "../src/kube/KubeClient.ts"
+import { AddonStatus } from "../src/provisioner/AddonStatus.ts"
+import * as Provisioner from "../src/provisioner/Provisioner.ts"
+import { TokenState } from "../src/provisioner/Reconciler.ts"
+import { SecretStore } from "../src/provisioner/SecretStore.ts"
+import { TokenIssuer } from "../src/provisioner/TokenIssuer.ts"
+
+export type Options = Provisioner.Options
+
+const component = "cluster-proxy-managed-kubeconfig-provisioner"
+
+/** The ports of the reconciler except the hub, backed by the hosting cluster client. @category layers */
+export const layerPorts = Layer.mergeAll(SecretStore.layer, TokenIssuer.layer, EventRecorder.layer(component), TokenState.layer)
+
+/**
+ * The provisioner running in the background of the layer's scope. Needs {@link HostingCluster},
+ * {@link AddonStatus} (use `AddonStatus.layerUntracked` without a hub), {@link Probes}, a
+ * `FileSystem`, and optionally {@link HubCluster} (to watch the add-on).
+ *
+ * @category layers
+ */
+export const layerNoDeps = (options: Provisioner.Options) =>
+  Layer.effectDiscard(Effect.forkScoped(Provisioner.run(options))).pipe(Layer.provide(layerPorts))
+
+/** Where the clusters are. @category models */
+export interface Clusters {
+  /** Hosting cluster kubeconfig; undefined means in-cluster. */
+  readonly hostingKubeconfig: string | undefined
+  /** Hub kubeconfig; undefined means no hub (no condition, no add-on deletion tracking). */
+  readonly hubKubeconfig: string | undefined
+}
+
+const hostingLayer = (path: string | undefined) =>
+  ClientNodeKube.layer(HostingCluster, { cluster: "hosting", path, userAgent: component })
+
+/** The provisioner with its cluster clients and a file system; needs {@link Probes}. @category layers */
+export const layer = (options: Provisioner.Options, clusters: Clusters) => {
+  const { addon } = options
+  const hub = clusters.hubKubeconfig === undefined || addon === undefined
+    ? AddonStatus.layerUntracked
+    : AddonStatus.layer(addon).pipe(
+      Layer.provideMerge(ClientNodeKube.layer(HubCluster, { cluster: "hub", path: clusters.hubKubeconfig, userAgent: component }))
+    )
+  return layerNoDeps(options).pipe(
+    Layer.provide(hub),
+    Layer.provide(hostingLayer(clusters.hostingKubeconfig)),
+    Layer.provide(NodeServices.layer)
+  )
+}
+
+/** `--cleanup`: delete the generated Secret once, reporting an event. @category layers */
+export const cleanup = (target: Provisioner.Options["target"], clusters: Pick<Clusters, "hostingKubeconfig">) =>
+  Provisioner.cleanup(target).pipe(
+    Effect.provide(Layer.mergeAll(SecretStore.layer, EventRecorder.layer(component))),
+    Effect.provide(hostingLayer(clusters.hostingKubeconfig))
+  )

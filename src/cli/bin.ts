@@ -1,0 +1,27 @@
+#!/usr/bin/env node
+/**
+ * The `tether` command: one subcommand per component.
+ *
+ * @since 0.1.0
+ */
+import { NodeRuntime, NodeServices } from "@effect/platform-node"
+import { Effect } from "effect"
+import { Command } from "effect/cli"
+import * as ManagedKubeconfigProvisioner from "./commands/ManagedKubeconfigProvisioner.ts"
+
+const major = Number(process.versions.node.split(".")[0])
+if (major < 24) {
+  process.stderr.write(`tether needs Node 24 or newer; this is ${process.version}. Use \`npm run tether -- ...\`.\n`)
+  process.exit(1)
+}
+
+const tether = Command.make("tether").pipe(
+  Command.withDescription("Hosted-mode credential and relay engine for Open Cluster Management add-ons"),
+  Command.withSubcommands([ManagedKubeconfigProvisioner.command])
+)
+
+tether.pipe(
+  Command.run({ version: "0.1.0" }),
+  Effect.provide(NodeServices.layer),
+  NodeRuntime.runMain
+)

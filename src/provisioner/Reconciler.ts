@@ -1,0 +1,385 @@
+/**
+ * One reconcile of one cluster's managed kubeconfig: read the world, act once, report, and say
+ * when to look again.
+ *
+ * The algorithm, in order:
+ * - If the hub add-on is gone or being deleted, delete the generated Secret and never write it
+ *   again (the prototype's cleanup Job raced with a provisioner that re-created it).
+ * - Read and validate the source kubeconfig. A missing or unusable source is reported
+ *   (condition False, a Warning event) and waited on; it never touches the generated Secret.
+ * - Read the generated Secret. It is refreshed when it is missing or unreadable, when the source
+ *   changed (hash), or when {@link RefreshPolicy.decide} says so; otherwise we wait until the
+ *   scheduled refresh time.
+ * - Refresh = one TokenRequest and one write. Just before writing, the add-on is checked again.
+ * - When TokenRequest fails and the current token is still valid, the token keeps serving
+ *   (stale-while-revalidate) and the failure is retried with backoff; only an expired or missing
+ *   token turns the condition False.
+ *
+ * Only the generated Secret's own annotations and data keys are written: labels, annotations
+ * and keys that others added survive every write.
+ *
+ * @since 0.1.0
+ */
+import type { V1Secret } from "@kubernetes/client-node"
+import { Clock, Context, Duration, Effect, FileSystem, Layer, Metric, Option, Ref, Result, Schema } from "effect"
+import { createHash } from "node:crypto"
+import * as Kubeconfig from "../domain/Kubeconfig.ts"
+import * as ManagedKubeconfigSecret from "../domain/ManagedKubeconfigSecret.ts"
+import * as RefreshPolicy from "../domain/RefreshPolicy.ts"
+import * as Controller from "../kube/Controller.ts"
+import { EventRecorder, type ObjectReference } from "../kube/EventRecorder.ts"
+import type * as KubeError from "../kube/KubeError.ts"
+import * as Metrics from "../observability/Metrics.ts"
+import { AddonStatus, type DesiredCondition } from "./AddonStatus.ts"
+import { SecretStore } from "./SecretStore.ts"
+import { TokenIssuer } from "./TokenIssuer.ts"
+
+/** A namespaced object name. @category models */
+export interface ObjectName {
+  readonly namespace: string
+  readonly name: string
+}
+
+/** Everything one cluster's reconcile needs; the cluster name is the key. @category models */
+export interface ClusterSpec {
+  readonly clusterName: string
+  readonly source: ObjectName
+  readonly target: ObjectName
+  readonly serviceAccount: ObjectName
+  readonly settings: RefreshPolicy.ValidatedSettings
+}
+
+/** The last token the provisioner knows to be in place, per cluster (gauges and readiness). @category services */
+export class TokenState extends Context.Service<TokenState, Ref.Ref<ReadonlyMap<string, RefreshPolicy.TokenLifetime>>>()(
+  "tether/provisioner/TokenState"
+) {
+  static readonly layer = Layer.effect(TokenState, Ref.make<ReadonlyMap<string, RefreshPolicy.TokenLifetime>>(new Map()))
+}
+
+/** A reconcile that failed and should be retried with backoff. @category errors */
+export class ReconcileFailed extends Schema.TaggedError<ReconcileFailed>()("ReconcileFailed", {
+  cluster: Schema.String,
+  message: Schema.String
+}) {}
+
+/** What one reconcile found and did. @category models */
+export type Outcome =
+  | { readonly _tag: "Removed"; readonly deleted: boolean; readonly why: "Absent" | "Deleting" }
+  | { readonly _tag: "Fresh"; readonly lifetime: RefreshPolicy.TokenLifetime; readonly until: number }
+  | { readonly _tag: "Written"; readonly created: boolean; readonly lifetime: RefreshPolicy.TokenLifetime; readonly until: number }
+  | { readonly _tag: "Stale"; readonly lifetime: RefreshPolicy.TokenLifetime; readonly problem: Problem }
+  | { readonly _tag: "Failed"; readonly problem: Problem }
+
+/** Why there is no usable kubeconfig; `reason` is the condition reason. @category models */
+export interface Problem {
+  readonly reason:
+    | "SourceSecretNotFound"
+    | "SourceKubeconfigInvalid"
+    | "ServiceAccountNotFound"
+    | "TokenRequestForbidden"
+    | "TokenRequestFailed"
+    | "TargetWriteFailed"
+    | "HostingClusterUnavailable"
+  readonly message: string
+  /** Whether retrying without any change can help (otherwise we wait for the source to change). */
+  readonly retryable: boolean
+}
+
+const secretRef = (target: ObjectName): ObjectReference => ({ apiVersion: "v1", kind: "Secret", ...target })
+
+const describe = (name: ObjectName) => `${name.namespace}/${name.name}`
+
+/** A stable jitter fraction per token, so restarts do not move the refresh time. */
+const jitterFraction = (sourceHash: string, lifetime: RefreshPolicy.TokenLifetime): number =>
+  Number.parseInt(createHash("sha256").update(`${sourceHash}:${lifetime.issuedAt}`).digest("hex").slice(0, 8), 16) /
+  2 ** 32
+
+const scheduledAt = (spec: ClusterSpec, sourceHash: string, lifetime: RefreshPolicy.TokenLifetime) =>
+  RefreshPolicy.scheduledRefreshAt(lifetime, spec.settings, jitterFraction(sourceHash, lifetime))
+
+const kubeProblem = (spec: ClusterSpec, error: KubeError.KubeError): Problem => {
+  const sa = describe(spec.serviceAccount)
+  switch (error.reason) {
+    case "NotFound":
+      return { reason: "ServiceAccountNotFound", retryable: true, message: `serviceaccount ${sa} does not exist on the managed cluster yet: ${error.detail}` }
+    case "Forbidden":
+    case "Unauthorized":
+      return {
+        reason: "TokenRequestForbidden",
+        retryable: true,
+        message: `the source kubeconfig's credentials may not create a token for serviceaccount ${sa} (grant create on serviceaccounts/token): ${error.reason}: ${error.detail}`
+      }
+    default:
+      return { reason: "TokenRequestFailed", retryable: true, message: error.message }
+  }
+}
+
+/** Read, parse and inline the source kubeconfig; a Problem when it cannot be used. */
+const loadSource = Effect.fnUntraced(function*(spec: ClusterSpec) {
+  const store = yield* SecretStore
+  const fs = yield* FileSystem.FileSystem
+  const where = `source secret ${describe(spec.source)}`
+  const found = yield* store.get(spec.source.namespace, spec.source.name).pipe(
+    Effect.mapError((error): Problem => ({ reason: "HostingClusterUnavailable", retryable: true, message: error.message }))
+  )
+  if (Option.isNone(found)) {
+    return yield* Effect.fail<Problem>({ reason: "SourceSecretNotFound", retryable: false, message: `${where} does not exist` })
+  }
+  const encoded = found.value.data?.["kubeconfig"]
+  if (encoded === undefined || encoded === "") {
+    return yield* Effect.fail<Problem>({ reason: "SourceKubeconfigInvalid", retryable: false, message: `${where} has no "kubeconfig" key` })
+  }
+  const text = Buffer.from(encoded, "base64").toString("utf8")
+  const parsed = Kubeconfig.parseSource(text)
+  if (Result.isFailure(parsed)) {
+    return yield* Effect.fail<Problem>({ reason: "SourceKubeconfigInvalid", retryable: false, message: `${where}: ${parsed.failure.message}` })
+  }
+  let source = parsed.success
+  const caFile = source.cluster.caFile
+  if (caFile !== undefined) {
+    const pem = yield* fs.readFileString(caFile).pipe(
+      Effect.mapError((): Problem => ({
+        reason: "SourceKubeconfigInvalid",
+        retryable: false,
+        message: `${where}: certificate-authority file ${caFile} cannot be read here; use certificate-authority-data`
+      }))
+    )
+    source = { ...source, cluster: Kubeconfig.inlineCertificateAuthority(source.cluster, pem) }
+  }
+  return { source, hash: Kubeconfig.sourceHash(text) }
+})
+
+/** The Secret we write: ours merged into what is there, so others' metadata and keys survive. */
+const targetSecret = (
+  spec: ClusterSpec,
+  existing: Option.Option<V1Secret>,
+  contents: { readonly data: Record<string, string>; readonly annotations: Record<string, string> }
+): V1Secret => {
+  const current = Option.getOrUndefined(existing)
+  return {
+    apiVersion: "v1",
+    kind: "Secret",
+    type: current?.type ?? "Opaque",
+    metadata: {
+      ...current?.metadata,
+      name: spec.target.name,
+      namespace: spec.target.namespace,
+      annotations: ManagedKubeconfigSecret.mergeMetadata(current?.metadata?.annotations ?? {}, contents.annotations)
+    },
+    data: { ...current?.data, ...contents.data }
+  }
+}
+
+/**
+ * Look at the world and act once. Never fails: every failure is an {@link Outcome}.
+ *
+ * @category reconciliation
+ */
+export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(spec: ClusterSpec) {
+  const store = yield* SecretStore
+  const addon = yield* AddonStatus
+  const issuer = yield* TokenIssuer
+
+  // A hub we cannot reach must not stop the kubeconfig from being kept alive.
+  const addonGone = addon.observe.pipe(
+    Effect.map((state) => (state._tag === "Absent" || state._tag === "Deleting" ? state._tag : undefined)),
+    Effect.catch((error) => Effect.as(Effect.logWarning("cannot read the hub add-on", { error: error.message }), undefined))
+  )
+  const remove = (why: "Absent" | "Deleting") =>
+    store.delete(spec.target.namespace, spec.target.name).pipe(
+      Effect.map((deleted): Outcome => ({ _tag: "Removed", deleted, why })),
+      Effect.catch((error) =>
+        Effect.succeed<Outcome>({ _tag: "Failed", problem: { reason: "HostingClusterUnavailable", retryable: true, message: error.message } })
+      )
+    )
+
+  const gone = yield* addonGone
+  if (gone !== undefined) return yield* remove(gone)
+
+  const loaded = yield* Effect.result(loadSource(spec))
+  if (Result.isFailure(loaded)) return { _tag: "Failed", problem: loaded.failure } satisfies Outcome
+  const { hash, source } = loaded.success
+
+  const existing = yield* Effect.result(store.get(spec.target.namespace, spec.target.name))
+  if (Result.isFailure(existing)) {
+    return { _tag: "Failed", problem: { reason: "HostingClusterUnavailable", retryable: true, message: existing.failure.message } } satisfies Outcome
+  }
+  const observed = ManagedKubeconfigSecret.observe(
+    Option.match(existing.success, {
+      onNone: () => undefined,
+      onSome: (s) => ({ data: s.data ?? {}, annotations: s.metadata?.annotations ?? {} })
+    })
+  )
+  const now = yield* Clock.currentTimeMillis
+  const current = observed._tag === "Present" ? observed : undefined
+  if (current !== undefined && current.sourceHash === hash) {
+    const decision = RefreshPolicy.decide({
+      now,
+      lifetime: current.lifetime,
+      settings: spec.settings,
+      jitterFraction: jitterFraction(hash, current.lifetime)
+    })
+    if (decision._tag === "Wait") return { _tag: "Fresh", lifetime: current.lifetime, until: decision.until } satisfies Outcome
+  }
+
+  // Refresh: exactly one TokenRequest, then one write.
+  const issued = yield* issuer.request({
+    source,
+    sourceHash: hash,
+    namespace: spec.serviceAccount.namespace,
+    name: spec.serviceAccount.name,
+    expirationSeconds: RefreshPolicy.expirationSeconds(spec.settings.tokenExpiration)
+  }).pipe(
+    Effect.tap(() => Effect.logInfo("issued a managed serviceaccount token", { cluster: spec.clusterName })),
+    Effect.result
+  )
+  if (Result.isFailure(issued)) {
+    const problem = kubeProblem(spec, issued.failure)
+    const stillValid = current !== undefined && !RefreshPolicy.isExpired(now, current.lifetime)
+    return (stillValid ? { _tag: "Stale", lifetime: current.lifetime, problem } : { _tag: "Failed", problem }) satisfies Outcome
+  }
+  const lifetime = { issuedAt: issued.success.issuedAt, expiresAt: issued.success.expiresAt }
+
+  const goneNow = yield* addonGone
+  if (goneNow !== undefined) return yield* remove(goneNow)
+
+  const kubeconfig = Kubeconfig.buildManaged({ cluster: source.cluster, token: issued.success.token })
+  const contents = ManagedKubeconfigSecret.desired({ kubeconfig, token: issued.success.token, lifetime, sourceHash: hash })
+  const secret = targetSecret(spec, existing.success, contents)
+  const write = Option.isSome(existing.success)
+    ? store.replace(spec.target.namespace, secret)
+    : store.create(spec.target.namespace, secret)
+  const written = yield* Effect.result(write)
+  if (Result.isFailure(written)) {
+    const problem: Problem = { reason: "TargetWriteFailed", retryable: true, message: written.failure.message }
+    const stillValid = current !== undefined && !RefreshPolicy.isExpired(now, current.lifetime)
+    return (stillValid ? { _tag: "Stale", lifetime: current.lifetime, problem } : { _tag: "Failed", problem }) satisfies Outcome
+  }
+  return {
+    _tag: "Written",
+    created: Option.isNone(existing.success),
+    lifetime,
+    until: scheduledAt(spec, hash, lifetime)
+  } satisfies Outcome
+})
+
+const expiresText = (lifetime: RefreshPolicy.TokenLifetime) => new Date(lifetime.expiresAt).toISOString().replace(/\.\d{3}Z$/, "Z")
+
+/** The condition an outcome should leave on the hub (undefined: leave it as it is). */
+export const conditionFor = (spec: ClusterSpec, outcome: Outcome, current: { status: string; reason: string } | undefined): DesiredCondition | undefined => {
+  const target = describe(spec.target)
+  switch (outcome._tag) {
+    case "Removed":
+      return undefined
+    case "Written":
+      return {
+        status: "True",
+        reason: outcome.created ? "ManagedKubeconfigCreated" : "ManagedKubeconfigUpdated",
+        message: `Synced generated managed kubeconfig secret ${target}; token expires at ${expiresText(outcome.lifetime)}`
+      }
+    case "Fresh":
+      // Created/Updated already say the Secret is good; rewriting them as "Fresh" would only add a write.
+      if (current?.status === "True" && ["ManagedKubeconfigCreated", "ManagedKubeconfigUpdated", "ManagedKubeconfigFresh"].includes(current.reason)) {
+        return undefined
+      }
+      return {
+        status: "True",
+        reason: "ManagedKubeconfigFresh",
+        message: `Generated managed kubeconfig secret ${target} is fresh; token expires at ${expiresText(outcome.lifetime)}`
+      }
+    case "Stale":
+      return {
+        status: "True",
+        reason: "ManagedKubeconfigRefreshPending",
+        message: `Refreshing the token failed (${outcome.problem.reason}: ${outcome.problem.message}); the current token stays valid until ${expiresText(outcome.lifetime)}`
+      }
+    case "Failed":
+      return { status: "False", reason: outcome.problem.reason, message: outcome.problem.message }
+  }
+}
+
+/**
+ * Report an outcome (condition, events, metrics, token state) and turn it into the next action.
+ *
+ * @category reconciliation
+ */
+export const report = Effect.fn("Provisioner.report")(function*(spec: ClusterSpec, outcome: Outcome) {
+  const addon = yield* AddonStatus
+  const events = yield* EventRecorder
+  const tokens = yield* TokenState
+  const regarding = secretRef(spec.target)
+  const count = (result: Metrics.RefreshResult) => Metric.update(Metric.withAttributes(Metrics.refreshTotal, { result }), 1)
+
+  const state = yield* addon.observe.pipe(Effect.orElseSucceed(() => undefined))
+  const current = state?._tag === "Present" ? state.condition : undefined
+  const desired = conditionFor(spec, outcome, current)
+  if (desired !== undefined && state?._tag === "Present") {
+    yield* addon.setCondition(desired).pipe(
+      Effect.catch((error) =>
+        events.record({ type: "Warning", reason: "ManagedKubeconfigConditionPatchFailed", message: error.message, regarding })
+      )
+    )
+  }
+
+  const setToken = (lifetime: RefreshPolicy.TokenLifetime | undefined) =>
+    Ref.update(tokens, (all) => {
+      const next = new Map(all)
+      if (lifetime === undefined) next.delete(spec.clusterName)
+      else next.set(spec.clusterName, lifetime)
+      return next
+    })
+  const now = yield* Clock.currentTimeMillis
+  const waitUntil = (until: number) => Controller.requeueAfter(Duration.millis(Math.max(0, until - now)))
+
+  switch (outcome._tag) {
+    case "Removed": {
+      yield* setToken(undefined)
+      yield* count("skipped")
+      if (outcome.deleted) {
+        yield* events.record({
+          type: "Normal",
+          reason: "ManagedKubeconfigCleaned",
+          message: `Deleted generated managed kubeconfig secret ${describe(spec.target)}: the add-on is ${outcome.why === "Absent" ? "gone" : "being deleted"}`,
+          regarding
+        })
+      }
+      return Controller.awaitChange
+    }
+    case "Fresh": {
+      yield* setToken(outcome.lifetime)
+      yield* count("skipped")
+      return waitUntil(outcome.until)
+    }
+    case "Written": {
+      yield* setToken(outcome.lifetime)
+      yield* count("success")
+      yield* events.record({
+        type: "Normal",
+        reason: outcome.created ? "ManagedKubeconfigCreated" : "ManagedKubeconfigUpdated",
+        message: `${outcome.created ? "Created" : "Updated"} generated managed kubeconfig secret ${describe(spec.target)}; token expires at ${expiresText(outcome.lifetime)}`,
+        regarding
+      })
+      return waitUntil(outcome.until)
+    }
+    case "Stale": {
+      yield* setToken(outcome.lifetime)
+      yield* count("error")
+      yield* events.record({ type: "Warning", reason: "ManagedKubeconfigRefreshFailed", message: outcome.problem.message, regarding })
+      return yield* new ReconcileFailed({ cluster: spec.clusterName, message: outcome.problem.message })
+    }
+    case "Failed": {
+      yield* count("error")
+      yield* events.record({ type: "Warning", reason: "ManagedKubeconfigSyncFailed", message: outcome.problem.message, regarding })
+      if (!outcome.problem.retryable) return Controller.awaitChange
+      return yield* new ReconcileFailed({ cluster: spec.clusterName, message: outcome.problem.message })
+    }
+  }
+})
+
+/**
+ * `observeAndAct` then `report`: the function the controller runs per key.
+ *
+ * @category reconciliation
+ */
+export const reconcile = (spec: ClusterSpec) => Effect.flatMap(observeAndAct(spec), (outcome) => report(spec, outcome))
+
