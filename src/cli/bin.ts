@@ -5,8 +5,8 @@
  * @since 0.1.0
  */
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
-import { Effect } from "effect"
-import { Command } from "effect/cli"
+import { Console, Effect } from "effect"
+import { CliError, Command } from "effect/cli"
 import * as ManagedKubeconfigProvisioner from "./commands/ManagedKubeconfigProvisioner.ts"
 
 const major = Number(process.versions.node.split(".")[0])
@@ -22,6 +22,11 @@ const tether = Command.make("tether").pipe(
 
 tether.pipe(
   Command.run({ version: "0.1.0" }),
+  // Command-line errors are already rendered by Command.run; anything else is a typed error
+  // whose message says what to do, so print that instead of a stack trace.
+  Effect.tapError((error) =>
+    CliError.isCliError(error) ? Effect.void : Console.error(`error: ${error.message}`)
+  ),
   Effect.provide(NodeServices.layer),
-  NodeRuntime.runMain
+  (main) => NodeRuntime.runMain(main, { disableErrorReporting: true })
 )

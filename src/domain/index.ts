@@ -1,0 +1,23 @@
+/**
+ * tether's pure domain core: durations, the token refresh policy, kubeconfig reading and
+ * building, the generated Secret's contract, condition math and server endpoints.
+ *
+ * Invariants of this area:
+ * - Modules here MUST NOT do I/O: no `node:fs`, no network, no `@kubernetes/client-node`
+ *   requests, no clock reads. The time is always a parameter (`now`, epoch milliseconds) and
+ *   randomness is passed in (`jitterFraction`).
+ * - Failures are values (`Result` with `Schema.TaggedError`s), never thrown; the one
+ *   exception is a documented programming-error defect (`Kubeconfig.buildManaged` with a
+ *   pending CA file).
+ * - Tokens and private keys MUST stay inside `Redacted` and MUST NOT appear in error
+ *   messages; messages name fields, flags and objects, never credential material or YAML.
+ *
+ * @since 0.1.0
+ */
+export * as Conditions from "./Conditions.ts"
+export * as GoDuration from "./GoDuration.ts"
+export * as Kubeconfig from "./Kubeconfig.ts"
+export * as ListenAddress from "./ListenAddress.ts"
+export * as ManagedKubeconfigSecret from "./ManagedKubeconfigSecret.ts"
+export * as RefreshPolicy from "./RefreshPolicy.ts"
+export * as ServerEndpoint from "./ServerEndpoint.ts"

@@ -1,0 +1,283 @@
+/**
+ * The managed-kubeconfig provisioner against three real kube-apiservers: hosting (source and
+ * generated Secrets), managed (ServiceAccount, TokenRequest, TokenReview) and hub
+ * (ManagedClusterAddOn condition). Each test uses its own cluster name and namespaces.
+ */
+import { NodeServices } from "@effect/platform-node"
+import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { AuthenticationV1Api, CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api, type V1Secret } from "@kubernetes/client-node"
+import { Context, Duration, Effect, Exit, Layer, Logger, Scope } from "effect"
+import * as ChildProcess from "node:child_process"
+import * as Path from "node:path"
+import * as ProvisionerLayers from "../../layers/Provisioner.ts"
+import * as Conditions from "../../src/domain/Conditions.ts"
+import * as ManagedKubeconfigSecret from "../../src/domain/ManagedKubeconfigSecret.ts"
+import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
+import { HostingCluster, HubCluster } from "../../src/kube/KubeClient.ts"
+import { Probes } from "../../src/observability/Probes.ts"
+import { AddonStatus } from "../../src/provisioner/AddonStatus.ts"
+import type * as Provisioner from "../../src/provisioner/Provisioner.ts"
+import { Apiserver, EnvtestAssets, Fixtures } from "../../src/testing/index.ts"
+import { eventually, expect } from "../support/eventually.ts"
+
+const call = <A>(f: () => Promise<A>): Effect.Effect<A, unknown> => Effect.tryPromise({ try: f, catch: (e) => e })
+const b64 = (s: string) => Buffer.from(s).toString("base64")
+const unb64 = (s: string | undefined) => Buffer.from(s ?? "", "base64").toString("utf8")
+const { group, plural, version } = Fixtures.managedClusterAddOnResource
+
+/** Every log line the provisioners of this file write, checked for tokens at the end. */
+const logLines: Array<string> = []
+const seenTokens = new Set<string>()
+const captureLogs = Logger.layer([Logger.map(Logger.formatJson, (line) => void logLines.push(line))])
+
+describe.skipIf(EnvtestAssets.resolveSync() === undefined)("managed-kubeconfig-provisioner (real apiservers)", () => {
+  let scope: Scope.Closeable
+  let hub: Apiserver.ApiserverInfo
+  let hosting: Apiserver.ApiserverInfo
+  let managed: Apiserver.ApiserverInfo
+
+  beforeAll(async () => {
+    scope = await Effect.runPromise(Scope.make("parallel"))
+    ;[hub, hosting, managed] = await Effect.runPromise(
+      Effect.all([
+        Apiserver.make({ name: "hub", crds: [Fixtures.managedClusterAddOnCrd] }),
+        Apiserver.make({ name: "hosting" }),
+        Apiserver.make({ name: "managed" })
+      ], { concurrency: "unbounded" }).pipe(Scope.provide(scope))
+    )
+  })
+
+  afterAll(async () => {
+    if (scope !== undefined) await Effect.runPromise(Scope.close(scope, Exit.void))
+  })
+
+  const api = {
+    hostingCore: () => Apiserver.kubeConfig(hosting).makeApiClient(CoreV1Api),
+    managedCore: () => Apiserver.kubeConfig(managed).makeApiClient(CoreV1Api),
+    managedAuthn: () => Apiserver.kubeConfig(managed).makeApiClient(AuthenticationV1Api),
+    managedRbac: () => Apiserver.kubeConfig(managed).makeApiClient(RbacAuthorizationV1Api),
+    hubCustom: () => Apiserver.kubeConfig(hub).makeApiClient(CustomObjectsApi)
+  }
+
+  /** Namespaces, source Secret, managed ServiceAccount and hub add-on for one cluster. */
+  const setUp = Effect.fn(function*(cluster: string, sourceKubeconfig?: string) {
+    const agentNamespace = `agent-${cluster}`
+    yield* Apiserver.createNamespace(hosting, cluster)
+    yield* Apiserver.createNamespace(hosting, agentNamespace)
+    yield* Apiserver.createNamespace(managed, agentNamespace)
+    yield* Apiserver.createNamespace(hub, cluster)
+    yield* call(() => api.managedCore().createNamespacedServiceAccount({ namespace: agentNamespace, body: { metadata: { name: "cluster-proxy" } } }))
+    yield* writeSource(cluster, sourceKubeconfig ?? managed.kubeconfigYaml, "create")
+    yield* call(() =>
+      api.hubCustom().createNamespacedCustomObject({
+        group,
+        version,
+        plural,
+        namespace: cluster,
+        body: { apiVersion: `${group}/${version}`, kind: "ManagedClusterAddOn", metadata: { name: "cluster-proxy" }, spec: { installNamespace: agentNamespace } }
+      })
+    )
+    const options: Provisioner.Options = {
+      clusterName: cluster,
+      source: { namespace: cluster, name: "external-managed-kubeconfig" },
+      target: { namespace: agentNamespace, name: "cluster-proxy-managed-kubeconfig" },
+      serviceAccount: { namespace: agentNamespace, name: "cluster-proxy" },
+      settings: { tokenExpiration: Duration.hours(1), refreshBefore: Duration.minutes(5) },
+      syncInterval: Duration.minutes(5),
+      addon: { namespace: cluster, name: "cluster-proxy" }
+    }
+    return options
+  })
+
+  const writeSource = (cluster: string, kubeconfig: string, mode: "create" | "replace") =>
+    call(() => {
+      const body: V1Secret = { metadata: { name: "external-managed-kubeconfig", namespace: cluster }, data: { kubeconfig: b64(kubeconfig) } }
+      return mode === "create"
+        ? api.hostingCore().createNamespacedSecret({ namespace: cluster, body })
+        : api.hostingCore().replaceNamespacedSecret({ namespace: cluster, name: "external-managed-kubeconfig", body })
+    })
+
+  /** Start a provisioner in the test's scope; returns its probes. */
+  const start = Effect.fn(function*(options: Provisioner.Options) {
+    const clusters = Layer.mergeAll(
+      Layer.succeed(HostingCluster, ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(hosting) })),
+      Layer.succeed(HubCluster, ClientNodeKube.make({ cluster: "hub", kubeConfig: Apiserver.kubeConfig(hub) }))
+    )
+    const stack = ProvisionerLayers.layerNoDeps(options).pipe(
+      Layer.provide(AddonStatus.layer(options.addon!)),
+      Layer.provideMerge(Probes.layerNoServer),
+      Layer.provide(clusters),
+      Layer.provide(NodeServices.layer),
+      Layer.provide(captureLogs)
+    )
+    const context = yield* Layer.build(stack)
+    return Context.get(context, Probes)
+  })
+
+  const readTarget = (options: Provisioner.Options) =>
+    call(() => api.hostingCore().readNamespacedSecret(options.target))
+
+  const targetReady = (options: Provisioner.Options) =>
+    eventually(readTarget(options))
+
+  const condition = (options: Provisioner.Options) =>
+    call(() => api.hubCustom().getNamespacedCustomObject({ group, version, plural, namespace: options.addon!.namespace, name: options.addon!.name })).pipe(
+      Effect.map((object) =>
+        Conditions.findCondition(((object as { status?: { conditions?: Array<Conditions.Condition> } }).status?.conditions ?? []), "ManagedKubeconfigReady")
+      )
+    )
+
+  const remember = (secret: V1Secret) => {
+    const token = unb64(secret.data?.["token"])
+    if (token !== "") seenTokens.add(token)
+    return token
+  }
+
+  it.live("creates the Secret whose token authenticates as the managed ServiceAccount, and reports Ready", () =>
+    Effect.gen(function*() {
+      const options = yield* setUp("c-create")
+      const probes = yield* start(options)
+      const secret = yield* targetReady(options)
+      const token = remember(secret)
+      assert.strictEqual(secret.type, "Opaque")
+      const annotations = secret.metadata?.annotations ?? {}
+      assert.isDefined(annotations[ManagedKubeconfigSecret.expirationAnnotation])
+      assert.isDefined(annotations[ManagedKubeconfigSecret.issuedAtAnnotation])
+      assert.isDefined(annotations[ManagedKubeconfigSecret.sourceHashAnnotation])
+      const kubeconfig = unb64(secret.data?.["kubeconfig"])
+      assert.include(kubeconfig, managed.server)
+      assert.include(kubeconfig, "certificate-authority-data")
+      assert.include(kubeconfig, token)
+
+      const review = yield* call(() => api.managedAuthn().createTokenReview({ body: { spec: { token } } }))
+      assert.isTrue(review.status?.authenticated)
+      assert.strictEqual(review.status?.user?.username, "system:serviceaccount:agent-c-create:cluster-proxy")
+
+      const ready = yield* eventually(Effect.flatMap(condition(options), (c) => c?.status === "True" ? Effect.succeed(c) : Effect.fail(new Error("not True"))))
+      assert.strictEqual(ready.reason, "ManagedKubeconfigCreated")
+      yield* eventually(Effect.flatMap(probes.readiness, (failures) => expect(failures.length === 0, JSON.stringify(failures))))
+    }))
+
+  it.live("rotates within a second of a source change, keeping others' labels and annotations, with a stable lastTransitionTime", () =>
+    Effect.gen(function*() {
+      const options = yield* setUp("c-rotate")
+      yield* start(options)
+      const first = yield* targetReady(options)
+      remember(first)
+      const firstReady = yield* eventually(Effect.flatMap(condition(options), (c) => c?.status === "True" ? Effect.succeed(c) : Effect.fail(new Error("not True"))))
+      // Someone else decorates the Secret; the provisioner must keep that.
+      yield* call(() => api.hostingCore().replaceNamespacedSecret({
+        ...options.target,
+        body: { ...first, metadata: { ...first.metadata, labels: { team: "infra" }, annotations: { ...first.metadata?.annotations, "example.com/owner": "ops" } } }
+      }))
+      for (const round of [1, 2]) {
+        const before = yield* readTarget(options)
+        const beforeHash = before.metadata?.annotations?.[ManagedKubeconfigSecret.sourceHashAnnotation]
+        yield* writeSource(options.clusterName, `${managed.kubeconfigYaml}\n# rotation ${round}\n`, "replace")
+        const rotated = yield* eventually(
+          Effect.flatMap(readTarget(options), (s) =>
+            s.metadata?.annotations?.[ManagedKubeconfigSecret.sourceHashAnnotation] !== beforeHash ? Effect.succeed(s) : Effect.fail(new Error("not rotated"))),
+          { timeout: "1 second", interval: "25 millis" }
+        )
+        remember(rotated)
+        // Two TokenRequests within one second can yield the same JWT, so compare the write, not the token.
+        assert.notStrictEqual(rotated.metadata?.resourceVersion, before.metadata?.resourceVersion)
+        assert.strictEqual(rotated.metadata?.labels?.["team"], "infra")
+        assert.strictEqual(rotated.metadata?.annotations?.["example.com/owner"], "ops")
+      }
+      const after = yield* eventually(Effect.flatMap(condition(options), (c) => c?.reason === "ManagedKubeconfigUpdated" ? Effect.succeed(c) : Effect.fail(new Error("not updated"))))
+      assert.strictEqual(after.status, "True")
+      assert.strictEqual(after.lastTransitionTime, firstReady.lastTransitionTime)
+    }))
+
+  it.live("re-creates the Secret when it is deleted", () =>
+    Effect.gen(function*() {
+      const options = yield* setUp("c-recreate")
+      yield* start(options)
+      const first = yield* targetReady(options)
+      remember(first)
+      yield* call(() => api.hostingCore().deleteNamespacedSecret(options.target))
+      const again = yield* eventually(Effect.flatMap(readTarget(options), (s) => s.metadata?.uid !== first.metadata?.uid ? Effect.succeed(s) : Effect.fail(new Error("same"))))
+      remember(again)
+      assert.isDefined(again.data?.["kubeconfig"])
+    }))
+
+  it.live("a malformed source never overwrites the good Secret; the condition names the problem; no hot loop", () =>
+    Effect.gen(function*() {
+      const options = yield* setUp("c-malformed")
+      yield* start(options)
+      const good = yield* targetReady(options)
+      remember(good)
+      yield* writeSource(options.clusterName, "apiVersion: v1\nkind: Config\nclusters: [\n", "replace")
+      const failed = yield* eventually(Effect.flatMap(condition(options), (c) => c?.status === "False" ? Effect.succeed(c) : Effect.fail(new Error("not False"))))
+      assert.strictEqual(failed.reason, "SourceKubeconfigInvalid")
+      assert.include(failed.message, `source secret ${options.clusterName}/external-managed-kubeconfig`)
+      yield* Effect.sleep("1500 millis")
+      const after = yield* readTarget(options)
+      assert.strictEqual(after.metadata?.resourceVersion, good.metadata?.resourceVersion)
+      assert.deepStrictEqual(after.data, good.data)
+      // exec credentials are refused by name, too.
+      yield* writeSource(options.clusterName, managed.kubeconfigYaml.replace(/client-certificate-data:.*\n\s*client-key-data:.*/, "exec:\n      command: aws\n      apiVersion: client.authentication.k8s.io/v1"), "replace")
+      const refused = yield* eventually(Effect.flatMap(condition(options), (c) => c?.message.includes("exec") ? Effect.succeed(c) : Effect.fail(new Error("no exec message"))))
+      assert.strictEqual(refused.status, "False")
+    }))
+
+  it.live("an RBAC denial on the managed cluster gives a clear condition and no Secret", () =>
+    Effect.gen(function*() {
+      // The source credentials: a managed ServiceAccount with no rights at all.
+      const weak = yield* Apiserver.serviceAccountToken(managed, "weak", "nobody", 3600)
+      const options = yield* setUp("c-rbac", Apiserver.kubeconfigForToken(managed, weak))
+      yield* start(options)
+      const failed = yield* eventually(Effect.flatMap(condition(options), (c) => c?.status === "False" ? Effect.succeed(c) : Effect.fail(new Error("not False"))))
+      assert.strictEqual(failed.reason, "TokenRequestForbidden")
+      assert.include(failed.message, "serviceaccounts/token")
+      assert.notInclude(failed.message, weak)
+      const missing = yield* Effect.flip(readTarget(options))
+      assert.strictEqual((missing as { code?: number }).code, 404)
+    }))
+
+  it.live("deleting the add-on deletes the Secret and it is never re-created", () =>
+    Effect.gen(function*() {
+      const options = yield* setUp("c-addon-gone")
+      yield* start(options)
+      remember(yield* targetReady(options))
+      yield* call(() => api.hubCustom().deleteNamespacedCustomObject({ group, version, plural, namespace: options.addon!.namespace, name: options.addon!.name }))
+      yield* eventually(Effect.flatMap(Effect.flip(readTarget(options)), (e) => expect((e as { code?: number }).code === 404, "secret gone")))
+      // A source change would normally rotate; now it must not bring the Secret back.
+      yield* writeSource(options.clusterName, `${managed.kubeconfigYaml}\n# after deletion\n`, "replace")
+      yield* Effect.sleep("1500 millis")
+      const stillGone = yield* Effect.flip(readTarget(options))
+      assert.strictEqual((stillGone as { code?: number }).code, 404)
+    }))
+
+  it.live("--cleanup deletes the Secret and exits 0, also when it is already gone", () =>
+    Effect.gen(function*() {
+      const options = yield* setUp("c-cleanup")
+      const scope = yield* Scope.make()
+      yield* start(options).pipe(Scope.provide(scope))
+      remember(yield* targetReady(options))
+      yield* Scope.close(scope, Exit.void)
+      const cli = (args: ReadonlyArray<string>) =>
+        Effect.callback<{ code: number; output: string }>((resume) => {
+          ChildProcess.execFile(process.execPath, [Path.resolve("src/cli/bin.ts"), ...args], { timeout: 60_000 }, (error, stdout, stderr) => {
+            resume(Effect.succeed({ code: error === null ? 0 : (error.code as number), output: stdout + stderr }))
+          })
+        })
+      const args = ["managed-kubeconfig-provisioner", "--cleanup", `--kubeconfig=${hosting.kubeconfigPath}`, `--target-namespace=${options.target.namespace}`, `--target-name=${options.target.name}`]
+      const first = yield* cli(args)
+      assert.strictEqual(first.code, 0, first.output)
+      const gone = yield* Effect.flip(readTarget(options))
+      assert.strictEqual((gone as { code?: number }).code, 404)
+      const second = yield* cli(args)
+      assert.strictEqual(second.code, 0, second.output)
+      for (const token of seenTokens) assert.notInclude(first.output + second.output, token)
+    }))
+
+  it.live("no token appears in any log line", () =>
+    Effect.sync(() => {
+      assert.isAbove(seenTokens.size, 3)
+      assert.isAbove(logLines.length, 0)
+      const all = logLines.join("\n")
+      for (const token of seenTokens) assert.notInclude(all, token)
+    }))
+})

@@ -1,0 +1,256 @@
+import { assert, describe, it } from "@effect/vitest"
+import { loadYaml } from "@kubernetes/client-node"
+import { Redacted, Result } from "effect"
+import { createHash } from "node:crypto"
+import * as Kubeconfig from "../../src/domain/Kubeconfig.ts"
+
+const TOKEN = "eyJhbGciOiJSUzI1NiJ9.SECRET-TOKEN-payload.sig"
+const KEY_DATA = Buffer.from("-----BEGIN PRIVATE KEY-----\nSECRET-KEY\n-----END PRIVATE KEY-----\n").toString("base64")
+const CERT_DATA = Buffer.from("-----BEGIN CERTIFICATE-----\nCERT\n-----END CERTIFICATE-----\n").toString("base64")
+const CA_DATA = Buffer.from("-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n").toString("base64")
+
+const secretsIn = (text: string): ReadonlyArray<string> =>
+  [TOKEN, KEY_DATA, "SECRET-TOKEN", "SECRET-KEY"].filter((secret) => text.includes(secret))
+
+/** A kubeconfig with one cluster `c`, one user `u`, context `ctx` (current unless overridden). */
+const kubeconfig = (options: {
+  readonly cluster?: string
+  readonly user?: string
+  readonly extra?: string
+  readonly currentContext?: string | null
+} = {}): string => {
+  const cluster = options.cluster ?? `server: https://api.example.com:6443\n    certificate-authority-data: ${CA_DATA}`
+  const user = options.user ?? `token: ${TOKEN}`
+  const current = options.currentContext === null ? "" : `current-context: ${options.currentContext ?? "ctx"}\n`
+  return `apiVersion: v1
+kind: Config
+clusters:
+- name: c
+  cluster:
+    ${cluster}
+users:
+- name: u
+  user:
+    ${user}
+contexts:
+- name: ctx
+  context:
+    cluster: c
+    user: u
+${current}${options.extra ?? ""}`
+}
+
+const reasonOf = (result: Result.Result<unknown, Kubeconfig.KubeconfigError>) => {
+  assert.isTrue(Result.isFailure(result), "expected a KubeconfigError")
+  if (Result.isSuccess(result)) throw new Error("unreachable")
+  const error = result.failure
+  assert.deepStrictEqual(secretsIn(error.message), [], `message leaks a secret: ${error.message}`)
+  assert.deepStrictEqual(secretsIn(String(error)), [])
+  assert.deepStrictEqual(secretsIn(JSON.stringify(error)), [])
+  assert.isFalse(error.retryable)
+  return error.reason
+}
+
+describe("Kubeconfig", () => {
+  describe("parseSource", () => {
+    it("reads the current context's cluster and token", () => {
+      const source = Result.getOrThrow(Kubeconfig.parseSource(kubeconfig()))
+      assert.deepStrictEqual(source.cluster, { server: "https://api.example.com:6443", certificateAuthorityData: CA_DATA })
+      assert.strictEqual(source.credentials._tag, "Token")
+      if (source.credentials._tag === "Token") {
+        assert.strictEqual(Redacted.value(source.credentials.token), TOKEN)
+        assert.deepStrictEqual(secretsIn(String(source.credentials.token)), [])
+      }
+      assert.deepStrictEqual(secretsIn(JSON.stringify(source)), [])
+    })
+
+    it("carries tls-server-name, insecure-skip-tls-verify and proxy-url", () => {
+      const source = Result.getOrThrow(Kubeconfig.parseSource(kubeconfig({
+        cluster: "server: https://10.0.0.1\n    tls-server-name: api.internal\n    insecure-skip-tls-verify: true\n    " +
+          "proxy-url: http://proxy:3128\n    extensions: []"
+      })))
+      assert.deepStrictEqual(source.cluster, {
+        server: "https://10.0.0.1",
+        tlsServerName: "api.internal",
+        insecureSkipTlsVerify: true,
+        proxyUrl: "http://proxy:3128"
+      })
+    })
+
+    it("reports a certificate-authority path as a pending file", () => {
+      const source = Result.getOrThrow(Kubeconfig.parseSource(kubeconfig({
+        cluster: "server: https://api\n    certificate-authority: /etc/ca.crt"
+      })))
+      assert.strictEqual(source.cluster.caFile, "/etc/ca.crt")
+      assert.isFalse(Kubeconfig.isSelfContained(source.cluster))
+    })
+
+    it("ignores the certificate-authority path when the data is inline", () => {
+      const source = Result.getOrThrow(Kubeconfig.parseSource(kubeconfig({
+        cluster: `server: https://api\n    certificate-authority: /etc/ca.crt\n    certificate-authority-data: ${CA_DATA}`
+      })))
+      assert.isUndefined(source.cluster.caFile)
+      assert.strictEqual(source.cluster.certificateAuthorityData, CA_DATA)
+    })
+
+    it("reads an inline client certificate and key", () => {
+      const source = Result.getOrThrow(Kubeconfig.parseSource(kubeconfig({
+        user: `client-certificate-data: ${CERT_DATA}\n    client-key-data: ${KEY_DATA}`
+      })))
+      assert.strictEqual(source.credentials._tag, "ClientCertificate")
+      if (source.credentials._tag === "ClientCertificate") {
+        assert.strictEqual(source.credentials.certData, CERT_DATA)
+        assert.strictEqual(Redacted.value(source.credentials.keyData), KEY_DATA)
+      }
+    })
+
+    it("prefers the client certificate when a token is present too", () => {
+      const source = Result.getOrThrow(Kubeconfig.parseSource(kubeconfig({
+        user: `token: ${TOKEN}\n    client-certificate-data: ${CERT_DATA}\n    client-key-data: ${KEY_DATA}`
+      })))
+      assert.strictEqual(source.credentials._tag, "ClientCertificate")
+    })
+
+    it("uses the only cluster and user without a current context", () => {
+      const source = Result.getOrThrow(Kubeconfig.parseSource(kubeconfig({ currentContext: null })))
+      assert.strictEqual(source.cluster.server, "https://api.example.com:6443")
+    })
+
+    const secondCluster = "- name: c2\n  cluster:\n    server: https://other\n"
+    it.each([
+      { name: "YAML syntax", text: `clusters: [\n  token: ${TOKEN}`, tag: "Malformed" },
+      { name: "empty document", text: "  \n", tag: "Malformed" },
+      { name: "not a mapping", text: `- ${TOKEN}`, tag: "Malformed" },
+      { name: "clusters not a list", text: `clusters: ${TOKEN}\n`, tag: "Malformed" },
+      { name: "server not a string", text: kubeconfig({ cluster: "server: [1, 2]" }), tag: "Malformed" },
+      { name: "bad base64 key", text: kubeconfig({ user: `client-certificate-data: ${CERT_DATA}\n    client-key-data: "${TOKEN}!"` }), tag: "Malformed" },
+      { name: "duplicate names", text: kubeconfig({ extra: "" }).replace("- name: u\n", `- name: u\n  user: {token: ${TOKEN}}\n- name: u\n`), tag: "Malformed" },
+      {
+        name: "two clusters and no current context",
+        text: kubeconfig({ currentContext: null }).replace("users:\n", `${secondCluster}users:\n`),
+        tag: "NoCluster"
+      },
+      {
+        name: "two users and no current context",
+        text: kubeconfig({ currentContext: null }).replace("contexts:\n", `- name: u2\n  user:\n    token: x\ncontexts:\n`),
+        tag: "NoUser"
+      },
+      { name: "missing context", text: kubeconfig({ currentContext: "nope" }), tag: "MissingContext" },
+      { name: "missing cluster", text: kubeconfig().replace("cluster: c\n", "cluster: gone\n"), tag: "MissingCluster" },
+      { name: "missing user", text: kubeconfig().replace("user: u\n", "user: gone\n"), tag: "MissingUser" },
+      { name: "missing server", text: kubeconfig({ cluster: `certificate-authority-data: ${CA_DATA}` }), tag: "MissingServer" },
+      { name: "exec", text: kubeconfig({ user: `token: ${TOKEN}\n    exec:\n      command: aws` }), tag: "UnsupportedAuth" },
+      { name: "auth-provider", text: kubeconfig({ user: "auth-provider:\n      name: oidc" }), tag: "UnsupportedAuth" },
+      { name: "impersonation", text: kubeconfig({ user: `token: ${TOKEN}\n    as: admin` }), tag: "UnsupportedAuth" },
+      { name: "no credentials", text: kubeconfig({ user: "username: admin" }), tag: "NoCredentials" },
+      { name: "certificate without key", text: kubeconfig({ user: `client-certificate-data: ${CERT_DATA}` }), tag: "NoCredentials" },
+      { name: "key without certificate", text: kubeconfig({ user: `client-key-data: ${KEY_DATA}` }), tag: "NoCredentials" },
+      {
+        name: "client certificate file",
+        text: kubeconfig({ user: `client-certificate: /home/me/cert.pem\n    client-key-data: ${KEY_DATA}` }),
+        tag: "UnsupportedFileReference"
+      },
+      {
+        name: "client key file",
+        text: kubeconfig({ user: `client-certificate-data: ${CERT_DATA}\n    client-key: /home/me/key.pem` }),
+        tag: "UnsupportedFileReference"
+      },
+      { name: "token file", text: kubeconfig({ user: "tokenFile: /var/run/token" }), tag: "UnsupportedFileReference" }
+    ])("refuses $name with $tag", ({ tag, text }) => {
+      assert.strictEqual(reasonOf(Kubeconfig.parseSource(text))._tag, tag)
+    })
+
+    it.each([
+      { text: kubeconfig({ currentContext: null }).replace("users:\n", `${secondCluster}users:\n`), message: "kubeconfig must have a current context or exactly one cluster" },
+      { text: kubeconfig().replace("cluster: c\n", "cluster: gone\n"), message: "current context references missing cluster \"gone\"" },
+      { text: kubeconfig({ currentContext: "nope" }), message: "current context \"nope\" is not defined in contexts" },
+      { text: kubeconfig({ cluster: "insecure-skip-tls-verify: true" }), message: "cluster \"c\" has no server" },
+      { text: kubeconfig({ user: "exec:\n      command: aws" }), message: "user \"u\" uses exec, which is not supported in a kubeconfig stored in a Secret; use a token or an inline client certificate and key" },
+      { text: kubeconfig({ user: "auth-provider:\n      name: gcp" }), message: "user \"u\" uses auth-provider, which is not supported in a kubeconfig stored in a Secret; use a token or an inline client certificate and key" },
+      { text: kubeconfig({ user: "tokenFile: /t" }), message: "user \"u\" sets tokenFile to a file path, but a kubeconfig stored in a Secret cannot reference files of another machine; put the content in token instead" },
+      { text: kubeconfig({ user: "client-key: /k\n    client-certificate-data: " + CERT_DATA }), message: "user \"u\" sets client-key to a file path, but a kubeconfig stored in a Secret cannot reference files of another machine; put the content in client-key-data instead" },
+      { text: kubeconfig({ user: "username: admin\n    password: SECRET-KEY" }), message: "user \"u\" has neither a token nor a client certificate and key" },
+      { text: `a: 1\n  token: ${TOKEN}\n`, message: "kubeconfig is malformed: not valid YAML at line 2, column 8: bad indentation of a mapping entry" },
+      { text: kubeconfig({ cluster: "server: 6443" }), message: "kubeconfig is malformed: cluster \"c\": server must be a string" }
+    ])("explains: $message", ({ message, text }) => {
+      const result = Kubeconfig.parseSource(text)
+      reasonOf(result)
+      if (Result.isFailure(result)) assert.strictEqual(result.failure.message, message)
+    })
+  })
+
+  describe("buildManaged", () => {
+    it("writes cluster managed, user cluster-proxy and the token", () => {
+      const text = Kubeconfig.buildManaged({
+        cluster: { server: "https://api:6443", certificateAuthorityData: CA_DATA, tlsServerName: "api.internal", proxyUrl: "http://p:3128", insecureSkipTlsVerify: false },
+        token: Redacted.make(TOKEN)
+      })
+      assert.deepStrictEqual(loadYaml(text), {
+        apiVersion: "v1",
+        kind: "Config",
+        clusters: [{
+          name: "managed",
+          cluster: {
+            server: "https://api:6443",
+            "certificate-authority-data": CA_DATA,
+            "tls-server-name": "api.internal",
+            "insecure-skip-tls-verify": false,
+            "proxy-url": "http://p:3128"
+          }
+        }],
+        users: [{ name: "cluster-proxy", user: { token: TOKEN } }],
+        contexts: [{ name: "managed", context: { cluster: "managed", user: "cluster-proxy" } }],
+        "current-context": "managed"
+      })
+    })
+
+    it("round-trips through parseSource", () => {
+      const cluster = { server: "https://[::1]:6443", certificateAuthorityData: CA_DATA }
+      const source = Result.getOrThrow(Kubeconfig.parseSource(Kubeconfig.buildManaged({ cluster, token: Redacted.make(TOKEN) })))
+      assert.deepStrictEqual(source.cluster, cluster)
+      assert.strictEqual(source.credentials._tag === "Token" && Redacted.value(source.credentials.token), TOKEN)
+    })
+
+    it("inlines a certificate-authority file read at the edge", () => {
+      const pending = Result.getOrThrow(Kubeconfig.parseSource(kubeconfig({ cluster: "server: https://api\n    certificate-authority: /etc/ca.crt" })))
+      const cluster = Kubeconfig.inlineCertificateAuthority(pending.cluster, "-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n")
+      assert.deepStrictEqual(cluster, { server: "https://api", certificateAuthorityData: CA_DATA })
+      const text = Kubeconfig.buildManaged({ cluster, token: Redacted.make(TOKEN) })
+      assert.notInclude(text, "/etc/ca.crt")
+      assert.notInclude(text, "certificate-authority:")
+    })
+
+    it("refuses to build with a CA file still pending", () => {
+      assert.throws(() => Kubeconfig.buildManaged({ cluster: { server: "https://api", caFile: "/etc/ca.crt" }, token: Redacted.make(TOKEN) }), /inlineCertificateAuthority/)
+    })
+  })
+
+  describe("readBearerToken", () => {
+    it("returns the inline token of the current user", () => {
+      const text = Kubeconfig.buildManaged({ cluster: { server: "https://api" }, token: Redacted.make(TOKEN) })
+      const token = Result.getOrThrow(Kubeconfig.readBearerToken(text))
+      assert.strictEqual(token._tag === "Inline" && Redacted.value(token.token), TOKEN)
+    })
+
+    it("returns a tokenFile as a path to resolve", () => {
+      const token = Result.getOrThrow(Kubeconfig.readBearerToken(kubeconfig({ user: "tokenFile: /var/run/secrets/token" })))
+      assert.deepStrictEqual(token, { _tag: "File", path: "/var/run/secrets/token" })
+    })
+
+    it.each([
+      { name: "exec", user: "exec:\n      command: x", tag: "UnsupportedAuth" },
+      { name: "a client certificate", user: `client-certificate-data: ${CERT_DATA}\n    client-key-data: ${KEY_DATA}`, tag: "NoCredentials" }
+    ])("refuses $name", ({ tag, user }) => {
+      assert.strictEqual(reasonOf(Kubeconfig.readBearerToken(kubeconfig({ user })))._tag, tag)
+    })
+  })
+
+  describe("sourceHash", () => {
+    it("is the hex sha256 of the bytes", () => {
+      const expected = createHash("sha256").update("abc").digest("hex")
+      assert.strictEqual(Kubeconfig.sourceHash("abc"), expected)
+      assert.strictEqual(Kubeconfig.sourceHash(new TextEncoder().encode("abc")), expected)
+      assert.strictEqual(expected, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    })
+  })
+})
