@@ -23,7 +23,7 @@ import {
   loadAllYaml,
   type V1CustomResourceDefinition
 } from "@kubernetes/client-node"
-import { Duration, Effect, Exit, Option, Schema, Scope } from "effect"
+import { Data, Duration, Effect, Exit, Option, Schema, Scope } from "effect"
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
@@ -164,9 +164,7 @@ export const kubeConfig = (info: ApiserverInfo): KubeConfig => {
 /** Creates a namespace; succeeds when it already exists. */
 export const createNamespace = Effect.fn("Apiserver.createNamespace")(function*(info: ApiserverInfo, name: string) {
   const core = kubeConfig(info).makeApiClient(CoreV1Api)
-  yield* kube(`${info.name}: creating namespace ${name}`, () => core.createNamespace({ body: { metadata: { name } } }), {
-    alreadyExistsIsFine: true
-  })
+  yield* kubeCreate(`${info.name}: creating namespace ${name}`, () => core.createNamespace({ body: { metadata: { name } } }))
 })
 
 /**
@@ -182,10 +180,9 @@ export const serviceAccountToken = Effect.fn("Apiserver.serviceAccountToken")(fu
 ) {
   const core = kubeConfig(info).makeApiClient(CoreV1Api)
   yield* createNamespace(info, namespace)
-  yield* kube(
+  yield* kubeCreate(
     `${info.name}: creating ServiceAccount ${namespace}/${name}`,
-    () => core.createNamespacedServiceAccount({ namespace, body: { metadata: { name } } }),
-    { alreadyExistsIsFine: true }
+    () => core.createNamespacedServiceAccount({ namespace, body: { metadata: { name } } })
   )
   const response = yield* kube(
     `${info.name}: TokenRequest for ${namespace}/${name}`,
@@ -196,7 +193,7 @@ export const serviceAccountToken = Effect.fn("Apiserver.serviceAccountToken")(fu
         body: { spec: { audiences: [...audiences], expirationSeconds } }
       })
   )
-  const token = response?.status?.token
+  const token = response.status?.token
   if (token === undefined || token === "") {
     return yield* new ApiserverError({
       reason: "Kube",
@@ -282,7 +279,7 @@ const startProcesses = Effect.fnUntraced(function*(input: {
   yield* waitFor(
     `${name}: etcd on ${etcdUrl}`,
     [etcd],
-    () => httpProbe(`${etcdUrl}/health`),
+    Effect.promise(() => httpProbe(`${etcdUrl}/health`)),
     deadline
   )
 
@@ -310,7 +307,7 @@ const startProcesses = Effect.fnUntraced(function*(input: {
   yield* waitFor(
     `${name}: kube-apiserver /readyz on ${host}:${port}`,
     [etcd, apiserver],
-    () => httpsProbe(host, port, "/readyz", tls),
+    Effect.promise(() => httpsProbe(host, port, "/readyz", tls)),
     deadline
   )
   return { port, etcdUrl, pids: { apiserver: apiserver.pid, etcd: etcd.pid } } satisfies Started
@@ -377,8 +374,9 @@ const hasExited = (child: ChildProcess.ChildProcess): boolean => child.exitCode 
 const waitFor = (
   what: string,
   watched: ReadonlyArray<Proc>,
-  probe: () => Promise<boolean>,
-  deadline: Duration.Duration
+  probe: Effect.Effect<boolean>,
+  deadline: Duration.Duration,
+  lastProblem?: () => string
 ): Effect.Effect<void, ApiserverError> =>
   Effect.gen(function*() {
     while (true) {
@@ -388,10 +386,10 @@ const waitFor = (
         const how = dead.child.exitCode !== null ? `exited with code ${dead.child.exitCode}` : `was killed by ${dead.child.signalCode}`
         return yield* new ApiserverError({
           reason: /address already in use/.test(tail) ? "PortInUse" : "Startup",
-          message: `${dead.label} ${how} while waiting for ${what}; last lines of ${dead.logPath}:\n${tail}`
+          message: `${dead.label} ${how} while waiting for ${what}; last lines of ${Path.basename(dead.logPath)}:\n${tail}`
         })
       }
-      const ok = yield* Effect.promise(probe)
+      const ok = yield* probe
       if (ok) return
       yield* Effect.sleep("100 millis")
     }
@@ -402,8 +400,9 @@ const waitFor = (
         Effect.fail(
           new ApiserverError({
             reason: "Startup",
-            message: `timed out after ${Duration.format(deadline)} waiting for ${what}; ` +
-              watched.map((proc) => `last lines of ${proc.logPath}:\n${logTail(proc.logPath)}`).join("\n")
+            message: `timed out after ${Duration.format(deadline)} waiting for ${what}` +
+              (lastProblem === undefined ? "" : ` (last problem: ${lastProblem()})`) +
+              watched.map((proc) => `\nlast lines of ${Path.basename(proc.logPath)}:\n${logTail(proc.logPath)}`).join("")
           })
         )
     })
@@ -716,24 +715,33 @@ const installCrds = Effect.fnUntraced(function*(info: ApiserverInfo, yamlText: s
         message: `${info.name}: expected apiextensions.k8s.io/v1 CustomResourceDefinitions, got ${doc.apiVersion}/${doc.kind} ${crdName}`
       })
     }
-    yield* kube(`${info.name}: creating CRD ${crdName}`, () => extensions.createCustomResourceDefinition({ body: doc }), {
-      alreadyExistsIsFine: true
-    })
+    yield* kubeCreate(`${info.name}: creating CRD ${crdName}`, () => extensions.createCustomResourceDefinition({ body: doc }))
     const served = doc.spec.versions.filter((version) => version.served).map((version) => version.name)
-    const ready = async (): Promise<boolean> => {
-      try {
-        const current = await extensions.readCustomResourceDefinition({ name: crdName })
-        const established = current.status?.conditions?.some((c) => c.type === "Established" && c.status === "True")
-        if (established !== true) return false
-        for (const version of served) {
-          await custom.listClusterCustomObject({ group: doc.spec.group, version, plural: doc.spec.names.plural, limit: 1 })
-        }
-        return true
-      } catch {
+    // Established alone is not enough: discovery and the REST handler for the new resource lag a
+    // little behind, and the first request of a test must not get a 404.
+    let lastProblem = "not checked yet"
+    const ready = Effect.gen(function*() {
+      const current = yield* kube(`reading CRD ${crdName}`, () => extensions.readCustomResourceDefinition({ name: crdName }))
+      if (current.status?.conditions?.some((c) => c.type === "Established" && c.status === "True") !== true) {
+        lastProblem = "not Established"
         return false
       }
-    }
-    yield* waitFor(`${info.name}: CRD ${crdName} Established and served`, [], ready, Duration.seconds(60))
+      for (const version of served) {
+        yield* kube(
+          `listing ${doc.spec.names.plural}.${doc.spec.group}/${version}`,
+          () => custom.listClusterCustomObject({ group: doc.spec.group, version, plural: doc.spec.names.plural, limit: 1 })
+        )
+      }
+      return true
+    }).pipe(
+      Effect.catch((error) =>
+        Effect.sync(() => {
+          lastProblem = error.message
+          return false
+        })
+      )
+    )
+    yield* waitFor(`${info.name}: CRD ${crdName} Established and served`, [], ready, Duration.seconds(60), () => lastProblem)
   }
 })
 
@@ -745,24 +753,27 @@ const io = <A>(what: string, f: () => A): Effect.Effect<A, ApiserverError> =>
 
 // Errors carry the HTTP status and the server's Status message only: never headers or bodies of
 // requests, which may hold credentials.
-const kube = <A>(
-  what: string,
-  call: () => Promise<A>,
-  options?: { readonly alreadyExistsIsFine?: boolean }
-): Effect.Effect<A | undefined, ApiserverError> =>
+const kubeError = (what: string, error: unknown): ApiserverError =>
+  new ApiserverError({
+    reason: "Kube",
+    message: `${what} failed: ${
+      error instanceof ApiException ? `HTTP ${error.code}: ${statusMessage(error.body)}` : describe(error)
+    }`
+  })
+
+const kube = <A>(what: string, call: () => Promise<A>): Effect.Effect<A, ApiserverError> =>
+  Effect.tryPromise({ try: call, catch: (error) => kubeError(what, error) })
+
+class AlreadyExists extends Data.TaggedError("AlreadyExists") {}
+
+/** A create call for which "already exists" (409) is success. */
+const kubeCreate = (what: string, call: () => Promise<unknown>): Effect.Effect<void, ApiserverError> =>
   Effect.tryPromise({
     try: call,
-    catch: (error) => error
+    catch: (error) => error instanceof ApiException && error.code === 409 ? new AlreadyExists() : kubeError(what, error)
   }).pipe(
-    Effect.catch((error): Effect.Effect<A | undefined, ApiserverError> => {
-      if (error instanceof ApiException && error.code === 409 && options?.alreadyExistsIsFine === true) {
-        return Effect.succeed(undefined)
-      }
-      const detail = error instanceof ApiException
-        ? `HTTP ${error.code}: ${statusMessage(error.body)}`
-        : describe(error)
-      return Effect.fail(new ApiserverError({ reason: "Kube", message: `${what} failed: ${detail}` }))
-    })
+    Effect.asVoid,
+    Effect.catchTag("AlreadyExists", () => Effect.void)
   )
 
 const statusMessage = (body: unknown): string => {

@@ -12,7 +12,7 @@ import {
   PatchStrategy,
   setHeaderOptions
 } from "@kubernetes/client-node"
-import { Duration, Effect, Exit, Result, Scope } from "effect"
+import { Data, Duration, Effect, Exit, Result, Scope } from "effect"
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
@@ -26,10 +26,20 @@ if (Result.isFailure(missing)) {
 
 const { group, plural, version } = Fixtures.managedClusterAddOnResource
 
-// Promise-returning client calls, as Effects; failures keep the ApiException for assertions.
-const call = <A>(f: () => Promise<A>): Effect.Effect<A, unknown> => Effect.tryPromise({ try: f, catch: (e) => e })
+// Promise-returning client calls, as Effects; failures keep the HTTP status for assertions.
+class CallFailed extends Data.TaggedError("CallFailed")<{ readonly status: number | undefined; readonly message: string }> {}
 
-const statusOf = (error: unknown): number | undefined => (error instanceof ApiException ? error.code : undefined)
+const call = <A>(f: () => Promise<A>): Effect.Effect<A, CallFailed> =>
+  Effect.tryPromise({
+    try: f,
+    catch: (e) =>
+      new CallFailed({
+        status: e instanceof ApiException ? e.code : undefined,
+        message: e instanceof Error ? e.message.split("\n")[0] ?? "" : String(e)
+      })
+  })
+
+const statusOf = (error: CallFailed): number | undefined => error.status
 
 const kubectl = (args: ReadonlyArray<string>): Effect.Effect<{ code: number; stdout: string; stderr: string }> =>
   Effect.callback((resume) => {
