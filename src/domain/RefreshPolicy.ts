@@ -94,7 +94,8 @@ export const refreshPoint = (lifetime: TokenLifetime, settings: RefreshSettings)
 }
 
 /**
- * The refresh point moved earlier by up to `min(maxJitter, 0.1·ttl)`.
+ * The refresh point moved earlier by up to `min(maxJitter, 0.1·ttl)`, in whole milliseconds
+ * (rounded down): a fractional deadline would be slept as 0 ms and re-checked in a hot loop.
  * `jitterFraction` comes from the caller's `Random` and belongs to `[0, 1)`; values outside
  * are clamped so a bad draw can never schedule past the refresh point.
  *
@@ -108,7 +109,7 @@ export const scheduledRefreshAt = (
 ): number => {
   const fraction = Number.isFinite(jitterFraction) ? Math.min(Math.max(jitterFraction, 0), 1) : 0
   const jitterSpan = Math.max(0, Math.min(Duration.toMillis(maxJitter), 0.1 * ttlOf(lifetime)))
-  return refreshPoint(lifetime, settings) - fraction * jitterSpan
+  return Math.floor(refreshPoint(lifetime, settings) - fraction * jitterSpan)
 }
 
 /**

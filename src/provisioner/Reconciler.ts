@@ -329,7 +329,7 @@ export const report = Effect.fn("Provisioner.report")(function*(spec: ClusterSpe
       return next
     })
   const now = yield* Clock.currentTimeMillis
-  const waitUntil = (until: number) => Controller.requeueAfter(Duration.millis(Math.max(0, until - now)))
+  const waitUntil = (until: number) => Controller.requeueAfter(Duration.millis(Math.max(0, Math.ceil(until - now))))
 
   switch (outcome._tag) {
     case "Removed": {

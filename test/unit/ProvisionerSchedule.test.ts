@@ -123,7 +123,7 @@ describe("provisioner refresh schedule (TestClock)", () => {
           assert.isAtLeast(current.at - previous.at, 0.4 * (previous.expiresAt - previous.at) - 1000)
         }
       }).pipe(Effect.scoped),
-    { fastCheck: { numRuns: 40 } }
+    { arbitrary: { runs: 60 } }
   )
 
   it.effect("a clock that leaps back before the issue time forces one refresh", () =>

@@ -29,6 +29,13 @@ describe("RefreshPolicy", () => {
       assert.strictEqual(RefreshPolicy.refreshPoint(lifetime(T0, ttl), settings(refreshBefore)), T0 + point)
     })
 
+    it("schedules in whole milliseconds, so a deadline is never slept as 0 ms and re-checked in a loop", () => {
+      const l = { issuedAt: 283_656_794, expiresAt: 283_656_794 + 86_400_000 }
+      const at = RefreshPolicy.scheduledRefreshAt(l, settings(HOUR), 0.387_883_78)
+      assert.isTrue(Number.isInteger(at))
+      assert.deepStrictEqual(RefreshPolicy.decide({ now: at, lifetime: l, settings: settings(HOUR), jitterFraction: 0.387_883_78 }), RefreshPolicy.RefreshDecision.Refresh({ reason: "DueForRotation" }))
+    })
+
     it("jitter moves the schedule earlier by at most 10s", () => {
       const l = lifetime(T0, 24 * HOUR)
       const s = settings(HOUR)
@@ -88,7 +95,8 @@ describe("RefreshPolicy", () => {
         const point = RefreshPolicy.refreshPoint(l, s)
         const scheduled = RefreshPolicy.scheduledRefreshAt(l, s, jitter)
         assert.isTrue(scheduled <= point)
-        assert.isTrue(scheduled >= point - Math.min(10_000, ttl / 10))
+        // Rounding down to whole milliseconds may add at most 1 ms.
+        assert.isTrue(scheduled >= point - Math.min(10_000, ttl / 10) - 1)
       }
     )
 
