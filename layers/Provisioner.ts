@@ -66,6 +66,7 @@ export const layer = (options: Provisioner.Options, clusters: Clusters) => {
 /** `--cleanup`: delete the generated Secret once, reporting an event. @category layers */
 export const cleanup = (target: Provisioner.Options["target"], clusters: Pick<Clusters, "hostingKubeconfig">) =>
   Provisioner.cleanup(target).pipe(
-    Effect.provide(Layer.mergeAll(SecretStore.layer, EventRecorder.layer(component))),
-    Effect.provide(hostingLayer(clusters.hostingKubeconfig))
+    Effect.provide(
+      Layer.mergeAll(SecretStore.layer, EventRecorder.layer(component)).pipe(Layer.provide(hostingLayer(clusters.hostingKubeconfig)))
+    )
   )

@@ -13,11 +13,13 @@
  */
 import { NodeRuntime } from "@effect/platform-node"
 import { AuthenticationV1Api, CoreV1Api, CustomObjectsApi, type V1Secret } from "@kubernetes/client-node"
-import { Console, Duration, Effect, Schedule } from "effect"
+import { Console, Data, Duration, Effect, Schedule } from "effect"
 import * as ChildProcess from "node:child_process"
 import { fileURLToPath } from "node:url"
 import * as ManagedKubeconfigSecret from "../domain/ManagedKubeconfigSecret.ts"
 import { Apiserver, EnvtestAssets, Fixtures } from "../testing/index.ts"
+
+class DemoTimeout extends Data.TaggedError("DemoTimeout")<{ readonly message: string }> {}
 
 const quick = process.argv.includes("--quick")
 const cluster = "cluster1"
@@ -113,7 +115,7 @@ const main = Effect.gen(function*() {
   const watchUntil = (done: () => boolean, limit: Duration.Input) =>
     observe.pipe(
       Effect.repeat({ schedule: Schedule.spaced("250 millis"), until: () => done() }),
-      Effect.timeoutOrElse({ duration: limit, orElse: () => Effect.fail(new Error("the demo did not see the expected change in time")) })
+      Effect.timeoutOrElse({ duration: limit, orElse: () => Effect.fail(new DemoTimeout({ message: "the demo did not see the expected change in time" })) })
     )
 
   yield* watchUntil(() => lastSecret.startsWith("issued") && lastCondition.startsWith("True"), "60 seconds")

@@ -40,9 +40,9 @@ export class KubeError extends Schema.TaggedError<KubeError>()("KubeError", {
   cluster: Schema.String,
   reason: Reason,
   /** HTTP status, when there was an answer. */
-  status: Schema.optional(Schema.Number),
+  status: Schema.optional(Schema.Finite),
   /** Seconds the server asked us to wait (429 / 503 Retry-After). */
-  retryAfterSeconds: Schema.optional(Schema.Number),
+  retryAfterSeconds: Schema.optional(Schema.Finite),
   /** The apiserver's own explanation (Status.message) or the transport error. */
   detail: Schema.String
 }) {

@@ -34,8 +34,8 @@ export class SecretStore extends Context.Service<SecretStore, {
       return SecretStore.of({
         get: (namespace, name) =>
           hosting.getSecret(namespace, name).pipe(
-            Effect.map(Option.some),
-            Effect.catchIf(KubeError.isReason("NotFound"), () => Effect.succeed(Option.none()))
+            Effect.asSome,
+            Effect.catchIf(KubeError.isReason("NotFound"), () => Effect.succeedNone)
           ),
         create: hosting.createSecret,
         replace: hosting.replaceSecret,

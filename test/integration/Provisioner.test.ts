@@ -6,7 +6,7 @@
 import { NodeServices } from "@effect/platform-node"
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { AuthenticationV1Api, CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api, type V1Secret } from "@kubernetes/client-node"
-import { Context, Duration, Effect, Exit, Layer, Logger, Scope } from "effect"
+import { Context, Data, Duration, Effect, Exit, Layer, Logger, Scope } from "effect"
 import * as ChildProcess from "node:child_process"
 import * as Path from "node:path"
 import * as ProvisionerLayers from "../../layers/Provisioner.ts"
@@ -18,9 +18,12 @@ import { Probes } from "../../src/observability/Probes.ts"
 import { AddonStatus } from "../../src/provisioner/AddonStatus.ts"
 import type * as Provisioner from "../../src/provisioner/Provisioner.ts"
 import { Apiserver, EnvtestAssets, Fixtures } from "../../src/testing/index.ts"
-import { eventually, expect } from "../support/eventually.ts"
+import { eventually, NotYet, until } from "../support/eventually.ts"
 
-const call = <A>(f: () => Promise<A>): Effect.Effect<A, unknown> => Effect.tryPromise({ try: f, catch: (e) => e })
+/** A client-node call; failures keep the HTTP status for assertions. */
+class CallFailed extends Data.TaggedError("CallFailed")<{ readonly code: number | undefined }> {}
+const call = <A>(f: () => Promise<A>): Effect.Effect<A, CallFailed> =>
+  Effect.tryPromise({ try: f, catch: (e) => new CallFailed({ code: (e as { code?: number }).code }) })
 const b64 = (s: string) => Buffer.from(s).toString("base64")
 const unb64 = (s: string | undefined) => Buffer.from(s ?? "", "base64").toString("utf8")
 const { group, plural, version } = Fixtures.managedClusterAddOnResource
@@ -120,11 +123,13 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("managed-kubeconfig-p
   const targetReady = (options: Provisioner.Options) =>
     eventually(readTarget(options))
 
+  /** The ManagedKubeconfigReady condition; fails (NotYet) while it is not set. */
   const condition = (options: Provisioner.Options) =>
     call(() => api.hubCustom().getNamespacedCustomObject({ group, version, plural, namespace: options.addon!.namespace, name: options.addon!.name })).pipe(
       Effect.map((object) =>
         Conditions.findCondition(((object as { status?: { conditions?: Array<Conditions.Condition> } }).status?.conditions ?? []), "ManagedKubeconfigReady")
-      )
+      ),
+      Effect.filterOrFail((c): c is Conditions.Condition => c !== undefined, () => new NotYet({ what: "condition set" }))
     )
 
   const remember = (secret: V1Secret) => {
@@ -153,9 +158,9 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("managed-kubeconfig-p
       assert.isTrue(review.status?.authenticated)
       assert.strictEqual(review.status?.user?.username, "system:serviceaccount:agent-c-create:cluster-proxy")
 
-      const ready = yield* eventually(Effect.flatMap(condition(options), (c) => c?.status === "True" ? Effect.succeed(c) : Effect.fail(new Error("not True"))))
+      const ready = yield* until(condition(options), (c) => c.status === "True", "not True")
       assert.strictEqual(ready.reason, "ManagedKubeconfigCreated")
-      yield* eventually(Effect.flatMap(probes.readiness, (failures) => expect(failures.length === 0, JSON.stringify(failures))))
+      yield* until(probes.readiness, (failures) => failures.length === 0, "ready")
     }))
 
   it.live("rotates within a second of a source change, keeping others' labels and annotations, with a stable lastTransitionTime", () =>
@@ -164,7 +169,7 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("managed-kubeconfig-p
       yield* start(options)
       const first = yield* targetReady(options)
       remember(first)
-      const firstReady = yield* eventually(Effect.flatMap(condition(options), (c) => c?.status === "True" ? Effect.succeed(c) : Effect.fail(new Error("not True"))))
+      const firstReady = yield* until(condition(options), (c) => c.status === "True", "condition True")
       // Someone else decorates the Secret; the provisioner must keep that.
       yield* call(() => api.hostingCore().replaceNamespacedSecret({
         ...options.target,
@@ -174,18 +179,15 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("managed-kubeconfig-p
         const before = yield* readTarget(options)
         const beforeHash = before.metadata?.annotations?.[ManagedKubeconfigSecret.sourceHashAnnotation]
         yield* writeSource(options.clusterName, `${managed.kubeconfigYaml}\n# rotation ${round}\n`, "replace")
-        const rotated = yield* eventually(
-          Effect.flatMap(readTarget(options), (s) =>
-            s.metadata?.annotations?.[ManagedKubeconfigSecret.sourceHashAnnotation] !== beforeHash ? Effect.succeed(s) : Effect.fail(new Error("not rotated"))),
-          { timeout: "1 second", interval: "25 millis" }
-        )
+        const rotated = yield* until(readTarget(options), (s) => s.metadata?.annotations?.[ManagedKubeconfigSecret.sourceHashAnnotation] !== beforeHash, "not rotated",
+          { timeout: "1 second", interval: "25 millis" })
         remember(rotated)
         // Two TokenRequests within one second can yield the same JWT, so compare the write, not the token.
         assert.notStrictEqual(rotated.metadata?.resourceVersion, before.metadata?.resourceVersion)
         assert.strictEqual(rotated.metadata?.labels?.["team"], "infra")
         assert.strictEqual(rotated.metadata?.annotations?.["example.com/owner"], "ops")
       }
-      const after = yield* eventually(Effect.flatMap(condition(options), (c) => c?.reason === "ManagedKubeconfigUpdated" ? Effect.succeed(c) : Effect.fail(new Error("not updated"))))
+      const after = yield* until(condition(options), (c) => c.reason === "ManagedKubeconfigUpdated", "not updated")
       assert.strictEqual(after.status, "True")
       assert.strictEqual(after.lastTransitionTime, firstReady.lastTransitionTime)
     }))
@@ -197,7 +199,7 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("managed-kubeconfig-p
       const first = yield* targetReady(options)
       remember(first)
       yield* call(() => api.hostingCore().deleteNamespacedSecret(options.target))
-      const again = yield* eventually(Effect.flatMap(readTarget(options), (s) => s.metadata?.uid !== first.metadata?.uid ? Effect.succeed(s) : Effect.fail(new Error("same"))))
+      const again = yield* until(readTarget(options), (s) => s.metadata?.uid !== first.metadata?.uid, "same")
       remember(again)
       assert.isDefined(again.data?.["kubeconfig"])
     }))
@@ -209,7 +211,7 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("managed-kubeconfig-p
       const good = yield* targetReady(options)
       remember(good)
       yield* writeSource(options.clusterName, "apiVersion: v1\nkind: Config\nclusters: [\n", "replace")
-      const failed = yield* eventually(Effect.flatMap(condition(options), (c) => c?.status === "False" ? Effect.succeed(c) : Effect.fail(new Error("not False"))))
+      const failed = yield* until(condition(options), (c) => c.status === "False", "not False")
       assert.strictEqual(failed.reason, "SourceKubeconfigInvalid")
       assert.include(failed.message, `source secret ${options.clusterName}/external-managed-kubeconfig`)
       yield* Effect.sleep("1500 millis")
@@ -218,7 +220,7 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("managed-kubeconfig-p
       assert.deepStrictEqual(after.data, good.data)
       // exec credentials are refused by name, too.
       yield* writeSource(options.clusterName, managed.kubeconfigYaml.replace(/client-certificate-data:.*\n\s*client-key-data:.*/, "exec:\n      command: aws\n      apiVersion: client.authentication.k8s.io/v1"), "replace")
-      const refused = yield* eventually(Effect.flatMap(condition(options), (c) => c?.message.includes("exec") ? Effect.succeed(c) : Effect.fail(new Error("no exec message"))))
+      const refused = yield* until(condition(options), (c) => c.message.includes("exec"), "no exec message")
       assert.strictEqual(refused.status, "False")
     }))
 
@@ -228,7 +230,7 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("managed-kubeconfig-p
       const weak = yield* Apiserver.serviceAccountToken(managed, "weak", "nobody", 3600)
       const options = yield* setUp("c-rbac", Apiserver.kubeconfigForToken(managed, weak))
       yield* start(options)
-      const failed = yield* eventually(Effect.flatMap(condition(options), (c) => c?.status === "False" ? Effect.succeed(c) : Effect.fail(new Error("not False"))))
+      const failed = yield* until(condition(options), (c) => c.status === "False", "not False")
       assert.strictEqual(failed.reason, "TokenRequestForbidden")
       assert.include(failed.message, "serviceaccounts/token")
       assert.notInclude(failed.message, weak)
@@ -242,7 +244,7 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("managed-kubeconfig-p
       yield* start(options)
       remember(yield* targetReady(options))
       yield* call(() => api.hubCustom().deleteNamespacedCustomObject({ group, version, plural, namespace: options.addon!.namespace, name: options.addon!.name }))
-      yield* eventually(Effect.flatMap(Effect.flip(readTarget(options)), (e) => expect((e as { code?: number }).code === 404, "secret gone")))
+      yield* until(Effect.flip(readTarget(options)), (e) => e.code === 404, "secret gone")
       // A source change would normally rotate; now it must not bring the Secret back.
       yield* writeSource(options.clusterName, `${managed.kubeconfigYaml}\n# after deletion\n`, "replace")
       yield* Effect.sleep("1500 millis")

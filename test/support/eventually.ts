@@ -1,21 +1,41 @@
 /**
- * Polling for integration tests: retry `check` every `interval` until it succeeds or `timeout`
- * passes, then fail with the last error. Bounded in time by construction.
+ * Polling for integration tests: retry a check every `interval` until it succeeds or `timeout`
+ * passes. Bounded in time by construction; on timeout the last reason is reported.
  */
-import { Duration, Effect, Schedule } from "effect"
+import { Data, Duration, Effect, Schedule } from "effect"
 
-export const eventually = <A, E, R>(
-  check: Effect.Effect<A, E, R>,
-  options: { readonly timeout?: Duration.Input; readonly interval?: Duration.Input } = {}
-): Effect.Effect<A, E | Error, R> =>
-  check.pipe(
+/** A condition that does not hold yet. */
+export class NotYet extends Data.TaggedError("NotYet")<{ readonly what: string }> {
+  override get message() {
+    return `not yet: ${this.what}`
+  }
+}
+
+export interface Options {
+  readonly timeout?: Duration.Input
+  readonly interval?: Duration.Input
+}
+
+export const eventually = <A, E, R>(check: Effect.Effect<A, E, R>, options: Options = {}): Effect.Effect<A, E | NotYet, R> => {
+  const timeout = Duration.fromInputUnsafe(options.timeout ?? "20 seconds")
+  return check.pipe(
     Effect.retry(Schedule.spaced(options.interval ?? "100 millis")),
     Effect.timeoutOrElse({
-      duration: options.timeout ?? "20 seconds",
-      orElse: () => Effect.fail(new Error(`condition not met within ${Duration.format(Duration.fromInputUnsafe(options.timeout ?? "20 seconds"))}`))
+      duration: timeout,
+      orElse: () => Effect.fail(new NotYet({ what: `condition not met within ${Duration.format(timeout)}` }))
     })
   )
+}
+
+/** Poll `effect` until its value satisfies `predicate`; the value. */
+export const until = <A, E, R>(
+  effect: Effect.Effect<A, E, R>,
+  predicate: (a: A) => boolean,
+  what: string,
+  options: Options = {}
+): Effect.Effect<A, E | NotYet, R> =>
+  eventually(Effect.filterOrFail(effect, predicate, () => new NotYet({ what })), options)
 
 /** Fail unless `ok`; for use inside `eventually`. */
-export const expect = (ok: boolean, what: string): Effect.Effect<void, Error> =>
-  ok ? Effect.void : Effect.fail(new Error(`not yet: ${what}`))
+export const expect = (ok: boolean, what: string): Effect.Effect<void, NotYet> =>
+  ok ? Effect.void : Effect.fail(new NotYet({ what }))
