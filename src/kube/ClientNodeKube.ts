@@ -35,7 +35,10 @@ export interface Options {
   /** Name used in logs and errors: hosting, managed, hub. */
   readonly cluster: string
   readonly kubeConfig: KubeConfig
-  /** Overrides the kubeconfig user's bearer token on every request. */
+  /**
+   * Overrides the kubeconfig user's bearer token on every request. (An apiserver prefers a client
+   * certificate when one is configured, so use it with token-based kubeconfigs.)
+   */
   readonly tokenSource?: KubeClient.TokenSource
   /** Sent as User-Agent. */
   readonly userAgent?: string

@@ -1,0 +1,137 @@
+/**
+ * The Kubernetes edge against a real apiserver: every failure becomes a KubeError with the right
+ * reason and retry classification and a message without credentials; the bearer token comes from
+ * the token source on every request; the list+watch stream sees changes.
+ */
+import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { CoreV1Api, KubeConfig, RbacAuthorizationV1Api } from "@kubernetes/client-node"
+import { Effect, Exit, Fiber, Redacted, Scope, Stream } from "effect"
+import * as Net from "node:net"
+import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
+import type * as KubeError from "../../src/kube/KubeError.ts"
+import { Apiserver, EnvtestAssets } from "../../src/testing/index.ts"
+
+describe.skipIf(EnvtestAssets.resolveSync() === undefined)("KubeClient (real apiserver)", () => {
+  let scope: Scope.Closeable
+  let server: Apiserver.ApiserverInfo
+
+  beforeAll(async () => {
+    scope = await Effect.runPromise(Scope.make())
+    server = await Effect.runPromise(Apiserver.make({ name: "kube" }).pipe(Scope.provide(scope)))
+  })
+  afterAll(async () => {
+    if (scope !== undefined) await Effect.runPromise(Scope.close(scope, Exit.void))
+  })
+
+  const admin = () => ClientNodeKube.make({ cluster: "test", kubeConfig: Apiserver.kubeConfig(server) })
+  /** A kubeconfig without a client certificate (which the apiserver would prefer over any bearer). */
+  const tokenOnly = () => {
+    const kubeConfig = new KubeConfig()
+    kubeConfig.loadFromString(Apiserver.kubeconfigForToken(server, "replaced-by-the-token-source"))
+    return kubeConfig
+  }
+  const reasonOf = <A>(effect: Effect.Effect<A, KubeError.KubeError>) =>
+    Effect.map(Effect.flip(effect), (e) => ({ reason: e.reason, retryable: e.retryable, message: e.message }))
+
+  it.live("classifies NotFound, Conflict, Invalid and Transport failures", () =>
+    Effect.gen(function*() {
+      yield* Apiserver.createNamespace(server, "errors")
+      const kube = admin()
+      const notFound = yield* reasonOf(kube.getSecret("errors", "nope"))
+      assert.deepStrictEqual([notFound.reason, notFound.retryable], ["NotFound", false])
+      assert.include(notFound.message, 'secrets "nope" not found')
+
+      const created = yield* kube.createSecret("errors", { metadata: { name: "s" }, stringData: { a: "1" } })
+      yield* kube.replaceSecret("errors", { ...created, stringData: { a: "2" } })
+      const conflict = yield* reasonOf(kube.replaceSecret("errors", { ...created, stringData: { a: "3" } }))
+      assert.deepStrictEqual([conflict.reason, conflict.retryable], ["Conflict", true])
+
+      const invalid = yield* reasonOf(kube.createSecret("errors", { metadata: { name: "Not_A_Valid_Name" } }))
+      assert.deepStrictEqual([invalid.reason, invalid.retryable], ["Invalid", false])
+
+      const closedPort = yield* Effect.promise(() =>
+        new Promise<number>((resolve) => {
+          const probe = Net.createServer().listen(0, "127.0.0.1", () => {
+            const port = (probe.address() as Net.AddressInfo).port
+            probe.close(() => resolve(port))
+          })
+        })
+      )
+      const unreachable = Apiserver.kubeConfig(server)
+      unreachable.clusters[0] = { ...unreachable.clusters[0]!, server: `https://127.0.0.1:${closedPort}` }
+      const transport = yield* reasonOf(ClientNodeKube.make({ cluster: "test", kubeConfig: unreachable }).getSecret("errors", "s"))
+      assert.deepStrictEqual([transport.reason, transport.retryable], ["Transport", true])
+    }))
+
+  it.live("Unauthorized and Forbidden carry the apiserver's explanation but never the token", () =>
+    Effect.gen(function*() {
+      const token = yield* Apiserver.serviceAccountToken(server, "rbac", "reader", 3600)
+      const withToken = (value: string) =>
+        ClientNodeKube.make({ cluster: "test", kubeConfig: tokenOnly(), tokenSource: async () => Redacted.make(value) })
+      const forbidden = yield* reasonOf(withToken(token).getSecret("rbac", "x"))
+      assert.deepStrictEqual([forbidden.reason, forbidden.retryable], ["Forbidden", false])
+      assert.include(forbidden.message, "system:serviceaccount:rbac:reader")
+      assert.notInclude(forbidden.message, token)
+
+      const unauthorized = yield* reasonOf(withToken(`${token.slice(0, -8)}AAAAAAAA`).getSecret("rbac", "x"))
+      assert.deepStrictEqual([unauthorized.reason, unauthorized.retryable], ["Unauthorized", false])
+      assert.notInclude(unauthorized.message, token.slice(0, 40))
+    }))
+
+  it.live("takes the bearer token from the token source on every request", () =>
+    Effect.gen(function*() {
+      const reader = yield* Apiserver.serviceAccountToken(server, "rotate", "reader", 3600)
+      const nobody = yield* Apiserver.serviceAccountToken(server, "rotate", "nobody", 3600)
+      const rbac = Apiserver.kubeConfig(server).makeApiClient(RbacAuthorizationV1Api)
+      yield* Effect.promise(() =>
+        rbac.createNamespacedRole({
+          namespace: "rotate",
+          body: { metadata: { name: "read-secrets" }, rules: [{ apiGroups: [""], resources: ["secrets"], verbs: ["get"] }] }
+        })
+      )
+      yield* Effect.promise(() =>
+        rbac.createNamespacedRoleBinding({
+          namespace: "rotate",
+          body: {
+            metadata: { name: "reader" },
+            roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "Role", name: "read-secrets" },
+            subjects: [{ kind: "ServiceAccount", name: "reader", namespace: "rotate" }]
+          }
+        })
+      )
+      yield* Effect.promise(() =>
+        Apiserver.kubeConfig(server).makeApiClient(CoreV1Api).createNamespacedSecret({ namespace: "rotate", body: { metadata: { name: "s" } } })
+      )
+      let current = nobody
+      const kube = ClientNodeKube.make({ cluster: "test", kubeConfig: tokenOnly(), tokenSource: async () => Redacted.make(current) })
+      const denied = yield* reasonOf(kube.getSecret("rotate", "s"))
+      assert.strictEqual(denied.reason, "Forbidden")
+      current = reader
+      const secret = yield* kube.getSecret("rotate", "s")
+      assert.strictEqual(secret.metadata?.name, "s")
+      current = nobody
+      assert.strictEqual((yield* reasonOf(kube.getSecret("rotate", "s"))).reason, "Forbidden")
+    }))
+
+  it.live("the watch stream lists, then sees additions, changes and deletions", () =>
+    Effect.gen(function*() {
+      yield* Apiserver.createNamespace(server, "watched")
+      const kube = admin()
+      yield* kube.createSecret("watched", { metadata: { name: "before" } })
+      const fiber = yield* kube.watchSecrets("watched").pipe(
+        Stream.take(4),
+        Stream.runCollect,
+        Effect.timeout("20 seconds"),
+        Effect.forkChild
+      )
+      yield* Effect.sleep("500 millis")
+      const created = yield* kube.createSecret("watched", { metadata: { name: "after" } })
+      yield* kube.replaceSecret("watched", { ...created, stringData: { k: "v" } })
+      yield* kube.deleteSecret("watched", "after")
+      const events = yield* Fiber.join(fiber)
+      const seen = events.map((e) =>
+        e._tag === "Synced" ? `Synced:${e.items.map((s) => s.metadata?.name).join(",")}` : e._tag === "Broken" ? "Broken" : `${e._tag}:${e.object.metadata?.name}`
+      )
+      assert.deepStrictEqual(seen, ["Synced:before", "Added:after", "Modified:after", "Deleted:after"])
+    }))
+})

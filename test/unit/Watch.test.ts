@@ -1,0 +1,93 @@
+/**
+ * The list+watch stream over a scripted transport on virtual time: it re-watches from the last
+ * resourceVersion when the server closes a watch, lists again on 410 Gone, and on failures emits
+ * Broken and retries after a jittered backoff.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Fiber, Stream } from "effect"
+import { TestClock } from "effect/testing"
+import * as KubeError from "../../src/kube/KubeError.ts"
+import * as Watch from "../../src/kube/Watch.ts"
+
+const kubeError = (reason: KubeError.Reason) =>
+  new KubeError.KubeError({ cluster: "test", operation: "watch things", reason, detail: reason })
+
+type Step =
+  | { readonly _tag: "Events"; readonly names: ReadonlyArray<string>; readonly end: Watch.WatchEnd }
+  | { readonly _tag: "Fail"; readonly reason: KubeError.Reason }
+
+/** A transport that plays `script` one watch call at a time, recording every call. */
+const scripted = (script: Array<Step>) => {
+  const calls: Array<string> = []
+  let lists = 0
+  const transport: Watch.Transport<string> = {
+    list: Effect.sync(() => {
+      lists++
+      calls.push(`list`)
+      return { items: [`item-${lists}`], resourceVersion: `rv-list-${lists}` }
+    }),
+    watch: (resourceVersion, emit) =>
+      Effect.suspend(() => {
+        calls.push(`watch@${resourceVersion}`)
+        const step = script.shift()
+        if (step === undefined) return Effect.never
+        if (step._tag === "Fail") return Effect.fail(kubeError(step.reason))
+        for (const name of step.names) emit({ _tag: "Modified", object: name })
+        return Effect.succeed(step.end)
+      })
+  }
+  return { calls, transport }
+}
+
+const collect = (stream: Stream.Stream<Watch.WatchEvent<string>>, n: number) =>
+  Stream.runCollect(Stream.take(stream, n)).pipe(Effect.forkChild)
+
+const tags = (events: ReadonlyArray<Watch.WatchEvent<string>>) =>
+  events.map((e) => (e._tag === "Synced" ? `Synced:${e.items.join(",")}` : e._tag === "Broken" ? `Broken:${e.error.reason}` : `${e._tag}:${e.object}`))
+
+describe("Watch.stream", () => {
+  it.effect("lists, then watches from the list's resourceVersion and continues from the last one seen", () =>
+    Effect.gen(function*() {
+      const { calls, transport } = scripted([
+        { _tag: "Events", names: ["a"], end: { _tag: "Closed", resourceVersion: "rv-7" } },
+        { _tag: "Events", names: ["b"], end: { _tag: "Closed", resourceVersion: "rv-9" } }
+      ])
+      const fiber = yield* collect(Watch.stream(transport), 3)
+      const events = yield* Fiber.join(fiber)
+      assert.deepStrictEqual(tags(events), ["Synced:item-1", "Modified:a", "Modified:b"])
+      assert.deepStrictEqual(calls.slice(0, 3), ["list", "watch@rv-list-1", "watch@rv-7"])
+    }))
+
+  it.effect("lists again when the resourceVersion is too old (410 Gone), without reporting Broken", () =>
+    Effect.gen(function*() {
+      const { calls, transport } = scripted([
+        { _tag: "Events", names: [], end: { _tag: "Expired" } },
+        { _tag: "Fail", reason: "Gone" }
+      ])
+      const events = yield* Fiber.join(yield* collect(Watch.stream(transport), 3))
+      assert.deepStrictEqual(tags(events), ["Synced:item-1", "Synced:item-2", "Synced:item-3"])
+      assert.deepStrictEqual(calls.slice(0, 5), ["list", "watch@rv-list-1", "list", "watch@rv-list-2", "list"])
+    }))
+
+  it.effect("reports Broken on a failure and retries after a jittered, growing backoff", () =>
+    Effect.gen(function*() {
+      const { calls, transport } = scripted([
+        { _tag: "Fail", reason: "Transport" },
+        { _tag: "Fail", reason: "Unavailable" }
+      ])
+      const fiber = yield* collect(Watch.stream(transport, { initialBackoff: "1 second", maxBackoff: "30 seconds" }), 5)
+      yield* Effect.yieldNow
+      assert.deepStrictEqual(calls, ["list", "watch@rv-list-1"])
+      // First retry: 1 s × [0.8, 1.2]; nothing before 0.8 s.
+      yield* TestClock.adjust("790 millis")
+      assert.strictEqual(calls.length, 2)
+      yield* TestClock.adjust("420 millis")
+      assert.deepStrictEqual(calls.slice(2), ["list", "watch@rv-list-2"])
+      // Second retry: 2 s × [0.8, 1.2].
+      yield* TestClock.adjust("1590 millis")
+      assert.strictEqual(calls.length, 4)
+      yield* TestClock.adjust("820 millis")
+      const events = yield* Fiber.join(fiber)
+      assert.deepStrictEqual(tags(events), ["Synced:item-1", "Broken:Transport", "Synced:item-2", "Broken:Unavailable", "Synced:item-3"])
+    }))
+})
