@@ -8,6 +8,7 @@ import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { AuthenticationV1Api, CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api, type V1Secret } from "@kubernetes/client-node"
 import { Context, Data, Duration, Effect, Exit, Layer, Logger, Scope } from "effect"
 import * as ChildProcess from "node:child_process"
+import * as Net from "node:net"
 import * as Path from "node:path"
 import * as ProvisionerLayers from "../../layers/Provisioner.ts"
 import * as Conditions from "../../src/domain/Conditions.ts"
@@ -132,6 +133,17 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("managed-kubeconfig-p
       Effect.filterOrFail((c): c is Conditions.Condition => c !== undefined, () => new NotYet({ what: "condition set" }))
     )
 
+  /** Reasons of the Events about the generated Secret, oldest first. */
+  const eventReasons = (options: Provisioner.Options) =>
+    call(() => api.hostingCore().listNamespacedEvent({ namespace: options.target.namespace })).pipe(
+      Effect.map((list) =>
+        list.items
+          .filter((e) => e.involvedObject.name === options.target.name)
+          .sort((a, b) => String(a.metadata?.creationTimestamp).localeCompare(String(b.metadata?.creationTimestamp)))
+          .map((e) => e.reason)
+      )
+    )
+
   const remember = (secret: V1Secret) => {
     const token = unb64(secret.data?.["token"])
     if (token !== "") seenTokens.add(token)
@@ -188,6 +200,9 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("managed-kubeconfig-p
         assert.strictEqual(rotated.metadata?.annotations?.["example.com/owner"], "ops")
       }
       const after = yield* until(condition(options), (c) => c.reason === "ManagedKubeconfigUpdated", "not updated")
+      // One event per transition: the creation and each rotation, nothing per sync.
+      const reasons = yield* until(eventReasons(options), (r) => r.length >= 3, "three events")
+      assert.deepStrictEqual([...reasons].sort(), ["ManagedKubeconfigCreated", "ManagedKubeconfigUpdated", "ManagedKubeconfigUpdated"])
       assert.strictEqual(after.status, "True")
       assert.strictEqual(after.lastTransitionTime, firstReady.lastTransitionTime)
     }))
@@ -218,6 +233,9 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("managed-kubeconfig-p
       const after = yield* readTarget(options)
       assert.strictEqual(after.metadata?.resourceVersion, good.metadata?.resourceVersion)
       assert.deepStrictEqual(after.data, good.data)
+      // The same failure, seen on every resync, is one Warning event.
+      const reasons = yield* eventReasons(options)
+      assert.strictEqual(reasons.filter((r) => r === "ManagedKubeconfigSyncFailed").length, 1)
       // exec credentials are refused by name, too.
       yield* writeSource(options.clusterName, managed.kubeconfigYaml.replace(/client-certificate-data:.*\n\s*client-key-data:.*/, "exec:\n      command: aws\n      apiVersion: client.authentication.k8s.io/v1"), "replace")
       const refused = yield* until(condition(options), (c) => c.message.includes("exec"), "no exec message")
@@ -281,5 +299,110 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("managed-kubeconfig-p
       assert.isAbove(logLines.length, 0)
       const all = logLines.join("\n")
       for (const token of seenTokens) assert.notInclude(all, token)
+    }))
+})
+
+describe.skipIf(EnvtestAssets.resolveSync() === undefined)("tether managed-kubeconfig-provisioner (the CLI process)", () => {
+  let scope: Scope.Closeable
+  let hub: Apiserver.ApiserverInfo
+  let hosting: Apiserver.ApiserverInfo
+  let managed: Apiserver.ApiserverInfo
+
+  beforeAll(async () => {
+    scope = await Effect.runPromise(Scope.make("parallel"))
+    ;[hub, hosting, managed] = await Effect.runPromise(
+      Effect.all([
+        Apiserver.make({ name: "hub", crds: [Fixtures.managedClusterAddOnCrd] }),
+        Apiserver.make({ name: "hosting" }),
+        Apiserver.make({ name: "managed" })
+      ], { concurrency: "unbounded" }).pipe(Scope.provide(scope))
+    )
+  })
+  afterAll(async () => {
+    if (scope !== undefined) await Effect.runPromise(Scope.close(scope, Exit.void))
+  })
+
+  const freePort = () =>
+    new Promise<number>((resolve) => {
+      const probe = Net.createServer().listen(0, "127.0.0.1", () => {
+        const port = (probe.address() as Net.AddressInfo).port
+        probe.close(() => resolve(port))
+      })
+    })
+  const get = (url: string) =>
+    Effect.tryPromise({
+      try: async () => {
+        const response = await fetch(url)
+        return { status: response.status, body: await response.text() }
+      },
+      catch: () => new NotYet({ what: `GET ${url}` })
+    })
+
+  it.live("serves /healthz, /readyz and /metrics, logs JSON lines without tokens, and stops on SIGTERM", () =>
+    Effect.gen(function*() {
+      const core = (info: Apiserver.ApiserverInfo) => Apiserver.kubeConfig(info).makeApiClient(CoreV1Api)
+      for (const [info, ns] of [[hosting, "cli"], [hosting, "agent-cli"], [managed, "agent-cli"], [hub, "cli"]] as const) {
+        yield* Apiserver.createNamespace(info, ns)
+      }
+      yield* call(() => core(managed).createNamespacedServiceAccount({ namespace: "agent-cli", body: { metadata: { name: "cluster-proxy" } } }))
+      yield* call(() =>
+        core(hosting).createNamespacedSecret({ namespace: "cli", body: { metadata: { name: "external-managed-kubeconfig" }, data: { kubeconfig: b64(managed.kubeconfigYaml) } } })
+      )
+      yield* call(() =>
+        Apiserver.kubeConfig(hub).makeApiClient(CustomObjectsApi).createNamespacedCustomObject({
+          group,
+          version,
+          plural,
+          namespace: "cli",
+          body: { apiVersion: `${group}/${version}`, kind: "ManagedClusterAddOn", metadata: { name: "cluster-proxy" }, spec: {} }
+        })
+      )
+      const port = yield* Effect.promise(freePort)
+      const output: Array<string> = []
+      const child = yield* Effect.acquireRelease(
+        Effect.sync(() => {
+          const proc = ChildProcess.spawn(process.execPath, [
+            Path.resolve("src/cli/bin.ts"),
+            "managed-kubeconfig-provisioner",
+            "--cluster-name=cli",
+            "--target-namespace=agent-cli",
+            `--kubeconfig=${hosting.kubeconfigPath}`,
+            `--hub-kubeconfig=${hub.kubeconfigPath}`,
+            "--token-expiration=1h",
+            "--refresh-before=10m",
+            `--health-probe-bind-address=127.0.0.1:${port}`
+          ])
+          proc.stdout.on("data", (chunk: Buffer) => output.push(chunk.toString()))
+          proc.stderr.on("data", (chunk: Buffer) => output.push(chunk.toString()))
+          return proc
+        }),
+        (proc) => Effect.sync(() => proc.kill("SIGKILL"))
+      )
+      const base = `http://127.0.0.1:${port}`
+      assert.strictEqual((yield* eventually(get(`${base}/healthz`))).body, "ok")
+      yield* until(get(`${base}/readyz`), (r) => r.status === 200, "ready")
+      const metrics = (yield* get(`${base}/metrics`)).body
+      assert.include(metrics, 'cluster_proxy_managed_kubeconfig_refresh_total{result="success"} 1')
+      const remaining = /^cluster_proxy_managed_kubeconfig_token_expiration_seconds (\S+)$/m.exec(metrics)
+      assert.isDefined(remaining?.[1])
+      assert.isTrue(Number(remaining![1]) > 3000 && Number(remaining![1]) <= 3600, `expiration seconds ${remaining![1]}`)
+      assert.match(metrics, /^cluster_proxy_managed_kubeconfig_token_expiration_timestamp_seconds \d+/m)
+      assert.include(metrics, "tether_reconcile_total")
+
+      const secret = yield* call(() => core(hosting).readNamespacedSecret({ namespace: "agent-cli", name: "cluster-proxy-managed-kubeconfig" }))
+      const token = unb64(secret.data?.["token"])
+      assert.isAbove(token.length, 100)
+
+      const exited = yield* Effect.callback<number | null>((resume) => {
+        child.once("exit", (code) => resume(Effect.succeed(code)))
+        child.kill("SIGTERM")
+      }).pipe(Effect.timeout("10 seconds"))
+      assert.isNotNull(exited)
+      const lines = output.join("").split("\n").filter((line) => line.trim() !== "")
+      assert.isAbove(lines.length, 0)
+      for (const line of lines) {
+        assert.doesNotThrow(() => JSON.parse(line), undefined, `not a JSON log line: ${line.slice(0, 80)}`)
+        assert.notInclude(line, token)
+      }
     }))
 })
