@@ -5,7 +5,7 @@
  * @since 0.1.0
  */
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
-import { Console, Effect } from "effect"
+import { Cause, Console, Effect, Exit, type Runtime } from "effect"
 import { CliError, Command } from "effect/cli"
 import * as ManagedKubeconfigProvisioner from "./commands/ManagedKubeconfigProvisioner.ts"
 
@@ -14,6 +14,13 @@ if (major < 24) {
   process.stderr.write(`tether needs Node 24 or newer; this is ${process.version}. Use \`npm run tether -- ...\`.\n`)
   process.exit(1)
 }
+
+/**
+ * Exit 0 after a clean shutdown on SIGTERM/SIGINT (interruption only), 1 on any failure: a pod
+ * stopped by Kubernetes should not look like a crash.
+ */
+const teardown: Runtime.Teardown = (exit, onExit) =>
+  onExit(Exit.isSuccess(exit) || Cause.hasInterruptsOnly(exit.cause) ? 0 : 1)
 
 const tether = Command.make("tether").pipe(
   Command.withDescription("Hosted-mode credential and relay engine for Open Cluster Management add-ons"),
@@ -28,5 +35,5 @@ tether.pipe(
     CliError.isCliError(error) ? Effect.void : Console.error(`error: ${error.message}`)
   ),
   Effect.provide(NodeServices.layer),
-  (main) => NodeRuntime.runMain(main, { disableErrorReporting: true })
+  (main) => NodeRuntime.runMain(main, { disableErrorReporting: true, teardown })
 )

@@ -38,7 +38,7 @@ export const tokenExpirationTimestampSeconds = Metric.gauge(
   { description: "Unix time at which the token in the generated managed kubeconfig expires." }
 )
 
-/** Duration of TokenRequest calls to the managed cluster. Labels: `result`. */
+/** Duration of TokenRequest calls to the managed cluster, successful or not. */
 export const tokenRequestDuration = Metric.histogram("cluster_proxy_managed_kubeconfig_token_request_duration_seconds", {
   description: "Duration of TokenRequest calls against the managed cluster.",
   boundaries: secondsBuckets

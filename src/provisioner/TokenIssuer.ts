@@ -12,11 +12,12 @@
  * @since 0.1.0
  */
 import { KubeConfig } from "@kubernetes/client-node"
-import { Clock, Context, Effect, Layer, Redacted } from "effect"
+import { Clock, Context, Effect, Layer, Metric, Redacted } from "effect"
 import type * as Kubeconfig from "../domain/Kubeconfig.ts"
 import * as ClientNodeKube from "../kube/ClientNodeKube.ts"
 import type * as KubeClient from "../kube/KubeClient.ts"
 import * as KubeError from "../kube/KubeError.ts"
+import * as Metrics from "../observability/Metrics.ts"
 
 /** A freshly minted token. @category models */
 export interface IssuedToken {
@@ -62,7 +63,11 @@ export class TokenIssuer extends Context.Service<TokenIssuer, {
         const issuedAt = yield* Clock.currentTimeMillis
         const response = yield* clientFor(input).createServiceAccountToken(input.namespace, input.name, {
           spec: { audiences: [], expirationSeconds: input.expirationSeconds }
-        })
+        }).pipe(
+          Effect.onExit(() =>
+            Effect.flatMap(Clock.currentTimeMillis, (now) => Metric.update(Metrics.tokenRequestDuration, (now - issuedAt) / 1000))
+          )
+        )
         const token = response.status?.token ?? ""
         if (token === "") {
           return yield* new KubeError.KubeError({

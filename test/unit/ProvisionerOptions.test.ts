@@ -1,0 +1,54 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Duration, Result } from "effect"
+import * as Options from "../../src/provisioner/Options.ts"
+
+const flags = (overrides: Partial<Options.Flags> = {}): Options.Flags => ({
+  clusterName: "cluster1",
+  sourceNamespace: "",
+  sourceName: "external-managed-kubeconfig",
+  targetNamespace: "",
+  targetName: "cluster-proxy-managed-kubeconfig",
+  serviceAccountNamespace: "",
+  serviceAccountName: "cluster-proxy",
+  tokenExpiration: Duration.hours(24),
+  refreshBefore: Duration.hours(1),
+  syncInterval: Duration.minutes(5),
+  hubKubeconfig: "",
+  addonName: "cluster-proxy",
+  addonNamespace: "",
+  ...overrides
+})
+
+const message = (result: Result.Result<unknown, Options.InvalidOptions>) =>
+  Result.isFailure(result) ? result.failure.message : "succeeded"
+
+describe("provisioner options", () => {
+  it("derives namespaces from --cluster-name and POD_NAMESPACE", () => {
+    const resolved = Result.getOrThrow(Options.resolve(flags(), "agents"))
+    assert.deepStrictEqual(resolved.source, { namespace: "cluster1", name: "external-managed-kubeconfig" })
+    assert.deepStrictEqual(resolved.target, { namespace: "agents", name: "cluster-proxy-managed-kubeconfig" })
+    assert.deepStrictEqual(resolved.serviceAccount, { namespace: "agents", name: "cluster-proxy" })
+    assert.isUndefined(resolved.addon)
+  })
+
+  it("tracks the add-on only with a hub, in --cluster-name's namespace by default", () => {
+    const resolved = Result.getOrThrow(Options.resolve(flags({ hubKubeconfig: "/hub" }), "agents"))
+    assert.deepStrictEqual(resolved.addon, { namespace: "cluster1", name: "cluster-proxy" })
+  })
+
+  it.each([
+    { name: "missing --cluster-name", given: { clusterName: "" }, pod: "agents", expected: "--cluster-name is required" },
+    { name: "no target namespace anywhere", given: {}, pod: undefined, expected: "--target-namespace is required (or set POD_NAMESPACE)" },
+    { name: "refresh-before not shorter", given: { refreshBefore: Duration.hours(24) }, pod: "a", expected: "--refresh-before (24h) must be shorter than --token-expiration (24h)" },
+    { name: "token below the TokenRequest minimum", given: { tokenExpiration: Duration.minutes(5), refreshBefore: Duration.minutes(1) }, pod: "a", expected: "--token-expiration (5m) must be at least 10m" },
+    { name: "zero sync interval", given: { syncInterval: Duration.zero }, pod: "a", expected: "--sync-interval must be greater than 0" },
+    { name: "add-on namespace without a hub", given: { addonNamespace: "x" }, pod: "a", expected: "--addon-namespace needs --hub-kubeconfig" }
+  ])("refuses $name", ({ expected, given, pod }) => {
+    assert.include(message(Options.resolve(flags(given), pod)), expected)
+  })
+
+  it("--cleanup needs only the target", () => {
+    assert.deepStrictEqual(Result.getOrThrow(Options.resolveCleanupTarget({ targetNamespace: "", targetName: "s" }, "agents")), { namespace: "agents", name: "s" })
+    assert.include(message(Options.resolveCleanupTarget({ targetNamespace: "", targetName: "s" }, undefined)), "--target-namespace is required")
+  })
+})
