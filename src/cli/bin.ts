@@ -7,6 +7,7 @@
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import { Cause, Console, Effect, Exit, type Runtime } from "effect"
 import { CliError, Command } from "effect/cli"
+import * as ManagedApiserverProxy from "./commands/ManagedApiserverProxy.ts"
 import * as ManagedKubeconfigProvisioner from "./commands/ManagedKubeconfigProvisioner.ts"
 
 const major = Number(process.versions.node.split(".")[0])
@@ -24,7 +25,7 @@ const teardown: Runtime.Teardown = (exit, onExit) =>
 
 const tether = Command.make("tether").pipe(
   Command.withDescription("Hosted-mode credential and relay engine for Open Cluster Management add-ons"),
-  Command.withSubcommands([ManagedKubeconfigProvisioner.command])
+  Command.withSubcommands([ManagedKubeconfigProvisioner.command, ManagedApiserverProxy.command])
 )
 
 tether.pipe(
@@ -32,7 +33,9 @@ tether.pipe(
   // Command-line errors are already rendered by Command.run; anything else is a typed error
   // whose message says what to do, so print that instead of a stack trace.
   Effect.tapError((error) =>
-    CliError.isCliError(error) ? Effect.void : Console.error(`error: ${error.message}`)
+    CliError.isCliError(error) || CliError.getUserMessage(error) !== undefined
+      ? Effect.void
+      : Console.error(`error: ${error.message}`)
   ),
   Effect.provide(NodeServices.layer),
   (main) => NodeRuntime.runMain(main, { disableErrorReporting: true, teardown })

@@ -2,9 +2,10 @@
  * Kubernetes Events for state transitions.
  *
  * Callers record an event when something changed (a Secret created, a refresh that started
- * failing), never once per sync: the recorder itself drops an event identical in type, reason, message
- * and object to the previous one, so a failure that repeats on every retry is reported once
- * until the state moves on. A failure to create an event is logged and otherwise ignored.
+ * failing), never once per sync. A Normal event reports an action and is always emitted; a
+ * Warning identical to the previous event about the same object is dropped, so a failure that
+ * repeats on every retry is reported once until the state moves on. A failure to create an event
+ * is logged and otherwise ignored.
  *
  * RBAC: `create` on `events` in the namespace of the object the events are about.
  *
@@ -33,8 +34,6 @@ export interface EventInput {
 /** @category services */
 export class EventRecorder extends Context.Service<EventRecorder, {
   readonly record: (event: EventInput) => Effect.Effect<void>
-  /** Forget the last event for `regarding`, so the next one is emitted even if identical. */
-  readonly reset: (regarding: ObjectReference) => Effect.Effect<void>
 }>()("tether/kube/EventRecorder") {
   /** Events on the hosting cluster, reported by `component`. */
   static readonly layer = (component: string) =>
@@ -86,10 +85,9 @@ const make = (emit: (event: EventInput, now: number) => Effect.Effect<void>) => 
       Effect.gen(function*() {
         const key = keyOf(event.regarding)
         const fingerprint = `${event.type}/${event.reason}/${event.message}`
-        if (last.get(key) === fingerprint) return
+        if (event.type === "Warning" && last.get(key) === fingerprint) return
         last.set(key, fingerprint)
         yield* emit(event, yield* Clock.currentTimeMillis)
-      }),
-    reset: (regarding) => Effect.sync(() => void last.delete(keyOf(regarding)))
+      })
   })
 }

@@ -88,6 +88,12 @@ export const relayConnectionsActive = Metric.gauge("cluster_proxy_managed_apiser
   description: "TCP connections currently open through the managed apiserver relay."
 })
 
+/** Connections closed right after accept because the relay was at `--max-connections`. */
+export const relayConnectionsRefusedTotal = Metric.counter("cluster_proxy_managed_apiserver_relay_connections_refused_total", {
+  description: "TCP connections closed right after accept because the relay was at --max-connections.",
+  incremental: true
+})
+
 export const relayDialErrorsTotal = Metric.counter("cluster_proxy_managed_apiserver_relay_dial_errors_total", {
   description: "Failed dials from the managed apiserver relay to the managed apiserver.",
   incremental: true

@@ -4,7 +4,7 @@
  * (ManagedClusterAddOn condition). Each test uses its own cluster name and namespaces.
  */
 import { NodeServices } from "@effect/platform-node"
-import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { assert, beforeAll, describe, it } from "@effect/vitest"
 import { AuthenticationV1Api, CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api, type V1Secret } from "@kubernetes/client-node"
 import { Context, Data, Duration, Effect, Exit, Layer, Logger, Scope } from "effect"
 import * as ChildProcess from "node:child_process"
@@ -20,6 +20,7 @@ import { AddonStatus } from "../../src/provisioner/AddonStatus.ts"
 import type * as Provisioner from "../../src/provisioner/Provisioner.ts"
 import { Apiserver, EnvtestAssets, Fixtures } from "../../src/testing/index.ts"
 import { eventually, NotYet, until } from "../support/eventually.ts"
+import { useTrio } from "../support/trio.ts"
 
 /** A client-node call; failures keep the HTTP status for assertions. */
 class CallFailed extends Data.TaggedError("CallFailed")<{ readonly code: number | undefined }> {}
@@ -35,24 +36,12 @@ const seenTokens = new Set<string>()
 const captureLogs = Logger.layer([Logger.map(Logger.formatJson, (line) => void logLines.push(line))])
 
 describe.skipIf(EnvtestAssets.resolveSync() === undefined)("managed-kubeconfig-provisioner (real apiservers)", () => {
-  let scope: Scope.Closeable
-  let hub: Apiserver.ApiserverInfo
-  let hosting: Apiserver.ApiserverInfo
-  let managed: Apiserver.ApiserverInfo
-
-  beforeAll(async () => {
-    scope = await Effect.runPromise(Scope.make("parallel"))
-    ;[hub, hosting, managed] = await Effect.runPromise(
-      Effect.all([
-        Apiserver.make({ name: "hub", crds: [Fixtures.managedClusterAddOnCrd] }),
-        Apiserver.make({ name: "hosting" }),
-        Apiserver.make({ name: "managed" })
-      ], { concurrency: "unbounded" }).pipe(Scope.provide(scope))
-    )
-  })
-
-  afterAll(async () => {
-    if (scope !== undefined) await Effect.runPromise(Scope.close(scope, Exit.void))
+  const clusters = useTrio()
+  let hub!: Apiserver.ApiserverInfo
+  let hosting!: Apiserver.ApiserverInfo
+  let managed!: Apiserver.ApiserverInfo
+  beforeAll(() => {
+    ;({ hub, hosting, managed } = clusters)
   })
 
   const api = {
@@ -293,35 +282,6 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("managed-kubeconfig-p
       for (const token of seenTokens) assert.notInclude(first.output + second.output, token)
     }))
 
-  it.live("no token appears in any log line", () =>
-    Effect.sync(() => {
-      assert.isAbove(seenTokens.size, 3)
-      assert.isAbove(logLines.length, 0)
-      const all = logLines.join("\n")
-      for (const token of seenTokens) assert.notInclude(all, token)
-    }))
-})
-
-describe.skipIf(EnvtestAssets.resolveSync() === undefined)("tether managed-kubeconfig-provisioner (the CLI process)", () => {
-  let scope: Scope.Closeable
-  let hub: Apiserver.ApiserverInfo
-  let hosting: Apiserver.ApiserverInfo
-  let managed: Apiserver.ApiserverInfo
-
-  beforeAll(async () => {
-    scope = await Effect.runPromise(Scope.make("parallel"))
-    ;[hub, hosting, managed] = await Effect.runPromise(
-      Effect.all([
-        Apiserver.make({ name: "hub", crds: [Fixtures.managedClusterAddOnCrd] }),
-        Apiserver.make({ name: "hosting" }),
-        Apiserver.make({ name: "managed" })
-      ], { concurrency: "unbounded" }).pipe(Scope.provide(scope))
-    )
-  })
-  afterAll(async () => {
-    if (scope !== undefined) await Effect.runPromise(Scope.close(scope, Exit.void))
-  })
-
   const freePort = () =>
     new Promise<number>((resolve) => {
       const probe = Net.createServer().listen(0, "127.0.0.1", () => {
@@ -404,5 +364,13 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("tether managed-kubec
         assert.doesNotThrow(() => JSON.parse(line), undefined, `not a JSON log line: ${line.slice(0, 80)}`)
         assert.notInclude(line, token)
       }
+    }))
+
+  it.live("no token appears in any log line", () =>
+    Effect.sync(() => {
+      assert.isAbove(seenTokens.size, 3)
+      assert.isAbove(logLines.length, 0)
+      const all = logLines.join("\n")
+      for (const token of seenTokens) assert.notInclude(all, token)
     }))
 })

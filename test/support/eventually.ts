@@ -18,11 +18,13 @@ export interface Options {
 
 export const eventually = <A, E, R>(check: Effect.Effect<A, E, R>, options: Options = {}): Effect.Effect<A, E | NotYet, R> => {
   const timeout = Duration.fromInputUnsafe(options.timeout ?? "20 seconds")
+  let last = "no attempt finished"
   return check.pipe(
+    Effect.tapError((error) => Effect.sync(() => void (last = error instanceof NotYet ? error.what : String(error)))),
     Effect.retry(Schedule.spaced(options.interval ?? "100 millis")),
     Effect.timeoutOrElse({
       duration: timeout,
-      orElse: () => Effect.fail(new NotYet({ what: `condition not met within ${Duration.format(timeout)}` }))
+      orElse: () => Effect.fail(new NotYet({ what: `${last} (gave up after ${Duration.format(timeout)})` }))
     })
   )
 }

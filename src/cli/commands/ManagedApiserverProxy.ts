@@ -1,0 +1,67 @@
+/**
+ * `tether managed-apiserver-proxy`: relay raw TCP from `--listen` to the managed cluster's
+ * kube-apiserver named by `--managed-kubeconfig`, following changes of that file.
+ *
+ * @since 0.1.0
+ */
+import { Duration, Effect, Layer, Result } from "effect"
+import { Command, Flag } from "effect/cli"
+import * as ApiServerRelay from "../../../layers/ApiServerRelay.ts"
+import * as Observability from "../../../layers/Observability.ts"
+import * as Flags from "../Flags.ts"
+import { UsageError } from "../UsageError.ts"
+
+/** The default of `--max-connections`: two file descriptors each, far below usual limits. */
+export const defaultMaxConnections = 1024
+
+const flags = {
+  managedKubeconfig: Flags.string(
+    "managed-kubeconfig",
+    "Kubeconfig of the managed cluster (required); the relay dials its current context's cluster server and re-reads the file when it changes"
+  ),
+  listen: Flags.listen("listen", "Address the relay listens on", ":8443"),
+  dialTimeout: Flags.duration("dial-timeout", "Bound on connecting to the managed apiserver", "30s"),
+  reloadInterval: Flags.duration("reload-interval", "Re-read the managed kubeconfig this often (file changes are picked up at once)", "30s"),
+  drainTimeout: Flags.duration("drain-timeout", "After the target changes, close connections to the previous target this much later", "30s"),
+  maxConnections: Flag.Int("max-connections").pipe(
+    Flag.withDescription(
+      `Connections relayed at once; more are accepted and closed at once; 0 means unlimited (default ${defaultMaxConnections})`
+    ),
+    Flag.withDefault(defaultMaxConnections)
+  ),
+  idleTimeout: Flags.duration("idle-timeout", "Close connections without traffic in either direction for this long; 0 turns it off", "0"),
+  healthProbeBindAddress: Flags.listen("health-probe-bind-address", "Address of /healthz, /readyz and /metrics", ":8001")
+}
+
+/**
+ * Validate the flags into the relay's options.
+ *
+ * @category constructors
+ */
+export const resolve = (given: Omit<ApiServerRelay.Options, "managedKubeconfig"> & { readonly managedKubeconfig: string }) => {
+  const fail = (message: string) => Result.fail(new UsageError({ message }))
+  const managedKubeconfig = given.managedKubeconfig.trim()
+  if (managedKubeconfig === "") {
+    return fail("--managed-kubeconfig is required: the path of the managed cluster's kubeconfig (e.g. /etc/managed/kubeconfig)")
+  }
+  if (!Duration.isGreaterThan(given.dialTimeout, Duration.zero)) return fail("--dial-timeout must be greater than 0")
+  if (!Duration.isGreaterThan(given.reloadInterval, Duration.zero)) return fail("--reload-interval must be greater than 0")
+  if (!Number.isSafeInteger(given.maxConnections) || given.maxConnections < 0) {
+    return fail("--max-connections must be 0 (unlimited) or a positive number")
+  }
+  return Result.succeed<ApiServerRelay.Options>({ ...given, managedKubeconfig })
+}
+
+export const command = Command.make("managed-apiserver-proxy", flags, (given) =>
+  Effect.gen(function*() {
+    const { healthProbeBindAddress, ...relay } = given
+    const options = resolve(relay)
+    if (Result.isFailure(options)) return yield* options.failure
+    return yield* Layer.launch(
+      ApiServerRelay.layer(options.success).pipe(Layer.provideMerge(Observability.layer(healthProbeBindAddress)))
+    )
+  })).pipe(
+    Command.withDescription(
+      "Relay TCP connections to the managed cluster's kube-apiserver (no TLS termination), following the managed kubeconfig as it changes."
+    )
+  )

@@ -1,0 +1,137 @@
+/**
+ * The relay's current target, kept in step with the managed kubeconfig file.
+ *
+ * The file is a mounted Secret: the kubelet updates it by swapping a symlink in the mount
+ * folder, so the folder (not the file) is watched, and every event re-reads the file. A timer
+ * re-reads it every `reloadInterval` as well, in case an event is missed (network file systems,
+ * a folder that was replaced). A file that cannot be read or parsed keeps the last good target
+ * and logs a warning; only a successful read changes the target. Nothing from the file except
+ * the target `host:port` is ever logged: the file holds a token.
+ *
+ * The first read happens while the layer is built and must succeed: without any target there
+ * is nothing to relay to, and failing at startup shows the problem where it is made.
+ *
+ * @since 0.1.0
+ */
+import { Context, Deferred, Duration, Effect, Exit, FileSystem, Layer, Queue, Stream, SubscriptionRef } from "effect"
+import * as Path from "node:path"
+import * as ManagedTarget from "./ManagedTarget.ts"
+
+/** @since 0.1.0 @category models */
+export interface Options {
+  /** The managed kubeconfig file (usually a Secret volume, e.g. `/etc/managed/kubeconfig`). */
+  readonly path: string
+  /** Fail-safe re-read period; file events trigger a re-read sooner. */
+  readonly reloadInterval: Duration.Duration
+}
+
+/** @since 0.1.0 @category services */
+export class TargetWatcher extends Context.Service<TargetWatcher, {
+  /** The target for new connections. */
+  readonly current: Effect.Effect<ManagedTarget.Target>
+  /** The current target, then every change. */
+  readonly changes: Stream.Stream<ManagedTarget.Target>
+  /** Re-read the file now; failures are logged and keep the last good target. */
+  readonly reload: Effect.Effect<void>
+}>()("tether/relay/TargetWatcher") {
+  /** Watches `options.path`; needs a `FileSystem`. Fails with {@link ManagedTarget.TargetError} when the first read fails. */
+  static readonly layer = (options: Options) => Layer.effect(TargetWatcher, make(options))
+
+  /** A target that never changes (embedding, tests). */
+  static readonly layerFixed = (target: ManagedTarget.Target) =>
+    Layer.effect(TargetWatcher, Effect.map(SubscriptionRef.make(target), (ref) => fromRef(ref)))
+}
+
+/**
+ * A watcher over a ref someone else updates (tests drive target changes this way).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const fromRef = (ref: SubscriptionRef.SubscriptionRef<ManagedTarget.Target>, reload: Effect.Effect<void> = Effect.void) =>
+  TargetWatcher.of({ current: SubscriptionRef.get(ref), changes: SubscriptionRef.changes(ref), reload })
+
+/** Events often come in bursts (a symlink swap is several renames); read once they settle. */
+const settle = Duration.millis(100)
+
+/** How long startup waits for the folder watch to be in place before going on without it. */
+const watchStartTimeout = Duration.seconds(2)
+
+/**
+ * Read the target from the kubeconfig at `path`.
+ *
+ * @since 0.1.0
+ * @category reading
+ */
+export const read = Effect.fn("TargetWatcher.read")(function*(path: string) {
+  const fs = yield* FileSystem.FileSystem
+  const text = yield* fs.readFileString(path).pipe(
+    Effect.mapError((error) =>
+      new ManagedTarget.TargetError({ message: `cannot read the managed kubeconfig ${path}: ${error.message}` })
+    )
+  )
+  return yield* Effect.fromResult(ManagedTarget.fromKubeconfig(text))
+})
+
+const make = Effect.fnUntraced(function*(options: Options) {
+  const fs = yield* FileSystem.FileSystem
+  const { path, reloadInterval } = options
+  const provide = Effect.provideService(FileSystem.FileSystem, fs)
+
+  const initial = yield* read(path).pipe(provide)
+  const ref = yield* SubscriptionRef.make(initial)
+  yield* Effect.logInfo("managed apiserver target", { target: ManagedTarget.format(initial), kubeconfig: path })
+
+  const reload = read(path).pipe(
+    provide,
+    Effect.matchEffect({
+      onFailure: (error) =>
+        Effect.flatMap(SubscriptionRef.get(ref), (kept) =>
+          Effect.logWarning("cannot reload the managed kubeconfig; keeping the last good target", {
+            kubeconfig: path,
+            error: error.message,
+            target: ManagedTarget.format(kept)
+          })),
+      onSuccess: (next) =>
+        Effect.flatMap(
+          SubscriptionRef.modify(ref, (previous) =>
+            ManagedTarget.equals(previous, next) ? [undefined, previous] as const : [previous, next] as const),
+          (previous) =>
+            previous === undefined
+              ? Effect.void
+              : Effect.logInfo(`target updated from ${ManagedTarget.format(previous)} to ${ManagedTarget.format(next)}`)
+        )
+    })
+  )
+
+  // Wake-ups from the folder watch; one pending wake-up is enough.
+  const wake = yield* Queue.dropping<void>(1)
+  const watching = yield* Deferred.make<void>()
+  const started = () => Deferred.doneUnsafe(watching, Exit.void)
+  const watchFolder = fs.watch(Path.dirname(path), { onReady: started }).pipe(
+    Stream.runForEach(() => Queue.offer(wake, undefined)),
+    Effect.catch((error) =>
+      Effect.logWarning("cannot watch the managed kubeconfig folder; relying on the reload interval", {
+        kubeconfig: path,
+        error: error.message
+      })
+    ),
+    Effect.ensuring(Effect.sync(started)),
+    // The watch ends when the folder goes away; try again later.
+    Effect.andThen(Effect.sleep(reloadInterval)),
+    Effect.forever
+  )
+  yield* Effect.forkScoped(watchFolder)
+  yield* Deferred.await(watching).pipe(Effect.timeoutOrElse({ duration: watchStartTimeout, orElse: () => Effect.void }))
+
+  const loop = Queue.take(wake).pipe(
+    Effect.timeoutOrElse({ duration: reloadInterval, orElse: () => Effect.void }),
+    Effect.andThen(Effect.sleep(settle)),
+    Effect.andThen(Queue.clear(wake)),
+    Effect.andThen(reload),
+    Effect.forever
+  )
+  yield* Effect.forkScoped(loop)
+
+  return fromRef(ref, reload)
+})

@@ -1,0 +1,399 @@
+/**
+ * The managed-apiserver relay: a raw TCP relay from a listening port to the managed cluster's
+ * kube-apiserver. TLS stays end to end between the client and the apiserver; the relay never
+ * looks at the bytes.
+ *
+ * Per accepted connection: dial the *current* target (bounded by `dialTimeout`, TCP keepalive
+ * on), then copy both directions with Node's `pipe`, which stops reading from one side while
+ * the other side's write buffer is full, so a slow reader costs the relay at most a few socket
+ * buffers, never an unbounded queue. Each direction ends on its own: a FIN from one side
+ * becomes a FIN to the other (`allowHalfOpen` on both sockets), and the connection is over once
+ * both directions have ended, or at once when either side resets.
+ *
+ * Limits: `maxConnections` refuses connections beyond the limit (accepted, then closed at once);
+ * `idleTimeout` closes a connection that moved no byte either way for that long; after a target
+ * change, connections to the previous target are closed `drainTimeout` later, while new ones
+ * already go to the new target.
+ *
+ * @since 0.1.0
+ */
+import { Clock, Context, Duration, Effect, FiberSet, Layer, Metric, Schema, Stream } from "effect"
+import * as Net from "node:net"
+import * as ListenAddress from "../domain/ListenAddress.ts"
+import * as Metrics from "../observability/Metrics.ts"
+import { Probes } from "../observability/Probes.ts"
+import * as ManagedTarget from "./ManagedTarget.ts"
+import { TargetWatcher } from "./TargetWatcher.ts"
+
+/** @since 0.1.0 @category models */
+export interface Options {
+  readonly listen: ListenAddress.ListenAddress
+  /** Bound on connecting to the target (DNS included). */
+  readonly dialTimeout: Duration.Duration
+  /** How long connections to a previous target may live on after a target change. */
+  readonly drainTimeout: Duration.Duration
+  /** Close a connection without traffic in either direction for this long; zero turns it off. */
+  readonly idleTimeout: Duration.Duration
+  /** Connections relayed at once; 0 means no limit. */
+  readonly maxConnections: number
+}
+
+/**
+ * The listening socket could not be opened (port in use, address not local).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ListenError extends Schema.TaggedError<ListenError>()("RelayListenError", {
+  message: Schema.String
+}) {}
+
+/**
+ * The target did not accept a TCP connection in time. Retryable: the client dials again.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class DialError extends Schema.TaggedError<DialError>()("RelayDialError", {
+  target: Schema.String,
+  message: Schema.String
+}) {
+  get retryable(): boolean {
+    return true
+  }
+}
+
+/**
+ * One relayed connection as seen right now (for diagnostics and tests).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ConnectionInfo {
+  /** `host:port` this connection was dialed to. */
+  readonly target: string
+  /** Whether the upstream connection is established. */
+  readonly connected: boolean
+  /** Bytes from the client to the apiserver so far. */
+  readonly bytesUpstream: number
+  /** Bytes from the apiserver to the client so far. */
+  readonly bytesDownstream: number
+  /** Bytes the relay holds for the client: read from the apiserver, not yet written to the client. */
+  readonly bufferedDownstream: number
+  /** Bytes the relay holds for the apiserver: read from the client, not yet written upstream. */
+  readonly bufferedUpstream: number
+  /** Reading from the apiserver is paused because the client is not keeping up. */
+  readonly upstreamReadPaused: boolean
+  /** Reading from the client is paused because the apiserver is not keeping up. */
+  readonly downstreamReadPaused: boolean
+}
+
+/** @since 0.1.0 @category services */
+export class TcpRelay extends Context.Service<TcpRelay, {
+  /** Where the relay listens (the bound port when `listen.port` was 0). */
+  readonly address: { readonly host: string; readonly port: number }
+  /** The connections being relayed now. */
+  readonly connections: Effect.Effect<ReadonlyArray<ConnectionInfo>>
+}>()("tether/relay/TcpRelay") {
+  /** Listen and relay for as long as the layer lives; needs {@link TargetWatcher}. */
+  static readonly layer = (options: Options) => Layer.effect(TcpRelay, make(options))
+}
+
+/** TCP keepalive on both legs: dead peers are found even on quiet watch connections. */
+const keepAliveDelayMs = 30_000
+
+/** Byte counters reach the metrics this often (and when a connection ends). */
+const bytesFlushInterval = Duration.seconds(5)
+
+/** At most one "refusing connections" warning per this period. */
+const refusalLogInterval = Duration.seconds(10)
+
+interface Connection {
+  readonly target: ManagedTarget.Target
+  readonly client: Net.Socket
+  upstream: Net.Socket | undefined
+  bytesUp: number
+  bytesDown: number
+  reportedUp: number
+  reportedDown: number
+}
+
+const ignore = () => {}
+
+const upstreamBytes = Metric.withAttributes(Metrics.relayBytesTotal, { direction: "upstream" })
+const downstreamBytes = Metric.withAttributes(Metrics.relayBytesTotal, { direction: "downstream" })
+
+/** Move the byte counts accumulated since the last flush into the metrics. */
+const flushBytes = (connection: Connection) =>
+  Effect.suspend(() => {
+    const up = connection.bytesUp - connection.reportedUp
+    const down = connection.bytesDown - connection.reportedDown
+    connection.reportedUp = connection.bytesUp
+    connection.reportedDown = connection.bytesDown
+    return Effect.andThen(
+      up > 0 ? Metric.update(upstreamBytes, up) : Effect.void,
+      down > 0 ? Metric.update(downstreamBytes, down) : Effect.void
+    )
+  })
+
+const describeError = (error: unknown): string => (error instanceof Error ? error.message : String(error))
+
+/**
+ * Open a TCP connection to `target`. `onSocket` sees the socket as soon as it exists, so the
+ * caller can close it whatever happens next. Errors after the connect are left to the caller's
+ * `close` handling (a permanent no-op `error` listener keeps them from crashing the process).
+ *
+ * @since 0.1.0
+ * @category dialing
+ */
+export const dial = (
+  target: ManagedTarget.Target,
+  timeout: Duration.Duration,
+  onSocket: (socket: Net.Socket) => void = ignore
+): Effect.Effect<Net.Socket, DialError> =>
+  Effect.callback<Net.Socket, DialError>((resume) => {
+    const socket = Net.connect({
+      host: target.host,
+      port: target.port,
+      allowHalfOpen: true,
+      noDelay: true,
+      keepAlive: true,
+      keepAliveInitialDelay: keepAliveDelayMs
+    })
+    socket.on("error", ignore)
+    onSocket(socket)
+    const onError = (error: Error) => {
+      socket.destroy()
+      resume(Effect.fail(new DialError({ target: ManagedTarget.format(target), message: describeError(error) })))
+    }
+    socket.once("error", onError)
+    socket.once("connect", () => {
+      socket.off("error", onError)
+      resume(Effect.succeed(socket))
+    })
+    return Effect.sync(() => socket.destroy())
+  }).pipe(
+    Effect.timeoutOrElse({
+      duration: timeout,
+      orElse: () =>
+        Effect.fail(
+          new DialError({ target: ManagedTarget.format(target), message: `no connection within ${Duration.format(timeout)}` })
+        )
+    })
+  )
+
+/**
+ * Copy both ways until both directions have ended (or either side fails); closing the
+ * sockets when interrupted.
+ */
+const pump = (connection: Connection, upstream: Net.Socket, idleTimeout: Duration.Duration) =>
+  Effect.callback<void>((resume) => {
+    const client = connection.client
+    const destroyBoth = () => {
+      client.destroy()
+      upstream.destroy()
+    }
+    let open = 2
+    const onClose = (peer: Net.Socket) => (hadError: boolean) => {
+      // A reset or error ends both directions; a clean close only ends this socket, and the
+      // other one finishes once its pending writes are flushed.
+      if (hadError) peer.destroy()
+      if (--open === 0) resume(Effect.void)
+    }
+    for (const [socket, peer] of [[client, upstream], [upstream, client]] as const) {
+      if (socket.closed) onClose(peer)(true)
+      else socket.once("close", onClose(peer))
+    }
+    client.on("data", (chunk: Buffer) => {
+      connection.bytesUp += chunk.length
+    })
+    upstream.on("data", (chunk: Buffer) => {
+      connection.bytesDown += chunk.length
+    })
+    // Reads and writes both reset a socket's timer; watching both sockets covers a connection
+    // where one side already finished.
+    const idleMs = Duration.toMillis(idleTimeout)
+    if (idleMs > 0) {
+      client.setTimeout(idleMs, destroyBoth)
+      upstream.setTimeout(idleMs, destroyBoth)
+    }
+    client.pipe(upstream)
+    upstream.pipe(client)
+    return Effect.sync(destroyBoth)
+  })
+
+const make = Effect.fnUntraced(function*(options: Options) {
+  const watcher = yield* TargetWatcher
+  const runFork = yield* FiberSet.makeRuntime<never>()
+  const connections = new Set<Connection>()
+  let active = 0
+  let refusedSinceLog = 0
+  let lastRefusalLog = Number.NEGATIVE_INFINITY
+
+  /** Resolves once the current target has moved away from `target` for `drainTimeout`. */
+  const drained = (target: ManagedTarget.Target) =>
+    Effect.gen(function*() {
+      while (true) {
+        yield* watcher.changes.pipe(Stream.filter((next) => !ManagedTarget.equals(next, target)), Stream.runHead)
+        yield* Effect.sleep(options.drainTimeout)
+        // A target that came back during the drain keeps its connections.
+        if (!ManagedTarget.equals(yield* watcher.current, target)) return
+      }
+    })
+
+  const relay = Effect.fnUntraced(function*(client: Net.Socket) {
+    const startedAt = yield* Clock.currentTimeMillis
+    yield* Metric.update(Metrics.relayConnectionsTotal, 1)
+    yield* Metric.update(Metrics.relayConnectionsActive, active)
+    const target = yield* watcher.current
+    const connection: Connection = { target, client, upstream: undefined, bytesUp: 0, bytesDown: 0, reportedUp: 0, reportedDown: 0 }
+    connections.add(connection)
+
+    const finish = Effect.suspend(() => {
+      client.destroy()
+      connection.upstream?.destroy()
+      connections.delete(connection)
+      active--
+      return Effect.gen(function*() {
+        yield* flushBytes(connection)
+        yield* Metric.update(Metrics.relayConnectionsActive, active)
+        const endedAt = yield* Clock.currentTimeMillis
+        yield* Metric.update(Metrics.relayConnectionDuration, (endedAt - startedAt) / 1000)
+      })
+    })
+
+    yield* Effect.gen(function*() {
+      const dialStart = yield* Clock.currentTimeMillis
+      const upstream = yield* dial(target, options.dialTimeout, (socket) => {
+        connection.upstream = socket
+      })
+      yield* Metric.update(Metrics.relayDialDuration, ((yield* Clock.currentTimeMillis) - dialStart) / 1000)
+      const outcome = yield* Effect.raceFirst(
+        Effect.as(pump(connection, upstream, options.idleTimeout), "ended" as const),
+        Effect.as(drained(target), "drained" as const)
+      )
+      if (outcome === "drained") {
+        yield* Effect.logDebug("closed a connection to the previous target after the drain timeout", {
+          target: ManagedTarget.format(target)
+        })
+      }
+    }).pipe(
+      Effect.catchTag("RelayDialError", (error) =>
+        Effect.andThen(
+          Metric.update(Metrics.relayDialErrorsTotal, 1),
+          Effect.logWarning("cannot connect to the managed apiserver; closing the client connection", {
+            target: error.target,
+            error: error.message
+          })
+        )),
+      Effect.ensuring(finish)
+    )
+  })
+
+  const refuse = Effect.gen(function*() {
+    yield* Metric.update(Metrics.relayConnectionsTotal, 1)
+    yield* Metric.update(Metrics.relayConnectionsRefusedTotal, 1)
+    const now = yield* Clock.currentTimeMillis
+    if (now - lastRefusalLog < Duration.toMillis(refusalLogInterval)) return
+    lastRefusalLog = now
+    const refused = refusedSinceLog
+    refusedSinceLog = 0
+    yield* Effect.logWarning("at --max-connections; refusing new connections", {
+      maxConnections: options.maxConnections,
+      refused
+    })
+  })
+
+  const onConnection = (client: Net.Socket) => {
+    // Before anything else: an unhandled socket error would crash the process. Errors are
+    // handled through "close" (hadError) in `pump`.
+    client.on("error", ignore)
+    if (options.maxConnections > 0 && active >= options.maxConnections) {
+      client.destroy()
+      refusedSinceLog++
+      runFork(refuse)
+      return
+    }
+    // Counted here, synchronously, so a burst of accepts cannot overshoot the limit.
+    active++
+    runFork(relay(client))
+  }
+
+  const server = yield* Effect.acquireRelease(
+    Effect.callback<Net.Server, ListenError>((resume) => {
+      const server = Net.createServer({
+        allowHalfOpen: true,
+        // Nothing is read before the upstream connection exists and `pipe` takes over.
+        pauseOnConnect: true,
+        noDelay: true,
+        keepAlive: true,
+        keepAliveInitialDelay: keepAliveDelayMs
+      }, onConnection)
+      const onListenError = (error: Error) =>
+        resume(Effect.fail(
+          new ListenError({ message: `cannot listen on ${ListenAddress.format(options.listen)}: ${describeError(error)}` })
+        ))
+      server.once("error", onListenError)
+      server.listen({ port: options.listen.port, ...(options.listen.host === undefined ? {} : { host: options.listen.host }) }, () => {
+        server.off("error", onListenError)
+        resume(Effect.succeed(server))
+      })
+    }),
+    // Stop accepting; the open connections are closed by the FiberSet's scope (made earlier,
+    // so closed later). Not waiting for `close`: it only fires once every connection is gone.
+    (server) => Effect.sync(() => server.close())
+  )
+  server.on("error", (error) => {
+    // Accept errors (EMFILE, ...) drop that one connection; the listener keeps going.
+    runFork(Effect.logError("accepting a connection failed", { error: describeError(error) }))
+  })
+
+  yield* Effect.forkScoped(
+    Effect.forever(Effect.andThen(Effect.sleep(bytesFlushInterval), Effect.forEach(connections, flushBytes, { discard: true })))
+  )
+
+  const bound = server.address() as Net.AddressInfo
+  const address = { host: bound.address, port: bound.port }
+  yield* Effect.logInfo("managed apiserver relay listening", {
+    address: ListenAddress.format(address),
+    target: ManagedTarget.format(yield* watcher.current),
+    maxConnections: options.maxConnections
+  })
+
+  return TcpRelay.of({
+    address,
+    connections: Effect.sync(() =>
+      Array.from(connections, (c): ConnectionInfo => ({
+        target: ManagedTarget.format(c.target),
+        connected: c.upstream !== undefined && !c.upstream.connecting && !c.upstream.destroyed,
+        bytesUpstream: c.bytesUp,
+        bytesDownstream: c.bytesDown,
+        bufferedDownstream: c.client.writableLength + (c.upstream?.readableLength ?? 0),
+        bufferedUpstream: (c.upstream?.writableLength ?? 0) + c.client.readableLength,
+        upstreamReadPaused: c.upstream?.isPaused() ?? false,
+        downstreamReadPaused: c.client.isPaused()
+      }))
+    )
+  })
+})
+
+/**
+ * Registers the `/readyz` check "managed-apiserver": the current target accepts a TCP
+ * connection within `timeout`. The answer is cached for `cacheFor`, so probes (and several
+ * probers) cost at most one connection per period.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerReadiness = (options: { readonly timeout?: Duration.Input; readonly cacheFor?: Duration.Input } = {}) =>
+  Layer.effectDiscard(Effect.gen(function*() {
+    const probes = yield* Probes
+    const watcher = yield* TargetWatcher
+    const timeout = Duration.fromInputUnsafe(options.timeout ?? "2 seconds")
+    const check = Effect.gen(function*() {
+      const target = yield* watcher.current
+      const socket = yield* dial(target, timeout)
+      socket.destroy()
+    }).pipe(Effect.mapError((error) => `cannot connect to ${error.target}: ${error.message}`))
+    yield* probes.addReadinessCheck("managed-apiserver", yield* Effect.cachedWithTTL(check, options.cacheFor ?? "5 seconds"))
+  }))
