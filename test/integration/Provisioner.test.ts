@@ -208,6 +208,49 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("managed-kubeconfig-p
       assert.isDefined(again.data?.["kubeconfig"])
     }))
 
+  it.live("keeps serving a valid token when TokenRequest fails, reports it, and recovers with backoff", () =>
+    Effect.gen(function*() {
+      const options = yield* setUp("c-stale")
+      yield* start(options)
+      const good = yield* targetReady(options)
+      remember(good)
+      // The managed ServiceAccount disappears; a source change now needs a token it cannot get.
+      yield* call(() => api.managedCore().deleteNamespacedServiceAccount(options.serviceAccount))
+      yield* writeSource(options.clusterName, `${managed.kubeconfigYaml}\n# stale\n`, "replace")
+      const pending = yield* until(condition(options), (c) => c.reason === "ManagedKubeconfigRefreshPending", "refresh pending")
+      assert.strictEqual(pending.status, "True")
+      assert.include(pending.message, "ServiceAccountNotFound")
+      const kept = yield* readTarget(options)
+      assert.strictEqual(kept.metadata?.resourceVersion, good.metadata?.resourceVersion)
+      // Back: the next retry succeeds without any other trigger.
+      yield* call(() => api.managedCore().createNamespacedServiceAccount({ namespace: options.serviceAccount.namespace, body: { metadata: { name: options.serviceAccount.name } } }))
+      const recovered = yield* until(condition(options), (c) => c.reason === "ManagedKubeconfigUpdated", "recovered", { timeout: "30 seconds" })
+      assert.strictEqual(recovered.lastTransitionTime, pending.lastTransitionTime)
+      remember(yield* readTarget(options))
+    }))
+
+  it.live("shares the add-on status with other writers: their conditions survive ours", () =>
+    Effect.gen(function*() {
+      const options = yield* setUp("c-shared-status")
+      yield* start(options)
+      remember(yield* targetReady(options))
+      yield* until(condition(options), (c) => c.status === "True", "ready")
+      const addon = yield* call(() => api.hubCustom().getNamespacedCustomObject({ group, version, plural, ...options.addon! }))
+      const typed = addon as { status?: { conditions?: Array<Conditions.Condition> } }
+      const theirs: Conditions.Condition = { type: "Available", status: "True", reason: "ProbeAvailable", message: "set by the registration agent", lastTransitionTime: "2026-01-01T00:00:00Z" }
+      yield* call(() =>
+        api.hubCustom().replaceNamespacedCustomObjectStatus({
+          group, version, plural, ...options.addon!,
+          body: { ...typed, status: { ...typed.status, conditions: [...(typed.status?.conditions ?? []), theirs] } }
+        })
+      )
+      yield* writeSource(options.clusterName, `${managed.kubeconfigYaml}\n# shared\n`, "replace")
+      yield* until(condition(options), (c) => c.reason === "ManagedKubeconfigUpdated", "updated")
+      const after = (yield* call(() => api.hubCustom().getNamespacedCustomObject({ group, version, plural, ...options.addon! }))) as typeof typed
+      assert.deepStrictEqual(Conditions.findCondition(after.status?.conditions ?? [], "Available"), theirs)
+      remember(yield* readTarget(options))
+    }))
+
   it.live("a malformed source never overwrites the good Secret; the condition names the problem; no hot loop", () =>
     Effect.gen(function*() {
       const options = yield* setUp("c-malformed")
