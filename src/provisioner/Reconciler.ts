@@ -30,7 +30,7 @@ import * as Controller from "../kube/Controller.ts"
 import { EventRecorder, type ObjectReference } from "../kube/EventRecorder.ts"
 import type * as KubeError from "../kube/KubeError.ts"
 import * as Metrics from "../observability/Metrics.ts"
-import { AddonStatus, type DesiredCondition } from "./AddonStatus.ts"
+import { type AddonState, AddonStatus, type DesiredCondition } from "./AddonStatus.ts"
 import { SecretStore } from "./SecretStore.ts"
 import { TokenIssuer } from "./TokenIssuer.ts"
 
@@ -170,21 +170,29 @@ const targetSecret = (
   }
 }
 
+const goneReason = (state: AddonState | undefined) =>
+  state?._tag === "Absent" || state?._tag === "Deleting" ? state._tag : undefined
+
+/** The add-on's state, or undefined when the hub cannot be read: that must not stop the kubeconfig from being kept alive. */
+const observeAddon = (addon: AddonStatus["Service"]) =>
+  addon.observe.pipe(
+    Effect.catch((error) => Effect.as(Effect.logWarning("cannot read the hub add-on", { error: error.message }), undefined))
+  )
+
 /**
- * Look at the world and act once. Never fails: every failure is an {@link Outcome}.
+ * Look at the world and act once, given the add-on state read at the start. Never fails: every
+ * failure is an {@link Outcome}.
  *
  * @category reconciliation
  */
-export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(spec: ClusterSpec) {
+export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
+  spec: ClusterSpec,
+  addonState: AddonState | undefined
+) {
   const store = yield* SecretStore
   const addon = yield* AddonStatus
   const issuer = yield* TokenIssuer
 
-  // A hub we cannot reach must not stop the kubeconfig from being kept alive.
-  const addonGone = addon.observe.pipe(
-    Effect.map((state) => (state._tag === "Absent" || state._tag === "Deleting" ? state._tag : undefined)),
-    Effect.catch((error) => Effect.as(Effect.logWarning("cannot read the hub add-on", { error: error.message }), undefined))
-  )
   const remove = (why: "Absent" | "Deleting") =>
     store.delete(spec.target.namespace, spec.target.name).pipe(
       Effect.map((deleted): Outcome => ({ _tag: "Removed", deleted, why })),
@@ -193,7 +201,7 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(sp
       )
     )
 
-  const gone = yield* addonGone
+  const gone = goneReason(addonState)
   if (gone !== undefined) return yield* remove(gone)
 
   const loaded = yield* Effect.result(loadSource(spec))
@@ -240,7 +248,8 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(sp
   }
   const lifetime = { issuedAt: issued.success.issuedAt, expiresAt: issued.success.expiresAt }
 
-  const goneNow = yield* addonGone
+  // The add-on may have been deleted while we asked for the token: look again before writing.
+  const goneNow = goneReason(yield* observeAddon(addon))
   if (goneNow !== undefined) return yield* remove(goneNow)
 
   const kubeconfig = Kubeconfig.buildManaged({ cluster: source.cluster, token: issued.success.token })
@@ -303,14 +312,17 @@ export const conditionFor = (spec: ClusterSpec, outcome: Outcome, current: { sta
  *
  * @category reconciliation
  */
-export const report = Effect.fn("Provisioner.report")(function*(spec: ClusterSpec, outcome: Outcome) {
+export const report = Effect.fn("Provisioner.report")(function*(
+  spec: ClusterSpec,
+  outcome: Outcome,
+  state: AddonState | undefined
+) {
   const addon = yield* AddonStatus
   const events = yield* EventRecorder
   const tokens = yield* TokenState
   const regarding = secretRef(spec.target)
   const count = (result: Metrics.RefreshResult) => Metric.update(Metric.withAttributes(Metrics.refreshTotal, { result }), 1)
 
-  const state = yield* addon.observe.pipe(Effect.orElseSucceed(() => undefined))
   const current = state?._tag === "Present" ? state.condition : undefined
   const desired = conditionFor(spec, outcome, current)
   if (desired !== undefined && state?._tag === "Present") {
@@ -377,9 +389,13 @@ export const report = Effect.fn("Provisioner.report")(function*(spec: ClusterSpe
 })
 
 /**
- * `observeAndAct` then `report`: the function the controller runs per key.
+ * Read the add-on once, then `observeAndAct` and `report`: the function the controller runs per key.
  *
  * @category reconciliation
  */
-export const reconcile = (spec: ClusterSpec) => Effect.flatMap(observeAndAct(spec), (outcome) => report(spec, outcome))
+export const reconcile = Effect.fnUntraced(function*(spec: ClusterSpec) {
+  const state = yield* observeAddon(yield* AddonStatus)
+  const outcome = yield* observeAndAct(spec, state)
+  return yield* report(spec, outcome, state)
+})
 

@@ -302,6 +302,25 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("managed-kubeconfig-p
       assert.strictEqual((stillGone as { code?: number }).code, 404)
     }))
 
+  it.live("an add-on being deleted (finalizer pending) also removes the Secret", () =>
+    Effect.gen(function*() {
+      const options = yield* setUp("c-addon-deleting")
+      const addonRef = { group, version, plural, ...options.addon! }
+      const addon = yield* call(() => api.hubCustom().getNamespacedCustomObject(addonRef))
+      yield* call(() =>
+        api.hubCustom().replaceNamespacedCustomObject({
+          ...addonRef,
+          body: { ...(addon as object), metadata: { ...(addon as { metadata: object }).metadata, finalizers: ["example.com/hold"] } }
+        })
+      )
+      yield* start(options)
+      remember(yield* targetReady(options))
+      yield* call(() => api.hubCustom().deleteNamespacedCustomObject(addonRef))
+      yield* until(Effect.flip(readTarget(options)), (e) => e.code === 404, "secret gone")
+      const deleting = yield* call(() => api.hubCustom().getNamespacedCustomObject(addonRef))
+      assert.isDefined((deleting as { metadata?: { deletionTimestamp?: string } }).metadata?.deletionTimestamp)
+    }))
+
   it.live("--cleanup deletes the Secret and exits 0, also when it is already gone", () =>
     Effect.gen(function*() {
       const options = yield* setUp("c-cleanup")
