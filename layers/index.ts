@@ -1,0 +1,9 @@
+/**
+ * The composition roots: what the `tether` CLI runs and what an embedding controller builds
+ * from. No logic lives here, only wiring of the services in `src/`.
+ *
+ * @since 0.1.0
+ */
+export * as ApiServerRelay from "./ApiServerRelay.ts"
+export * as Observability from "./Observability.ts"
+export * as Provisioner from "./Provisioner.ts"
