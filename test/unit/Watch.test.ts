@@ -4,7 +4,7 @@
  * Broken and retries after a jittered backoff.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Fiber, Stream } from "effect"
+import { Clock, Effect, Fiber, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import * as KubeError from "../../src/kube/KubeError.ts"
 import * as Watch from "../../src/kube/Watch.ts"
@@ -71,23 +71,26 @@ describe("Watch.stream", () => {
 
   it.effect("reports Broken on a failure and retries after a jittered, growing backoff", () =>
     Effect.gen(function*() {
-      const { calls, transport } = scripted([
+      const { transport } = scripted([
         { _tag: "Fail", reason: "Transport" },
         { _tag: "Fail", reason: "Unavailable" }
       ])
-      const fiber = yield* collect(Watch.stream(transport, { initialBackoff: "1 second", maxBackoff: "30 seconds" }), 5)
-      yield* Effect.yieldNow
-      assert.deepStrictEqual(calls, ["list", "watch@rv-list-1"])
-      // First retry: 1 s × [0.8, 1.2]; nothing before 0.8 s.
-      yield* TestClock.adjust("790 millis")
-      assert.strictEqual(calls.length, 2)
-      yield* TestClock.adjust("420 millis")
-      assert.deepStrictEqual(calls.slice(2), ["list", "watch@rv-list-2"])
-      // Second retry: 2 s × [0.8, 1.2].
-      yield* TestClock.adjust("1590 millis")
-      assert.strictEqual(calls.length, 4)
-      yield* TestClock.adjust("820 millis")
+      // Record when each list happens, on virtual time.
+      const listedAt: Array<number> = []
+      const timed: Watch.Transport<string> = {
+        ...transport,
+        list: Effect.flatMap(Clock.currentTimeMillis, (now) => {
+          listedAt.push(now)
+          return transport.list
+        })
+      }
+      const fiber = yield* collect(Watch.stream(timed, { initialBackoff: "1 second", maxBackoff: "30 seconds" }), 5)
+      for (let step = 0; step < 400 && listedAt.length < 3; step++) yield* TestClock.adjust("10 millis")
       const events = yield* Fiber.join(fiber)
       assert.deepStrictEqual(tags(events), ["Synced:item-1", "Broken:Transport", "Synced:item-2", "Broken:Unavailable", "Synced:item-3"])
+      const [first, second, third] = listedAt as [number, number, number]
+      // 1 s then 2 s, each × [0.8, 1.2] (one 10 ms step of slack).
+      assert.isTrue(second - first >= 800 && second - first <= 1210, `first retry after ${second - first} ms`)
+      assert.isTrue(third - second >= 1600 && third - second <= 2410, `second retry after ${third - second} ms`)
     }))
 })
