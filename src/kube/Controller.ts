@@ -75,11 +75,14 @@ export const run = Effect.fnUntraced(function*<K, E, R>(options: Options<K, E, R
     timers.set(key, timer)
   })
 
-  const backoff = Effect.fnUntraced(function*(key: K) {
+  /** Exponential backoff per key; a server's Retry-After (`retryAfterSeconds` on the error) is a floor. */
+  const backoff = Effect.fnUntraced(function*(key: K, error: unknown) {
     const attempt = failures.get(key) ?? 0
     failures.set(key, attempt + 1)
     const jitter = yield* Random.nextBetween(0.8, 1.2)
-    return Duration.millis(Math.min(max, initial * 2 ** attempt) * jitter)
+    const hint = (error as { retryAfterSeconds?: unknown } | undefined)?.retryAfterSeconds
+    const floor = typeof hint === "number" && Number.isFinite(hint) ? hint * 1000 : 0
+    return Duration.millis(Math.round(Math.max(floor, Math.min(max, initial * 2 ** attempt) * jitter)))
   })
 
   const work = Effect.fnUntraced(function*(key: K) {
@@ -90,7 +93,7 @@ export const run = Effect.fnUntraced(function*<K, E, R>(options: Options<K, E, R
     const elapsed = ((yield* Clock.currentTimeMillis) - started) / 1000
     yield* Metric.update(Metric.withAttributes(Metrics.reconcileTime, { controller }), elapsed)
     if (Exit.isFailure(outcome)) {
-      const delay = yield* backoff(key)
+      const delay = yield* backoff(key, Cause.squash(outcome.cause))
       yield* Metric.update(Metric.withAttributes(Metrics.reconcileTotal, { controller, result: "error" }), 1)
       yield* Metric.update(Metric.withAttributes(Metrics.reconcileErrorsTotal, { controller }), 1)
       yield* Effect.logWarning("reconcile failed; will retry").pipe(

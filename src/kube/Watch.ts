@@ -104,7 +104,7 @@ export const stream = <A>(transport: Transport<A>, options: Options = {}): Strea
         const base = Math.min(max, initial * 2 ** failures)
         failures += 1
         const jitter = yield* Random.nextBetween(0.8, 1.2)
-        yield* Effect.sleep(Duration.millis(Math.min(max, base * jitter)))
+        yield* Effect.sleep(Duration.millis(Math.round(Math.min(max, base * jitter))))
         // A relist after a failure: the cache may have missed events while disconnected.
         resourceVersion = undefined
       }

@@ -59,7 +59,9 @@ export class TokenState extends Context.Service<TokenState, Ref.Ref<ReadonlyMap<
 /** A reconcile that failed and should be retried with backoff. @category errors */
 export class ReconcileFailed extends Schema.TaggedError<ReconcileFailed>()("ReconcileFailed", {
   cluster: Schema.String,
-  message: Schema.String
+  message: Schema.String,
+  /** The server asked us to wait this long (429/503 Retry-After); the controller honours it. */
+  retryAfterSeconds: Schema.optional(Schema.Finite)
 }) {}
 
 /** What one reconcile found and did. @category models */
@@ -83,6 +85,7 @@ export interface Problem {
   readonly message: string
   /** Whether retrying without any change can help (otherwise we wait for the source to change). */
   readonly retryable: boolean
+  readonly retryAfterSeconds?: number
 }
 
 const secretRef = (target: ObjectName): ObjectReference => ({ apiVersion: "v1", kind: "Secret", ...target })
@@ -110,7 +113,12 @@ const kubeProblem = (spec: ClusterSpec, error: KubeError.KubeError): Problem => 
         message: `the source kubeconfig's credentials may not create a token for serviceaccount ${sa} (grant create on serviceaccounts/token): ${error.reason}: ${error.detail}`
       }
     default:
-      return { reason: "TokenRequestFailed", retryable: true, message: error.message }
+      return {
+        reason: "TokenRequestFailed",
+        retryable: true,
+        message: error.message,
+        ...(error.retryAfterSeconds === undefined ? {} : { retryAfterSeconds: error.retryAfterSeconds })
+      }
   }
 }
 
@@ -272,6 +280,13 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
   } satisfies Outcome
 })
 
+const failed = (spec: ClusterSpec, problem: Problem) =>
+  new ReconcileFailed({
+    cluster: spec.clusterName,
+    message: problem.message,
+    ...(problem.retryAfterSeconds === undefined ? {} : { retryAfterSeconds: problem.retryAfterSeconds })
+  })
+
 const expiresText = (lifetime: RefreshPolicy.TokenLifetime) => new Date(lifetime.expiresAt).toISOString().replace(/\.\d{3}Z$/, "Z")
 
 /** The condition an outcome should leave on the hub (undefined: leave it as it is). */
@@ -377,13 +392,13 @@ export const report = Effect.fn("Provisioner.report")(function*(
       yield* setToken(outcome.lifetime)
       yield* count("error")
       yield* events.record({ type: "Warning", reason: "ManagedKubeconfigRefreshFailed", message: outcome.problem.message, regarding })
-      return yield* new ReconcileFailed({ cluster: spec.clusterName, message: outcome.problem.message })
+      return yield* failed(spec, outcome.problem)
     }
     case "Failed": {
       yield* count("error")
       yield* events.record({ type: "Warning", reason: "ManagedKubeconfigSyncFailed", message: outcome.problem.message, regarding })
       if (!outcome.problem.retryable) return Controller.awaitChange
-      return yield* new ReconcileFailed({ cluster: spec.clusterName, message: outcome.problem.message })
+      return yield* failed(spec, outcome.problem)
     }
   }
 })

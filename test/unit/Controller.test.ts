@@ -1,0 +1,99 @@
+/**
+ * The keyed controller on virtual time: start and resync, requeue-after, a burst of triggers
+ * collapsing into one run, backoff that grows and resets, Retry-After as a floor, and a defect
+ * that does not stop the loop.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Clock, Data, Duration, Effect, Queue, Stream } from "effect"
+import { TestClock } from "effect/testing"
+import * as Controller from "../../src/kube/Controller.ts"
+
+class Boom extends Data.TaggedError("Boom")<{ readonly retryAfterSeconds?: number }> {}
+
+const runs = () => {
+  const at: Array<number> = []
+  const record = Effect.flatMap(Clock.currentTimeMillis, (now) => Effect.sync(() => void at.push(now)))
+  return { at, record }
+}
+
+/** Let forked fibers run up to their first suspension before time moves. */
+const settle = Effect.gen(function*() {
+  for (let i = 0; i < 10; i++) yield* Effect.yieldNow
+})
+
+const advance = (total: number, step = 100) =>
+  Effect.gen(function*() {
+    for (let t = 0; t < total; t += step) yield* TestClock.adjust(Duration.millis(step))
+  })
+
+describe("Controller.run", () => {
+  it.effect("reconciles at start, at requeue-after deadlines, and on resync", () =>
+    Effect.gen(function*() {
+      const { at, record } = runs()
+      yield* Controller.run({
+        name: "t",
+        keys: ["k"],
+        triggers: Stream.never,
+        resyncInterval: "10 seconds",
+        reconcile: () => Effect.as(record, Controller.requeueAfter("3 seconds"))
+      }).pipe(Effect.forkScoped)
+      yield* settle
+      yield* advance(10_000)
+      // 0 (start), 3, 6, 9 (requeue) and 10 (resync) — the resync also restarts the 3 s timer.
+      assert.deepStrictEqual(at, [0, 3000, 6000, 9000, 10000])
+    }))
+
+  it.effect("collapses a burst of triggers into one reconcile", () =>
+    Effect.gen(function*() {
+      const { at, record } = runs()
+      const triggers = yield* Queue.unbounded<string>()
+      yield* Controller.run({
+        name: "t",
+        keys: [],
+        triggers: Stream.fromQueue(triggers),
+        resyncInterval: "1 hour",
+        reconcile: () => Effect.as(Effect.andThen(Effect.sleep("50 millis"), record), Controller.awaitChange)
+      }).pipe(Effect.forkScoped)
+      yield* Queue.offer(triggers, "k")
+      yield* settle
+      for (let i = 0; i < 20; i++) yield* Queue.offer(triggers, "k") // while the first run is busy
+      yield* advance(1000, 10)
+      assert.strictEqual(at.length, 2, "the running reconcile plus one for the whole burst")
+    }))
+
+  it.effect("backs off exponentially with jitter, resets on success, honours Retry-After, survives defects", () =>
+    Effect.gen(function*() {
+      const { at, record } = runs()
+      const script: Array<"fail" | "ok" | "slow-down" | "die"> = ["fail", "fail", "fail", "ok", "slow-down", "die", "ok"]
+      yield* Controller.run({
+        name: "t",
+        keys: ["k"],
+        triggers: Stream.never,
+        resyncInterval: "1 hour",
+        initialBackoff: "1 second",
+        reconcile: () =>
+          Effect.andThen(record, () => {
+            const next = script.shift() ?? "ok"
+            switch (next) {
+              case "fail":
+                return Effect.fail(new Boom({}))
+              case "slow-down":
+                return Effect.fail(new Boom({ retryAfterSeconds: 30 }))
+              case "die":
+                return Effect.die("a bug")
+              case "ok":
+                return Effect.succeed(Controller.requeueAfter("1 second"))
+            }
+          })
+      }).pipe(Effect.forkScoped)
+      yield* advance(60_000)
+      const gaps = at.slice(1, 7).map((t, i) => t - at[i]!)
+      const within = (gap: number, base: number) => gap >= base * 0.8 - 100 && gap <= base * 1.2 + 100
+      assert.isTrue(within(gaps[0]!, 1000), `1st retry ${gaps[0]}`)
+      assert.isTrue(within(gaps[1]!, 2000), `2nd retry ${gaps[1]}`)
+      assert.isTrue(within(gaps[2]!, 4000), `3rd retry ${gaps[2]}`)
+      assert.strictEqual(gaps[3], 1000, "success: requeue after 1 s")
+      assert.isTrue(gaps[4]! >= 30_000, `Retry-After honoured (${gaps[4]})`)
+      assert.isTrue(within(gaps[5]!, 2000), `backoff reset after success, then a defect retried like an error (${gaps[5]})`)
+    }))
+})
