@@ -7,3 +7,4 @@
 export * as ApiServerRelay from "./ApiServerRelay.ts"
 export * as Observability from "./Observability.ts"
 export * as Provisioner from "./Provisioner.ts"
+export * as ServiceRelay from "./ServiceRelay.ts"

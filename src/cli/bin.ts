@@ -9,6 +9,7 @@ import { Cause, Console, Effect, Exit, type Runtime } from "effect"
 import { CliError, Command } from "effect/cli"
 import * as ManagedApiserverProxy from "./commands/ManagedApiserverProxy.ts"
 import * as ManagedKubeconfigProvisioner from "./commands/ManagedKubeconfigProvisioner.ts"
+import * as ServiceRelay from "./commands/ServiceRelay.ts"
 
 const major = Number(process.versions.node.split(".")[0])
 if (major < 24) {
@@ -25,7 +26,11 @@ const teardown: Runtime.Teardown = (exit, onExit) =>
 
 const tether = Command.make("tether").pipe(
   Command.withDescription("Hosted-mode credential and relay engine for Open Cluster Management add-ons"),
-  Command.withSubcommands([ManagedKubeconfigProvisioner.command, ManagedApiserverProxy.command])
+  Command.withSubcommands([
+    ManagedKubeconfigProvisioner.command,
+    ManagedApiserverProxy.command,
+    ServiceRelay.command
+  ])
 )
 
 tether.pipe(

@@ -1,0 +1,64 @@
+/**
+ * Turning a Service host name (`hello.default.svc`) into an address to connect to.
+ *
+ * The relay connects to the address but keeps the host name for everything else (the `Host`
+ * header, TLS SNI and certificate verification), so swapping the resolver changes where bytes
+ * go and nothing about what is checked. In a pod, {@link ServiceResolver.layerSystem} uses the
+ * system resolver (cluster DNS through the pod's search path, as the Go relay did); tests use
+ * {@link ServiceResolver.layerStatic} and need no cluster DNS.
+ *
+ * @since 0.1.0
+ */
+import { Context, Effect, Layer, Schema } from "effect"
+import * as Dns from "node:dns"
+import * as Net from "node:net"
+
+/** @category models */
+export interface Resolved {
+  readonly address: string
+  readonly family: 4 | 6
+}
+
+/**
+ * The name does not resolve (or resolution failed). The relay answers 502.
+ *
+ * @category errors
+ */
+export class ResolveError extends Schema.TaggedError<ResolveError>()("ResolveError", {
+  hostname: Schema.String,
+  message: Schema.String
+}) {}
+
+/** @category services */
+export class ServiceResolver extends Context.Service<ServiceResolver, {
+  readonly resolve: (hostname: string) => Effect.Effect<Resolved, ResolveError>
+}>()("tether/relay/ServiceResolver") {
+  /** The operating system's resolver (`getaddrinfo`, honouring the pod's DNS search path). */
+  static readonly layerSystem = Layer.succeed(ServiceResolver, ServiceResolver.of({
+    resolve: (hostname) =>
+      Effect.tryPromise({
+        try: () => Dns.promises.lookup(hostname, { verbatim: true }),
+        catch: (error) =>
+          new ResolveError({
+            hostname,
+            message: `cannot resolve ${hostname}: ${(error as { code?: unknown }).code ?? String(error)}`
+          })
+      }).pipe(Effect.map(({ address, family }) => ({ address, family: family === 6 ? 6 : 4 })))
+  }))
+
+  /**
+   * A fixed table from host name (case-insensitive) to IP address; other names do not resolve.
+   */
+  static readonly layerStatic = (addresses: Readonly<Record<string, string>>) => {
+    const table = new Map(Object.entries(addresses).map(([name, address]) => [name.toLowerCase(), address]))
+    return Layer.succeed(ServiceResolver, ServiceResolver.of({
+      resolve: (hostname) => {
+        const address = table.get(hostname.toLowerCase())
+        const family = address === undefined ? 0 : Net.isIP(address)
+        return family === 4 || family === 6
+          ? Effect.succeed({ address: address ?? "", family })
+          : Effect.fail(new ResolveError({ hostname, message: `cannot resolve ${hostname}: not in the static table` }))
+      }
+    }))
+  }
+}
