@@ -4,6 +4,7 @@
  *
  * @since 0.1.0
  */
+export * as AddonAgent from "./AddonAgent.ts"
 export * as ApiServerRelay from "./ApiServerRelay.ts"
 export * as Observability from "./Observability.ts"
 export * as Provisioner from "./Provisioner.ts"

@@ -4,12 +4,16 @@
  *
  * @since 0.1.0
  */
+export * as AddonLease from "./addonagent/AddonLease.ts"
+export * as HealthChecks from "./addonagent/HealthChecks.ts"
 export * as Domain from "./domain/index.ts"
 export * as ClientNodeKube from "./kube/ClientNodeKube.ts"
 export * as Controller from "./kube/Controller.ts"
 export * as EventRecorder from "./kube/EventRecorder.ts"
 export * as KubeClient from "./kube/KubeClient.ts"
 export * as KubeError from "./kube/KubeError.ts"
+export * as LeaderElection from "./kube/LeaderElection.ts"
+export * as LeaseStore from "./kube/LeaseStore.ts"
 export * as Watch from "./kube/Watch.ts"
 export * as Metrics from "./observability/Metrics.ts"
 export * as Probes from "./observability/Probes.ts"

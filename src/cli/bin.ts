@@ -7,6 +7,7 @@
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import { Cause, Console, Effect, Exit, type Runtime } from "effect"
 import { CliError, Command } from "effect/cli"
+import * as AddonAgent from "./commands/AddonAgent.ts"
 import * as ManagedApiserverProxy from "./commands/ManagedApiserverProxy.ts"
 import * as ManagedKubeconfigProvisioner from "./commands/ManagedKubeconfigProvisioner.ts"
 import * as ServiceRelay from "./commands/ServiceRelay.ts"
@@ -29,7 +30,8 @@ const tether = Command.make("tether").pipe(
   Command.withSubcommands([
     ManagedKubeconfigProvisioner.command,
     ManagedApiserverProxy.command,
-    ServiceRelay.command
+    ServiceRelay.command,
+    AddonAgent.command
   ])
 )
 

@@ -147,3 +147,43 @@ export const serviceProxyRequestDuration = Metric.histogram("cluster_proxy_servi
   description: "Duration of requests through the service proxy (until response headers).",
   boundaries: secondsBuckets
 })
+
+// ---------------------------------------------------------------------------
+// addon-agent (add-on health Lease) and leader election
+// ---------------------------------------------------------------------------
+
+/** Label `result` of {@link addonLeaseUpdatesTotal}. */
+export type AddonLeaseResult = "renewed" | "unhealthy" | "error"
+
+/**
+ * One increment per update period of the add-on Lease. Labels: `result` (renewed = renewTime
+ * written; unhealthy = a health check failed, so not written; error = the write failed).
+ */
+export const addonLeaseUpdatesTotal = Metric.counter("cluster_proxy_addon_lease_updates_total", {
+  description: "Update periods of the add-on health Lease, by result (renewed | unhealthy | error).",
+  incremental: true
+})
+
+/** The renewTime last written, for alerts that fire before OCM's grace period ends. */
+export const addonLeaseRenewTimestampSeconds = Metric.gauge("cluster_proxy_addon_lease_renew_timestamp_seconds", {
+  description: "Unix time of the add-on health Lease's last successful renewal."
+})
+
+/** Per health check: 1 when it passed at the last update, 0 when it failed. Labels: `check`. */
+export const addonHealthCheckStatus = Metric.gauge("cluster_proxy_addon_health_check_status", {
+  description: "Result of each add-on health check at the last Lease update (1 = pass, 0 = fail), by check."
+})
+
+/** 1 while this process leads, else 0. Labels: `lease` (namespace/name). */
+export const leaderElectionIsLeader = Metric.gauge("tether_leader_election_is_leader", {
+  description: "Whether this process holds the leader election Lease (1) or not (0), by Lease."
+})
+
+/** Label `change` of {@link leaderElectionTransitionsTotal}. */
+export type LeadershipChange = "acquired" | "lost" | "released"
+
+/** Changes of this process's leadership. Labels: `lease`, `change` (acquired | lost | released). */
+export const leaderElectionTransitionsTotal = Metric.counter("tether_leader_election_transitions_total", {
+  description: "Leadership changes of this process, by Lease and change (acquired | lost | released).",
+  incremental: true
+})

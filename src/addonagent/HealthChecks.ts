@@ -1,0 +1,151 @@
+/**
+ * The checks that decide whether the add-on agent heartbeats its health Lease.
+ *
+ * OCM reads the add-on as available while the Lease is renewed, so renewing must mean "this
+ * add-on works", not merely "this process runs". Two checks are built in:
+ * - `proxy-agent`: an HTTP GET of the proxy-agent's readiness URL (by default
+ *   `http://localhost:8093/readyz`; the containers share the pod network) answers 2xx;
+ * - `managed-token` (hosted mode): the bearer token of the managed kubeconfig file is not
+ *   expired and not expiring within a margin. The file is read on every run (it is a mounted
+ *   Secret the provisioner rotates), the JWT `exp` is decoded without verification, and the
+ *   token itself never leaves this module: failures say how long is left, never what it is.
+ *
+ * Every check runs with a timeout; all run at once.
+ *
+ * @since 0.1.0
+ */
+import { Clock, Context, Duration, Effect, FileSystem, Layer, Redacted } from "effect"
+import { HttpClient } from "effect/http"
+import * as Path from "node:path"
+import * as GoDuration from "../domain/GoDuration.ts"
+import * as Kubeconfig from "../domain/Kubeconfig.ts"
+import * as TokenExpiry from "../domain/TokenExpiry.ts"
+
+/** One named check: succeeds when healthy, fails with a short reason when not. @category models */
+export interface HealthCheck {
+  readonly name: string
+  readonly check: Effect.Effect<void, string>
+}
+
+/** A failed check. @category models */
+export interface Failure {
+  readonly name: string
+  readonly reason: string
+}
+
+/** Which built-in checks to run. @category models */
+export interface Options {
+  /** The proxy-agent readiness URL; undefined turns the check off. */
+  readonly proxyAgentReadinessUrl: string | undefined
+  /** The managed kubeconfig (hosted mode); undefined turns the token check off. */
+  readonly managedKubeconfig: string | undefined
+  /** Fail when less than this is left of the managed token. */
+  readonly tokenFreshnessMargin: Duration.Duration
+  /** Bound on each check; default 5 seconds. */
+  readonly timeout?: Duration.Input
+}
+
+/** @category services */
+export class HealthChecks extends Context.Service<HealthChecks, {
+  /** The names of the configured checks. */
+  readonly names: ReadonlyArray<string>
+  /** Run every check; the failures, empty when healthy. */
+  readonly run: Effect.Effect<ReadonlyArray<Failure>>
+}>()("tether/addonagent/HealthChecks") {
+  /** The built-in checks; needs an `HttpClient` and a `FileSystem`. */
+  static readonly layer = (options: Options) =>
+    Layer.effect(
+      HealthChecks,
+      Effect.gen(function*() {
+        const checks: Array<HealthCheck> = []
+        if (options.proxyAgentReadinessUrl !== undefined) checks.push(yield* httpReadiness("proxy-agent", options.proxyAgentReadinessUrl))
+        if (options.managedKubeconfig !== undefined) {
+          checks.push(yield* managedTokenFreshness("managed-token", options.managedKubeconfig, options.tokenFreshnessMargin))
+        }
+        return fromChecks(checks, options.timeout)
+      })
+    )
+
+  /** Given checks (embedders, tests). */
+  static readonly layerFrom = (checks: ReadonlyArray<HealthCheck>, timeout?: Duration.Input) =>
+    Layer.succeed(HealthChecks, fromChecks(checks, timeout))
+}
+
+/**
+ * The service over a list of checks, each bounded by `timeout` (default 5 seconds).
+ *
+ * @category constructors
+ */
+export const fromChecks = (checks: ReadonlyArray<HealthCheck>, timeout: Duration.Input = "5 seconds"): HealthChecks["Service"] => {
+  const limit = Duration.fromInputUnsafe(timeout)
+  return HealthChecks.of({
+    names: checks.map((c) => c.name),
+    run: Effect.forEach(checks, ({ check, name }) =>
+      check.pipe(
+        Effect.timeoutOrElse({ duration: limit, orElse: () => Effect.fail(`no answer within ${GoDuration.formatShort(limit)}`) }),
+        Effect.match({ onSuccess: () => undefined, onFailure: (reason): Failure => ({ name, reason }) })
+      ), { concurrency: "unbounded" }).pipe(Effect.map((results) => results.filter((r) => r !== undefined)))
+  })
+}
+
+/**
+ * GET `url`; healthy on any 2xx answer.
+ *
+ * @category constructors
+ */
+export const httpReadiness = Effect.fnUntraced(function*(name: string, url: string) {
+  const client = yield* HttpClient.HttpClient
+  const check = client.get(url).pipe(
+    Effect.mapError((error) => `GET ${url} failed: ${error.message}`),
+    Effect.flatMap((response) =>
+      // Drain the body so the connection can be reused.
+      Effect.ignore(response.text).pipe(
+        Effect.andThen(
+          response.status >= 200 && response.status < 300 ? Effect.void : Effect.fail(`GET ${url} answered ${response.status}`)
+        )
+      )
+    )
+  )
+  return { name, check } satisfies HealthCheck
+})
+
+const seconds = (millis: number) => GoDuration.formatShort(Duration.seconds(Math.floor(millis / 1000)))
+
+/**
+ * The bearer token of the kubeconfig at `path` (inline `token`, or `tokenFile` relative to the
+ * kubeconfig's folder) has at least `margin` left. A JWT without `exp` never expires and passes;
+ * a token whose expiry cannot be read fails, since the provisioner always writes JWTs.
+ *
+ * @category constructors
+ */
+export const managedTokenFreshness = Effect.fnUntraced(function*(name: string, path: string, margin: Duration.Duration) {
+  const fs = yield* FileSystem.FileSystem
+  const read = (file: string, what: string) =>
+    fs.readFileString(file).pipe(Effect.mapError((error) => `cannot read ${what} ${file}: ${error.message}`))
+  const check = Effect.gen(function*() {
+    const text = yield* read(path, "the managed kubeconfig")
+    const bearer = yield* Effect.fromResult(Kubeconfig.readBearerToken(text)).pipe(
+      Effect.mapError((error) => `the managed kubeconfig ${path}: ${error.message}`)
+    )
+    const token = bearer._tag === "Inline"
+      ? bearer.token
+      : Redacted.make((yield* read(Path.resolve(Path.dirname(path), bearer.path), "the managed token file")).trim())
+    const expiresAt = yield* Effect.fromResult(TokenExpiry.readExpiry(token)).pipe(
+      Effect.mapError((error) => `the managed kubeconfig ${path}: ${error.message}`)
+    )
+    const now = yield* Clock.currentTimeMillis
+    const state = TokenExpiry.freshness(expiresAt, now, Duration.toMillis(margin))
+    switch (state._tag) {
+      case "Expired":
+        return yield* Effect.fail(`the managed token expired ${seconds(state.ago)} ago`)
+      case "Expiring":
+        return yield* Effect.fail(
+          `the managed token expires in ${seconds(state.remaining)}, within the freshness margin of ${GoDuration.formatShort(margin)}`
+        )
+      case "Fresh":
+      case "NoExpiry":
+        return
+    }
+  })
+  return { name, check } satisfies HealthCheck
+})
