@@ -17,7 +17,9 @@ describe("tether CLI", () => {
   it("lists the subcommand and its flags with defaults", () => {
     const root = tether(["--help"])
     assert.strictEqual(root.status, 0)
-    assert.include(root.stdout, "managed-kubeconfig-provisioner")
+    for (const subcommand of ["managed-kubeconfig-provisioner", "managed-apiserver-proxy", "service-relay", "addon-agent"]) {
+      assert.include(root.stdout, subcommand)
+    }
     const help = tether(["managed-kubeconfig-provisioner", "--help"])
     assert.strictEqual(help.status, 0)
     for (const expected of ['--source-name', 'default "external-managed-kubeconfig"', "--token-expiration", "default 24h", "--refresh-before", "default 1h", "--sync-interval", "default 5m", 'default ":8000"']) {
