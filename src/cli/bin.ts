@@ -10,6 +10,7 @@ import { CliError, Command } from "effect/cli"
 import * as AddonAgent from "./commands/AddonAgent.ts"
 import * as ManagedApiserverProxy from "./commands/ManagedApiserverProxy.ts"
 import * as ManagedKubeconfigProvisioner from "./commands/ManagedKubeconfigProvisioner.ts"
+import * as ServiceProxy from "./commands/ServiceProxy.ts"
 import * as ServiceRelay from "./commands/ServiceRelay.ts"
 
 const major = Number(process.versions.node.split(".")[0])
@@ -31,6 +32,7 @@ const tether = Command.make("tether").pipe(
     ManagedKubeconfigProvisioner.command,
     ManagedApiserverProxy.command,
     ServiceRelay.command,
+    ServiceProxy.command,
     AddonAgent.command
   ])
 )

@@ -17,7 +17,7 @@ describe("tether CLI", () => {
   it("lists the subcommand and its flags with defaults", () => {
     const root = tether(["--help"])
     assert.strictEqual(root.status, 0)
-    for (const subcommand of ["managed-kubeconfig-provisioner", "managed-apiserver-proxy", "service-relay", "addon-agent"]) {
+    for (const subcommand of ["managed-kubeconfig-provisioner", "managed-apiserver-proxy", "service-relay", "service-proxy", "addon-agent"]) {
       assert.include(root.stdout, subcommand)
     }
     const help = tether(["managed-kubeconfig-provisioner", "--help"])

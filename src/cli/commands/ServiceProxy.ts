@@ -1,0 +1,138 @@
+/**
+ * `tether service-proxy`: the TLS server behind the konnectivity tunnel that carries
+ * user-server's requests to the kube-apiserver (authenticated, impersonated) and to Services
+ * (directly, through the service relay, or not at all, by hosted mode).
+ *
+ * @since 0.1.0
+ */
+import { Effect, Layer, Option, Result } from "effect"
+import { Command, Flag } from "effect/cli"
+import * as Observability from "../../../layers/Observability.ts"
+import * as ServiceProxyLayers from "../../../layers/ServiceProxy.ts"
+import * as ServiceProxyRouting from "../../domain/ServiceProxyRouting.ts"
+import * as Flags from "../Flags.ts"
+import { UsageError } from "../UsageError.ts"
+
+const flags = {
+  cert: Flags.string("cert", "PEM serving certificate (required); re-read when the file changes"),
+  key: Flags.string("key", "PEM private key of --cert (required); re-read when the file changes"),
+  additionalServiceCa: Flags.string(
+    "additional-service-ca",
+    "PEM file of extra CAs trusted for https Services, besides the cluster CA (a missing file is skipped)"
+  ),
+  hubKubeconfig: Flags.string(
+    "hub-kubeconfig",
+    "Hub kubeconfig; callers the managed cluster does not know are reviewed there (TokenReview) and impersonated as cluster:hub:<user>"
+  ),
+  managedKubeconfig: Flags.string(
+    "managed-kubeconfig",
+    "Generated managed kubeconfig (hosted mode); its token is re-read whenever the file changes. Empty: not hosted, use the in-cluster apiserver"
+  ),
+  hostedServiceProxyMode: Flag.String("hosted-service-proxy-mode").pipe(
+    Flag.withDescription(
+      "How Service targets are served in hosted mode: Disabled (503), BestEffort (dial <svc>.<ns>.svc from the hosting cluster) " +
+        "or Relay (through the managed apiserver's services/proxy of the service relay); default Disabled when " +
+        "--managed-kubeconfig is given; without it Services are always dialled directly and Relay is an error"
+    ),
+    Flag.optional
+  ),
+  enableImpersonation: Flag.Boolean("enable-impersonation").pipe(
+    Flag.withDescription(
+      "Authenticate kube-apiserver callers by TokenReview (managed cluster, then hub) and impersonate them; " +
+        "--enable-impersonation=false forwards their own credentials unchecked (default true)"
+    ),
+    Flag.withDefault(true)
+  ),
+  tokenReviewCacheTtl: Flags.duration("token-review-cache-ttl", "How long a TokenReview answer about a caller token is reused (0 disables the cache)", "10s"),
+  tokenReviewErrorPattern: Flag.String("token-review-error-pattern").pipe(
+    Flag.withDescription(
+      "A TokenReview status.error containing this text (case-insensitive) means the token is not that cluster's, so the next " +
+        "cluster is asked; any other error refuses the caller; repeatable (default \"invalid bearer token\")"
+    ),
+    Flag.atLeast(0)
+  ),
+  serviceRelayName: Flags.string("service-relay-name", "Name of the service relay Service on the managed cluster", "cluster-proxy-service-relay"),
+  serviceRelayPort: Flag.Int("service-relay-port").pipe(
+    Flag.withDescription("Port of the service relay Service (default 7444)"),
+    Flag.withDefault(7444)
+  ),
+  listen: Flags.listen("listen", "Address the proxy serves TLS on", ":7443"),
+  healthProbeBindAddress: Flags.listen("health-probe-bind-address", "Address of /healthz, /readyz and /metrics", ":8000"),
+  maxIdleConns: Flag.Int("max-idle-conns").pipe(
+    Flag.withDescription("Idle upstream connections kept per upstream (default 100)"),
+    Flag.withDefault(100)
+  ),
+  idleConnTimeout: Flags.duration("idle-conn-timeout", "An idle upstream connection is closed after this long", "90s"),
+  tlsHandshakeTimeout: Flags.duration("tls-handshake-timeout", "Bound on the TLS handshake with an upstream", "10s")
+}
+
+type Given = Command.Command.Config.Infer<typeof flags>
+
+/**
+ * Validate the flags (and `POD_NAMESPACE`, the add-on namespace the relay Service lives in)
+ * into the layer's options.
+ *
+ * @category constructors
+ */
+export const resolve = (
+  given: Omit<Given, "healthProbeBindAddress">,
+  env: Readonly<Record<string, string | undefined>> = process.env
+): Result.Result<ServiceProxyLayers.Options, UsageError> =>
+  Result.gen(function*() {
+    const fail = (message: string) => Result.fail(new UsageError({ message }))
+    const cert = given.cert.trim()
+    const key = given.key.trim()
+    if (cert === "" || key === "") return yield* fail("--cert and --key are required: the serving certificate and its key (PEM files)")
+    let mode: ServiceProxyRouting.Mode | undefined
+    if (Option.isSome(given.hostedServiceProxyMode)) {
+      const parsed = ServiceProxyRouting.parseMode(given.hostedServiceProxyMode.value)
+      if (Result.isFailure(parsed)) return yield* fail(parsed.failure.message)
+      mode = parsed.success
+    }
+    const managedKubeconfig = given.managedKubeconfig.trim() === "" ? undefined : given.managedKubeconfig.trim()
+    if (mode === "Relay" && managedKubeconfig === undefined) {
+      return yield* fail("managed-kubeconfig is required when hosted-service-proxy-mode=Relay")
+    }
+    if (!Number.isSafeInteger(given.maxIdleConns) || given.maxIdleConns < 0) return yield* fail("--max-idle-conns must be 0 or more")
+    if (!Number.isInteger(given.serviceRelayPort) || given.serviceRelayPort < 1 || given.serviceRelayPort > 65535) {
+      return yield* fail("--service-relay-port must be between 1 and 65535")
+    }
+    return {
+      listen: given.listen,
+      certFile: cert,
+      keyFile: key,
+      additionalServiceCa: given.additionalServiceCa.trim() === "" ? undefined : given.additionalServiceCa.trim(),
+      hubKubeconfig: given.hubKubeconfig.trim() === "" ? undefined : given.hubKubeconfig.trim(),
+      managedKubeconfig,
+      mode,
+      enableImpersonation: given.enableImpersonation,
+      tokenReviewCacheTtl: given.tokenReviewCacheTtl,
+      tokenReviewErrorPatterns: ServiceProxyLayers.errorPatterns(given.tokenReviewErrorPattern),
+      serviceRelayName: given.serviceRelayName.trim(),
+      serviceRelayPort: given.serviceRelayPort,
+      relayNamespace: env["POD_NAMESPACE"]?.trim() || undefined,
+      maxIdleConnections: given.maxIdleConns,
+      idleConnectionTimeout: given.idleConnTimeout,
+      tlsHandshakeTimeout: given.tlsHandshakeTimeout
+    } satisfies ServiceProxyLayers.Options
+  })
+
+export const command = Command.make("service-proxy", flags, (given) =>
+  Effect.gen(function*() {
+    const { healthProbeBindAddress, ...rest } = given
+    const options = resolve(rest)
+    if (Result.isFailure(options)) return yield* options.failure
+    const proxy = ServiceProxyLayers.proxyOptions(options.success)
+    if (Result.isFailure(proxy)) return yield* new UsageError({ message: proxy.failure.message })
+    if (options.success.managedKubeconfig === undefined && options.success.mode !== undefined) {
+      yield* Effect.logWarning("--hosted-service-proxy-mode only applies with --managed-kubeconfig; Services are dialled directly")
+    }
+    return yield* Layer.launch(
+      ServiceProxyLayers.layer(options.success).pipe(Layer.provideMerge(Observability.layer(healthProbeBindAddress)))
+    )
+  })).pipe(
+    Command.withDescription(
+      "Serve user-server's requests for one cluster over TLS: the kube-apiserver with TokenReview (managed cluster, then hub) " +
+        "and impersonation, and Services directly, through the service relay, or not at all (hosted modes)."
+    )
+  )

@@ -1,0 +1,363 @@
+/**
+ * The service proxy's way into the cluster whose kube-apiserver it fronts: the apiserver URL,
+ * the TLS settings for it, and the current bearer token, kept in step with the files they come
+ * from.
+ *
+ * In hosted mode they come from the generated managed kubeconfig (`--managed-kubeconfig`, a
+ * mounted Secret): an inline `token` or a `tokenFile`, `certificate-authority-data` or a
+ * `certificate-authority` file, `tls-server-name`, `insecure-skip-tls-verify`. Otherwise they
+ * come from the pod (`KUBERNETES_SERVICE_HOST`/`_PORT` and the ServiceAccount token and CA).
+ *
+ * The provisioner rotates the token by rewriting the Secret; the kubelet swaps the files. The
+ * folders are watched and re-read on every change and periodically, and every consumer asks
+ * for the current values on each use: the impersonating proxy, the relay hop and the
+ * TokenReview client ({@link ManagedCredentials} `client`, whose bearer token is read per
+ * request and which is rebuilt when the server or its TLS settings change). So a rotation
+ * needs no restart and no client is left with a stale token (the Go prototype's TokenReview
+ * client kept its startup token).
+ *
+ * The first read happens while the layer is built and must succeed. A later read that fails
+ * keeps the last good values and logs a warning. Nothing read from the files is logged except
+ * the server address and a short hash of the token.
+ *
+ * @since 0.1.0
+ */
+import { KubeConfig } from "@kubernetes/client-node"
+import { Context, Duration, Effect, FileSystem, Layer, Redacted, Schema } from "effect"
+import { createHash } from "node:crypto"
+import * as Net from "node:net"
+import * as Path from "node:path"
+import * as Kubeconfig from "../domain/Kubeconfig.ts"
+import * as ServiceProxyRouting from "../domain/ServiceProxyRouting.ts"
+import * as ClientNodeKube from "../kube/ClientNodeKube.ts"
+import type * as KubeClient from "../kube/KubeClient.ts"
+import * as FileWatch from "./FileWatch.ts"
+
+/**
+ * TLS settings for connections to the apiserver.
+ *
+ * @category models
+ */
+export interface Tls {
+  /** PEM of the CAs to trust; undefined means the system roots. */
+  readonly ca: string | undefined
+  /** Name to verify the certificate against instead of the URL host (`tls-server-name`). */
+  readonly servername: string | undefined
+  /** `insecure-skip-tls-verify`: no verification at all. */
+  readonly insecure: boolean
+}
+
+/**
+ * What the files said at one moment.
+ *
+ * @category models
+ */
+export interface Snapshot {
+  readonly server: ServiceProxyRouting.ApiserverUrl
+  /** `<scheme>://<authority><prefix>`, without any user info. */
+  readonly serverUrl: string
+  readonly tls: Tls
+  readonly token: Redacted.Redacted<string>
+  /** Changes when the server or its TLS settings change (not with the token). */
+  readonly endpointKey: string
+  /** A short hash of the token, for logs. */
+  readonly tokenId: string
+  /** The files this snapshot was read from (their folders are watched). */
+  readonly files: ReadonlyArray<string>
+}
+
+/**
+ * The credentials cannot be read. At startup this stops the proxy; later it keeps the last
+ * good snapshot.
+ *
+ * @category errors
+ */
+export class CredentialsError extends Schema.TaggedError<CredentialsError>()("CredentialsError", {
+  message: Schema.String
+}) {}
+
+/**
+ * Where the credentials come from.
+ *
+ * @category models
+ */
+export type Source =
+  | { readonly _tag: "Kubeconfig"; readonly path: string }
+  | {
+    readonly _tag: "InCluster"
+    /** Default `/var/run/secrets/kubernetes.io/serviceaccount/token`. */
+    readonly tokenPath?: string
+    /** Default `/var/run/secrets/kubernetes.io/serviceaccount/ca.crt`. */
+    readonly caPath?: string
+    /** Default: the process environment. */
+    readonly env?: Readonly<Record<string, string | undefined>>
+  }
+
+/** @category models */
+export interface Options {
+  readonly source: Source
+  /** Fail-safe re-read period (file events trigger a re-read sooner); default 10 seconds. */
+  readonly reloadInterval?: Duration.Input
+  /** Cluster name for the client's errors and logs; default `managed`. */
+  readonly cluster?: string
+  readonly userAgent?: string
+}
+
+/** @category services */
+export class ManagedCredentials extends Context.Service<ManagedCredentials, {
+  /** Where the credentials come from, for logs. */
+  readonly description: string
+  /** The last good snapshot. */
+  readonly current: Effect.Effect<Snapshot>
+  /** The current bearer token, for clients that take a token source. */
+  readonly tokenSource: KubeClient.TokenSource
+  /** Re-read the files now; a failure is logged and keeps the last good snapshot. */
+  readonly reload: Effect.Effect<void>
+  /**
+   * A client for the apiserver that always uses the current token and, after the server or its
+   * TLS settings change, the new ones.
+   */
+  readonly client: KubeClient.KubeClient
+}>()("tether/serviceproxy/ManagedCredentials") {
+  /** Read and watch `options.source`; needs a `FileSystem`. Fails when the first read fails. */
+  static readonly layer = (options: Options) => Layer.effect(ManagedCredentials, make(options))
+}
+
+// ---------------------------------------------------------------------------------------------
+// reading
+// ---------------------------------------------------------------------------------------------
+
+const serviceAccountFolder = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+const describeSource = (source: Source): string =>
+  source._tag === "Kubeconfig" ? `managed kubeconfig ${source.path}` : "in-cluster service account"
+
+const fingerprint = (text: string): string => createHash("sha256").update(text).digest("hex")
+
+const snapshot = (input: {
+  readonly server: ServiceProxyRouting.ApiserverUrl
+  readonly tls: Tls
+  readonly token: string
+  readonly files: ReadonlyArray<string>
+}): Snapshot => {
+  const { server, tls } = input
+  return {
+    server,
+    serverUrl: `${server.scheme}://${server.authority}${server.pathPrefix}`,
+    tls,
+    token: Redacted.make(input.token),
+    endpointKey: fingerprint(JSON.stringify([server, tls.ca ?? null, tls.servername ?? null, tls.insecure])),
+    tokenId: fingerprint(input.token).slice(0, 12),
+    files: input.files
+  }
+}
+
+const readText = (path: string, what: string) =>
+  Effect.gen(function*() {
+    const fs = yield* FileSystem.FileSystem
+    return yield* fs.readFileString(path).pipe(
+      Effect.mapError((error) => new CredentialsError({ message: `cannot read the ${what} ${path}: ${error.message}` }))
+    )
+  })
+
+/**
+ * Read a managed kubeconfig: the selected cluster's server and TLS settings and the selected
+ * user's bearer token (inline or from `tokenFile`). Relative file references are resolved
+ * against the kubeconfig's folder, as client-go does.
+ *
+ * @category reading
+ */
+export const readKubeconfig = Effect.fn("ManagedCredentials.readKubeconfig")(function*(path: string) {
+  const text = yield* readText(path, "managed kubeconfig")
+  const folder = Path.dirname(Path.resolve(path))
+  const fail = (why: string) => new CredentialsError({ message: `managed kubeconfig ${path}: ${why}` })
+  const cluster = yield* Effect.try({
+    try: () => {
+      const kubeConfig = new KubeConfig()
+      kubeConfig.loadFromString(text)
+      const clusters = kubeConfig.getClusters()
+      return kubeConfig.getCurrentCluster() ?? (clusters.length === 1 ? clusters[0] : null) ?? null
+    },
+    // client-node and js-yaml messages may quote the file; the file holds a token.
+    catch: () => fail("not a valid kubeconfig")
+  })
+  if (cluster === null) return yield* fail("it must have a current context or exactly one cluster")
+  const server = yield* Effect.fromResult(ServiceProxyRouting.parseApiserverUrl(cluster.server)).pipe(
+    Effect.mapError((error) => fail(error.message))
+  )
+  const files: Array<string> = [path]
+  let ca: string | undefined
+  if (cluster.caData !== undefined && cluster.caData !== "") {
+    ca = Buffer.from(cluster.caData, "base64").toString("utf8")
+  } else if (cluster.caFile !== undefined && cluster.caFile !== "") {
+    const caPath = Path.resolve(folder, cluster.caFile)
+    files.push(caPath)
+    ca = yield* readText(caPath, "managed apiserver CA file")
+  }
+  const bearer = yield* Effect.fromResult(Kubeconfig.readBearerToken(text)).pipe(
+    Effect.mapError((error) =>
+      fail(error.reason._tag === "NoCredentials" ? "managed kubeconfig does not contain a bearer token" : error.message)
+    )
+  )
+  let token: string
+  if (bearer._tag === "Inline") {
+    token = Redacted.value(bearer.token).trim()
+  } else {
+    const tokenPath = Path.resolve(folder, bearer.path)
+    files.push(tokenPath)
+    token = (yield* readText(tokenPath, "managed token file")).trim()
+  }
+  if (token === "") return yield* fail("managed kubeconfig token is empty")
+  return snapshot({
+    server,
+    tls: { ca, servername: cluster.tlsServerName || undefined, insecure: cluster.skipTLSVerify === true },
+    token,
+    files
+  })
+})
+
+/**
+ * Read the pod's own credentials: `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`,
+ * the ServiceAccount CA and token.
+ *
+ * @category reading
+ */
+export const readInCluster = Effect.fn("ManagedCredentials.readInCluster")(function*(
+  source: Extract<Source, { readonly _tag: "InCluster" }>
+) {
+  const env = source.env ?? process.env
+  const host = env["KUBERNETES_SERVICE_HOST"]?.trim() ?? ""
+  const port = env["KUBERNETES_SERVICE_PORT"]?.trim() ?? ""
+  if (host === "" || port === "") {
+    return yield* new CredentialsError({
+      message: "not running in a cluster (KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT are not set); " +
+        "pass --managed-kubeconfig"
+    })
+  }
+  const server = yield* Effect.fromResult(
+    ServiceProxyRouting.parseApiserverUrl(`https://${Net.isIPv6(host) ? `[${host}]` : host}:${port}`)
+  ).pipe(Effect.mapError((error) => new CredentialsError({ message: `in-cluster apiserver address: ${error.message}` })))
+  const caPath = source.caPath ?? `${serviceAccountFolder}/ca.crt`
+  const tokenPath = source.tokenPath ?? `${serviceAccountFolder}/token`
+  const ca = yield* readText(caPath, "service account CA")
+  const token = (yield* readText(tokenPath, "service account token")).trim()
+  if (token === "") return yield* new CredentialsError({ message: `the service account token ${tokenPath} is empty` })
+  return snapshot({ server, tls: { ca, servername: undefined, insecure: false }, token, files: [caPath, tokenPath] })
+})
+
+/**
+ * Read `source` once.
+ *
+ * @category reading
+ */
+export const read = (source: Source): Effect.Effect<Snapshot, CredentialsError, FileSystem.FileSystem> =>
+  source._tag === "Kubeconfig" ? readKubeconfig(source.path) : readInCluster(source)
+
+// ---------------------------------------------------------------------------------------------
+// the service
+// ---------------------------------------------------------------------------------------------
+
+/** A client-node configuration without credentials: the token comes from the token source. */
+const kubeConfigFor = (current: Snapshot): KubeConfig => {
+  const kubeConfig = new KubeConfig()
+  kubeConfig.loadFromOptions({
+    clusters: [{
+      name: "managed",
+      server: current.serverUrl,
+      skipTLSVerify: current.tls.insecure,
+      ...(current.tls.ca === undefined ? {} : { caData: Buffer.from(current.tls.ca, "utf8").toString("base64") }),
+      ...(current.tls.servername === undefined ? {} : { tlsServerName: current.tls.servername })
+    }],
+    users: [{ name: "managed" }],
+    contexts: [{ name: "managed", cluster: "managed", user: "managed" }],
+    currentContext: "managed"
+  })
+  return kubeConfig
+}
+
+/**
+ * Read `options.source`, watch its files, and serve the current snapshot. Needs a
+ * `FileSystem` and a `Scope` (the watch runs until it closes).
+ *
+ * @category constructors
+ */
+export const make = Effect.fnUntraced(function*(options: Options) {
+  const fs = yield* FileSystem.FileSystem
+  const description = describeSource(options.source)
+  const cluster = options.cluster ?? "managed"
+  const readNow = read(options.source).pipe(Effect.provideService(FileSystem.FileSystem, fs))
+
+  let latest = yield* readNow
+  yield* Effect.logInfo("apiserver credentials loaded", {
+    source: description,
+    server: latest.serverUrl,
+    token: latest.tokenId
+  })
+
+  const reload = readNow.pipe(
+    Effect.matchEffect({
+      onFailure: (error) =>
+        Effect.logWarning("cannot reload the apiserver credentials; keeping the last good ones", {
+          source: description,
+          error: error.message
+        }),
+      onSuccess: (next) =>
+        Effect.gen(function*() {
+          const previous = latest
+          latest = next
+          if (previous.endpointKey !== next.endpointKey) {
+            yield* Effect.logInfo("apiserver endpoint changed", { source: description, from: previous.serverUrl, to: next.serverUrl })
+          }
+          if (previous.tokenId !== next.tokenId) {
+            yield* Effect.logInfo("apiserver token reloaded", { source: description, token: next.tokenId })
+          }
+        })
+    }),
+    Effect.annotateLogs({ component: "service-proxy" })
+  )
+
+  yield* FileWatch.start({
+    paths: latest.files,
+    interval: options.reloadInterval ?? Duration.seconds(10),
+    reload,
+    what: description
+  }).pipe(Effect.provideService(FileSystem.FileSystem, fs))
+
+  const tokenSource: KubeClient.TokenSource = () => Promise.resolve(latest.token)
+
+  let built: { readonly key: string; readonly client: KubeClient.KubeClient } | undefined
+  const currentClient = (): KubeClient.KubeClient => {
+    const now = latest
+    if (built === undefined || built.key !== now.endpointKey) {
+      built = {
+        key: now.endpointKey,
+        client: ClientNodeKube.make({
+          cluster,
+          kubeConfig: kubeConfigFor(now),
+          tokenSource,
+          userAgent: options.userAgent ?? "tether-service-proxy"
+        })
+      }
+    }
+    return built.client
+  }
+  // Every method is looked up on the client of the current endpoint when it is called, so the
+  // delegation follows KubeClient as it grows.
+  const client = new Proxy({} as KubeClient.KubeClient, {
+    get: (_target, property) => {
+      if (property === "cluster") return cluster
+      const value = (currentClient() as unknown as Record<PropertyKey, unknown>)[property]
+      if (typeof value !== "function") return value
+      return (...args: ReadonlyArray<unknown>) =>
+        ((currentClient() as unknown as Record<PropertyKey, (...a: ReadonlyArray<unknown>) => unknown>)[property])!(...args)
+    }
+  })
+
+  return ManagedCredentials.of({
+    description,
+    current: Effect.sync(() => latest),
+    tokenSource,
+    reload,
+    client
+  })
+})
