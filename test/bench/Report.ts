@@ -1,0 +1,260 @@
+/**
+ * The benchmark's results as Markdown: absolute numbers, ratios against the direct path and
+ * against each peer, and the targets of issue 3 checked against what was measured. Pure.
+ *
+ * @since 0.1.0
+ */
+
+/** One path through which the load went (direct, tether, a peer). */
+export interface Path {
+  readonly key: string
+  readonly label: string
+}
+
+export interface Throughput {
+  readonly path: Path
+  /** Gbit/s of each round. */
+  readonly gbps: ReadonlyArray<number>
+  /** CPU seconds of the relay's processes per GB moved, each round (NaN for direct). */
+  readonly cpuPerGB: ReadonlyArray<number>
+}
+
+export interface RoundTrip {
+  readonly path: Path
+  readonly conns: number
+  /** Median over rounds. */
+  readonly p50us: number
+  readonly p99us: number
+  readonly perSecond: number
+  /** CPU microseconds of the relay's processes per round trip (NaN for direct). */
+  readonly cpuUs: number
+  readonly errors: number
+}
+
+export interface HttpResult {
+  readonly path: Path
+  readonly conns: number
+  /** Median over rounds. */
+  readonly perSecond: number
+  readonly p50us: number
+  readonly p99us: number
+  /** CPU microseconds of the relay's processes per request (NaN for direct). */
+  readonly cpuUs: number
+  /** Socket errors, timeouts and non-2xx answers over all rounds. */
+  readonly errors: number
+}
+
+export interface Report {
+  readonly date: string
+  readonly command: string
+  readonly machine: ReadonlyArray<string>
+  readonly settings: ReadonlyArray<string>
+  readonly quick: boolean
+  readonly tcp?: { readonly throughput: ReadonlyArray<Throughput>; readonly roundTrips: ReadonlyArray<RoundTrip> }
+  readonly http?: ReadonlyArray<HttpResult>
+  readonly notes: ReadonlyArray<string>
+}
+
+export const median = (values: ReadonlyArray<number>): number => {
+  if (values.length === 0) return Number.NaN
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = Math.floor(sorted.length / 2)
+  return sorted.length % 2 === 1 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2
+}
+
+const fixed = (value: number, digits: number) => (Number.isFinite(value) ? value.toFixed(digits) : "–")
+const ratio = (value: number) => (Number.isFinite(value) ? `${value.toFixed(2)}×` : "–")
+const thousands = (value: number) => (Number.isFinite(value) ? Math.round(value).toLocaleString("en-US") : "–")
+const micros = (value: number) => (value >= 10_000 ? `${fixed(value / 1000, 1)} ms` : `${fixed(value, 0)} µs`)
+const signedMicros = (value: number) => (Number.isFinite(value) ? `${value >= 0 ? "+" : "−"}${fixed(Math.abs(value), 0)}` : "–")
+
+const table = (head: ReadonlyArray<string>, rows: ReadonlyArray<ReadonlyArray<string>>): string =>
+  [
+    `| ${head.join(" | ")} |`,
+    `|${head.map((_, i) => (i === 0 ? "---" : "---:")).join("|")}|`,
+    ...rows.map((row) => `| ${row.join(" | ")} |`)
+  ].join("\n")
+
+const tetherKey = "tether"
+const directKey = "direct"
+
+const throughputSection = (rows: ReadonlyArray<Throughput>): string => {
+  const value = (key: string) => median(rows.find((row) => row.path.key === key)?.gbps ?? [])
+  const direct = value(directKey)
+  const tether = value(tetherKey)
+  const tetherCpu = median(rows.find((row) => row.path.key === tetherKey)?.cpuPerGB ?? [])
+  return table(
+    ["path", "Gbit/s", "each round", "÷ direct", "tether ÷ this", "relay CPU s/GB", "tether CPU ÷ this"],
+    rows.map((row) => {
+      const gbps = median(row.gbps)
+      const cpu = median(row.cpuPerGB)
+      const isTether = row.path.key === tetherKey
+      return [
+        row.path.label,
+        `**${fixed(gbps, 2)}**`,
+        row.gbps.map((g) => fixed(g, 1)).join(", "),
+        ratio(gbps / direct),
+        isTether || row.path.key === directKey ? "" : ratio(tether / gbps),
+        fixed(cpu, 2),
+        isTether || !Number.isFinite(cpu) ? "" : ratio(tetherCpu / cpu)
+      ]
+    })
+  )
+}
+
+const roundTripSection = (rows: ReadonlyArray<RoundTrip>): string => {
+  const find = (key: string, conns: number) => rows.find((row) => row.path.key === key && row.conns === conns)
+  return table(
+    [
+      "path",
+      "conns",
+      "p50",
+      "p99",
+      "round trips/s",
+      "p50 − direct (µs)",
+      "p50 ÷ direct",
+      "p99 ÷ direct",
+      "tether p50 ÷ this",
+      "tether p99 ÷ this",
+      "relay CPU µs/trip",
+      "tether CPU ÷ this"
+    ],
+    rows.map((row) => {
+      const direct = find(directKey, row.conns)
+      const tether = find(tetherKey, row.conns)
+      const isDirect = row.path.key === directKey
+      const isTether = row.path.key === tetherKey
+      return [
+        row.path.label,
+        String(row.conns),
+        `**${micros(row.p50us)}**`,
+        micros(row.p99us),
+        thousands(row.perSecond) + (row.errors > 0 ? ` (${row.errors} errors)` : ""),
+        isDirect || direct === undefined ? "" : signedMicros(row.p50us - direct.p50us),
+        isDirect || direct === undefined ? "" : ratio(row.p50us / direct.p50us),
+        isDirect || direct === undefined ? "" : ratio(row.p99us / direct.p99us),
+        isTether || tether === undefined || isDirect ? "" : ratio(tether.p50us / row.p50us),
+        isTether || tether === undefined || isDirect ? "" : ratio(tether.p99us / row.p99us),
+        fixed(row.cpuUs, 1),
+        isTether || tether === undefined || isDirect ? "" : ratio(tether.cpuUs / row.cpuUs)
+      ]
+    })
+  )
+}
+
+const httpSection = (rows: ReadonlyArray<HttpResult>): string => {
+  const find = (key: string, conns: number) => rows.find((row) => row.path.key === key && row.conns === conns)
+  return table(
+    [
+      "path",
+      "conns",
+      "req/s",
+      "p50",
+      "p99",
+      "req/s ÷ direct",
+      "p99 ÷ direct",
+      "tether req/s ÷ this",
+      "tether p99 ÷ this",
+      "relay CPU µs/req",
+      "tether CPU ÷ this"
+    ],
+    rows.map((row) => {
+      const direct = find(directKey, row.conns)
+      const tether = find(tetherKey, row.conns)
+      const isDirect = row.path.key === directKey
+      const isTether = row.path.key === tetherKey
+      return [
+        row.path.label,
+        String(row.conns),
+        `**${thousands(row.perSecond)}**` + (row.errors > 0 ? ` (${row.errors} errors)` : ""),
+        micros(row.p50us),
+        micros(row.p99us),
+        isDirect || direct === undefined ? "" : ratio(row.perSecond / direct.perSecond),
+        isDirect || direct === undefined ? "" : ratio(row.p99us / direct.p99us),
+        isTether || tether === undefined || isDirect ? "" : ratio(tether.perSecond / row.perSecond),
+        isTether || tether === undefined || isDirect ? "" : ratio(tether.p99us / row.p99us),
+        fixed(row.cpuUs, 0),
+        isTether || tether === undefined || isDirect ? "" : ratio(tether.cpuUs / row.cpuUs)
+      ]
+    })
+  )
+}
+
+const verdict = (ok: boolean) => (ok ? "met" : "**not met**")
+
+/** The targets of issue 3, section 4, against this run. */
+const targets = (report: Report): ReadonlyArray<string> => {
+  const lines: Array<string> = []
+  if (report.tcp !== undefined) {
+    const gbps = (key: string) => median(report.tcp?.throughput.find((row) => row.path.key === key)?.gbps ?? [])
+    const tether = gbps(tetherKey)
+    const haproxy = gbps("haproxy")
+    if (Number.isFinite(tether) && Number.isFinite(haproxy)) {
+      lines.push(
+        `- TCP throughput ≥ haproxy: ${fixed(tether, 2)} vs ${fixed(haproxy, 2)} Gbit/s (${ratio(tether / haproxy)}): ${verdict(tether >= haproxy)}.`
+      )
+    }
+    const added = [...new Set(report.tcp.roundTrips.map((row) => row.conns))].map((conns) => {
+      const find = (key: string) => report.tcp?.roundTrips.find((row) => row.path.key === key && row.conns === conns)
+      return { conns, added: (find(tetherKey)?.p50us ?? Number.NaN) - (find(directKey)?.p50us ?? Number.NaN) }
+    })
+    const single = added.find((row) => row.conns === 1)
+    if (single !== undefined && Number.isFinite(single.added)) {
+      lines.push(
+        `- Added p50 latency ≤ 100 µs (1 connection): ${signedMicros(single.added)} µs: ${verdict(single.added <= 100)}. ` +
+          `Under load: ${added.filter((row) => row.conns !== 1).map((row) => `${signedMicros(row.added)} µs at ${row.conns}`).join(", ")}.`
+      )
+    }
+  }
+  if (report.http !== undefined) {
+    const rows = report.http
+    for (const peer of ["go-prototype", "go-tuned"]) {
+      const parts = [...new Set(rows.map((row) => row.conns))].map((conns) => {
+        const tether = rows.find((row) => row.path.key === tetherKey && row.conns === conns)
+        const go = rows.find((row) => row.path.key === peer && row.conns === conns)
+        if (tether === undefined || go === undefined) return undefined
+        const rps = tether.perSecond / go.perSecond
+        const p99 = tether.p99us / go.p99us
+        return { conns, rps, p99, ok: rps >= 1 && p99 <= 1.2 }
+      }).filter((part) => part !== undefined)
+      const label = rows.find((row) => row.path.key === peer)?.path.label
+      if (label === undefined || parts.length === 0) continue
+      lines.push(
+        `- HTTP req/s ≥ ${label} with p99 ≤ 1.2× of it: ` +
+          parts.map((part) => `c=${part.conns}: ${ratio(part.rps)} req/s, ${ratio(part.p99)} p99 (${verdict(part.ok)})`).join("; ") + "."
+      )
+    }
+    const nginx = [...new Set(rows.map((row) => row.conns))].map((conns) => {
+      const tether = rows.find((row) => row.path.key === tetherKey && row.conns === conns)
+      const peer = rows.find((row) => row.path.key === "nginx" && row.conns === conns)
+      return tether === undefined || peer === undefined ? undefined : `c=${conns}: ${ratio(tether.perSecond / peer.perSecond)}`
+    }).filter((part) => part !== undefined)
+    if (nginx.length > 0) lines.push(`- Stretch, HTTP req/s vs nginx: ${nginx.join("; ")}.`)
+  }
+  return lines
+}
+
+export const render = (report: Report): string => {
+  const parts: Array<string> = []
+  parts.push("# tether relay benchmark")
+  if (report.quick) parts.push("> **Quick run** (`--quick`): short and single-round; not for comparison.")
+  parts.push(`Run ${report.date} with \`${report.command}\`.`)
+  parts.push(["Machine:", ...report.machine.map((line) => `- ${line}`)].join("\n"))
+  parts.push(["Settings:", ...report.settings.map((line) => `- ${line}`)].join("\n"))
+  const goals = targets(report)
+  if (goals.length > 0) parts.push(["## Against the targets of issue 3", "", ...goals].join("\n"))
+  if (report.tcp !== undefined) {
+    parts.push("## TCP: `tether managed-apiserver-proxy` and peers")
+    parts.push("### Bulk throughput (iperf3, one stream)")
+    parts.push(throughputSection(report.tcp.throughput))
+    parts.push("### 1 KiB round trip (echo), one request in flight per connection")
+    parts.push(roundTripSection(report.tcp.roundTrips))
+  }
+  if (report.http !== undefined) {
+    parts.push("## HTTP: `tether service-relay` (caller TokenReview on, cached) and peers")
+    parts.push("wrk with keep-alive, GET answered with a 1 KiB body.")
+    parts.push(httpSection(report.http))
+  }
+  if (report.notes.length > 0) parts.push(["## Notes", "", ...report.notes.map((note) => `- ${note}`)].join("\n"))
+  return `${parts.join("\n\n")}\n`
+}

@@ -1,0 +1,27 @@
+-- wrk script for `npm run bench`: the same request to every HTTP path (direct, tether
+-- service-relay, nginx, Go ReverseProxy). The caller token is read from the file named by
+-- BENCH_TOKEN_FILE, so it never appears on a command line; the routing headers name the
+-- backend Service the way the hosted service-proxy does. Paths other than the relay ignore them.
+local token_file = os.getenv("BENCH_TOKEN_FILE")
+local port = os.getenv("BENCH_BACKEND_PORT") or "80"
+if token_file then
+  local f = assert(io.open(token_file, "r"))
+  local token = f:read("*l")
+  f:close()
+  wrk.headers["Authorization"] = "Bearer " .. token
+end
+wrk.headers["Cluster-Proxy-Proto"] = "http"
+wrk.headers["Cluster-Proxy-Namespace"] = "default"
+wrk.headers["Cluster-Proxy-Service"] = "bench"
+wrk.headers["Cluster-Proxy-Port"] = port
+
+-- One JSON line with what the driver needs; latencies in microseconds.
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_JSON {"requests":%d,"durationUs":%d,"bytes":%d,"p50us":%d,"p90us":%d,"p99us":%d,"maxus":%d,' ..
+    '"connectErrors":%d,"readErrors":%d,"writeErrors":%d,"statusErrors":%d,"timeouts":%d}\n',
+    summary.requests, summary.duration, summary.bytes,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
