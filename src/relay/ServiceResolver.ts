@@ -9,7 +9,7 @@
  *
  * @since 0.1.0
  */
-import { Context, Effect, Layer, Schema } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Schema } from "effect"
 import * as Dns from "node:dns"
 import * as Net from "node:net"
 
@@ -33,9 +33,16 @@ export class ResolveError extends Schema.TaggedError<ResolveError>()("ResolveErr
 export class ServiceResolver extends Context.Service<ServiceResolver, {
   readonly resolve: (hostname: string) => Effect.Effect<Resolved, ResolveError>
 }>()("tether/relay/ServiceResolver") {
-  /** The operating system's resolver (`getaddrinfo`, honouring the pod's DNS search path). */
-  static readonly layerSystem = Layer.succeed(ServiceResolver, ServiceResolver.of({
-    resolve: (hostname) =>
+  /**
+   * The operating system's resolver (`getaddrinfo`, honouring the pod's DNS search path), with
+   * answers reused for a few seconds: with Kubernetes' `ndots:5` one lookup can be several DNS
+   * queries, which should not happen on every request. Lookups time out after 5 seconds.
+   */
+  static readonly layerSystem = Layer.sync(ServiceResolver, () => {
+    const cache = new Map<string, { readonly resolved: Resolved; readonly until: number }>()
+    const maxEntries = 1024
+    const ttl = Duration.seconds(5)
+    const lookup = (hostname: string) =>
       Effect.tryPromise({
         try: () => Dns.promises.lookup(hostname, { verbatim: true }),
         catch: (error) =>
@@ -43,8 +50,26 @@ export class ServiceResolver extends Context.Service<ServiceResolver, {
             hostname,
             message: `cannot resolve ${hostname}: ${(error as { code?: unknown }).code ?? String(error)}`
           })
-      }).pipe(Effect.map(({ address, family }) => ({ address, family: family === 6 ? 6 : 4 })))
-  }))
+      }).pipe(
+        Effect.timeoutOrElse({
+          duration: Duration.seconds(5),
+          orElse: () => Effect.fail(new ResolveError({ hostname, message: `resolving ${hostname} timed out` }))
+        }),
+        Effect.map(({ address, family }): Resolved => ({ address, family: family === 6 ? 6 : 4 }))
+      )
+    return ServiceResolver.of({
+      resolve: (hostname) =>
+        Effect.flatMap(Clock.currentTimeMillis, (now) => {
+          const hit = cache.get(hostname)
+          if (hit !== undefined && hit.until > now) return Effect.succeed(hit.resolved)
+          return Effect.tap(lookup(hostname), (resolved) =>
+            Effect.sync(() => {
+              if (cache.size >= maxEntries) cache.delete(cache.keys().next().value as string)
+              cache.set(hostname, { resolved, until: now + Duration.toMillis(ttl) })
+            }))
+        })
+    })
+  })
 
   /**
    * A fixed table from host name (case-insensitive) to IP address; other names do not resolve.
