@@ -14,7 +14,7 @@
  *
  * @since 0.1.0
  */
-import { dumpYaml, loadYaml } from "@kubernetes/client-node"
+import * as Yaml from "js-yaml"
 import { Redacted, Result, Schema } from "effect"
 import { createHash } from "node:crypto"
 
@@ -258,7 +258,7 @@ const safeYamlReason = (reason: unknown): string | undefined => {
 const loadDocument = (text: string): Result.Result<unknown, KubeconfigError> => {
   if (text.trim() === "") return malformed("the document is empty")
   try {
-    return Result.succeed(loadYaml<unknown>(text))
+    return Result.succeed(Yaml.load(text))
   } catch (error) {
     const cause = error as { readonly reason?: unknown; readonly mark?: { readonly line?: unknown; readonly column?: unknown } }
     const line = cause.mark?.line
@@ -522,7 +522,7 @@ export const buildManaged = (input: {
   if (cluster.tlsServerName !== undefined) clusterBody["tls-server-name"] = cluster.tlsServerName
   if (cluster.insecureSkipTlsVerify !== undefined) clusterBody["insecure-skip-tls-verify"] = cluster.insecureSkipTlsVerify
   if (cluster.proxyUrl !== undefined) clusterBody["proxy-url"] = cluster.proxyUrl
-  return dumpYaml({
+  return Yaml.dump({
     apiVersion: "v1",
     kind: "Config",
     clusters: [{ name: managedNames.cluster, cluster: clusterBody }],

@@ -8,7 +8,7 @@
  *
  * @since 0.1.0
  */
-import { loadYaml } from "@kubernetes/client-node"
+import * as Yaml from "js-yaml"
 import { Result, Schema } from "effect"
 import * as ServerEndpoint from "../domain/ServerEndpoint.ts"
 
@@ -37,7 +37,7 @@ const q = (name: string): string => JSON.stringify(name)
 const parseYaml = (text: string): Result.Result<unknown, TargetError> => {
   if (text.trim() === "") return fail("the file is empty")
   try {
-    return Result.succeed(loadYaml<unknown>(text))
+    return Result.succeed(Yaml.load(text))
   } catch (error) {
     const mark = (error as { readonly mark?: { readonly line?: unknown } }).mark
     return fail(typeof mark?.line === "number" ? `not valid YAML (line ${mark.line + 1})` : "not valid YAML")
