@@ -48,6 +48,7 @@ export interface Options {
   readonly maxIdleConnections: number
   readonly idleConnectionTimeout: Duration.Input
   readonly tlsHandshakeTimeout: Duration.Input
+  readonly expectContinueTimeout: Duration.Input
   /** Server tuning and file paths tests override; the defaults suit a pod. */
   readonly tuning?: Partial<Omit<ServiceProxy.Options, "listen" | "certFile" | "keyFile" | "deployment" | "enableImpersonation" | "relay">>
   /** Re-read period of the managed kubeconfig (file events are picked up at once); default 10 seconds. */
@@ -108,7 +109,8 @@ export const proxyOptions = (options: Options): Result.Result<ServiceProxy.Optio
       additionalServiceCa: options.additionalServiceCa,
       maxIdleConnections: options.maxIdleConnections,
       idleConnectionTimeout: options.idleConnectionTimeout,
-      tlsHandshakeTimeout: options.tlsHandshakeTimeout
+      tlsHandshakeTimeout: options.tlsHandshakeTimeout,
+      expectContinueTimeout: options.expectContinueTimeout
     } satisfies ServiceProxy.Options
   })
 

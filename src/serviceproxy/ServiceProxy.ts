@@ -71,6 +71,8 @@ export interface Options {
   readonly idleConnectionTimeout?: Duration.Input
   /** Upstream TLS handshake bound (default 10 seconds). */
   readonly tlsHandshakeTimeout?: Duration.Input
+  /** Wait for an upstream `100 Continue` before sending the body (default 1 second; 0 sends at once). */
+  readonly expectContinueTimeout?: Duration.Input
   /** Upstream connect bound (default 30 seconds). */
   readonly dialTimeout?: Duration.Input
   /** Fail-safe re-read period of the certificate files (default 10 seconds). */
@@ -192,6 +194,7 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
   const timeouts: Upstream.Timeouts = {
     dial: millis(options.dialTimeout, Duration.seconds(30)),
     handshake: millis(options.tlsHandshakeTimeout, Duration.seconds(10)),
+    expectContinue: millis(options.expectContinueTimeout, Duration.seconds(1)),
     maxHeaderSize
   }
 

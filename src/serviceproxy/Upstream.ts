@@ -100,6 +100,11 @@ export interface Timeouts {
   readonly dial: number
   /** TLS handshake, in milliseconds. */
   readonly handshake: number
+  /**
+   * With `Expect: 100-continue`, how long to wait for the upstream's `100 Continue` before
+   * sending the body anyway, in milliseconds (0: send at once).
+   */
+  readonly expectContinue: number
   /** Largest accepted response header block, in bytes. */
   readonly maxHeaderSize: number
 }
@@ -185,10 +190,35 @@ export const open = (
       settle(Effect.fail(new UpstreamError({ message: describe(error) })))
     })
     if (body === "pipe") {
-      incoming.pipe(outgoing)
-      incoming.once("close", () => {
-        if (!incoming.complete) outgoing.destroy() // the client went away mid-upload
-      })
+      const sendBody = () => {
+        incoming.pipe(outgoing)
+        incoming.once("close", () => {
+          if (!incoming.complete) outgoing.destroy() // the client went away mid-upload
+        })
+      }
+      const expects = /100-continue/i.test(String(request.headers["expect"] ?? request.headers["Expect"] ?? ""))
+      if (expects && timeouts.expectContinue > 0) {
+        // Hold the body until the upstream says 100 Continue, or the timeout passes (Go's
+        // ExpectContinueTimeout); an early final answer means the body is not wanted.
+        let sent = false
+        const once = () => {
+          if (sent) return
+          sent = true
+          clearTimeout(timer)
+          sendBody()
+        }
+        const timer = setTimeout(once, timeouts.expectContinue)
+        outgoing.once("continue", once)
+        outgoing.once("response", () => {
+          if (sent) return
+          sent = true
+          clearTimeout(timer)
+          incoming.resume()
+        })
+        outgoing.flushHeaders()
+      } else {
+        sendBody()
+      }
     } else {
       outgoing.end()
     }

@@ -242,7 +242,11 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("ServiceProxy (real h
     }).pipe(
       Layer.provide(chain),
       Layer.provideMerge(credentials),
-      Layer.provide(ServiceResolver.layerStatic({ "hello.default.svc": "127.0.0.1", "nowhere.default.svc": "127.0.0.1" })),
+      Layer.provide(ServiceResolver.layerStatic({
+        "hello.default.svc": "127.0.0.1",
+        "nowhere.default.svc": "127.0.0.1",
+        "quiet.default.svc": "127.0.0.1"
+      })),
       Layer.provide(Probes.layerNoServer),
       Layer.provide(NodeServices.layer)
     )
@@ -351,7 +355,8 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("ServiceProxy (real h
       relayNamespace: undefined,
       maxIdleConnections: 100,
       idleConnectionTimeout: "90 seconds",
-      tlsHandshakeTimeout: "10 seconds"
+      tlsHandshakeTimeout: "10 seconds",
+        expectContinueTimeout: "1 second"
     }).pipe(Layer.provide(Probes.layerNoServer))
     mainPort = (await Effect.runPromise(start(main))).port
   })
@@ -541,6 +546,42 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("ServiceProxy (real h
       assert.strictEqual(down.body, "bad gateway\n")
       const unknown = yield* send(port, { headers: routing("http", "default", "unknown", backendPort) })
       assert.strictEqual(unknown.status, 502)
+    }))
+
+  it.live("Expect: 100-continue: the body follows the upstream's 100 Continue, or the timeout when none comes", () =>
+    Effect.gen(function*() {
+      const { port } = yield* start(proxyLayer({
+        source: { _tag: "Kubeconfig", path: Path.join(managedKubeconfigDir, "kubeconfig") },
+        deployment: { _tag: "Hosted", mode: "BestEffort" }
+      }))
+      // Node's server answers 100 Continue by itself.
+      const eager = yield* send(port, {
+        method: "POST",
+        body: "with-continue",
+        headers: { ...routing("http", "default", "hello", backendPort), expect: "100-continue", "content-length": "13" }
+      })
+      assert.strictEqual(eager.status, 200, eager.body)
+      // A backend that never says 100 Continue and answers only once the body is in.
+      const quiet = Net.createServer((socket) => {
+        let data = ""
+        socket.on("data", (chunk: Buffer) => {
+          data += chunk.toString("latin1")
+          const end = data.indexOf("\r\n\r\n")
+          if (end >= 0 && data.length - end - 4 >= 7) {
+            const body = data.slice(end + 4)
+            socket.end(`HTTP/1.1 200 OK\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`)
+          }
+        })
+      })
+      const quietPort = yield* Effect.promise(() => listen(quiet))
+      yield* Effect.addFinalizer(() => Effect.sync(() => quiet.close()))
+      const held = yield* send(port, {
+        method: "POST",
+        body: "payload",
+        headers: { ...routing("http", "default", "quiet", quietPort), expect: "100-continue", "content-length": "7" }
+      })
+      assert.strictEqual(held.status, 200)
+      assert.strictEqual(held.body, "payload")
     }))
 
   it.live("sends exactly the impersonation headers, the current token and the path prefix; relays to services/proxy", () =>

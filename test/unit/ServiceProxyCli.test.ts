@@ -32,7 +32,8 @@ const given = {
   listen: { host: undefined, port: 7443 },
   maxIdleConns: 100,
   idleConnTimeout: Duration.seconds(90),
-  tlsHandshakeTimeout: Duration.seconds(10)
+  tlsHandshakeTimeout: Duration.seconds(10),
+  expectContinueTimeout: Duration.seconds(1)
 }
 
 describe("tether service-proxy", () => {

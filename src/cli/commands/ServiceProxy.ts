@@ -63,7 +63,12 @@ const flags = {
     Flag.withDefault(100)
   ),
   idleConnTimeout: Flags.duration("idle-conn-timeout", "An idle upstream connection is closed after this long", "90s"),
-  tlsHandshakeTimeout: Flags.duration("tls-handshake-timeout", "Bound on the TLS handshake with an upstream", "10s")
+  tlsHandshakeTimeout: Flags.duration("tls-handshake-timeout", "Bound on the TLS handshake with an upstream", "10s"),
+  expectContinueTimeout: Flags.duration(
+    "expect-continue-timeout",
+    "With Expect: 100-continue, wait this long for the upstream's 100 Continue before sending the body (0 sends at once)",
+    "1s"
+  )
 }
 
 type Given = Command.Command.Config.Infer<typeof flags>
@@ -113,7 +118,8 @@ export const resolve = (
       relayNamespace: env["POD_NAMESPACE"]?.trim() || undefined,
       maxIdleConnections: given.maxIdleConns,
       idleConnectionTimeout: given.idleConnTimeout,
-      tlsHandshakeTimeout: given.tlsHandshakeTimeout
+      tlsHandshakeTimeout: given.tlsHandshakeTimeout,
+      expectContinueTimeout: given.expectContinueTimeout
     } satisfies ServiceProxyLayers.Options
   })
 
