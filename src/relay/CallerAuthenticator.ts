@@ -20,9 +20,9 @@
  * @since 0.1.0
  */
 import type { V1TokenReview } from "@kubernetes/client-node"
-import { Clock, Context, Deferred, Duration, Effect, Exit, Layer, Option, Redacted, Schema } from "effect"
-import { createHash } from "node:crypto"
+import { Context, Duration, Effect, Layer, Redacted, Schema } from "effect"
 import { ManagedCluster } from "../kube/KubeClient.ts"
+import * as TokenReviewCache from "../kube/TokenReviewCache.ts"
 
 /**
  * An authenticated, trusted caller.
@@ -65,20 +65,7 @@ export class CallerAuthenticator extends Context.Service<CallerAuthenticator, {
   static readonly layer = (options: Options) => Layer.effect(CallerAuthenticator, make(options))
 }
 
-interface Entry {
-  readonly expiresAt: number
-  readonly outcome: Deferred.Deferred<Caller, Unauthorized>
-}
-
-const fingerprint = (token: Redacted.Redacted<string>): string =>
-  createHash("sha256").update(Redacted.value(token)).digest("hex")
-
-/** Remove every occurrence of the token (and cap the length) before text goes anywhere. */
-const scrub = (text: string, token: Redacted.Redacted<string>): string => {
-  const secret = Redacted.value(token)
-  const clean = secret === "" ? text : text.split(secret).join("[redacted]")
-  return clean.length > 300 ? `${clean.slice(0, 300)}...` : clean
-}
+const scrub = TokenReviewCache.scrub
 
 /**
  * Build the authenticator. Needs {@link ManagedCluster} (whose credentials may create
@@ -88,22 +75,8 @@ const scrub = (text: string, token: Redacted.Redacted<string>): string => {
  */
 export const make = Effect.fnUntraced(function*(options: Options) {
   const managed = yield* ManagedCluster
-  const scope = yield* Effect.scope
   const trusted: ReadonlySet<string> = new Set([...options.trustedUsernames].filter((name) => name !== ""))
-  const ttl = Duration.toMillis(Duration.fromInputUnsafe(options.cacheTtl))
-  const maxEntries = Math.max(1, options.maxCacheEntries ?? 4096)
   const reviewTimeout = options.reviewTimeout ?? Duration.seconds(10)
-  const entries = new Map<string, Entry>()
-
-  const makeRoom = (now: number) => {
-    if (entries.size < maxEntries) return
-    for (const [key, entry] of entries) if (entry.expiresAt <= now) entries.delete(key)
-    // Map iteration is insertion order: drop the oldest until there is room.
-    for (const key of entries.keys()) {
-      if (entries.size < maxEntries) break
-      entries.delete(key)
-    }
-  }
 
   const review = Effect.fnUntraced(function*(token: Redacted.Redacted<string>) {
     const body: V1TokenReview = {
@@ -139,35 +112,16 @@ export const make = Effect.fnUntraced(function*(options: Options) {
         ? Effect.logDebug("relay caller refused", { reason: error.reason, error: error.message })
         : Effect.logWarning("relay caller refused", { reason: error.reason, error: error.message })))
 
-  const authenticate = Effect.fnUntraced(function*(token: Redacted.Redacted<string> | undefined) {
-    if (token === undefined || Redacted.value(token) === "") {
-      return yield* new Unauthorized({ reason: "NoToken", message: "the request carries no bearer token" })
-    }
-    const key = fingerprint(token)
-    const now = yield* Clock.currentTimeMillis
-    const cached = entries.get(key)
-    if (cached !== undefined && cached.expiresAt > now) return yield* Deferred.await(cached.outcome)
-    if (cached !== undefined) entries.delete(key)
+  const cachedReview = yield* TokenReviewCache.make({
+    ttl: options.cacheTtl,
+    ...(options.maxCacheEntries === undefined ? {} : { maxEntries: options.maxCacheEntries }),
+    isTransient: (error: Unauthorized) => error.reason === "ReviewFailed"
+  }, review)
 
-    const outcome = yield* Deferred.make<Caller, Unauthorized>()
-    if (ttl > 0) {
-      makeRoom(now)
-      entries.set(key, { expiresAt: now + ttl, outcome })
-    }
-    // The review runs in the service's scope, not the request's: a caller that goes away must
-    // not leave the other waiters on the same token hanging.
-    yield* review(token).pipe(
-      Effect.exit,
-      Effect.flatMap((exit) => {
-        const error = Exit.findErrorOption(exit)
-        const failedReview = Option.isSome(error) && error.value.reason === "ReviewFailed"
-        if (failedReview && entries.get(key)?.outcome === outcome) entries.delete(key)
-        return Deferred.done(outcome, exit)
-      }),
-      Effect.forkIn(scope)
-    )
-    return yield* Deferred.await(outcome)
-  })
+  const authenticate = (token: Redacted.Redacted<string> | undefined) =>
+    token === undefined || Redacted.value(token) === ""
+      ? Effect.fail(new Unauthorized({ reason: "NoToken", message: "the request carries no bearer token" }))
+      : cachedReview(token)
 
   return CallerAuthenticator.of({ authenticate })
 })

@@ -18,11 +18,11 @@
  * @since 0.1.0
  */
 import type { V1TokenReview } from "@kubernetes/client-node"
-import { Clock, Context, Deferred, Duration, Effect, Exit, Layer, Option, Redacted, Schema } from "effect"
-import { createHash } from "node:crypto"
+import { Context, Duration, Effect, Layer, Option, Redacted, Schema } from "effect"
 import * as ServiceProxyRouting from "../domain/ServiceProxyRouting.ts"
 import { HubCluster, ManagedCluster } from "../kube/KubeClient.ts"
 import type { KubeError } from "../kube/KubeError.ts"
+import * as TokenReviewCache from "../kube/TokenReviewCache.ts"
 
 /**
  * One cluster that can review tokens.
@@ -92,21 +92,9 @@ export class TokenReviewChain extends Context.Service<TokenReviewChain, {
     Layer.effect(TokenReviewChain, make(providers, options))
 }
 
-interface Entry {
-  readonly expiresAt: number
-  readonly outcome: Deferred.Deferred<Authenticated, AuthenticationFailed>
-}
-
 const clusterName = (source: ServiceProxyRouting.Source) => (source === "managed" ? "managed cluster" : "hub cluster")
 
-const sha256 = (token: Redacted.Redacted<string>): string => createHash("sha256").update(Redacted.value(token)).digest("hex")
-
-/** Remove every occurrence of the token (and cap the length) before text goes anywhere. */
-const scrub = (text: string, token: Redacted.Redacted<string>): string => {
-  const secret = Redacted.value(token)
-  const clean = secret === "" ? text : text.split(secret).join("[redacted]")
-  return clean.length > 300 ? `${clean.slice(0, 300)}...` : clean
-}
+const scrub = TokenReviewCache.scrub
 
 /**
  * Build the chain; needs a `Scope` that bounds in-flight reviews.
@@ -114,27 +102,14 @@ const scrub = (text: string, token: Redacted.Redacted<string>): string => {
  * @category constructors
  */
 export const make = Effect.fnUntraced(function*(providers: ReadonlyArray<Provider>, options: Options) {
-  const scope = yield* Effect.scope
-  const ttl = Duration.toMillis(Duration.fromInputUnsafe(options.cacheTtl))
   const patterns = options.errorPatterns ?? ServiceProxyRouting.defaultErrorPatterns
   const reviewTimeout = options.reviewTimeout ?? Duration.seconds(10)
-  const maxEntries = Math.max(1, options.maxCacheEntries ?? 4096)
-  const entries = new Map<string, Entry>()
   const names = providers.map((provider) => `the ${clusterName(provider.source)}`)
   const notAuthenticated = names.length === 0
     ? "authentication failed: no cluster can review tokens"
     : names.length === 1
     ? `authentication failed: token is not valid for ${names[0]}`
     : `authentication failed: token is neither valid for ${names.slice(0, -1).join(", ")} nor ${names.at(-1)}`
-
-  const makeRoom = (now: number) => {
-    if (entries.size < maxEntries) return
-    for (const [key, entry] of entries) if (entry.expiresAt <= now) entries.delete(key)
-    for (const key of entries.keys()) {
-      if (entries.size < maxEntries) break
-      entries.delete(key)
-    }
-  }
 
   const reviewFailed = (provider: Provider, detail: string, token: Redacted.Redacted<string>) =>
     Effect.andThen(
@@ -183,35 +158,18 @@ export const make = Effect.fnUntraced(function*(providers: ReadonlyArray<Provide
     return yield* new AuthenticationFailed({ reason: "NotAuthenticated", message: notAuthenticated })
   })
 
-  const authenticate = Effect.fnUntraced(function*(token: Redacted.Redacted<string> | undefined) {
-    if (token === undefined || Redacted.value(token) === "") {
-      return yield* new AuthenticationFailed({ reason: "NoToken", message: "authentication failed: the request carries no bearer token" })
-    }
-    const key = sha256(token)
-    const now = yield* Clock.currentTimeMillis
-    const cached = entries.get(key)
-    if (cached !== undefined && cached.expiresAt > now) return yield* Deferred.await(cached.outcome)
-    if (cached !== undefined) entries.delete(key)
+  const cachedReview = yield* TokenReviewCache.make({
+    ttl: options.cacheTtl,
+    ...(options.maxCacheEntries === undefined ? {} : { maxEntries: options.maxCacheEntries }),
+    isTransient: (error: AuthenticationFailed) => error.reason === "ReviewFailed"
+  }, review)
 
-    const outcome = yield* Deferred.make<Authenticated, AuthenticationFailed>()
-    if (ttl > 0) {
-      makeRoom(now)
-      entries.set(key, { expiresAt: now + ttl, outcome })
-    }
-    // The review runs in the chain's scope, not the request's: a caller that goes away must not
-    // leave the other waiters on the same token hanging.
-    yield* review(token).pipe(
-      Effect.exit,
-      Effect.flatMap((exit) => {
-        const error = Exit.findErrorOption(exit)
-        const failedReview = Option.isSome(error) && error.value.reason === "ReviewFailed"
-        if (failedReview && entries.get(key)?.outcome === outcome) entries.delete(key)
-        return Deferred.done(outcome, exit)
-      }),
-      Effect.forkIn(scope)
-    )
-    return yield* Deferred.await(outcome)
-  })
+  const authenticate = (token: Redacted.Redacted<string> | undefined) =>
+    token === undefined || Redacted.value(token) === ""
+      ? Effect.fail(
+        new AuthenticationFailed({ reason: "NoToken", message: "authentication failed: the request carries no bearer token" })
+      )
+      : cachedReview(token)
 
   return TokenReviewChain.of({ authenticate })
 })

@@ -1,0 +1,87 @@
+/**
+ * A cache in front of TokenReview, shared by the service relay's caller check and the service
+ * proxy's TokenReview chain.
+ *
+ * - Answers are kept for `ttl`, refusals included, keyed by the SHA-256 of the token: the token
+ *   itself is never stored as a key or logged.
+ * - Concurrent requests with the same token share one review.
+ * - A review that failed outright (`isTransient`) is not kept, so callers recover as soon as the
+ *   apiserver is back.
+ * - At most `maxEntries` answers are kept; expired ones go first, then the oldest.
+ * - Reviews run in the cache's scope, not the caller's: a caller that goes away does not leave the
+ *   other waiters on the same token hanging.
+ *
+ * @since 0.1.0
+ */
+import { Clock, Deferred, Duration, Effect, Exit, Option, Redacted, type Scope } from "effect"
+import { createHash } from "node:crypto"
+
+/** @category models */
+export interface Options<E> {
+  readonly ttl: Duration.Input
+  readonly maxEntries?: number
+  /** Failures not worth remembering (the review itself failed, rather than refused the token). */
+  readonly isTransient: (error: E) => boolean
+}
+
+/** The SHA-256 of a token, hex: what the cache keys on. @category constructors */
+export const fingerprint = (token: Redacted.Redacted<string>): string =>
+  createHash("sha256").update(Redacted.value(token)).digest("hex")
+
+/** Remove every occurrence of the token (and cap the length) before text goes anywhere. @category constructors */
+export const scrub = (text: string, token: Redacted.Redacted<string>): string => {
+  const secret = Redacted.value(token)
+  const clean = secret === "" ? text : text.split(secret).join("[redacted]")
+  return clean.length > 300 ? `${clean.slice(0, 300)}...` : clean
+}
+
+/**
+ * Wrap `review` with the cache; the returned function is what callers use.
+ *
+ * @category constructors
+ */
+export const make = Effect.fnUntraced(function*<A, E>(
+  options: Options<E>,
+  review: (token: Redacted.Redacted<string>) => Effect.Effect<A, E>
+): Effect.fn.Return<(token: Redacted.Redacted<string>) => Effect.Effect<A, E>, never, Scope.Scope> {
+  const scope = yield* Effect.scope
+  const ttl = Duration.toMillis(Duration.fromInputUnsafe(options.ttl))
+  const maxEntries = Math.max(1, options.maxEntries ?? 4096)
+  const entries = new Map<string, { readonly expiresAt: number; readonly outcome: Deferred.Deferred<A, E> }>()
+
+  const makeRoom = (now: number) => {
+    if (entries.size < maxEntries) return
+    for (const [key, entry] of entries) if (entry.expiresAt <= now) entries.delete(key)
+    // Map iteration is insertion order: drop the oldest until there is room.
+    for (const key of entries.keys()) {
+      if (entries.size < maxEntries) break
+      entries.delete(key)
+    }
+  }
+
+  return Effect.fnUntraced(function*(token: Redacted.Redacted<string>) {
+    const key = fingerprint(token)
+    const now = yield* Clock.currentTimeMillis
+    const cached = entries.get(key)
+    if (cached !== undefined && cached.expiresAt > now) return yield* Deferred.await(cached.outcome)
+    if (cached !== undefined) entries.delete(key)
+
+    const outcome = yield* Deferred.make<A, E>()
+    if (ttl > 0) {
+      makeRoom(now)
+      entries.set(key, { expiresAt: now + ttl, outcome })
+    }
+    yield* review(token).pipe(
+      Effect.exit,
+      Effect.flatMap((exit) => {
+        const error = Exit.findErrorOption(exit)
+        if (Option.isSome(error) && options.isTransient(error.value) && entries.get(key)?.outcome === outcome) {
+          entries.delete(key)
+        }
+        return Deferred.done(outcome, exit)
+      }),
+      Effect.forkIn(scope)
+    )
+    return yield* Deferred.await(outcome)
+  })
+})
