@@ -33,13 +33,14 @@ import * as Fs from "node:fs"
 import * as Http from "node:http"
 import * as Https from "node:https"
 import type * as Net from "node:net"
-import { pipeline, type Duplex } from "node:stream"
+import type { Duplex } from "node:stream"
 import * as Tls from "node:tls"
 import * as ListenAddress from "../domain/ListenAddress.ts"
 import * as Routing from "../domain/Routing.ts"
 import * as Metrics from "../observability/Metrics.ts"
 import { CallerAuthenticator } from "./CallerAuthenticator.ts"
 import { type Resolved, ServiceResolver } from "./ServiceResolver.ts"
+import * as Upstream from "./Upstream.ts"
 
 /** @category models */
 export interface Options {
@@ -153,19 +154,8 @@ interface Admitted {
   readonly path: string
 }
 
-type UpstreamAnswer =
-  | { readonly _tag: "Response"; readonly response: Http.IncomingMessage }
-  | { readonly _tag: "Upgrade"; readonly response: Http.IncomingMessage; readonly socket: Duplex; readonly head: Buffer }
-
-class UpstreamError extends Schema.TaggedError<UpstreamError>()("UpstreamError", { message: Schema.String }) {}
 
 const badGateway = "bad gateway"
-
-const describe = (error: unknown): string => {
-  const code = (error as { code?: unknown } | undefined)?.code
-  const message = error instanceof Error ? error.message : String(error)
-  return typeof code === "string" && !message.includes(code) ? `${code}: ${message}` : message
-}
 
 /** The path and query to send upstream: origin-form as received; absolute-form reduced to it. */
 const requestPath = (url: string | undefined): string | undefined => {
@@ -177,54 +167,6 @@ const requestPath = (url: string | undefined): string | undefined => {
 
 const first = (value: string | ReadonlyArray<string> | undefined): string | undefined =>
   typeof value === "string" ? value : value?.[0]
-
-const textHeaders = (body: string) => ({
-  "content-type": "text/plain; charset=utf-8",
-  "x-content-type-options": "nosniff",
-  "content-length": String(Buffer.byteLength(body)),
-  connection: "close"
-})
-
-/** A short plain-text answer on a response that has not started; otherwise cut the connection. */
-const answer = (res: Http.ServerResponse, status: number, text: string) => {
-  if (res.headersSent || res.destroyed) {
-    res.destroy()
-    return
-  }
-  const body = `${text}\n`
-  res.writeHead(status, textHeaders(body))
-  res.end(body)
-}
-
-const headerBlock = (status: number, statusMessage: string, pairs: ReadonlyArray<readonly [string, string]>): string =>
-  `HTTP/1.1 ${status} ${statusMessage}\r\n${pairs.map(([name, value]) => `${name}: ${value}\r\n`).join("")}\r\n`
-
-/** The same answer written on a raw socket (an upgrade request has no ServerResponse). */
-const answerOnSocket = (socket: Duplex, status: number, text: string) => {
-  if (!socket.writable) {
-    socket.destroy()
-    return
-  }
-  const body = `${text}\n`
-  socket.end(headerBlock(status, Http.STATUS_CODES[status] ?? "", Object.entries(textHeaders(body))) + body)
-  closeSoon(socket)
-}
-
-/**
- * After our last byte on a socket the server no longer watches: a client that never closes its
- * side must not keep it open.
- */
-const closeSoon = (socket: Duplex) => {
-  const linger = setTimeout(() => socket.destroy(), 5_000)
-  linger.unref()
-  socket.once("close", () => clearTimeout(linger))
-}
-
-const rawPairs = (raw: ReadonlyArray<string>): Array<readonly [string, string]> => {
-  const pairs: Array<readonly [string, string]> = []
-  for (let i = 0; i + 1 < raw.length; i += 2) pairs.push([raw[i]!, raw[i + 1]!])
-  return pairs
-}
 
 /**
  * Start the relay in the current scope. Needs {@link CallerAuthenticator} and
@@ -328,74 +270,24 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
     return { target, resolved, path }
   })
 
-  /** Send the request head upstream and wait for the response head (or the upgrade). */
-  const openUpstream = (
-    req: Http.IncomingMessage,
-    admitted: Admitted,
-    body: "pipe" | "none"
-  ): Effect.Effect<UpstreamAnswer, UpstreamError> =>
-    Effect.callback<UpstreamAnswer, UpstreamError>((resume) => {
-      const { path, resolved, target } = admitted
-      let settled = false
-      const settle = (effect: Effect.Effect<UpstreamAnswer, UpstreamError>) => {
-        if (settled) return
-        settled = true
-        resume(effect)
-      }
-      const https = target.proto === "https"
-      let outgoing: Http.ClientRequest
-      try {
-        outgoing = (https ? Https : Http).request({
-          host: resolved.address,
-          family: resolved.family,
-          port: target.port,
-          method: req.method ?? "GET",
-          path,
-          headers: Routing.forwardHeaders(req.headers, target) as Http.OutgoingHttpHeaders,
-          setHost: false,
-          maxHeaderSize,
-          ...(https ? { agent: agents.https, servername: target.hostname } : { agent: agents.http })
-        })
-      } catch (error) {
-        settle(Effect.fail(new UpstreamError({ message: describe(error) })))
-        return
-      }
-      outgoing.once("socket", (socket: Net.Socket) => {
-        if (!socket.connecting) return // a pooled connection
-        const dial = setTimeout(() => outgoing.destroy(new Error(`connect timed out after ${dialTimeout}ms`)), dialTimeout)
-        socket.once("close", () => clearTimeout(dial))
-        socket.once("connect", () => {
-          clearTimeout(dial)
-          if (!https) return
-          const handshake = setTimeout(
-            () => outgoing.destroy(new Error(`TLS handshake timed out after ${handshakeTimeout}ms`)),
-            handshakeTimeout
-          )
-          socket.once("secureConnect", () => clearTimeout(handshake))
-          socket.once("close", () => clearTimeout(handshake))
-        })
-      })
-      outgoing.once("response", (response) => settle(Effect.succeed({ _tag: "Response", response })))
-      outgoing.once("upgrade", (response, socket, head) => settle(Effect.succeed({ _tag: "Upgrade", response, socket, head })))
-      outgoing.on("error", (error) => {
-        if (body === "pipe") {
-          req.unpipe(outgoing)
-          req.resume() // discard the rest of the upload; the answer closes the connection
-        }
-        settle(Effect.fail(new UpstreamError({ message: describe(error) })))
-      })
-      if (body === "pipe") {
-        req.pipe(outgoing)
-        req.once("close", () => {
-          if (!req.complete) outgoing.destroy() // the client went away mid-upload
-        })
-      } else {
-        outgoing.end()
-      }
-      return Effect.sync(() => outgoing.destroy())
-    })
+  const timeouts: Upstream.Timeouts = { dial: dialTimeout, handshake: handshakeTimeout, expectContinue: 0, maxHeaderSize }
 
-  const logUpstreamFailure = (target: Routing.Target, error: UpstreamError) =>
+  /** Send the request head upstream and wait for the response head (or the upgrade). */
+  const openUpstream = (req: Http.IncomingMessage, admitted: Admitted, body: "pipe" | "none") => {
+    const { path, resolved, target } = admitted
+    return Upstream.open(req, {
+      protocol: target.proto,
+      host: resolved.address,
+      family: resolved.family,
+      port: target.port,
+      path,
+      headers: Routing.forwardHeaders(req.headers, target),
+      // Connect to the address, but verify the certificate against the Service name.
+      servername: target.proto === "https" ? target.hostname : undefined
+    }, agents, timeouts, body)
+  }
+
+  const logUpstreamFailure = (target: Routing.Target, error: Upstream.UpstreamError) =>
     Effect.logWarning("upstream request failed", { target: target.authority, error: error.message })
 
   /** One plain HTTP request, from the first header to the last byte of the response. */
@@ -406,82 +298,31 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
       const { body, scheme, status } = admitted.failure
       req.resume()
       yield* record(scheme, status, startedAt)
-      return answer(res, status, body)
+      return Upstream.answer(res, status, body)
     }
     const { target } = admitted.success
     const upstream = yield* Effect.result(openUpstream(req, admitted.success, "pipe"))
     if (Result.isFailure(upstream)) {
       yield* logUpstreamFailure(target, upstream.failure)
       yield* record(target.proto, 502, startedAt)
-      return answer(res, 502, badGateway)
+      return Upstream.answer(res, 502, badGateway)
     }
     if (upstream.success._tag === "Upgrade") {
       upstream.success.socket.destroy() // switching protocols was not asked for
       yield* record(target.proto, 502, startedAt)
-      return answer(res, 502, badGateway)
+      return Upstream.answer(res, 502, badGateway)
     }
     const response = upstream.success.response
-    const status = response.statusCode ?? 502
-    const wrote = yield* Effect.try({
-      try: () => res.writeHead(status, response.statusMessage, Routing.stripHopByHop(response.headers) as Http.OutgoingHttpHeaders),
-      catch: (error) => new UpstreamError({ message: `unusable response head: ${describe(error)}` })
-    }).pipe(Effect.result)
+    const wrote = yield* Effect.result(Upstream.writeHead(res, response))
     if (Result.isFailure(wrote)) {
       response.destroy()
       yield* logUpstreamFailure(target, wrote.failure)
       yield* record(target.proto, 502, startedAt)
-      return answer(res, 502, badGateway)
+      return Upstream.answer(res, 502, badGateway)
     }
-    yield* record(target.proto, status, startedAt)
-    yield* Effect.callback<void>((resume) => {
-      // pipe() plus explicit endings: stream.pipeline builds an AbortController per call, which
-      // showed up in the relay's per-request profile.
-      let done = false
-      const finish = () => {
-        if (done) return
-        done = true
-        resume(Effect.void)
-      }
-      response.once("error", () => {
-        res.destroy()
-        finish()
-      })
-      response.once("aborted", () => res.destroy())
-      res.once("close", () => {
-        if (!response.complete) response.destroy()
-        finish()
-      })
-      res.once("finish", finish)
-      response.pipe(res)
-      return Effect.sync(() => {
-        response.destroy()
-        res.destroy()
-      })
-    })
+    yield* record(target.proto, response.statusCode ?? 502, startedAt)
+    yield* Upstream.pipeBody(response, res)
   })
-
-  /** Join two sockets until both are closed. */
-  const splice = (client: Duplex, upstream: Duplex) =>
-    Effect.callback<void>((resume) => {
-      spliced.add(client)
-      spliced.add(upstream)
-      let open = 2
-      const closed = (socket: Duplex) => () => {
-        spliced.delete(socket)
-        if (--open === 0) resume(Effect.void)
-      }
-      const teardown = () => {
-        client.destroy()
-        upstream.destroy()
-      }
-      client.once("close", closed(client))
-      upstream.once("close", closed(upstream))
-      client.on("error", teardown)
-      upstream.on("error", teardown)
-      client.pipe(upstream)
-      upstream.pipe(client)
-      return Effect.sync(teardown)
-    })
 
   /** An `Upgrade` request: the same admission, then the backend's answer and a socket splice. */
   const handleUpgrade = Effect.fnUntraced(function*(req: Http.IncomingMessage, socket: Duplex, head: Buffer) {
@@ -491,41 +332,21 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
     if (Result.isFailure(admitted)) {
       const { body, scheme, status } = admitted.failure
       yield* record(scheme, status, startedAt)
-      return answerOnSocket(socket, status, body)
+      return Upstream.answerOnSocket(socket, status, body)
     }
     const { target } = admitted.success
     const upstream = yield* Effect.result(openUpstream(req, admitted.success, "none"))
     if (Result.isFailure(upstream)) {
       yield* logUpstreamFailure(target, upstream.failure)
       yield* record(target.proto, 502, startedAt)
-      return answerOnSocket(socket, 502, badGateway)
+      return Upstream.answerOnSocket(socket, 502, badGateway)
     }
     const { response } = upstream.success
     const status = response.statusCode ?? 502
     yield* record(target.proto, status, startedAt)
-    if (upstream.success._tag === "Upgrade") {
-      const { head: upstreamHead, socket: upstreamSocket } = upstream.success
-      socket.write(headerBlock(status, response.statusMessage ?? "", rawPairs(response.rawHeaders)))
-      if (upstreamHead.length > 0) socket.write(upstreamHead)
-      if (head.length > 0) upstreamSocket.write(head)
-      return yield* splice(socket, upstreamSocket)
-    }
+    if (upstream.success._tag === "Upgrade") return yield* Upstream.splice(socket, head, upstream.success, spliced)
     // The backend refused the upgrade: pass its answer on and close (the body ends with the connection).
-    const kept = rawPairs(response.rawHeaders).filter(([name]) => {
-      const lower = name.toLowerCase()
-      return !Routing.hopByHopHeaders.has(lower) && lower !== "content-length"
-    })
-    socket.write(headerBlock(status, response.statusMessage ?? "", [...kept, ["connection", "close"]]))
-    yield* Effect.callback<void>((resume) => {
-      pipeline(response, socket, () => {
-        closeSoon(socket)
-        resume(Effect.void)
-      })
-      return Effect.sync(() => {
-        response.destroy()
-        socket.destroy()
-      })
-    })
+    yield* Upstream.refuseUpgrade(socket, response)
   })
 
   // A defect must still leave the client with an answer and the process alive.
@@ -546,7 +367,7 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
     connectionsCheckingInterval: Math.max(250, Math.min(1000, Math.floor(headersTimeout / 4)))
   })
   server.on("request", (req, res) => {
-    run(guarded(handleRequest(req, res), () => answer(res, 502, badGateway)))
+    run(guarded(handleRequest(req, res), () => Upstream.answer(res, 502, badGateway)))
   })
   server.on("upgrade", (req, socket, head) => {
     run(guarded(handleUpgrade(req, socket, head), () => socket.destroy()))
@@ -559,7 +380,7 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
     (resume) => {
       const onError = (error: Error) =>
         resume(Effect.fail(
-          new ServiceRelayError({ reason: "Listen", message: `cannot listen on ${ListenAddress.format(options.listen)}: ${describe(error)}` })
+          new ServiceRelayError({ reason: "Listen", message: `cannot listen on ${ListenAddress.format(options.listen)}: ${Upstream.describe(error)}` })
         ))
       server.once("error", onError)
       server.listen({ port: options.listen.port, ...(options.listen.host ? { host: options.listen.host } : {}) }, () => {

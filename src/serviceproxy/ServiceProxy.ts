@@ -44,7 +44,7 @@ import { ServiceResolver } from "../relay/ServiceResolver.ts"
 import * as FileWatch from "./FileWatch.ts"
 import { ManagedCredentials } from "./ManagedCredentials.ts"
 import { TokenReviewChain } from "./TokenReviewChain.ts"
-import * as Upstream from "./Upstream.ts"
+import * as Upstream from "../relay/Upstream.ts"
 
 /** @category models */
 export interface Options {

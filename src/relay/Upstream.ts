@@ -262,6 +262,17 @@ export const answerOnSocket = (socket: Duplex, status: number, text: string): vo
   }
   const body = `${text}\n`
   socket.end(headerBlock(status, Http.STATUS_CODES[status] ?? "", Object.entries(textHeaders(body))) + body)
+  closeSoon(socket)
+}
+
+/**
+ * After our last byte on a socket the server no longer watches: a client that never closes its
+ * side must not keep it open.
+ */
+const closeSoon = (socket: Duplex) => {
+  const linger = setTimeout(() => socket.destroy(), 5_000)
+  linger.unref()
+  socket.once("close", () => clearTimeout(linger))
 }
 
 const rawPairs = (raw: ReadonlyArray<string>): Array<readonly [string, string]> => {
@@ -295,7 +306,25 @@ export const writeHead = (res: Http.ServerResponse, response: Http.IncomingMessa
  */
 export const pipeBody = (response: Http.IncomingMessage, res: Http.ServerResponse): Effect.Effect<void> =>
   Effect.callback<void>((resume) => {
-    pipeline(response, res, () => resume(Effect.void))
+    // pipe() plus explicit endings: stream.pipeline builds an AbortController per call, which
+    // showed up in the relay's per-request profile.
+    let done = false
+    const finish = () => {
+      if (done) return
+      done = true
+      resume(Effect.void)
+    }
+    response.once("error", () => {
+      res.destroy()
+      finish()
+    })
+    response.once("aborted", () => res.destroy())
+    res.once("close", () => {
+      if (!response.complete) response.destroy()
+      finish()
+    })
+    res.once("finish", finish)
+    response.pipe(res)
     return Effect.sync(() => {
       response.destroy()
       res.destroy()
@@ -353,7 +382,10 @@ export const refuseUpgrade = (client: Duplex, response: Http.IncomingMessage): E
       return !Routing.hopByHopHeaders.has(lower) && lower !== "content-length"
     })
     client.write(headerBlock(response.statusCode ?? 502, response.statusMessage ?? "", [...kept, ["connection", "close"]]))
-    pipeline(response, client, () => resume(Effect.void))
+    pipeline(response, client, () => {
+      closeSoon(client)
+      resume(Effect.void)
+    })
     return Effect.sync(() => {
       response.destroy()
       client.destroy()
