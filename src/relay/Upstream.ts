@@ -11,10 +11,11 @@
  *
  * @since 0.1.0
  */
-import { Duration, Effect, Schema, type Scope } from "effect"
+import { Duration, Effect, Schedule, Schema, type Scope } from "effect"
 import * as Http from "node:http"
 import * as Https from "node:https"
 import type * as Net from "node:net"
+import * as ListenAddress from "../domain/ListenAddress.ts"
 import { type Duplex, pipeline } from "node:stream"
 import * as Routing from "../domain/Routing.ts"
 
@@ -390,4 +391,51 @@ export const refuseUpgrade = (client: Duplex, response: Http.IncomingMessage): E
       response.destroy()
       client.destroy()
     })
+  })
+
+/**
+ * Listen on `address`; the bound host and port (port 0 picks a free one), or why not.
+ *
+ * @category servers
+ */
+export const listen = (
+  server: Net.Server,
+  address: ListenAddress.ListenAddress
+): Effect.Effect<{ readonly host: string; readonly port: number }, string> =>
+  Effect.callback((resume) => {
+    const onError = (error: Error) =>
+      resume(Effect.fail(`cannot listen on ${ListenAddress.format(address)}: ${describe(error)}`))
+    server.once("error", onError)
+    server.listen({ port: address.port, ...(address.host ? { host: address.host } : {}) }, () => {
+      server.off("error", onError)
+      const bound = server.address() as Net.AddressInfo
+      resume(Effect.succeed({ host: bound.address, port: bound.port }))
+    })
+  })
+
+/**
+ * Graceful shutdown of an HTTP server: stop accepting, close keep-alive connections as they go
+ * idle, wait for in-flight requests (`inFlight`) up to `timeout`, then cut whatever is left,
+ * spliced upgrade sockets included.
+ *
+ * @category servers
+ */
+export const shutdown = (
+  server: Http.Server,
+  inFlight: Effect.Effect<void>,
+  spliced: ReadonlySet<Duplex>,
+  timeout: Duration.Input
+): Effect.Effect<void> =>
+  Effect.gen(function*() {
+    const closed = Effect.callback<void>((resume) => {
+      server.close(() => resume(Effect.void))
+    })
+    const closeIdle = Effect.sync(() => server.closeIdleConnections()).pipe(
+      Effect.repeat(Schedule.spaced("100 millis")),
+      Effect.andThen(Effect.never)
+    )
+    const drained = yield* Effect.all([closed, inFlight]).pipe(Effect.raceFirst(closeIdle), Effect.timeoutOption(timeout))
+    if (drained._tag === "None") yield* Effect.logWarning("shutdown timed out; closing open connections")
+    server.closeAllConnections()
+    for (const socket of spliced) socket.destroy()
   })

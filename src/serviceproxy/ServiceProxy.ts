@@ -27,12 +27,11 @@
  *
  * @since 0.1.0
  */
-import { Clock, Context, Duration, Effect, FiberSet, FileSystem, Layer, Metric, Result, Schedule, Schema, Scope } from "effect"
+import { Clock, Context, Duration, Effect, FiberSet, FileSystem, Layer, Metric, Result, Schema, Scope } from "effect"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
 import * as Https from "node:https"
-import type * as Net from "node:net"
 import type { Duplex } from "node:stream"
 import * as Tls from "node:tls"
 import * as ListenAddress from "../domain/ListenAddress.ts"
@@ -441,38 +440,11 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
     Effect.annotateLogs({ component: "service-proxy" })
   )
 
-  const address = yield* Effect.callback<{ readonly host: string; readonly port: number }, ServiceProxyError>((resume) => {
-    const onError = (error: Error) =>
-      resume(Effect.fail(
-        new ServiceProxyError({
-          reason: "Listen",
-          message: `cannot listen on ${ListenAddress.format(options.listen)}: ${Upstream.describe(error)}`
-        })
-      ))
-    server.once("error", onError)
-    server.listen({ port: options.listen.port, ...(options.listen.host ? { host: options.listen.host } : {}) }, () => {
-      server.off("error", onError)
-      const bound = server.address() as Net.AddressInfo
-      resume(Effect.succeed({ host: bound.address, port: bound.port }))
-    })
-  })
+  const address = yield* Upstream.listen(server, options.listen).pipe(
+    Effect.mapError((message) => new ServiceProxyError({ reason: "Listen", message }))
+  )
 
-  const shutdown = Effect.gen(function*() {
-    const closed = Effect.callback<void>((resume) => {
-      server.close(() => resume(Effect.void))
-    })
-    const closeIdle = Effect.sync(() => server.closeIdleConnections()).pipe(
-      Effect.repeat(Schedule.spaced("100 millis")),
-      Effect.andThen(Effect.never)
-    )
-    const drained = yield* Effect.all([closed, FiberSet.awaitEmpty(fibers)]).pipe(
-      Effect.raceFirst(closeIdle),
-      Effect.timeoutOption(shutdownTimeout)
-    )
-    if (drained._tag === "None") yield* Effect.logWarning("service proxy shutdown timed out; closing open connections")
-    server.closeAllConnections()
-    for (const socket of spliced) socket.destroy()
-  })
+  const shutdown = Upstream.shutdown(server, FiberSet.awaitEmpty(fibers), spliced, shutdownTimeout)
   yield* Scope.addFinalizer(scope, shutdown.pipe(Effect.annotateLogs({ component: "service-proxy" })))
 
   yield* FileWatch.start({
