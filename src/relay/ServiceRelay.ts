@@ -154,8 +154,6 @@ interface Admitted {
 }
 
 
-const badGateway = "bad gateway"
-
 /** The path and query to send upstream: origin-form as received; absolute-form reduced to it. */
 const requestPath = (url: string | undefined): string | undefined => {
   if (url === undefined || url === "") return undefined
@@ -262,7 +260,7 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
       Effect.catch((error) =>
         Effect.andThen(
           Effect.logWarning("cannot resolve the target service", { target: target.authority, error: error.message }),
-          Effect.fail<Refusal>({ status: 502, body: badGateway, scheme: target.proto })
+          Effect.fail<Refusal>({ status: 502, body: Upstream.badGateway, scheme: target.proto })
         )
       )
     )
@@ -271,23 +269,21 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
 
   const timeouts: Upstream.Timeouts = { dial: dialTimeout, handshake: handshakeTimeout, expectContinue: 0, maxHeaderSize }
 
-  /** Send the request head upstream and wait for the response head (or the upgrade). */
-  const openUpstream = (req: Http.IncomingMessage, admitted: Admitted, body: "pipe" | "none") => {
-    const { path, resolved, target } = admitted
-    return Upstream.open(req, {
-      protocol: target.proto,
-      host: resolved.address,
-      family: resolved.family,
-      port: target.port,
-      path,
-      headers: Routing.forwardHeaders(req.headers, target),
-      // Connect to the address, but verify the certificate against the Service name.
-      servername: target.proto === "https" ? target.hostname : undefined
-    }, agents, timeouts, body)
-  }
+  /** Where an admitted request goes: the resolved address, verified against the Service name. */
+  const upstreamRequest = (req: Http.IncomingMessage, admitted: Admitted): Upstream.Request => ({
+    protocol: admitted.target.proto,
+    host: admitted.resolved.address,
+    family: admitted.resolved.family,
+    port: admitted.target.port,
+    path: admitted.path,
+    headers: Routing.forwardHeaders(req.headers, admitted.target),
+    servername: admitted.target.proto === "https" ? admitted.target.hostname : undefined
+  })
 
-  const logUpstreamFailure = (target: Routing.Target, error: Upstream.UpstreamError) =>
-    Effect.logWarning("upstream request failed", { target: target.authority, error: error.message })
+  const report = (admitted: Admitted, startedAt: number): Upstream.Report => ({
+    answered: (status) => record(admitted.target.proto, status, startedAt),
+    failed: (error) => Effect.logWarning("upstream request failed", { target: admitted.target.authority, error: error.message })
+  })
 
   /** One plain HTTP request, from the first header to the last byte of the response. */
   const handleRequest = Effect.fnUntraced(function*(req: Http.IncomingMessage, res: Http.ServerResponse) {
@@ -299,28 +295,7 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
       yield* record(scheme, status, startedAt)
       return Upstream.answer(res, status, body)
     }
-    const { target } = admitted.success
-    const upstream = yield* Effect.result(openUpstream(req, admitted.success, "pipe"))
-    if (Result.isFailure(upstream)) {
-      yield* logUpstreamFailure(target, upstream.failure)
-      yield* record(target.proto, 502, startedAt)
-      return Upstream.answer(res, 502, badGateway)
-    }
-    if (upstream.success._tag === "Upgrade") {
-      upstream.success.socket.destroy() // switching protocols was not asked for
-      yield* record(target.proto, 502, startedAt)
-      return Upstream.answer(res, 502, badGateway)
-    }
-    const response = upstream.success.response
-    const wrote = yield* Effect.result(Upstream.writeHead(res, response))
-    if (Result.isFailure(wrote)) {
-      response.destroy()
-      yield* logUpstreamFailure(target, wrote.failure)
-      yield* record(target.proto, 502, startedAt)
-      return Upstream.answer(res, 502, badGateway)
-    }
-    yield* record(target.proto, response.statusCode ?? 502, startedAt)
-    yield* Upstream.pipeBody(response, res)
+    yield* Upstream.forwardRequest(req, res, upstreamRequest(req, admitted.success), agents, timeouts, report(admitted.success, startedAt))
   })
 
   /** An `Upgrade` request: the same admission, then the backend's answer and a socket splice. */
@@ -333,19 +308,16 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
       yield* record(scheme, status, startedAt)
       return Upstream.answerOnSocket(socket, status, body)
     }
-    const { target } = admitted.success
-    const upstream = yield* Effect.result(openUpstream(req, admitted.success, "none"))
-    if (Result.isFailure(upstream)) {
-      yield* logUpstreamFailure(target, upstream.failure)
-      yield* record(target.proto, 502, startedAt)
-      return Upstream.answerOnSocket(socket, 502, badGateway)
-    }
-    const { response } = upstream.success
-    const status = response.statusCode ?? 502
-    yield* record(target.proto, status, startedAt)
-    if (upstream.success._tag === "Upgrade") return yield* Upstream.splice(socket, head, upstream.success, spliced)
-    // The backend refused the upgrade: pass its answer on and close (the body ends with the connection).
-    yield* Upstream.refuseUpgrade(socket, response)
+    yield* Upstream.forwardUpgrade(
+      req,
+      socket,
+      head,
+      upstreamRequest(req, admitted.success),
+      agents,
+      timeouts,
+      spliced,
+      report(admitted.success, startedAt)
+    )
   })
 
   // A defect must still leave the client with an answer and the process alive.
@@ -366,7 +338,7 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
     connectionsCheckingInterval: Math.max(250, Math.min(1000, Math.floor(headersTimeout / 4)))
   })
   server.on("request", (req, res) => {
-    run(guarded(handleRequest(req, res), () => Upstream.answer(res, 502, badGateway)))
+    run(guarded(handleRequest(req, res), () => Upstream.answer(res, 502, Upstream.badGateway)))
   })
   server.on("upgrade", (req, socket, head) => {
     run(guarded(handleUpgrade(req, socket, head), () => socket.destroy()))

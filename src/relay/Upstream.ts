@@ -439,3 +439,82 @@ export const shutdown = (
     server.closeAllConnections()
     for (const socket of spliced) socket.destroy()
   })
+
+/**
+ * What a server wants to hear about one forwarded request: the status it ended with (for
+ * metrics), and why the upstream failed (for logs). Never called with a token.
+ *
+ * @category forwarding
+ */
+export interface Report {
+  readonly answered: (status: number) => Effect.Effect<void>
+  readonly failed: (error: UpstreamError) => Effect.Effect<void>
+}
+
+/** The only body a failed upstream gets: no backend detail reaches the caller. @category answers */
+export const badGateway = "bad gateway"
+
+/**
+ * Forward an admitted plain request: open the upstream, pass the response head and stream the
+ * body; any upstream failure is a generic 502 (the detail only goes to `report.failed`).
+ *
+ * @category forwarding
+ */
+export const forwardRequest = Effect.fnUntraced(function*(
+  incoming: Http.IncomingMessage,
+  res: Http.ServerResponse,
+  request: Request,
+  agents: Pools,
+  timeouts: Timeouts,
+  report: Report
+) {
+  const upstream = yield* Effect.result(open(incoming, request, agents, timeouts, "pipe"))
+  if (upstream._tag === "Failure") {
+    yield* report.failed(upstream.failure)
+    answer(res, 502, badGateway)
+    return yield* report.answered(502)
+  }
+  if (upstream.success._tag === "Upgrade") {
+    upstream.success.socket.destroy() // switching protocols was not asked for
+    answer(res, 502, badGateway)
+    return yield* report.answered(502)
+  }
+  const response = upstream.success.response
+  const wrote = yield* Effect.result(writeHead(res, response))
+  if (wrote._tag === "Failure") {
+    response.destroy()
+    yield* report.failed(wrote.failure)
+    answer(res, 502, badGateway)
+    return yield* report.answered(502)
+  }
+  yield* report.answered(response.statusCode ?? 502)
+  yield* pipeBody(response, res)
+})
+
+/**
+ * Forward an admitted upgrade request: splice the sockets after a 101, or pass on the
+ * upstream's refusal and close; an upstream failure is a generic 502.
+ *
+ * @category forwarding
+ */
+export const forwardUpgrade = Effect.fnUntraced(function*(
+  incoming: Http.IncomingMessage,
+  client: Duplex,
+  clientHead: Buffer,
+  request: Request,
+  agents: Pools,
+  timeouts: Timeouts,
+  spliced: Set<Duplex>,
+  report: Report
+) {
+  const upstream = yield* Effect.result(open(incoming, request, agents, timeouts, "none"))
+  if (upstream._tag === "Failure") {
+    yield* report.failed(upstream.failure)
+    answerOnSocket(client, 502, badGateway)
+    return yield* report.answered(502)
+  }
+  const upstreamAnswer = upstream.success
+  yield* report.answered(upstreamAnswer.response.statusCode ?? 502)
+  if (upstreamAnswer._tag === "Upgrade") return yield* splice(client, clientHead, upstreamAnswer, spliced)
+  yield* refuseUpgrade(client, upstreamAnswer.response)
+})

@@ -158,8 +158,6 @@ interface Admitted {
   readonly upstream: string
 }
 
-const badGateway = "bad gateway"
-
 const refuse = (status: Refusal["status"], body: string, target: ServiceProxyRouting.MetricTarget) =>
   Effect.fail<Refusal>({ status, body, target })
 
@@ -290,7 +288,7 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
       Effect.catch((error) =>
         Effect.andThen(
           Effect.logWarning("cannot resolve the target service", { target: target.authority, error: error.message }),
-          refuse(502, badGateway, "service")
+          refuse(502, Upstream.badGateway, "service")
         )
       )
     )
@@ -330,8 +328,11 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
     }
   })
 
-  const logUpstreamFailure = (admitted: Admitted, error: Upstream.UpstreamError) =>
-    Effect.logWarning("upstream request failed", { target: admitted.target, upstream: admitted.upstream, error: error.message })
+  const report = (admitted: Admitted, startedAt: number): Upstream.Report => ({
+    answered: (status) => record(admitted.target, status, startedAt),
+    failed: (error) =>
+      Effect.logWarning("upstream request failed", { target: admitted.target, upstream: admitted.upstream, error: error.message })
+  })
 
   /** One plain request, from the first header to the last byte of the response. */
   const handleRequest = Effect.fnUntraced(function*(req: Http.IncomingMessage, res: Http.ServerResponse) {
@@ -343,28 +344,7 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
       Upstream.answer(res, status, body)
       return yield* record(target, status, startedAt)
     }
-    const { target } = admitted.success
-    const upstream = yield* Effect.result(Upstream.open(req, admitted.success.request, agents, timeouts, "pipe"))
-    if (Result.isFailure(upstream)) {
-      yield* logUpstreamFailure(admitted.success, upstream.failure)
-      Upstream.answer(res, 502, badGateway)
-      return yield* record(target, 502, startedAt)
-    }
-    if (upstream.success._tag === "Upgrade") {
-      upstream.success.socket.destroy() // switching protocols was not asked for
-      Upstream.answer(res, 502, badGateway)
-      return yield* record(target, 502, startedAt)
-    }
-    const response = upstream.success.response
-    const wrote = yield* Effect.result(Upstream.writeHead(res, response))
-    if (Result.isFailure(wrote)) {
-      response.destroy()
-      yield* logUpstreamFailure(admitted.success, wrote.failure)
-      Upstream.answer(res, 502, badGateway)
-      return yield* record(target, 502, startedAt)
-    }
-    yield* record(target, response.statusCode ?? 502, startedAt)
-    yield* Upstream.pipeBody(response, res)
+    yield* Upstream.forwardRequest(req, res, admitted.success.request, agents, timeouts, report(admitted.success, startedAt))
   })
 
   /** An `Upgrade` request: the same admission, then the upstream's answer and a socket splice. */
@@ -377,17 +357,16 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
       Upstream.answerOnSocket(socket, status, body)
       return yield* record(target, status, startedAt)
     }
-    const { target } = admitted.success
-    const upstream = yield* Effect.result(Upstream.open(req, admitted.success.request, agents, timeouts, "none"))
-    if (Result.isFailure(upstream)) {
-      yield* logUpstreamFailure(admitted.success, upstream.failure)
-      Upstream.answerOnSocket(socket, 502, badGateway)
-      return yield* record(target, 502, startedAt)
-    }
-    const answer = upstream.success
-    yield* record(target, answer.response.statusCode ?? 502, startedAt)
-    if (answer._tag === "Upgrade") return yield* Upstream.splice(socket, head, answer, spliced)
-    yield* Upstream.refuseUpgrade(socket, answer.response)
+    yield* Upstream.forwardUpgrade(
+      req,
+      socket,
+      head,
+      admitted.success.request,
+      agents,
+      timeouts,
+      spliced,
+      report(admitted.success, startedAt)
+    )
   })
 
   // A defect must still leave the client with an answer and the process alive.
@@ -409,7 +388,7 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
     connectionsCheckingInterval: Math.max(250, Math.min(1000, Math.floor(headersTimeout / 4)))
   })
   server.on("request", (req, res) => {
-    run(guarded(handleRequest(req, res), () => Upstream.answer(res, 502, badGateway)))
+    run(guarded(handleRequest(req, res), () => Upstream.answer(res, 502, Upstream.badGateway)))
   })
   server.on("upgrade", (req, socket, head) => {
     run(guarded(handleUpgrade(req, socket, head), () => socket.destroy()))
