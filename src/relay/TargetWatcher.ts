@@ -13,8 +13,8 @@
  *
  * @since 0.1.0
  */
-import { Context, Deferred, Duration, Effect, Exit, FileSystem, Layer, Queue, Stream, SubscriptionRef } from "effect"
-import * as Path from "node:path"
+import { Context, Duration, Effect, FileSystem, Layer, Stream, SubscriptionRef } from "effect"
+import * as FileWatch from "../kube/FileWatch.ts"
 import * as ManagedTarget from "./ManagedTarget.ts"
 
 /** @since 0.1.0 @category models */
@@ -50,12 +50,6 @@ export class TargetWatcher extends Context.Service<TargetWatcher, {
  */
 export const fromRef = (ref: SubscriptionRef.SubscriptionRef<ManagedTarget.Target>, reload: Effect.Effect<void> = Effect.void) =>
   TargetWatcher.of({ current: SubscriptionRef.get(ref), changes: SubscriptionRef.changes(ref), reload })
-
-/** Events often come in bursts (a symlink swap is several renames); read once they settle. */
-const settle = Duration.millis(100)
-
-/** How long startup waits for the folder watch to be in place before going on without it. */
-const watchStartTimeout = Duration.seconds(2)
 
 /**
  * Read the target from the kubeconfig at `path`.
@@ -104,34 +98,8 @@ const make = Effect.fnUntraced(function*(options: Options) {
     })
   )
 
-  // Wake-ups from the folder watch; one pending wake-up is enough.
-  const wake = yield* Queue.dropping<void>(1)
-  const watching = yield* Deferred.make<void>()
-  const started = () => Deferred.doneUnsafe(watching, Exit.void)
-  const watchFolder = fs.watch(Path.dirname(path), { onReady: started }).pipe(
-    Stream.runForEach(() => Queue.offer(wake, undefined)),
-    Effect.catch((error) =>
-      Effect.logWarning("cannot watch the managed kubeconfig folder; relying on the reload interval", {
-        kubeconfig: path,
-        error: error.message
-      })
-    ),
-    Effect.ensuring(Effect.sync(started)),
-    // The watch ends when the folder goes away; try again later.
-    Effect.andThen(Effect.sleep(reloadInterval)),
-    Effect.forever
-  )
-  yield* Effect.forkScoped(watchFolder)
-  yield* Deferred.await(watching).pipe(Effect.timeoutOrElse({ duration: watchStartTimeout, orElse: () => Effect.void }))
-
-  const loop = Queue.take(wake).pipe(
-    Effect.timeoutOrElse({ duration: reloadInterval, orElse: () => Effect.void }),
-    Effect.andThen(Effect.sleep(settle)),
-    Effect.andThen(Queue.clear(wake)),
-    Effect.andThen(reload),
-    Effect.forever
-  )
-  yield* Effect.forkScoped(loop)
+  // Re-read on changes in the file's folder (Secret volumes swap a symlink) and every interval.
+  yield* FileWatch.start({ paths: [path], interval: reloadInterval, reload, what: "managed kubeconfig" }).pipe(provide)
 
   return fromRef(ref, reload)
 })

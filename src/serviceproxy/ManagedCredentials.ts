@@ -31,7 +31,7 @@ import * as Kubeconfig from "../domain/Kubeconfig.ts"
 import * as ServiceProxyRouting from "../domain/ServiceProxyRouting.ts"
 import * as ClientNodeKube from "../kube/ClientNodeKube.ts"
 import type * as KubeClient from "../kube/KubeClient.ts"
-import * as FileWatch from "./FileWatch.ts"
+import * as FileWatch from "../kube/FileWatch.ts"
 
 /**
  * TLS settings for connections to the apiserver.
