@@ -4,11 +4,11 @@
  * looks at the bytes.
  *
  * Per accepted connection: dial the *current* target (bounded by `dialTimeout`, TCP keepalive
- * on), then copy both directions with Node's `pipe`, which stops reading from one side while
- * the other side's write buffer is full, so a slow reader costs the relay at most a few socket
- * buffers, never an unbounded queue. Each direction ends on its own: a FIN from one side
- * becomes a FIN to the other (`allowHalfOpen` on both sockets), and the connection is over once
- * both directions have ended, or at once when either side resets.
+ * on), then copy both directions, each through one reusable read buffer ({@link SocketCopy}):
+ * reading stops while a write to the other side is pending, so a slow reader costs the relay at
+ * most one buffer per direction, never an unbounded queue. Each direction ends on its own: a FIN
+ * from one side becomes a FIN to the other (`allowHalfOpen` on both sockets), and the
+ * connection is over once both directions have ended, or at once when either side resets.
  *
  * Limits: `maxConnections` refuses connections beyond the limit (accepted, then closed at once);
  * `idleTimeout` closes a connection that moved no byte either way for that long; after a target
@@ -23,6 +23,7 @@ import * as ListenAddress from "../domain/ListenAddress.ts"
 import * as Metrics from "../observability/Metrics.ts"
 import { Probes } from "../observability/Probes.ts"
 import * as ManagedTarget from "./ManagedTarget.ts"
+import * as SocketCopy from "./SocketCopy.ts"
 import { TargetWatcher } from "./TargetWatcher.ts"
 
 /** @since 0.1.0 @category models */
@@ -112,8 +113,10 @@ interface Connection {
   readonly target: ManagedTarget.Target
   readonly client: Net.Socket
   upstream: Net.Socket | undefined
-  bytesUp: number
-  bytesDown: number
+  /** Client to apiserver. */
+  readonly up: SocketCopy.Copier
+  /** Apiserver to client. */
+  readonly down: SocketCopy.Copier
   reportedUp: number
   reportedDown: number
 }
@@ -126,10 +129,10 @@ const downstreamBytes = Metric.withAttributes(Metrics.relayBytesTotal, { directi
 /** Move the byte counts accumulated since the last flush into the metrics. */
 const flushBytes = (connection: Connection) =>
   Effect.suspend(() => {
-    const up = connection.bytesUp - connection.reportedUp
-    const down = connection.bytesDown - connection.reportedDown
-    connection.reportedUp = connection.bytesUp
-    connection.reportedDown = connection.bytesDown
+    const up = connection.up.bytes - connection.reportedUp
+    const down = connection.down.bytes - connection.reportedDown
+    connection.reportedUp = connection.up.bytes
+    connection.reportedDown = connection.down.bytes
     return Effect.andThen(
       up > 0 ? Metric.update(upstreamBytes, up) : Effect.void,
       down > 0 ? Metric.update(downstreamBytes, down) : Effect.void
@@ -140,8 +143,9 @@ const describeError = (error: unknown): string => (error instanceof Error ? erro
 
 /**
  * Open a TCP connection to `target`. `onSocket` sees the socket as soon as it exists, so the
- * caller can close it whatever happens next. Errors after the connect are left to the caller's
- * `close` handling (a permanent no-op `error` listener keeps them from crashing the process).
+ * caller can close it whatever happens next; `onread` is passed to the socket (see
+ * {@link SocketCopy}). Errors after the connect are left to the caller's `close` handling (a
+ * permanent no-op `error` listener keeps them from crashing the process).
  *
  * @since 0.1.0
  * @category dialing
@@ -149,7 +153,7 @@ const describeError = (error: unknown): string => (error instanceof Error ? erro
 export const dial = (
   target: ManagedTarget.Target,
   timeout: Duration.Duration,
-  onSocket: (socket: Net.Socket) => void = ignore
+  options: { readonly onSocket?: (socket: Net.Socket) => void; readonly onread?: Net.OnReadOpts } = {}
 ): Effect.Effect<Net.Socket, DialError> =>
   Effect.callback<Net.Socket, DialError>((resume) => {
     const socket = Net.connect({
@@ -158,10 +162,11 @@ export const dial = (
       allowHalfOpen: true,
       noDelay: true,
       keepAlive: true,
-      keepAliveInitialDelay: keepAliveDelayMs
+      keepAliveInitialDelay: keepAliveDelayMs,
+      ...(options.onread === undefined ? {} : { onread: options.onread })
     })
     socket.on("error", ignore)
-    onSocket(socket)
+    options.onSocket?.(socket)
     const onError = (error: Error) => {
       socket.destroy()
       resume(Effect.fail(new DialError({ target: ManagedTarget.format(target), message: describeError(error) })))
@@ -204,12 +209,6 @@ const pump = (connection: Connection, upstream: Net.Socket, idleTimeout: Duratio
       if (socket.closed) onClose(peer)(true)
       else socket.once("close", onClose(peer))
     }
-    client.on("data", (chunk: Buffer) => {
-      connection.bytesUp += chunk.length
-    })
-    upstream.on("data", (chunk: Buffer) => {
-      connection.bytesDown += chunk.length
-    })
     // Reads and writes both reset a socket's timer; watching both sockets covers a connection
     // where one side already finished.
     const idleMs = Duration.toMillis(idleTimeout)
@@ -217,8 +216,8 @@ const pump = (connection: Connection, upstream: Net.Socket, idleTimeout: Duratio
       client.setTimeout(idleMs, destroyBoth)
       upstream.setTimeout(idleMs, destroyBoth)
     }
-    client.pipe(upstream)
-    upstream.pipe(client)
+    client.resume()
+    upstream.resume()
     return Effect.sync(destroyBoth)
   })
 
@@ -241,12 +240,12 @@ const make = Effect.fnUntraced(function*(options: Options) {
       }
     })
 
-  const relay = Effect.fnUntraced(function*(client: Net.Socket) {
+  const relay = Effect.fnUntraced(function*(client: Net.Socket, up: SocketCopy.Copier, down: SocketCopy.Copier) {
     const startedAt = yield* Clock.currentTimeMillis
     yield* Metric.update(Metrics.relayConnectionsTotal, 1)
     yield* Metric.update(Metrics.relayConnectionsActive, active)
     const target = yield* watcher.current
-    const connection: Connection = { target, client, upstream: undefined, bytesUp: 0, bytesDown: 0, reportedUp: 0, reportedDown: 0 }
+    const connection: Connection = { target, client, upstream: undefined, up, down, reportedUp: 0, reportedDown: 0 }
     connections.add(connection)
 
     const finish = Effect.suspend(() => {
@@ -264,8 +263,15 @@ const make = Effect.fnUntraced(function*(options: Options) {
 
     yield* Effect.gen(function*() {
       const dialStart = yield* Clock.currentTimeMillis
-      const upstream = yield* dial(target, options.dialTimeout, (socket) => {
-        connection.upstream = socket
+      const upstream = yield* dial(target, options.dialTimeout, {
+        onread: down.onread,
+        // Both directions are wired before either side can read: the upstream starts reading
+        // as soon as it is connected.
+        onSocket: (socket) => {
+          connection.upstream = socket
+          up.connect(client, socket)
+          down.connect(socket, client)
+        }
       })
       yield* Metric.update(Metrics.relayDialDuration, ((yield* Clock.currentTimeMillis) - dialStart) / 1000)
       const outcome = yield* Effect.raceFirst(
@@ -304,26 +310,31 @@ const make = Effect.fnUntraced(function*(options: Options) {
     })
   })
 
-  const onConnection = (client: Net.Socket) => {
+  const onConnection = (accepted: Net.Socket) => {
     // Before anything else: an unhandled socket error would crash the process. Errors are
     // handled through "close" (hadError) in `pump`.
-    client.on("error", ignore)
+    accepted.on("error", ignore)
     if (options.maxConnections > 0 && active >= options.maxConnections) {
-      client.destroy()
+      accepted.destroy()
       refusedSinceLog++
       runFork(refuse)
       return
     }
+    const up = new SocketCopy.Copier()
+    const down = new SocketCopy.Copier()
+    const client = SocketCopy.adopt(accepted, up.onread)
+    if (client === undefined) return
+    client.on("error", ignore)
     // Counted here, synchronously, so a burst of accepts cannot overshoot the limit.
     active++
-    runFork(relay(client))
+    runFork(relay(client, up, down))
   }
 
   const server = yield* Effect.acquireRelease(
     Effect.callback<Net.Server, ListenError>((resume) => {
       const server = Net.createServer({
         allowHalfOpen: true,
-        // Nothing is read before the upstream connection exists and `pipe` takes over.
+        // Nothing is read before the upstream connection exists (and before `adopt`).
         pauseOnConnect: true,
         noDelay: true,
         keepAlive: true,
@@ -366,12 +377,12 @@ const make = Effect.fnUntraced(function*(options: Options) {
       Array.from(connections, (c): ConnectionInfo => ({
         target: ManagedTarget.format(c.target),
         connected: c.upstream !== undefined && !c.upstream.connecting && !c.upstream.destroyed,
-        bytesUpstream: c.bytesUp,
-        bytesDownstream: c.bytesDown,
-        bufferedDownstream: c.client.writableLength + (c.upstream?.readableLength ?? 0),
-        bufferedUpstream: (c.upstream?.writableLength ?? 0) + c.client.readableLength,
-        upstreamReadPaused: c.upstream?.isPaused() ?? false,
-        downstreamReadPaused: c.client.isPaused()
+        bytesUpstream: c.up.bytes,
+        bytesDownstream: c.down.bytes,
+        bufferedDownstream: c.down.buffered,
+        bufferedUpstream: c.up.buffered,
+        upstreamReadPaused: c.down.waiting,
+        downstreamReadPaused: c.up.waiting
       }))
     )
   })
