@@ -11,8 +11,17 @@ export interface Path {
   readonly label: string
 }
 
+/** Which way the bulk data flows through the relay: from the connecting client, or to it. */
+export type Direction = "upload" | "download"
+
+export const directionLabel: Record<Direction, string> = {
+  upload: "client → server (`iperf3`)",
+  download: "server → client (`iperf3 -R`)"
+}
+
 export interface Throughput {
   readonly path: Path
+  readonly direction: Direction
   /** Gbit/s of each round. */
   readonly gbps: ReadonlyArray<number>
   /** CPU seconds of the relay's processes per GB moved, each round (NaN for direct). */
@@ -180,22 +189,29 @@ const httpSection = (rows: ReadonlyArray<HttpResult>): string => {
   )
 }
 
+const directions = (rows: ReadonlyArray<Throughput>): ReadonlyArray<Direction> => [...new Set(rows.map((row) => row.direction))]
+
 const verdict = (ok: boolean) => (ok ? "met" : "**not met**")
 
 /** The targets of issue 3, section 4, against this run. */
 const targets = (report: Report): ReadonlyArray<string> => {
   const lines: Array<string> = []
-  if (report.tcp !== undefined) {
-    const gbps = (key: string) => median(report.tcp?.throughput.find((row) => row.path.key === key)?.gbps ?? [])
-    const tether = gbps(tetherKey)
-    const haproxy = gbps("haproxy")
-    if (Number.isFinite(tether) && Number.isFinite(haproxy)) {
-      lines.push(
-        `- TCP throughput ≥ haproxy: ${fixed(tether, 2)} vs ${fixed(haproxy, 2)} Gbit/s (${ratio(tether / haproxy)}): ${verdict(tether >= haproxy)}.`
-      )
+  const tcp = report.tcp
+  if (tcp !== undefined) {
+    for (const direction of directions(tcp.throughput)) {
+      const gbps = (key: string) =>
+        median(tcp.throughput.find((row) => row.path.key === key && row.direction === direction)?.gbps ?? [])
+      const tether = gbps(tetherKey)
+      const haproxy = gbps("haproxy")
+      if (Number.isFinite(tether) && Number.isFinite(haproxy)) {
+        lines.push(
+          `- TCP throughput ≥ haproxy, ${directionLabel[direction]}: ${fixed(tether, 2)} vs ${fixed(haproxy, 2)} Gbit/s ` +
+            `(${ratio(tether / haproxy)}): ${verdict(tether >= haproxy)}.`
+        )
+      }
     }
-    const added = [...new Set(report.tcp.roundTrips.map((row) => row.conns))].map((conns) => {
-      const find = (key: string) => report.tcp?.roundTrips.find((row) => row.path.key === key && row.conns === conns)
+    const added = [...new Set(tcp.roundTrips.map((row) => row.conns))].map((conns) => {
+      const find = (key: string) => tcp.roundTrips.find((row) => row.path.key === key && row.conns === conns)
       return { conns, added: (find(tetherKey)?.p50us ?? Number.NaN) - (find(directKey)?.p50us ?? Number.NaN) }
     })
     const single = added.find((row) => row.conns === 1)
@@ -245,8 +261,10 @@ export const render = (report: Report): string => {
   if (goals.length > 0) parts.push(["## Against the targets of issue 3", "", ...goals].join("\n"))
   if (report.tcp !== undefined) {
     parts.push("## TCP: `tether managed-apiserver-proxy` and peers")
-    parts.push("### Bulk throughput (iperf3, one stream)")
-    parts.push(throughputSection(report.tcp.throughput))
+    for (const direction of directions(report.tcp.throughput)) {
+      parts.push(`### Bulk throughput, ${directionLabel[direction]}, one stream`)
+      parts.push(throughputSection(report.tcp.throughput.filter((row) => row.direction === direction)))
+    }
     parts.push("### 1 KiB round trip (echo), one request in flight per connection")
     parts.push(roundTripSection(report.tcp.roundTrips))
   }

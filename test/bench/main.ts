@@ -297,10 +297,10 @@ const tcpRelays = Effect.fn("bench.tcpRelays")(function*(work: string, name: str
   ] satisfies ReadonlyArray<Endpoint>
 })
 
-const iperf = Effect.fn("bench.iperf")(function*(port: number) {
+const iperf = Effect.fn("bench.iperf")(function*(port: number, direction: Report.Direction) {
   const output = yield* Children.run(
     "iperf3",
-    ["-c", "127.0.0.1", "-p", String(port), "-t", String(seconds.iperf), "-O", "1", "-J"],
+    ["-c", "127.0.0.1", "-p", String(port), "-t", String(seconds.iperf), "-O", "1", "-J", ...(direction === "download" ? ["-R"] : [])],
     { timeout: Duration.seconds(seconds.iperf + 30) }
   )
   const result = JSON.parse(output.stdout) as {
@@ -351,25 +351,32 @@ const tcpBench = Effect.fn("bench.tcp")(function*(work: string, tools: string) {
       _tag: "Accepts",
       port: target
     })
-    const gbps = new Map(endpoints.map((endpoint) => [endpoint.path.key, [] as Array<number>]))
-    const cpu = new Map(endpoints.map((endpoint) => [endpoint.path.key, [] as Array<number>]))
+    const directions: ReadonlyArray<Report.Direction> = ["upload", "download"]
+    const key = (endpoint: Endpoint, direction: Report.Direction) => `${endpoint.path.key}/${direction}`
+    const gbps = new Map<string, Array<number>>()
+    const cpu = new Map<string, Array<number>>()
     for (let round = 1; round <= rounds; round++) {
-      for (const endpoint of endpoints) {
-        const { cpuSeconds, result } = yield* measure(endpoint, iperf(endpoint.port))
-        const perGB = cpuSeconds / (result.bytes / 1e9)
-        gbps.get(endpoint.path.key)?.push(result.gbps)
-        cpu.get(endpoint.path.key)?.push(perGB)
-        yield* say(
-          `  round ${round} ${endpoint.path.label}: ${result.gbps.toFixed(2)} Gbit/s` +
-            (Number.isFinite(perGB) ? `, relay CPU ${perGB.toFixed(2)} s/GB` : "")
-        )
+      for (const direction of directions) {
+        for (const endpoint of endpoints) {
+          const { cpuSeconds, result } = yield* measure(endpoint, iperf(endpoint.port, direction))
+          const perGB = cpuSeconds / (result.bytes / 1e9)
+          gbps.set(key(endpoint, direction), [...(gbps.get(key(endpoint, direction)) ?? []), result.gbps])
+          cpu.set(key(endpoint, direction), [...(cpu.get(key(endpoint, direction)) ?? []), perGB])
+          yield* say(
+            `  round ${round} ${direction} ${endpoint.path.label}: ${result.gbps.toFixed(2)} Gbit/s` +
+              (Number.isFinite(perGB) ? `, relay CPU ${perGB.toFixed(2)} s/GB` : "")
+          )
+        }
       }
     }
-    return endpoints.map((endpoint): Report.Throughput => ({
-      path: endpoint.path,
-      gbps: gbps.get(endpoint.path.key) ?? [],
-      cpuPerGB: cpu.get(endpoint.path.key) ?? []
-    }))
+    return directions.flatMap((direction) =>
+      endpoints.map((endpoint): Report.Throughput => ({
+        path: endpoint.path,
+        direction,
+        gbps: gbps.get(key(endpoint, direction)) ?? [],
+        cpuPerGB: cpu.get(key(endpoint, direction)) ?? []
+      }))
+    )
   }))
 
   yield* say("TCP: 1 KiB round trips")
@@ -682,7 +689,7 @@ const main = Effect.gen(function*() {
     machine,
     settings: [
       `${rounds} round(s); each figure is the median over rounds (every round visits every path in turn)`,
-      `TCP throughput: \`iperf3 -c 127.0.0.1 -p <port> -t ${seconds.iperf} -O 1\` (one stream, first second omitted) to \`iperf3 -s\``,
+      `TCP throughput: \`iperf3 -c 127.0.0.1 -p <port> -t ${seconds.iperf} -O 1\` and the same with \`-R\` (server to client); one stream, first second omitted, to \`iperf3 -s\``,
       `TCP round trip: test/bench/tools.go \`rtt\`: ${bodyBytes} B written and read back, one in flight per connection, ` +
         `${seconds.roundTrip} s after 0.5 s warm-up (at most ${roundTripCount(1).toLocaleString("en-US")}/${roundTripCount(16).toLocaleString("en-US")} round trips), Go echo server`,
       "TCP peers: `socat TCP-LISTEN:<p>,fork,nodelay TCP:<target>,nodelay`; haproxy `mode tcp` with default threads; " +
