@@ -377,3 +377,41 @@ export const forwardHeaders = (headers: Headers, target: Target): OutgoingHeader
   }
   return out
 }
+
+/**
+ * {@link forwardHeaders} for a plain request (no upgrade), on Node's `rawHeaders` (name, value,
+ * name, value, ...) and returning the same flat form, in one pass over the list: the shape the
+ * service relay's fast path hands to its HTTP client. `Expect` is dropped as well, since the
+ * relay's own server has already answered `100 Continue` and receives the whole body itself.
+ *
+ * @since 0.1.0
+ * @category headers
+ */
+export const forwardRawHeaders = (raw: ReadonlyArray<string>, target: Target): Array<string> => {
+  let named: Set<string> | undefined
+  let restored: string | undefined
+  let restoredCount = 0
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i]!.toLowerCase()
+    if (name === "connection") {
+      for (const token of raw[i + 1]!.split(",")) {
+        const option = token.trim().toLowerCase()
+        if (option !== "") (named ??= new Set()).add(option)
+      }
+    } else if (name === "cluster-proxy-authorization") {
+      restored = raw[i + 1]
+      restoredCount++
+    }
+  }
+  const out = ["host", target.authority]
+  if (restoredCount === 1 && restored !== undefined && restored !== "") out.push("authorization", restored)
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = raw[i]!.toLowerCase()
+    if (
+      name === "host" || name === "authorization" || name === "expect" || isInternal(name) || hopByHopHeaders.has(name) ||
+      named?.has(name) === true
+    ) continue
+    out.push(raw[i]!, raw[i + 1]!)
+  }
+  return out
+}

@@ -10,6 +10,8 @@
  * - At most `maxEntries` answers are kept; expired ones go first, then the oldest.
  * - Reviews run in the cache's scope, not the caller's: a caller that goes away does not leave the
  *   other waiters on the same token hanging.
+ * - {@link Cached.known} answers synchronously from the cache, so a request path can skip the
+ *   fiber when the answer is already there (the common case by far).
  *
  * @since 0.1.0
  */
@@ -35,19 +37,35 @@ export const scrub = (text: string, token: Redacted.Redacted<string>): string =>
   return clean.length > 300 ? `${clean.slice(0, 300)}...` : clean
 }
 
+/** @category models */
+export interface Cached<A, E> {
+  /** The answer for `token`: cached, or reviewed now (shared with concurrent callers). */
+  readonly review: (token: Redacted.Redacted<string>) => Effect.Effect<A, E>
+  /** The cached answer for `token` if there is a settled, unexpired one; never reviews. */
+  readonly known: (token: Redacted.Redacted<string>) => Exit.Exit<A, E> | undefined
+}
+
+interface Entry<A, E> {
+  readonly expiresAt: number
+  readonly outcome: Deferred.Deferred<A, E>
+  /** Set once the review has finished. */
+  settled?: Exit.Exit<A, E>
+}
+
 /**
- * Wrap `review` with the cache; the returned function is what callers use.
+ * Wrap `review` with the cache.
  *
  * @category constructors
  */
 export const make = Effect.fnUntraced(function*<A, E>(
   options: Options<E>,
   review: (token: Redacted.Redacted<string>) => Effect.Effect<A, E>
-): Effect.fn.Return<(token: Redacted.Redacted<string>) => Effect.Effect<A, E>, never, Scope.Scope> {
+): Effect.fn.Return<Cached<A, E>, never, Scope.Scope> {
   const scope = yield* Effect.scope
+  const clock = yield* Clock.clockWith(Effect.succeed)
   const ttl = Duration.toMillis(Duration.fromInputUnsafe(options.ttl))
   const maxEntries = Math.max(1, options.maxEntries ?? 4096)
-  const entries = new Map<string, { readonly expiresAt: number; readonly outcome: Deferred.Deferred<A, E> }>()
+  const entries = new Map<string, Entry<A, E>>()
 
   const makeRoom = (now: number) => {
     if (entries.size < maxEntries) return
@@ -59,7 +77,7 @@ export const make = Effect.fnUntraced(function*<A, E>(
     }
   }
 
-  return Effect.fnUntraced(function*(token: Redacted.Redacted<string>) {
+  const cachedReview = Effect.fnUntraced(function*(token: Redacted.Redacted<string>) {
     const key = fingerprint(token)
     const now = yield* Clock.currentTimeMillis
     const cached = entries.get(key)
@@ -67,21 +85,30 @@ export const make = Effect.fnUntraced(function*<A, E>(
     if (cached !== undefined) entries.delete(key)
 
     const outcome = yield* Deferred.make<A, E>()
+    const entry: Entry<A, E> = { expiresAt: now + ttl, outcome }
     if (ttl > 0) {
       makeRoom(now)
-      entries.set(key, { expiresAt: now + ttl, outcome })
+      entries.set(key, entry)
     }
     yield* review(token).pipe(
       Effect.exit,
       Effect.flatMap((exit) => {
         const error = Exit.findErrorOption(exit)
-        if (Option.isSome(error) && options.isTransient(error.value) && entries.get(key)?.outcome === outcome) {
+        if (Option.isSome(error) && options.isTransient(error.value) && entries.get(key) === entry) {
           entries.delete(key)
         }
+        entry.settled = exit
         return Deferred.done(outcome, exit)
       }),
       Effect.forkIn(scope)
     )
     return yield* Deferred.await(outcome)
   })
+
+  const known = (token: Redacted.Redacted<string>): Exit.Exit<A, E> | undefined => {
+    const entry = entries.get(fingerprint(token))
+    return entry !== undefined && entry.expiresAt > clock.currentTimeMillisUnsafe() ? entry.settled : undefined
+  }
+
+  return { review: cachedReview, known }
 })

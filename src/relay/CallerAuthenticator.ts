@@ -20,7 +20,7 @@
  * @since 0.1.0
  */
 import type { V1TokenReview } from "@kubernetes/client-node"
-import { Context, Duration, Effect, Layer, Redacted, Schema } from "effect"
+import { Context, Duration, Effect, Exit, Layer, Redacted, Schema } from "effect"
 import { ManagedCluster } from "../kube/KubeClient.ts"
 import * as TokenReviewCache from "../kube/TokenReviewCache.ts"
 
@@ -60,6 +60,11 @@ export interface Options {
 export class CallerAuthenticator extends Context.Service<CallerAuthenticator, {
   /** The caller behind `token`, or why it may not use the relay. */
   readonly authenticate: (token: Redacted.Redacted<string> | undefined) => Effect.Effect<Caller, Unauthorized>
+  /**
+   * The same answer when it needs no TokenReview (cached, or no token at all); undefined when
+   * only {@link authenticate} can tell.
+   */
+  readonly known: (token: Redacted.Redacted<string> | undefined) => Exit.Exit<Caller, Unauthorized> | undefined
 }>()("tether/relay/CallerAuthenticator") {
   /** TokenReview against {@link ManagedCluster}, cached. */
   static readonly layer = (options: Options) => Layer.effect(CallerAuthenticator, make(options))
@@ -118,10 +123,12 @@ export const make = Effect.fnUntraced(function*(options: Options) {
     isTransient: (error: Unauthorized) => error.reason === "ReviewFailed"
   }, review)
 
-  const authenticate = (token: Redacted.Redacted<string> | undefined) =>
-    token === undefined || Redacted.value(token) === ""
-      ? Effect.fail(new Unauthorized({ reason: "NoToken", message: "the request carries no bearer token" }))
-      : cachedReview(token)
+  const noToken = new Unauthorized({ reason: "NoToken", message: "the request carries no bearer token" })
+  const hasToken = (token: Redacted.Redacted<string> | undefined): token is Redacted.Redacted<string> =>
+    token !== undefined && Redacted.value(token) !== ""
 
-  return CallerAuthenticator.of({ authenticate })
+  return CallerAuthenticator.of({
+    authenticate: (token) => (hasToken(token) ? cachedReview.review(token) : Effect.fail(noToken)),
+    known: (token) => (hasToken(token) ? cachedReview.known(token) : Exit.fail(noToken))
+  })
 })

@@ -11,12 +11,16 @@
  * 4. forward with the client's own `Authorization` restored and every `Cluster-Proxy-*`,
  *    `Impersonate-*` and hop-by-hop header removed ({@link Routing.forwardHeaders}).
  *
- * Bodies stream both ways with back-pressure (pipes, no buffering), so a watch, a log follow or
- * a large upload costs a few buffers of memory. Upgrades (WebSocket, SPDY for exec and
+ * Bodies stream both ways with back-pressure (no buffering), so a watch, a log follow or a
+ * large upload costs a few buffers of memory. Upgrades (WebSocket, SPDY for exec and
  * port-forward) are authenticated and routed the same way, then the two sockets are spliced.
- * Upstream connections are pooled (keep-alive agents for http and https); https backends are
- * verified against the system roots plus `additionalServiceCa`, under the Service host name
- * even though the connection goes to the resolved address.
+ * Upstream connections are pooled; https backends are verified against the system roots plus
+ * `additionalServiceCa`, under the Service host name even though the connection goes to the
+ * resolved address.
+ *
+ * Plain requests take a fast path without a fiber when the caller's TokenReview and the
+ * Service's address are cached (nearly always): admission is synchronous and forwarding is
+ * {@link PooledForwarder}'s callbacks. A cache miss runs the same admission as an Effect.
  *
  * When the upstream fails the client gets 502 `bad gateway` and nothing else: backend
  * addresses and error texts go to the log, not to the caller. Request paths, header values and
@@ -27,7 +31,7 @@
  *
  * @since 0.1.0
  */
-import { Clock, Context, Duration, Effect, FiberSet, Layer, Metric, Result, Schema, Scope } from "effect"
+import { Clock, Context, Duration, Effect, Exit, FiberSet, Layer, Metric, Result, Schema, Scope } from "effect"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
@@ -38,6 +42,7 @@ import * as ListenAddress from "../domain/ListenAddress.ts"
 import * as Routing from "../domain/Routing.ts"
 import * as Metrics from "../observability/Metrics.ts"
 import { CallerAuthenticator } from "./CallerAuthenticator.ts"
+import * as PooledForwarder from "./PooledForwarder.ts"
 import { type Resolved, ServiceResolver } from "./ServiceResolver.ts"
 import * as Upstream from "./Upstream.ts"
 
@@ -142,16 +147,34 @@ const systemRoots = (): ReadonlyArray<string> => {
 
 /** Why the relay answers instead of the backend. */
 interface Refusal {
+  readonly _tag: "Refusal"
   readonly status: 400 | 401 | 502
   readonly body: string
   readonly scheme: Routing.MetricScheme
 }
 
 interface Admitted {
+  readonly _tag: "Admitted"
   readonly target: Routing.Target
   readonly resolved: Resolved
   readonly path: string
 }
+
+/** An admission decided now, or one that has to wait for a TokenReview or a DNS lookup. */
+type Admission = Admitted | Refusal | Effect.Effect<Admitted, Refusal>
+
+const refusal = (status: Refusal["status"], body: string, scheme: Routing.MetricScheme): Refusal => ({
+  _tag: "Refusal",
+  status,
+  body,
+  scheme
+})
+
+const unauthorized = refusal(401, "unauthorized", "unknown")
+
+/** The waiting form of any admission. */
+const awaitAdmission = (admission: Admission): Effect.Effect<Admitted, Refusal> =>
+  Effect.isEffect(admission) ? admission : admission._tag === "Admitted" ? Effect.succeed(admission) : Effect.fail(admission)
 
 
 /** The path and query to send upstream: origin-form as received; absolute-form reduced to it. */
@@ -191,6 +214,18 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
   // Finalizers run in reverse order of registration: stop the server and drain first, then
   // interrupt what is left, then drop the upstream pools.
   const scope = yield* Scope.fork(yield* Effect.scope, "sequential")
+  const pools = yield* Effect.acquireRelease(
+    Effect.sync(() =>
+      new PooledForwarder.Pools({
+        connectTimeout: dialTimeout + handshakeTimeout,
+        idleTimeout: millis(options.idleConnectionTimeout, Duration.seconds(90)),
+        maxHeaderSize,
+        ca: [...systemRoots(), ...extraCa]
+      })
+    ),
+    (pools) => Effect.promise(() => pools.destroy())
+  ).pipe(Scope.provide(scope))
+  // Node's agents, for upgrades.
   const agents = yield* Effect.acquireRelease(
     Effect.sync(() => {
       const pool = {
@@ -234,38 +269,55 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
     }
     return metric
   }
-  const record = (scheme: Routing.MetricScheme, status: number, startedAt: number) =>
-    Effect.gen(function*() {
-      const now = yield* Clock.currentTimeMillis
-      yield* Metric.update(counterFor(scheme, status < 400 ? "success" : "error"), 1)
-      yield* Metric.update(durationFor(scheme), (now - startedAt) / 1000)
-    })
+  // The request path records metrics and reads the clock outside any fiber.
+  const context = yield* Effect.context<never>()
+  const clock = yield* Clock.clockWith(Effect.succeed)
+  const record = (scheme: Routing.MetricScheme, status: number, startedAt: number) => {
+    counterFor(scheme, status < 400 ? "success" : "error").updateUnsafe(1, context)
+    durationFor(scheme).updateUnsafe((clock.currentTimeMillisUnsafe() - startedAt) / 1000, context)
+  }
+  const log = (effect: Effect.Effect<void>) => run(Effect.annotateLogs(effect, { component: "service-relay" }))
 
-  /** Authenticate, route, resolve: everything that happens before a byte goes upstream. */
-  const admit = Effect.fnUntraced(function*(req: Http.IncomingMessage): Effect.fn.Return<Admitted, Refusal> {
-    yield* authenticator.authenticate(Routing.bearerToken(req.headers)).pipe(
-      Effect.mapError((): Refusal => ({ status: 401, body: "unauthorized", scheme: "unknown" }))
-    )
+  /** Route and resolve, once the caller is authenticated. */
+  const routeAndResolve = (req: Http.IncomingMessage): Admission => {
     const routed = Routing.route(req.headers)
     if (Result.isFailure(routed)) {
       const scheme = routed.failure.reason === "MissingHeader"
         ? "unknown"
         : Routing.metricScheme(first(req.headers[Routing.headerNames.proto.toLowerCase()]))
-      return yield* Effect.fail<Refusal>({ status: 400, body: routed.failure.message, scheme })
+      return refusal(400, routed.failure.message, scheme)
     }
     const target = routed.success
     const path = requestPath(req.url)
-    if (path === undefined) return yield* Effect.fail<Refusal>({ status: 400, body: "invalid request target", scheme: target.proto })
-    const resolved = yield* resolver.resolve(target.hostname).pipe(
+    if (path === undefined) return refusal(400, "invalid request target", target.proto)
+    const known = resolver.known(target.hostname)
+    if (known !== undefined) return { _tag: "Admitted", target, resolved: known, path }
+    return resolver.resolve(target.hostname).pipe(
+      Effect.map((resolved): Admitted => ({ _tag: "Admitted", target, resolved, path })),
       Effect.catch((error) =>
         Effect.andThen(
           Effect.logWarning("cannot resolve the target service", { target: target.authority, error: error.message }),
-          Effect.fail<Refusal>({ status: 502, body: Upstream.badGateway, scheme: target.proto })
+          Effect.fail(refusal(502, Upstream.badGateway, target.proto))
         )
       )
     )
-    return { target, resolved, path }
-  })
+  }
+
+  /**
+   * Authenticate, route, resolve: everything that happens before a byte goes upstream. Decided
+   * at once when the answers are cached.
+   */
+  const admit = (req: Http.IncomingMessage): Admission => {
+    const token = Routing.bearerToken(req.headers)
+    const known = authenticator.known(token)
+    if (known === undefined) {
+      return authenticator.authenticate(token).pipe(
+        Effect.mapError(() => unauthorized),
+        Effect.andThen(() => awaitAdmission(routeAndResolve(req)))
+      )
+    }
+    return Exit.isFailure(known) ? unauthorized : routeAndResolve(req)
+  }
 
   const timeouts: Upstream.Timeouts = { dial: dialTimeout, handshake: handshakeTimeout, expectContinue: 0, maxHeaderSize }
 
@@ -281,31 +333,64 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
   })
 
   const report = (admitted: Admitted, startedAt: number): Upstream.Report => ({
-    answered: (status) => record(admitted.target.proto, status, startedAt),
+    answered: (status) => Effect.sync(() => record(admitted.target.proto, status, startedAt)),
     failed: (error) => Effect.logWarning("upstream request failed", { target: admitted.target.authority, error: error.message })
   })
 
-  /** One plain HTTP request, from the first header to the last byte of the response. */
-  const handleRequest = Effect.fnUntraced(function*(req: Http.IncomingMessage, res: Http.ServerResponse) {
-    const startedAt = yield* Clock.currentTimeMillis
-    const admitted = yield* Effect.result(admit(req))
-    if (Result.isFailure(admitted)) {
-      const { body, scheme, status } = admitted.failure
-      req.resume()
-      yield* record(scheme, status, startedAt)
-      return Upstream.answer(res, status, body)
+  /** Answer a refused plain request ourselves. */
+  const refuse = (req: Http.IncomingMessage, res: Http.ServerResponse, refused: Refusal, startedAt: number) => {
+    req.resume()
+    record(refused.scheme, refused.status, startedAt)
+    Upstream.answer(res, refused.status, refused.body)
+  }
+
+  /** Send an admitted plain request on; the rest happens in the forwarder's callbacks. */
+  const forward = (req: Http.IncomingMessage, res: Http.ServerResponse, admitted: Admitted, startedAt: number) => {
+    const { resolved, target } = admitted
+    PooledForwarder.forward(
+      req,
+      res,
+      pools,
+      {
+        protocol: target.proto,
+        address: resolved.address,
+        family: resolved.family,
+        port: target.port,
+        servername: target.proto === "https" ? target.hostname : undefined
+      },
+      admitted.path,
+      Routing.forwardRawHeaders(req.rawHeaders, target),
+      {
+        answered: (status) => record(target.proto, status, startedAt),
+        failed: (message) => log(Effect.logWarning("upstream request failed", { target: target.authority, error: message }))
+      }
+    )
+  }
+
+  /** One plain HTTP request: without a fiber when admission needs no waiting. */
+  const handleRequest = (req: Http.IncomingMessage, res: Http.ServerResponse) => {
+    const startedAt = clock.currentTimeMillisUnsafe()
+    const admission = admit(req)
+    if (!Effect.isEffect(admission)) {
+      return admission._tag === "Admitted" ? forward(req, res, admission, startedAt) : refuse(req, res, admission, startedAt)
     }
-    yield* Upstream.forwardRequest(req, res, upstreamRequest(req, admitted.success), agents, timeouts, report(admitted.success, startedAt))
-  })
+    run(guarded(
+      Effect.match(admission, {
+        onFailure: (refused) => refuse(req, res, refused, startedAt),
+        onSuccess: (admitted) => forward(req, res, admitted, startedAt)
+      }),
+      () => Upstream.answer(res, 502, Upstream.badGateway)
+    ))
+  }
 
   /** An `Upgrade` request: the same admission, then the backend's answer and a socket splice. */
   const handleUpgrade = Effect.fnUntraced(function*(req: Http.IncomingMessage, socket: Duplex, head: Buffer) {
-    const startedAt = yield* Clock.currentTimeMillis
+    const startedAt = clock.currentTimeMillisUnsafe()
     socket.on("error", () => socket.destroy())
-    const admitted = yield* Effect.result(admit(req))
+    const admitted = yield* Effect.result(awaitAdmission(admit(req)))
     if (Result.isFailure(admitted)) {
       const { body, scheme, status } = admitted.failure
-      yield* record(scheme, status, startedAt)
+      record(scheme, status, startedAt)
       return Upstream.answerOnSocket(socket, status, body)
     }
     yield* Upstream.forwardUpgrade(
@@ -338,7 +423,13 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
     connectionsCheckingInterval: Math.max(250, Math.min(1000, Math.floor(headersTimeout / 4)))
   })
   server.on("request", (req, res) => {
-    run(guarded(handleRequest(req, res), () => Upstream.answer(res, 502, Upstream.badGateway)))
+    try {
+      handleRequest(req, res)
+    } catch (error) {
+      // A defect must still leave the client with an answer and the process alive.
+      log(Effect.logError("service relay request failed unexpectedly", { cause: Upstream.describe(error) }))
+      Upstream.answer(res, 502, Upstream.badGateway)
+    }
   })
   server.on("upgrade", (req, socket, head) => {
     run(guarded(handleUpgrade(req, socket, head), () => socket.destroy()))

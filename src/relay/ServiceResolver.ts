@@ -32,13 +32,16 @@ export class ResolveError extends Schema.TaggedError<ResolveError>()("ResolveErr
 /** @category services */
 export class ServiceResolver extends Context.Service<ServiceResolver, {
   readonly resolve: (hostname: string) => Effect.Effect<Resolved, ResolveError>
+  /** The address when it is at hand without a lookup (cached); undefined otherwise. */
+  readonly known: (hostname: string) => Resolved | undefined
 }>()("tether/relay/ServiceResolver") {
   /**
    * The operating system's resolver (`getaddrinfo`, honouring the pod's DNS search path), with
    * answers reused for a few seconds: with Kubernetes' `ndots:5` one lookup can be several DNS
    * queries, which should not happen on every request. Lookups time out after 5 seconds.
    */
-  static readonly layerSystem = Layer.sync(ServiceResolver, () => {
+  static readonly layerSystem = Layer.effect(ServiceResolver, Effect.gen(function*() {
+    const clock = yield* Clock.clockWith(Effect.succeed)
     const cache = new Map<string, { readonly resolved: Resolved; readonly until: number }>()
     const maxEntries = 1024
     const ttl = Duration.seconds(5)
@@ -57,33 +60,43 @@ export class ServiceResolver extends Context.Service<ServiceResolver, {
         }),
         Effect.map(({ address, family }): Resolved => ({ address, family: family === 6 ? 6 : 4 }))
       )
+    const cached = (hostname: string, now: number) => {
+      const hit = cache.get(hostname)
+      return hit !== undefined && hit.until > now ? hit.resolved : undefined
+    }
     return ServiceResolver.of({
       resolve: (hostname) =>
         Effect.flatMap(Clock.currentTimeMillis, (now) => {
-          const hit = cache.get(hostname)
-          if (hit !== undefined && hit.until > now) return Effect.succeed(hit.resolved)
+          const hit = cached(hostname, now)
+          if (hit !== undefined) return Effect.succeed(hit)
           return Effect.tap(lookup(hostname), (resolved) =>
             Effect.sync(() => {
               if (cache.size >= maxEntries) cache.delete(cache.keys().next().value as string)
               cache.set(hostname, { resolved, until: now + Duration.toMillis(ttl) })
             }))
-        })
+        }),
+      known: (hostname) => cached(hostname, clock.currentTimeMillisUnsafe())
     })
-  })
+  }))
 
   /**
    * A fixed table from host name (case-insensitive) to IP address; other names do not resolve.
    */
   static readonly layerStatic = (addresses: Readonly<Record<string, string>>) => {
-    const table = new Map(Object.entries(addresses).map(([name, address]) => [name.toLowerCase(), address]))
+    const table = new Map<string, Resolved>()
+    for (const [name, address] of Object.entries(addresses)) {
+      const family = Net.isIP(address)
+      if (family === 4 || family === 6) table.set(name.toLowerCase(), { address, family })
+    }
+    const known = (hostname: string) => table.get(hostname.toLowerCase())
     return Layer.succeed(ServiceResolver, ServiceResolver.of({
       resolve: (hostname) => {
-        const address = table.get(hostname.toLowerCase())
-        const family = address === undefined ? 0 : Net.isIP(address)
-        return family === 4 || family === 6
-          ? Effect.succeed({ address: address ?? "", family })
+        const resolved = known(hostname)
+        return resolved !== undefined
+          ? Effect.succeed(resolved)
           : Effect.fail(new ResolveError({ hostname, message: `cannot resolve ${hostname}: not in the static table` }))
-      }
+      },
+      known
     }))
   }
 }

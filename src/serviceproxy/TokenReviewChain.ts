@@ -169,7 +169,7 @@ export const make = Effect.fnUntraced(function*(providers: ReadonlyArray<Provide
       ? Effect.fail(
         new AuthenticationFailed({ reason: "NoToken", message: "authentication failed: the request carries no bearer token" })
       )
-      : cachedReview(token)
+      : cachedReview.review(token)
 
   return TokenReviewChain.of({ authenticate })
 })

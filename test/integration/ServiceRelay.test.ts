@@ -46,6 +46,7 @@ interface Seen {
 }
 
 const seen: Array<Seen> = []
+let foreverClosed = 0
 
 const record = (backend: string, req: Http.IncomingMessage, upgrade: boolean) =>
   seen.push({ backend, method: req.method ?? "", url: req.url ?? "", headers: req.headers, upgrade, remotePort: req.socket.remotePort })
@@ -58,6 +59,16 @@ const backendHandler = (backend: string) => (req: Http.IncomingMessage, res: Htt
     return
   }
   req.resume()
+  if (req.url === "/forever") {
+    // Streams until the relay closes the connection (a log follow, say).
+    res.writeHead(200, { "content-type": "text/plain" })
+    const tick = setInterval(() => res.write("tick\n"), 10)
+    res.once("close", () => {
+      clearInterval(tick)
+      foreverClosed++
+    })
+    return
+  }
   if (req.url === "/slow") {
     setTimeout(() => res.end("slow done"), 800)
     return
@@ -689,6 +700,39 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("ServiceRelay (real k
       // The detail is in the log, not in the answer.
       assert.isTrue(logs.some((line) => line.includes("upstream request failed") && line.includes(`nowhere.default.svc:${nowherePort}`)))
       assert.isTrue(logs.some((line) => line.includes("cannot resolve the target service") && line.includes("ghost.default.svc")))
+    }))
+
+  it.live("answers Expect: 100-continue itself and sends the whole body on without the header", () =>
+    Effect.gen(function*() {
+      const body = "x".repeat(100_000)
+      const reply = yield* curl([
+        "-X", "POST", "--data-binary", body, "-H", "Expect: 100-continue",
+        "-H", `Authorization: Bearer ${tokens.trusted}`,
+        "-H", "Cluster-Proxy-Proto: http", "-H", "Cluster-Proxy-Namespace: default", "-H", "Cluster-Proxy-Service: hello",
+        "-H", `Cluster-Proxy-Port: ${helloPort}`,
+        `http://127.0.0.1:${relayPort}/echo`
+      ])
+      assert.strictEqual(reply.status, 200)
+      assert.strictEqual(reply.body, body)
+      assert.strictEqual(seen[0]?.headers.expect, undefined)
+    }))
+
+  it.live("a client that goes away mid-response ends the upstream request too", () =>
+    Effect.gen(function*() {
+      const before = foreverClosed
+      const first = yield* Effect.callback<Http.ClientRequest>((resume) => {
+        const req = Http.request({
+          host: "127.0.0.1",
+          port: relayPort,
+          path: "/forever",
+          headers: { ...trusted(), ...routingHeaders("http", "default", "hello", helloPort) },
+          agent: false
+        }, (res) => res.once("data", () => resume(Effect.succeed(req))))
+        req.on("error", () => {})
+        req.end()
+      })
+      first.destroy()
+      yield* eventually("the backend's response is closed", () => foreverClosed > before)
     }))
 
   it.live("works for curl as a client, with a body", () =>

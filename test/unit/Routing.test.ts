@@ -362,4 +362,78 @@ describe("Routing", () => {
       assert.deepStrictEqual(names(Routing.forwardHeaders({ upgrade: "websocket" }, target)), ["host"])
     })
   })
+
+  describe("forwardRawHeaders", () => {
+    const target = Result.getOrThrow(Routing.route(routing("http", "default", "hello", "8080")))
+    /** Flat name/value list to a lower-cased object, duplicates as arrays (as Node would see them upstream). */
+    const asObject = (flat: ReadonlyArray<string>) => {
+      const out: Record<string, string | Array<string>> = {}
+      for (let i = 0; i < flat.length; i += 2) {
+        const name = flat[i]!.toLowerCase()
+        const previous = out[name]
+        out[name] = previous === undefined ? flat[i + 1]! : [...(typeof previous === "string" ? [previous] : previous), flat[i + 1]!]
+      }
+      return out
+    }
+    const raw = (pairs: ReadonlyArray<readonly [string, string]>) => pairs.flat()
+
+    it("restores the client's credential, strips internal, hop-by-hop and Expect headers, and sets Host first", () => {
+      const out = Routing.forwardRawHeaders(raw([
+        ["Cluster-Proxy-Proto", "http"],
+        ["Cluster-Proxy-Namespace", "default"],
+        ["Cluster-Proxy-Service", "hello"],
+        ["Cluster-Proxy-Port", "8080"],
+        ["Host", "relay.example:7444"],
+        ["Authorization", "Bearer relay-token"],
+        ["Cluster-Proxy-Authorization", "Bearer client-token"],
+        ["Cluster-Proxy-Relay-Authorization", "Bearer relay-token"],
+        ["Impersonate-User", "admin"],
+        ["impersonate-group", "system:masters"],
+        ["Connection", "keep-alive, X-Hop"],
+        ["X-Hop", "dropped"],
+        ["Keep-Alive", "timeout=5"],
+        ["Transfer-Encoding", "chunked"],
+        ["Expect", "100-continue"],
+        ["Accept", "*/*"],
+        ["X-Many", "1"],
+        ["x-many", "2"]
+      ]), target)
+      assert.deepStrictEqual(out, [
+        "host",
+        "hello.default.svc:8080",
+        "authorization",
+        "Bearer client-token",
+        "Accept",
+        "*/*",
+        "X-Many",
+        "1",
+        "x-many",
+        "2"
+      ])
+    })
+
+    it("sends no Authorization unless exactly one Cluster-Proxy-Authorization came", () => {
+      const none = Routing.forwardRawHeaders(raw([["Authorization", "Bearer relay-token"]]), target)
+      assert.deepStrictEqual(none, ["host", "hello.default.svc:8080"])
+      const twice = Routing.forwardRawHeaders(
+        raw([["Cluster-Proxy-Authorization", "Bearer a"], ["cluster-proxy-authorization", "Bearer b"]]),
+        target
+      )
+      assert.deepStrictEqual(twice, ["host", "hello.default.svc:8080"])
+    })
+
+    it("agrees with forwardHeaders on plain requests", () => {
+      const cases: ReadonlyArray<ReadonlyArray<readonly [string, string]>> = [
+        [["Authorization", "Bearer relay"], ["Cluster-Proxy-Authorization", "Bearer client"], ["Accept", "application/json"]],
+        [["Connection", "close"], ["Content-Length", "12"], ["Content-Type", "text/plain"], ["Impersonate-Extra-Scopes", "x"]],
+        [["Cluster-Proxy-Relay-Authorization", "Bearer relay"], ["TE", "trailers"], ["Trailer", "x"], ["X-Forwarded-For", "10.0.0.1"]],
+        [["Connection", "X-A, x-b"], ["X-A", "1"], ["X-B", "2"], ["X-C", "3"], ["Proxy-Authorization", "Basic x"]]
+      ]
+      for (const pairs of cases) {
+        const fromRaw = asObject(Routing.forwardRawHeaders(raw(pairs), target))
+        const fromObject = Routing.forwardHeaders(asObject(raw(pairs)), target)
+        assert.deepStrictEqual(fromRaw, fromObject, JSON.stringify(pairs))
+      }
+    })
+  })
 })
