@@ -9,7 +9,8 @@
  * 2. route ({@link Routing.route}); a refusal is 400 with the reason;
  * 3. resolve the Service host ({@link ServiceResolver}); failure is 502;
  * 4. forward with the client's own `Authorization` restored and every `Cluster-Proxy-*`,
- *    `Impersonate-*` and hop-by-hop header removed ({@link Routing.forwardHeaders}).
+ *    `Impersonate-*` and hop-by-hop header removed ({@link Routing.forwardRawHeaders}, and
+ *    {@link Routing.forwardHeaders} for upgrades).
  *
  * Bodies stream both ways with back-pressure (no buffering), so a watch, a log follow or a
  * large upload costs a few buffers of memory. Upgrades (WebSocket, SPDY for exec and
@@ -70,8 +71,6 @@ export interface Options {
   readonly dialTimeout?: Duration.Input
   /** Upstream TLS handshake timeout (default 10 seconds). */
   readonly tlsHandshakeTimeout?: Duration.Input
-  /** Idle upstream connections kept per backend (default 100). */
-  readonly maxIdleConnections?: number
   /** An idle upstream connection is closed after this long (default 90 seconds). */
   readonly idleConnectionTimeout?: Duration.Input
 }
@@ -209,7 +208,7 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
   const shutdownTimeout = options.shutdownTimeout ?? Duration.seconds(5)
   const dialTimeout = millis(options.dialTimeout, Duration.seconds(30))
   const handshakeTimeout = millis(options.tlsHandshakeTimeout, Duration.seconds(10))
-  const extraCa = yield* loadServiceCa(options.additionalServiceCa)
+  const trustedCa = [...systemRoots(), ...(yield* loadServiceCa(options.additionalServiceCa))]
 
   // Finalizers run in reverse order of registration: stop the server and drain first, then
   // interrupt what is left, then drop the upstream pools.
@@ -220,25 +219,17 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
         connectTimeout: dialTimeout + handshakeTimeout,
         idleTimeout: millis(options.idleConnectionTimeout, Duration.seconds(90)),
         maxHeaderSize,
-        ca: [...systemRoots(), ...extraCa]
+        ca: trustedCa
       })
     ),
     (pools) => Effect.promise(() => pools.destroy())
   ).pipe(Scope.provide(scope))
-  // Node's agents, for upgrades.
+  // Upgrades go through Node's `http` instead; an upgraded connection never returns to a pool.
   const agents = yield* Effect.acquireRelease(
-    Effect.sync(() => {
-      const pool = {
-        keepAlive: true,
-        maxFreeSockets: options.maxIdleConnections ?? 100,
-        timeout: millis(options.idleConnectionTimeout, Duration.seconds(90)),
-        scheduling: "lifo" as const
-      }
-      return {
-        http: new Http.Agent(pool),
-        https: new Https.Agent({ ...pool, ca: [...systemRoots(), ...extraCa], minVersion: "TLSv1.2" })
-      }
-    }),
+    Effect.sync(() => ({
+      http: new Http.Agent(),
+      https: new Https.Agent({ ca: trustedCa, minVersion: "TLSv1.2" })
+    })),
     ({ http, https }) =>
       Effect.sync(() => {
         http.destroy()
