@@ -41,6 +41,7 @@ import { ServiceProxy, ServiceProxyError } from "../../src/serviceproxy/ServiceP
 import { TokenReviewChain } from "../../src/serviceproxy/TokenReviewChain.ts"
 import { Apiserver, EnvtestAssets } from "../../src/testing/index.ts"
 import { eventually, NotYet, until } from "../support/eventually.ts"
+import { send as sendTo, type SendOptions } from "../support/send.ts"
 
 const addonNamespace = "open-cluster-management-agent-addon"
 const hubUser = "cluster:hub:system:serviceaccount:hub-team:hub-reader"
@@ -95,40 +96,10 @@ const sha256 = (text: string) => Crypto.createHash("sha256").update(text).digest
 // clients and backends
 // ---------------------------------------------------------------------------------------------
 
-interface Reply {
-  readonly status: number
-  readonly headers: Http.IncomingHttpHeaders
-  readonly body: string
-}
-
 let proxyCa: ReadonlyArray<string> = []
 
 /** One HTTPS request to a proxy on loopback, on a fresh connection. */
-const send = (
-  port: number,
-  options: { readonly path?: string; readonly method?: string; readonly headers?: Http.OutgoingHttpHeaders; readonly body?: string } = {}
-): Effect.Effect<Reply> =>
-  Effect.callback<Reply>((resume) => {
-    const req = Https.request({
-      host: "127.0.0.1",
-      port,
-      path: options.path ?? "/",
-      method: options.method ?? "GET",
-      headers: options.headers ?? {},
-      ca: [...proxyCa],
-      agent: false,
-      timeout: 20_000
-    }, (res) => {
-      const chunks: Array<Buffer> = []
-      res.on("data", (chunk: Buffer) => chunks.push(chunk))
-      res.on("end", () => resume(Effect.succeed({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString() })))
-      res.on("error", (error) => resume(Effect.die(error)))
-    })
-    req.on("timeout", () => req.destroy(new Error("request timed out")))
-    req.on("error", (error) => resume(Effect.die(error)))
-    req.end(options.body)
-    return Effect.sync(() => req.destroy())
-  })
+const send = (port: number, options: Omit<SendOptions, "ca"> = {}) => sendTo(port, { ...options, ca: proxyCa })
 
 const routing = (proto: string, namespace: string, service: string, port: number | string) => ({
   "cluster-proxy-proto": proto,

@@ -22,7 +22,6 @@ import * as ChildProcess from "node:child_process"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
-import * as Https from "node:https"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as ServiceProxyLayers from "../../layers/ServiceProxy.ts"
@@ -32,6 +31,7 @@ import { ManagedCredentials } from "../../src/serviceproxy/ManagedCredentials.ts
 import { ServiceProxy } from "../../src/serviceproxy/ServiceProxy.ts"
 import { TokenReviewChain } from "../../src/serviceproxy/TokenReviewChain.ts"
 import { Apiserver, EnvtestAssets } from "../../src/testing/index.ts"
+import { send as sendTo } from "../support/send.ts"
 
 const addonNamespace = "open-cluster-management-agent-addon"
 const relayName = "cluster-proxy-service-relay"
@@ -340,26 +340,7 @@ describe.skipIf(EnvtestAssets.resolveSync() === undefined)("ServiceProxy Relay m
   })
 
   const send = (options: { readonly path: string; readonly method?: string; readonly headers: Http.OutgoingHttpHeaders; readonly body?: string }) =>
-    Effect.callback<{ readonly status: number; readonly headers: Http.IncomingHttpHeaders; readonly body: string }>((resume) => {
-      const req = Https.request({
-        host: "127.0.0.1",
-        port: proxyPort,
-        path: options.path,
-        method: options.method ?? "GET",
-        headers: options.headers,
-        ca: proxyCa,
-        agent: false,
-        timeout: 20_000
-      }, (res) => {
-        const chunks: Array<Buffer> = []
-        res.on("data", (chunk: Buffer) => chunks.push(chunk))
-        res.on("end", () => resume(Effect.succeed({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString() })))
-      })
-      req.on("timeout", () => req.destroy(new Error("timed out")))
-      req.on("error", (error) => resume(Effect.die(error)))
-      req.end(options.body)
-      return Effect.sync(() => req.destroy())
-    })
+    sendTo(proxyPort, { ...options, ca: [proxyCa] })
 
   const routing = {
     "cluster-proxy-proto": "http",

@@ -26,6 +26,7 @@ import { CallerAuthenticator } from "../../src/relay/CallerAuthenticator.ts"
 import { loadServiceCa, ServiceRelay, ServiceRelayError } from "../../src/relay/ServiceRelay.ts"
 import { ServiceResolver } from "../../src/relay/ServiceResolver.ts"
 import { Apiserver, EnvtestAssets } from "../../src/testing/index.ts"
+import { send } from "../support/send.ts"
 
 const trustedNamespace = "open-cluster-management-agent-addon"
 const trustedUser = `system:serviceaccount:${trustedNamespace}:cluster-proxy`
@@ -122,42 +123,6 @@ const deadPort = async (): Promise<number> => {
 // ---------------------------------------------------------------------------------------------
 // clients
 // ---------------------------------------------------------------------------------------------
-
-interface Reply {
-  readonly status: number
-  readonly headers: Http.IncomingHttpHeaders
-  readonly body: string
-}
-
-const send = (
-  port: number,
-  options: {
-    readonly path?: string
-    readonly method?: string
-    readonly headers?: Http.OutgoingHttpHeaders
-    readonly body?: string
-    readonly agent?: Http.Agent | false
-  } = {}
-): Effect.Effect<Reply> =>
-  Effect.callback<Reply>((resume) => {
-    const req = Http.request({
-      host: "127.0.0.1",
-      port,
-      path: options.path ?? "/",
-      method: options.method ?? "GET",
-      headers: options.headers ?? {},
-      agent: options.agent ?? false
-    }, (res) => {
-      const chunks: Array<Buffer> = []
-      res.on("data", (chunk: Buffer) => chunks.push(chunk))
-      res.on("end", () =>
-        resume(Effect.succeed({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString() })))
-      res.on("error", (error) => resume(Effect.die(error)))
-    })
-    req.on("error", (error) => resume(Effect.die(error)))
-    req.end(options.body)
-    return Effect.sync(() => req.destroy())
-  })
 
 const curl = (args: ReadonlyArray<string>): Effect.Effect<{ readonly status: number; readonly body: string }> =>
   Effect.callback((resume) => {
