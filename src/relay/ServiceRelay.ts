@@ -396,14 +396,7 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
     )
   })
 
-  // A defect must still leave the client with an answer and the process alive.
-  const guarded = <E>(effect: Effect.Effect<void, E>, onDefect: () => void) =>
-    effect.pipe(
-      Effect.catchCause((cause) =>
-        Effect.andThen(Effect.logError("service relay request failed unexpectedly", { cause: String(cause) }), Effect.sync(onDefect))
-      ),
-      Effect.annotateLogs({ component: "service-relay" })
-    )
+  const guarded = <E>(effect: Effect.Effect<void, E>, onDefect: () => void) => Upstream.guarded(effect, "service-relay", onDefect)
 
   const server = Http.createServer({
     maxHeaderSize,
@@ -418,7 +411,7 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
       handleRequest(req, res)
     } catch (error) {
       // A defect must still leave the client with an answer and the process alive.
-      log(Effect.logError("service relay request failed unexpectedly", { cause: Upstream.describe(error) }))
+      log(Effect.logError("service-relay request failed unexpectedly", { cause: Upstream.describe(error) }))
       Upstream.answer(res, 502, Upstream.badGateway)
     }
   })

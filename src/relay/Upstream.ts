@@ -451,6 +451,20 @@ export interface Report {
   readonly failed: (error: UpstreamError) => Effect.Effect<void>
 }
 
+/**
+ * Run one request's handling so that a defect still leaves the client with an answer
+ * (`onDefect`) and the process alive; the cause goes to the log, tagged with `component`.
+ *
+ * @category servers
+ */
+export const guarded = <E>(effect: Effect.Effect<void, E>, component: string, onDefect: () => void): Effect.Effect<void> =>
+  effect.pipe(
+    Effect.catchCause((cause) =>
+      Effect.andThen(Effect.logError(`${component} request failed unexpectedly`, { cause: String(cause) }), Effect.sync(onDefect))
+    ),
+    Effect.annotateLogs({ component })
+  )
+
 /** The only body a failed upstream gets: no backend detail reaches the caller. @category answers */
 export const badGateway = "bad gateway"
 

@@ -369,14 +369,7 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
     )
   })
 
-  // A defect must still leave the client with an answer and the process alive.
-  const guarded = <E>(effect: Effect.Effect<void, E>, onDefect: () => void) =>
-    effect.pipe(
-      Effect.catchCause((cause) =>
-        Effect.andThen(Effect.logError("service proxy request failed unexpectedly", { cause: String(cause) }), Effect.sync(onDefect))
-      ),
-      Effect.annotateLogs({ component: "service-proxy" })
-    )
+  const guarded = <E>(effect: Effect.Effect<void, E>, onDefect: () => void) => Upstream.guarded(effect, "service-proxy", onDefect)
 
   const secureOptions = (pair: KeyPair) => ({ cert: pair.cert, key: pair.key, minVersion: "TLSv1.2" as const })
   const server = Https.createServer({
