@@ -35,8 +35,9 @@ import * as KubeError from "../../src/kube/KubeError.ts"
 import * as LeaderElection from "../../src/kube/LeaderElection.ts"
 import * as LeaseStore from "../../src/kube/LeaseStore.ts"
 import { Probes } from "../../src/observability/Probes.ts"
-import { Apiserver, EnvtestAssets } from "../../src/testing/index.ts"
+import { Apiserver } from "../../src/testing/index.ts"
 import { until } from "../support/eventually.ts"
+import { noApiserver } from "../support/apiserver.ts"
 
 /** Every log line written by the components under test, checked for tokens at the end. */
 const logLines: Array<string> = []
@@ -80,7 +81,7 @@ const expiredToken = () => {
 const microTime = (value: unknown): string | undefined =>
   typeof value === "string" ? value : value instanceof Date ? value.toISOString() : undefined
 
-describe.skipIf(EnvtestAssets.resolveSync() === undefined)("addon-agent and leader election (real apiservers)", () => {
+describe.skipIf(noApiserver)("addon-agent and leader election (real apiservers)", () => {
   let scope: Scope.Closeable | undefined
   let hosting!: Apiserver.ApiserverInfo
   let managed!: Apiserver.ApiserverInfo

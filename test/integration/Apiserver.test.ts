@@ -18,6 +18,7 @@ import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Path from "node:path"
 import { Apiserver, EnvtestAssets, Fixtures } from "../../src/testing/index.ts"
+import { noApiserver } from "../support/apiserver.ts"
 
 const missing = EnvtestAssets.lookup()
 if (Result.isFailure(missing)) {
@@ -68,7 +69,7 @@ const processAlive = (pid: number): boolean => {
   }
 }
 
-describe.skipIf(EnvtestAssets.resolveSync() === undefined)("Apiserver (real kube-apiserver)", () => {
+describe.skipIf(noApiserver)("Apiserver (real kube-apiserver)", () => {
   let scope: Scope.Closeable
   let hub: Apiserver.ApiserverInfo
   let hosting: Apiserver.ApiserverInfo

@@ -60,6 +60,7 @@ import * as ServiceRelayCommand from "../../src/cli/commands/ServiceRelay.ts"
 import * as ProvisionerOptions from "../../src/provisioner/Options.ts"
 import { Apiserver, EnvtestAssets } from "../../src/testing/index.ts"
 import { until } from "../support/eventually.ts"
+import { noApiserver } from "../support/apiserver.ts"
 
 const chartDir = Path.resolve("charts/tether")
 const helmBinary = Path.resolve("node_modules/.bin/helm")
@@ -885,7 +886,7 @@ if (Result.isFailure(missing)) {
   console.warn(`[Chart.test] skipping the real-apiserver part: ${missing.failure.message}`)
 }
 
-describe.skipIf(EnvtestAssets.resolveSync() === undefined)("Helm chart on real kube-apiservers (hosting, managed)", () => {
+describe.skipIf(noApiserver)("Helm chart on real kube-apiservers (hosting, managed)", () => {
   let scope: Scope.Closeable
   let hosting: Apiserver.ApiserverInfo
   let managed: Apiserver.ApiserverInfo

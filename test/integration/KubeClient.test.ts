@@ -9,9 +9,10 @@ import { Effect, Exit, Fiber, Redacted, Scope, Stream } from "effect"
 import * as Net from "node:net"
 import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
 import type * as KubeError from "../../src/kube/KubeError.ts"
-import { Apiserver, EnvtestAssets } from "../../src/testing/index.ts"
+import { Apiserver } from "../../src/testing/index.ts"
+import { noApiserver } from "../support/apiserver.ts"
 
-describe.skipIf(EnvtestAssets.resolveSync() === undefined)("KubeClient (real apiserver)", () => {
+describe.skipIf(noApiserver)("KubeClient (real apiserver)", () => {
   let scope: Scope.Closeable
   let server: Apiserver.ApiserverInfo
 

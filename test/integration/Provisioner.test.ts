@@ -18,9 +18,10 @@ import { HostingCluster, HubCluster } from "../../src/kube/KubeClient.ts"
 import { Probes } from "../../src/observability/Probes.ts"
 import { AddonStatus } from "../../src/provisioner/AddonStatus.ts"
 import type * as Provisioner from "../../src/provisioner/Provisioner.ts"
-import { Apiserver, EnvtestAssets, Fixtures } from "../../src/testing/index.ts"
+import { Apiserver, Fixtures } from "../../src/testing/index.ts"
 import { eventually, NotYet, until } from "../support/eventually.ts"
 import { useTrio } from "../support/trio.ts"
+import { noApiserver } from "../support/apiserver.ts"
 
 /** A client-node call; failures keep the HTTP status for assertions. */
 class CallFailed extends Data.TaggedError("CallFailed")<{ readonly code: number | undefined }> {}
@@ -35,7 +36,7 @@ const logLines: Array<string> = []
 const seenTokens = new Set<string>()
 const captureLogs = Logger.layer([Logger.map(Logger.formatJson, (line) => void logLines.push(line))])
 
-describe.skipIf(EnvtestAssets.resolveSync() === undefined)("managed-kubeconfig-provisioner (real apiservers)", () => {
+describe.skipIf(noApiserver)("managed-kubeconfig-provisioner (real apiservers)", () => {
   const clusters = useTrio()
   let hub!: Apiserver.ApiserverInfo
   let hosting!: Apiserver.ApiserverInfo

@@ -39,9 +39,10 @@ import { ServiceResolver } from "../../src/relay/ServiceResolver.ts"
 import { ManagedCredentials, type Source } from "../../src/serviceproxy/ManagedCredentials.ts"
 import { ServiceProxy, ServiceProxyError } from "../../src/serviceproxy/ServiceProxy.ts"
 import { TokenReviewChain } from "../../src/serviceproxy/TokenReviewChain.ts"
-import { Apiserver, EnvtestAssets } from "../../src/testing/index.ts"
+import { Apiserver } from "../../src/testing/index.ts"
 import { eventually, NotYet, until } from "../support/eventually.ts"
 import { send as sendTo, type SendOptions } from "../support/send.ts"
+import { noApiserver } from "../support/apiserver.ts"
 
 const addonNamespace = "open-cluster-management-agent-addon"
 const hubUser = "cluster:hub:system:serviceaccount:hub-team:hub-reader"
@@ -147,7 +148,7 @@ const servedFingerprint = (port: number): Effect.Effect<string> =>
 // the suite
 // ---------------------------------------------------------------------------------------------
 
-describe.skipIf(EnvtestAssets.resolveSync() === undefined)("ServiceProxy (real hub and managed apiservers)", () => {
+describe.skipIf(noApiserver)("ServiceProxy (real hub and managed apiservers)", () => {
   let scope: Scope.Closeable
   let hub: Apiserver.ApiserverInfo
   let managed: Apiserver.ApiserverInfo

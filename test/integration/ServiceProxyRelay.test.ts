@@ -30,8 +30,9 @@ import { ServiceResolver } from "../../src/relay/ServiceResolver.ts"
 import { ManagedCredentials } from "../../src/serviceproxy/ManagedCredentials.ts"
 import { ServiceProxy } from "../../src/serviceproxy/ServiceProxy.ts"
 import { TokenReviewChain } from "../../src/serviceproxy/TokenReviewChain.ts"
-import { Apiserver, EnvtestAssets } from "../../src/testing/index.ts"
+import { Apiserver } from "../../src/testing/index.ts"
 import { send as sendTo } from "../support/send.ts"
+import { noApiserver } from "../support/apiserver.ts"
 
 const addonNamespace = "open-cluster-management-agent-addon"
 const relayName = "cluster-proxy-service-relay"
@@ -196,7 +197,7 @@ http.createServer((req, res) => {
 // the suite
 // ---------------------------------------------------------------------------------------------
 
-describe.skipIf(EnvtestAssets.resolveSync() === undefined)("ServiceProxy Relay mode through a real services/proxy", () => {
+describe.skipIf(noApiserver)("ServiceProxy Relay mode through a real services/proxy", () => {
   let scope: Scope.Closeable
   let proxyPort: number
   let proxyCa: string

@@ -25,8 +25,9 @@ import * as Metrics from "../../src/observability/Metrics.ts"
 import { CallerAuthenticator } from "../../src/relay/CallerAuthenticator.ts"
 import { loadServiceCa, ServiceRelay, ServiceRelayError } from "../../src/relay/ServiceRelay.ts"
 import { ServiceResolver } from "../../src/relay/ServiceResolver.ts"
-import { Apiserver, EnvtestAssets } from "../../src/testing/index.ts"
+import { Apiserver } from "../../src/testing/index.ts"
 import { send } from "../support/send.ts"
+import { noApiserver } from "../support/apiserver.ts"
 
 const trustedNamespace = "open-cluster-management-agent-addon"
 const trustedUser = `system:serviceaccount:${trustedNamespace}:cluster-proxy`
@@ -221,7 +222,7 @@ describe("ServiceRelay startup checks", () => {
 // the relay against a real apiserver
 // ---------------------------------------------------------------------------------------------
 
-describe.skipIf(EnvtestAssets.resolveSync() === undefined)("ServiceRelay (real kube-apiserver)", () => {
+describe.skipIf(noApiserver)("ServiceRelay (real kube-apiserver)", () => {
   let scope: Scope.Closeable
   let managed: Apiserver.ApiserverInfo
   let managedClient: KubeClient

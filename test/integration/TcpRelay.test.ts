@@ -16,8 +16,9 @@ import * as ApiServerRelay from "../../layers/ApiServerRelay.ts"
 import { Probes } from "../../src/observability/Probes.ts"
 import { TargetWatcher } from "../../src/relay/TargetWatcher.ts"
 import { TcpRelay } from "../../src/relay/TcpRelay.ts"
-import { Apiserver, EnvtestAssets } from "../../src/testing/index.ts"
+import { Apiserver } from "../../src/testing/index.ts"
 import { until } from "../support/eventually.ts"
+import { noApiserver } from "../support/apiserver.ts"
 
 interface Run {
   readonly code: number
@@ -59,7 +60,7 @@ const kubectlStream = (kubeconfig: string, args: ReadonlyArray<string>) =>
 
 const call = <A>(f: () => Promise<A>): Effect.Effect<A> => Effect.promise(f)
 
-describe.skipIf(EnvtestAssets.resolveSync() === undefined)("managed-apiserver relay (real apiservers)", () => {
+describe.skipIf(noApiserver)("managed-apiserver relay (real apiservers)", () => {
   const drainTimeout = Duration.seconds(3)
   const logLines: Array<string> = []
   let scope: Scope.Closeable
