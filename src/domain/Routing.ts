@@ -136,8 +136,11 @@ const quote = (value: string): string => JSON.stringify(value.length > 64 ? `${v
 export const values = (headers: Headers, name: string): ReadonlyArray<string> => {
   const wanted = name.toLowerCase()
   const found: Array<string> = []
-  for (const [key, value] of Object.entries(headers)) {
-    if (key.toLowerCase() !== wanted || value === undefined) continue
+  // On every request path: no entry arrays, and only names of the right length are lower-cased.
+  for (const key in headers) {
+    if (key.length !== wanted.length || !Object.hasOwn(headers, key)) continue
+    const value = headers[key]
+    if (value === undefined || (key !== wanted && key.toLowerCase() !== wanted)) continue
     if (typeof value === "string") found.push(value)
     else found.push(...value)
   }
@@ -276,7 +279,9 @@ const isInternal = (lowerName: string): boolean =>
 
 const keep = (headers: Headers, drop: (lowerName: string) => boolean): OutgoingHeaders => {
   const out: OutgoingHeaders = {}
-  for (const [key, value] of Object.entries(headers)) {
+  for (const key in headers) {
+    if (!Object.hasOwn(headers, key)) continue
+    const value = headers[key]
     const name = key.toLowerCase()
     if (value === undefined || drop(name)) continue
     const previous = out[name]
@@ -344,6 +349,19 @@ const bearerIn = (headers: Headers, name: string): Redacted.Redacted<string> | u
  */
 export const bearerToken = (headers: Headers): Redacted.Redacted<string> | undefined =>
   bearerIn(headers, "authorization") ?? bearerIn(headers, headerNames.relayAuthorization)
+
+/**
+ * Forget a request's token once the request is done with it (from {@link bearerToken} or any
+ * other per-request `Redacted`). Every live `Redacted` is an entry in one process-wide WeakMap
+ * that each young-generation collection visits; left to the collector, a busy relay's tokens
+ * made those collections several times longer.
+ *
+ * @since 0.1.0
+ * @category headers
+ */
+export const forgetToken = (token: Redacted.Redacted<string> | undefined): void => {
+  if (token !== undefined) Redacted.wipeUnsafe(token)
+}
 
 /**
  * The protocol a request asks to switch to (`websocket`, `SPDY/3.1`): the `Upgrade` value when

@@ -9,14 +9,15 @@
  *   apiserver is back.
  * - At most `maxEntries` answers are kept; expired ones go first, then the oldest.
  * - Reviews run in the cache's scope, not the caller's: a caller that goes away does not leave the
- *   other waiters on the same token hanging.
+ *   other waiters on the same token hanging. A review works on its own copy of the token, so a
+ *   caller may wipe its `Redacted` once it stops waiting.
  * - {@link Cached.known} answers synchronously from the cache, so a request path can skip the
  *   fiber when the answer is already there (the common case by far).
  *
  * @since 0.1.0
  */
 import { Clock, Deferred, Duration, Effect, Exit, Option, Redacted, type Scope } from "effect"
-import { createHash } from "node:crypto"
+import { hash } from "node:crypto"
 
 /** @category models */
 export interface Options<E> {
@@ -26,9 +27,14 @@ export interface Options<E> {
   readonly isTransient: (error: E) => boolean
 }
 
-/** The SHA-256 of a token, hex: what the cache keys on. @category constructors */
-export const fingerprint = (token: Redacted.Redacted<string>): string =>
-  createHash("sha256").update(Redacted.value(token)).digest("hex")
+/**
+ * The SHA-256 of a token, hex: what the cache keys on. One-shot `hash`, because a `Hash` object
+ * per request is a native object the garbage collector has to finalize, which made every
+ * young-generation collection of a busy relay several times longer.
+ *
+ * @category constructors
+ */
+export const fingerprint = (token: Redacted.Redacted<string>): string => hash("sha256", Redacted.value(token), "hex")
 
 /** Remove every occurrence of the token (and cap the length) before text goes anywhere. @category constructors */
 export const scrub = (text: string, token: Redacted.Redacted<string>): string => {
@@ -90,7 +96,11 @@ export const make = Effect.fnUntraced(function*<A, E>(
       makeRoom(now)
       entries.set(key, entry)
     }
-    yield* review(token).pipe(
+    // The review gets its own copy of the token, wiped when it ends: the caller's may be
+    // forgotten (Routing.forgetToken) as soon as the caller stops waiting.
+    const own = Redacted.make(Redacted.value(token))
+    yield* review(own).pipe(
+      Effect.ensuring(Effect.sync(() => Redacted.wipeUnsafe(own))),
       Effect.exit,
       Effect.flatMap((exit) => {
         const error = Exit.findErrorOption(exit)

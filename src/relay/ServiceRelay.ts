@@ -303,10 +303,12 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
     const known = authenticator.known(token)
     if (known === undefined) {
       return authenticator.authenticate(token).pipe(
+        Effect.ensuring(Effect.sync(() => Routing.forgetToken(token))),
         Effect.mapError(() => unauthorized),
         Effect.andThen(() => awaitAdmission(routeAndResolve(req)))
       )
     }
+    Routing.forgetToken(token)
     return Exit.isFailure(known) ? unauthorized : routeAndResolve(req)
   }
 

@@ -35,7 +35,7 @@ import * as Https from "node:https"
 import type { Duplex } from "node:stream"
 import * as Tls from "node:tls"
 import * as ListenAddress from "../domain/ListenAddress.ts"
-import type * as Routing from "../domain/Routing.ts"
+import * as Routing from "../domain/Routing.ts"
 import * as ServiceProxyRouting from "../domain/ServiceProxyRouting.ts"
 import * as Metrics from "../observability/Metrics.ts"
 import { loadServiceCa } from "../relay/ServiceRelay.ts"
@@ -231,7 +231,9 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
     const { server, tls } = current
     let headers: Routing.OutgoingHeaders
     if (enableImpersonation) {
-      const caller = yield* chain.authenticate(ServiceProxyRouting.callerToken(req.headers)).pipe(
+      const token = ServiceProxyRouting.callerToken(req.headers)
+      const caller = yield* chain.authenticate(token).pipe(
+        Effect.ensuring(Effect.sync(() => Routing.forgetToken(token))),
         Effect.catch((error) => refuse(401, error.message, target))
       )
       const impersonation = ServiceProxyRouting.impersonationHeaders(caller.source, caller.user)

@@ -45,6 +45,7 @@ export interface HttpResult {
   readonly conns: number
   /** Median over rounds. */
   readonly perSecond: number
+  /** Over the requests of all rounds together. */
   readonly p50us: number
   readonly p99us: number
   /** CPU microseconds of the relay's processes per request (NaN for direct). */
@@ -62,6 +63,31 @@ export interface Report {
   readonly tcp?: { readonly throughput: ReadonlyArray<Throughput>; readonly roundTrips: ReadonlyArray<RoundTrip> }
   readonly http?: ReadonlyArray<HttpResult>
   readonly notes: ReadonlyArray<string>
+}
+
+/** Latency samples as distinct values (µs) with their counts, as wrk's script API gives them. */
+export type Histogram = ReadonlyMap<number, number>
+
+/** The samples of several runs together. */
+export const pooled = (histograms: ReadonlyArray<Histogram>): Histogram => {
+  const all = new Map<number, number>()
+  for (const histogram of histograms) {
+    for (const [value, count] of histogram) all.set(value, (all.get(value) ?? 0) + count)
+  }
+  return all
+}
+
+/** The smallest value at or below which `p` percent of the samples lie (NaN without samples). */
+export const percentile = (histogram: Histogram, p: number): number => {
+  const values = [...histogram.keys()].sort((a, b) => a - b)
+  const total = values.reduce((sum, value) => sum + (histogram.get(value) ?? 0), 0)
+  const rank = Math.max(1, Math.ceil((p / 100) * total))
+  let seen = 0
+  for (const value of values) {
+    seen += histogram.get(value) ?? 0
+    if (seen >= rank) return value
+  }
+  return Number.NaN
 }
 
 export const median = (values: ReadonlyArray<number>): number => {

@@ -24,7 +24,8 @@
  * `--rounds=N`, `--out=<file>`, `--profile=<dir>` (tether's processes write V8 CPU profiles
  * there, `node --cpu-prof`, when they stop), `--token-review-cache-ttl=<Go duration>` (the
  * relay's, default 10s as in production), `--paths=direct,tether,...` (measure only these paths; keys:
- * direct, tether, socat, haproxy, nginx, go-prototype, go-tuned, node).
+ * direct, tether, socat, haproxy, nginx, go-prototype, go-tuned, node), `--conns=1,32` (HTTP: measure only
+ * these of the concurrencies 1, 32 and 128).
  *
  * @since 0.1.0
  */
@@ -54,9 +55,9 @@ const option = (name: string): string | undefined => {
 }
 const known = new Set(["--quick"])
 for (const arg of argv) {
-  if (!known.has(arg) && !/^--(only|rounds|out|profile|token-review-cache-ttl|paths)=/.test(arg)) {
+  if (!known.has(arg) && !/^--(only|rounds|out|profile|token-review-cache-ttl|paths|conns)=/.test(arg)) {
     process.stderr.write(
-      `unknown option ${arg}; options: --quick --only=tcp|http --rounds=N --out=<file> --profile=<dir> --token-review-cache-ttl=<duration> --paths=<key,...>\n`
+      `unknown option ${arg}; options: --quick --only=tcp|http --rounds=N --out=<file> --profile=<dir> --token-review-cache-ttl=<duration> --paths=<key,...> --conns=<n,...>\n`
     )
     process.exit(2)
   }
@@ -92,7 +93,7 @@ const seconds = {
 /** Count bounds of the round-trip client (time usually ends a run first). */
 const roundTripCount = (conns: number) => (conns === 1 ? 200_000 : 600_000)
 const roundTripConns = [1, 16, 256] as const
-const httpConns = [1, 32, 128] as const
+const httpConns = [1, 32, 128].filter((conns) => option("conns")?.split(",").includes(String(conns)) ?? true)
 const bodyBytes = 1024
 
 const say = (line: string) => Effect.sync(() => process.stderr.write(`${line}\n`))
@@ -482,6 +483,7 @@ interface WrkOutput {
   readonly writeErrors: number
   readonly statusErrors: number
   readonly timeouts: number
+  readonly histogram: Report.Histogram
 }
 
 const wrkScript = Path.join(here, "request.lua")
@@ -499,9 +501,19 @@ const wrkArgs = (port: number, conns: number, duration: number) => [
 
 const wrk = Effect.fn("bench.wrk")(function*(port: number, conns: number, duration: number, env: NodeJS.ProcessEnv) {
   const output = yield* Children.run("wrk", wrkArgs(port, conns, duration), { timeout: Duration.seconds(duration + 30), env })
-  const line = output.stdout.split("\n").find((text) => text.startsWith("BENCH_JSON "))
-  if (line === undefined) return yield* new BenchError({ message: `wrk gave no result:\n${output.stdout}\n${output.stderr}` })
-  return JSON.parse(line.slice("BENCH_JSON ".length)) as WrkOutput
+  const lines = output.stdout.split("\n")
+  const line = lines.find((text) => text.startsWith("BENCH_JSON "))
+  const buckets = lines.find((text) => text.startsWith("BENCH_HISTOGRAM "))
+  if (line === undefined || buckets === undefined) {
+    return yield* new BenchError({ message: `wrk gave no result:\n${output.stdout}\n${output.stderr}` })
+  }
+  const histogram = new Map(
+    buckets.slice("BENCH_HISTOGRAM ".length).split(",").filter((bucket) => bucket !== "").map((bucket) => {
+      const [value, count] = bucket.split(":").map(Number)
+      return [value ?? 0, count ?? 0] as const
+    })
+  )
+  return { ...(JSON.parse(line.slice("BENCH_JSON ".length)) as Omit<WrkOutput, "histogram">), histogram }
 })
 
 /** TokenReviews the apiserver has answered so far (from its own `/metrics`). */
@@ -647,8 +659,8 @@ const httpBench = Effect.fn("bench.http")(function*(work: string, tools: string)
         path: endpoint.path,
         conns,
         perSecond: Report.median(runs.map((run) => run.requests / (run.durationUs / 1e6))),
-        p50us: Report.median(runs.map((run) => run.p50us)),
-        p99us: Report.median(runs.map((run) => run.p99us)),
+        p50us: Report.percentile(Report.pooled(runs.map((run) => run.histogram)), 50),
+        p99us: Report.percentile(Report.pooled(runs.map((run) => run.histogram)), 99),
         cpuUs: Report.median(runs.map((run) => run.cpuUs)),
         errors: runs.reduce(
           (sum, run) => sum + run.connectErrors + run.readErrors + run.writeErrors + run.statusErrors + run.timeouts,
@@ -688,7 +700,8 @@ const main = Effect.gen(function*() {
     quick,
     machine,
     settings: [
-      `${rounds} round(s); each figure is the median over rounds (every round visits every path in turn)`,
+      `${rounds} round(s); each figure is the median over rounds (every round visits every path in turn), except HTTP ` +
+        "p50 and p99, which are over the requests of all rounds together",
       `TCP throughput: \`iperf3 -c 127.0.0.1 -p <port> -t ${seconds.iperf} -O 1\` and the same with \`-R\` (server to client); one stream, first second omitted, to \`iperf3 -s\``,
       `TCP round trip: test/bench/tools.go \`rtt\`: ${bodyBytes} B written and read back, one in flight per connection, ` +
         `${seconds.roundTrip} s after 0.5 s warm-up (at most ${roundTripCount(1).toLocaleString("en-US")}/${roundTripCount(16).toLocaleString("en-US")} round trips), Go echo server`,

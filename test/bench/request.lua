@@ -15,8 +15,15 @@ wrk.headers["Cluster-Proxy-Namespace"] = "default"
 wrk.headers["Cluster-Proxy-Service"] = "bench"
 wrk.headers["Cluster-Proxy-Port"] = port
 
--- One JSON line with what the driver needs; latencies in microseconds.
+-- One JSON line with what the driver needs, and the latency histogram (distinct values in
+-- microseconds with their counts) so the driver can pool rounds; latencies in microseconds.
 function done(summary, latency, requests)
+  local buckets = {}
+  for i = 1, #latency do
+    local value, count = latency(i)
+    buckets[i] = string.format("%d:%d", value, count)
+  end
+  io.write("BENCH_HISTOGRAM ", table.concat(buckets, ","), "\n")
   local e = summary.errors
   io.write(string.format(
     'BENCH_JSON {"requests":%d,"durationUs":%d,"bytes":%d,"p50us":%d,"p90us":%d,"p99us":%d,"maxus":%d,' ..

@@ -1,12 +1,14 @@
 /**
  * The TokenReview chain with scripted clusters: order, fall-through only on a recognised
  * rejection, fail closed otherwise, and the cache (answers and refusals kept for the TTL,
- * failures to ask not kept, one review per token at a time, tokens never in messages).
+ * failures to ask not kept, one review per token at a time, a review outliving the caller that
+ * started it, tokens never in messages).
  */
 import type { V1TokenReview } from "@kubernetes/client-node"
 import { assert, describe, it } from "@effect/vitest"
 import { Deferred, Effect, Fiber, Redacted } from "effect"
 import { TestClock } from "effect/testing"
+import * as Routing from "../../src/domain/Routing.ts"
 import type * as ServiceProxyRouting from "../../src/domain/ServiceProxyRouting.ts"
 import { KubeError } from "../../src/kube/KubeError.ts"
 import * as TokenReviewChain from "../../src/serviceproxy/TokenReviewChain.ts"
@@ -119,6 +121,28 @@ describe("TokenReviewChain", () => {
       const results = yield* Effect.forEach(fibers, Fiber.join)
       assert.deepStrictEqual(results.map((r) => r.user.username), ["u", "u", "u"])
       assert.strictEqual(managed.calls.length, 1)
+    }))
+
+  it.effect("a caller that forgets its token and leaves does not spoil the review others wait on", () =>
+    Effect.gen(function*() {
+      // The managed cluster rejects the token once the gate opens; only then is the hub asked,
+      // so the token is read again after the first caller has gone.
+      const gate = yield* Deferred.make<void>()
+      const managed = cluster("managed", () => Effect.as(Deferred.await(gate), rejected))
+      const hub = cluster("hub", (t) => Effect.succeed(t === "shared" ? user("u") : rejected))
+      const chain = yield* TokenReviewChain.make([managed.provider, hub.provider], { cacheTtl: "10 seconds" })
+      // The first caller starts the review, then is interrupted and wipes its token, as the
+      // request paths do (Routing.forgetToken).
+      const first = token("shared")
+      const leaving = yield* Effect.forkChild(chain.authenticate(first).pipe(Effect.ensuring(Effect.sync(() => Routing.forgetToken(first)))))
+      yield* Effect.yieldNow
+      const staying = yield* Effect.forkChild(chain.authenticate(token("shared")))
+      yield* Effect.yieldNow
+      yield* Fiber.interrupt(leaving)
+      assert.throws(() => Redacted.value(first))
+      yield* Deferred.succeed(gate, undefined)
+      assert.strictEqual((yield* Fiber.join(staying)).user.username, "u")
+      assert.deepStrictEqual([...managed.calls, ...hub.calls], ["shared", "shared"])
     }))
 
   it.effect("bounds a review in time and never puts the token in a message", () =>
