@@ -68,7 +68,7 @@ if (only !== undefined && only !== "tcp" && only !== "http") {
   process.stderr.write("--only must be tcp or http\n")
   process.exit(2)
 }
-const rounds = Math.max(1, Math.min(10, Number(option("rounds") ?? (quick ? 1 : 3)) || 1))
+const rounds = Math.max(1, Math.min(10, Number(option("rounds") ?? (quick ? 1 : 5)) || 1))
 
 const here = Path.dirname(fileURLToPath(import.meta.url))
 const repo = Path.resolve(here, "../..")
