@@ -655,12 +655,13 @@ const httpBench = Effect.fn("bench.http")(function*(work: string, tools: string)
   return endpoints.flatMap((endpoint) =>
     httpConns.map((conns): Report.HttpResult => {
       const runs = results.get(`${endpoint.path.key}/${conns}`) ?? []
+      const latencies = Report.pooled(runs.map((run) => run.histogram))
       return {
         path: endpoint.path,
         conns,
         perSecond: Report.median(runs.map((run) => run.requests / (run.durationUs / 1e6))),
-        p50us: Report.percentile(Report.pooled(runs.map((run) => run.histogram)), 50),
-        p99us: Report.percentile(Report.pooled(runs.map((run) => run.histogram)), 99),
+        p50us: Report.percentile(latencies, 50),
+        p99us: Report.percentile(latencies, 99),
         cpuUs: Report.median(runs.map((run) => run.cpuUs)),
         errors: runs.reduce(
           (sum, run) => sum + run.connectErrors + run.readErrors + run.writeErrors + run.statusErrors + run.timeouts,
