@@ -304,6 +304,28 @@ export const stripHopByHop = (headers: Headers): OutgoingHeaders => {
 }
 
 /**
+ * {@link stripHopByHop} for a response head whose names are already lower-cased and merged (as
+ * undici hands them over): the same result, without re-casing or merging names, since it runs
+ * on every response of the service relay.
+ *
+ * @since 0.1.0
+ * @category headers
+ */
+export const stripHopByHopLowerCased = (headers: Headers): OutgoingHeaders => {
+  const connection = headers["connection"]
+  const named = connection === undefined ? undefined : connectionOptions({ connection })
+  const out: OutgoingHeaders = {}
+  for (const name in headers) {
+    const value = headers[name]
+    if (value === undefined || !Object.hasOwn(headers, name) || hopByHopHeaders.has(name) || named?.has(name) === true) {
+      continue
+    }
+    out[name] = value
+  }
+  return out
+}
+
+/**
  * Drop everything a backend must not see: every `Cluster-Proxy-*` and `Impersonate-*` header
  * (the managed apiserver would honour impersonation with the relay's rights) and every
  * hop-by-hop header, including those named in `Connection`.
@@ -333,11 +355,21 @@ export const restoreAuthorization = (headers: Headers): OutgoingHeaders => {
 
 const bearerPattern = /^bearer[ \t]+([^ \t]+)[ \t]*$/i
 
-const bearerIn = (headers: Headers, name: string): Redacted.Redacted<string> | undefined => {
+const bearerIn = (headers: Headers, name: string): string | undefined => {
   const value = single(headers, name)
-  const match = value === undefined ? null : bearerPattern.exec(value)
-  return match?.[1] === undefined ? undefined : Redacted.make(match[1])
+  return value === undefined ? undefined : bearerPattern.exec(value)?.[1]
 }
+
+/**
+ * {@link bearerToken} as plain text, for a synchronous cache lookup that has no use for a
+ * `Redacted` (each one costs the garbage collector, see {@link forgetToken}). Wrap it before it
+ * is kept or passed on.
+ *
+ * @since 0.1.0
+ * @category headers
+ */
+export const bearerTokenText = (headers: Headers): string | undefined =>
+  bearerIn(headers, "authorization") ?? bearerIn(headers, headerNames.relayAuthorization)
 
 /**
  * The relay caller's bearer token: from `Authorization`, else from
@@ -347,8 +379,10 @@ const bearerIn = (headers: Headers, name: string): Redacted.Redacted<string> | u
  * @since 0.1.0
  * @category headers
  */
-export const bearerToken = (headers: Headers): Redacted.Redacted<string> | undefined =>
-  bearerIn(headers, "authorization") ?? bearerIn(headers, headerNames.relayAuthorization)
+export const bearerToken = (headers: Headers): Redacted.Redacted<string> | undefined => {
+  const text = bearerTokenText(headers)
+  return text === undefined ? undefined : Redacted.make(text)
+}
 
 /**
  * Forget a request's token once the request is done with it (from {@link bearerToken} or any

@@ -12,7 +12,7 @@
  *   other waiters on the same token hanging. A review works on its own copy of the token, so a
  *   caller may wipe its `Redacted` once it stops waiting.
  * - {@link Cached.known} answers synchronously from the cache, so a request path can skip the
- *   fiber when the answer is already there (the common case by far).
+ *   fiber (and the `Redacted`) when the answer is already there (the common case by far).
  *
  * @since 0.1.0
  */
@@ -34,7 +34,7 @@ export interface Options<E> {
  *
  * @category constructors
  */
-export const fingerprint = (token: Redacted.Redacted<string>): string => hash("sha256", Redacted.value(token), "hex")
+export const fingerprint = (tokenText: string): string => hash("sha256", tokenText, "hex")
 
 /** Remove every occurrence of the token (and cap the length) before text goes anywhere. @category constructors */
 export const scrub = (text: string, token: Redacted.Redacted<string>): string => {
@@ -47,8 +47,11 @@ export const scrub = (text: string, token: Redacted.Redacted<string>): string =>
 export interface Cached<A, E> {
   /** The answer for `token`: cached, or reviewed now (shared with concurrent callers). */
   readonly review: (token: Redacted.Redacted<string>) => Effect.Effect<A, E>
-  /** The cached answer for `token` if there is a settled, unexpired one; never reviews. */
-  readonly known: (token: Redacted.Redacted<string>) => Exit.Exit<A, E> | undefined
+  /**
+   * The cached answer for a token if there is a settled, unexpired one; never reviews. Takes
+   * the token's text: a lookup only hashes it, and request paths call this on every request.
+   */
+  readonly known: (tokenText: string) => Exit.Exit<A, E> | undefined
 }
 
 interface Entry<A, E> {
@@ -84,7 +87,7 @@ export const make = Effect.fnUntraced(function*<A, E>(
   }
 
   const cachedReview = Effect.fnUntraced(function*(token: Redacted.Redacted<string>) {
-    const key = fingerprint(token)
+    const key = fingerprint(Redacted.value(token))
     const now = yield* Clock.currentTimeMillis
     const cached = entries.get(key)
     if (cached !== undefined && cached.expiresAt > now) return yield* Deferred.await(cached.outcome)
@@ -115,8 +118,8 @@ export const make = Effect.fnUntraced(function*<A, E>(
     return yield* Deferred.await(outcome)
   })
 
-  const known = (token: Redacted.Redacted<string>): Exit.Exit<A, E> | undefined => {
-    const entry = entries.get(fingerprint(token))
+  const known = (tokenText: string): Exit.Exit<A, E> | undefined => {
+    const entry = entries.get(fingerprint(tokenText))
     return entry !== undefined && entry.expiresAt > clock.currentTimeMillisUnsafe() ? entry.settled : undefined
   }
 

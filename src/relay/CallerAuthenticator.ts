@@ -62,9 +62,10 @@ export class CallerAuthenticator extends Context.Service<CallerAuthenticator, {
   readonly authenticate: (token: Redacted.Redacted<string> | undefined) => Effect.Effect<Caller, Unauthorized>
   /**
    * The same answer when it needs no TokenReview (cached, or no token at all); undefined when
-   * only {@link authenticate} can tell.
+   * only {@link authenticate} can tell. Takes the token's text (`Routing.bearerTokenText`):
+   * it is only hashed, and the relay asks on every request.
    */
-  readonly known: (token: Redacted.Redacted<string> | undefined) => Exit.Exit<Caller, Unauthorized> | undefined
+  readonly known: (tokenText: string | undefined) => Exit.Exit<Caller, Unauthorized> | undefined
 }>()("tether/relay/CallerAuthenticator") {
   /** TokenReview against {@link ManagedCluster}, cached. */
   static readonly layer = (options: Options) => Layer.effect(CallerAuthenticator, make(options))
@@ -124,11 +125,11 @@ export const make = Effect.fnUntraced(function*(options: Options) {
   }, review)
 
   const noToken = new Unauthorized({ reason: "NoToken", message: "the request carries no bearer token" })
-  const hasToken = (token: Redacted.Redacted<string> | undefined): token is Redacted.Redacted<string> =>
-    token !== undefined && Redacted.value(token) !== ""
 
   return CallerAuthenticator.of({
-    authenticate: (token) => (hasToken(token) ? cachedReview.review(token) : Effect.fail(noToken)),
-    known: (token) => (hasToken(token) ? cachedReview.known(token) : Exit.fail(noToken))
+    authenticate: (token) =>
+      token !== undefined && Redacted.value(token) !== "" ? cachedReview.review(token) : Effect.fail(noToken),
+    known: (tokenText) =>
+      tokenText !== undefined && tokenText !== "" ? cachedReview.known(tokenText) : Exit.fail(noToken)
   })
 })

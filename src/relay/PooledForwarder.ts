@@ -112,8 +112,14 @@ export class Pools {
  * @category models
  */
 export interface Outcome {
-  /** The status the client was sent (502 when the upstream failed first). */
-  readonly answered: (status: number) => void
+  /** The clock `headAt` is read from, in milliseconds. */
+  readonly now: () => number
+  /**
+   * The status the client was sent (502 when the upstream failed first), and when its head was
+   * written. Told once the first bytes of the answer are on their way, so that
+   * bookkeeping does not delay them.
+   */
+  readonly answered: (status: number, headAt: number) => void
   /** Why the upstream failed, for the log; never called for a client that went away. */
   readonly failed: (message: string) => void
 }
@@ -125,6 +131,9 @@ const hasBody = (req: Http.IncomingMessage): boolean =>
 class Forwarding implements Dispatcher.DispatchHandler {
   private controller: Dispatcher.DispatchController | undefined
   private clientGone = false
+  /** The status written but not yet reported ({@link Outcome.answered}), and when. */
+  private unreported: number | undefined
+  private headAt = 0
   private readonly resume = () => this.controller?.resume()
   private readonly req: Http.IncomingMessage
   private readonly res: Http.ServerResponse
@@ -137,10 +146,18 @@ class Forwarding implements Dispatcher.DispatchHandler {
     this.body = body
     this.outcome = outcome
     res.once("close", () => {
+      this.report()
       if (res.writableFinished) return
       this.clientGone = true
       this.controller?.abort(new Error("the client went away"))
     })
+  }
+
+  private report(): void {
+    const status = this.unreported
+    if (status === undefined) return
+    this.unreported = undefined
+    this.outcome.answered(status, this.headAt)
   }
 
   onRequestStart(controller: Dispatcher.DispatchController): void {
@@ -155,22 +172,26 @@ class Forwarding implements Dispatcher.DispatchHandler {
     statusMessage?: string
   ): void {
     try {
-      this.res.writeHead(statusCode, statusMessage, Routing.stripHopByHop(headers) as Http.OutgoingHttpHeaders)
+      this.res.writeHead(statusCode, statusMessage, Routing.stripHopByHopLowerCased(headers) as Http.OutgoingHttpHeaders)
     } catch (error) {
       controller.abort(new Error(`unusable response head: ${Upstream.describe(error)}`))
       return
     }
-    this.outcome.answered(statusCode)
+    this.unreported = statusCode
+    this.headAt = this.outcome.now()
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
-    if (this.res.write(chunk)) return
+    const flowing = this.res.write(chunk)
+    this.report()
+    if (flowing) return
     controller.pause()
     this.res.once("drain", this.resume)
   }
 
   onResponseEnd(): void {
     this.res.end()
+    this.report()
   }
 
   onResponseError(_controller: Dispatcher.DispatchController, error: Error): void {
@@ -186,7 +207,7 @@ class Forwarding implements Dispatcher.DispatchHandler {
       return
     }
     Upstream.answer(this.res, 502, Upstream.badGateway)
-    this.outcome.answered(502)
+    this.outcome.answered(502, this.outcome.now())
   }
 }
 

@@ -32,7 +32,7 @@
  *
  * @since 0.1.0
  */
-import { Clock, Context, Duration, Effect, Exit, FiberSet, Layer, Metric, Result, Schema, Scope } from "effect"
+import { Clock, Context, Duration, Effect, Exit, FiberSet, Layer, Metric, Redacted, Result, Schema, Scope } from "effect"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
@@ -263,9 +263,10 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
   // The request path records metrics and reads the clock outside any fiber.
   const context = yield* Effect.context<never>()
   const clock = yield* Clock.clockWith(Effect.succeed)
-  const record = (scheme: Routing.MetricScheme, status: number, startedAt: number) => {
+  const now = () => clock.currentTimeMillisUnsafe()
+  const record = (scheme: Routing.MetricScheme, status: number, startedAt: number, headAt = now()) => {
     counterFor(scheme, status < 400 ? "success" : "error").updateUnsafe(1, context)
-    durationFor(scheme).updateUnsafe((clock.currentTimeMillisUnsafe() - startedAt) / 1000, context)
+    durationFor(scheme).updateUnsafe((headAt - startedAt) / 1000, context)
   }
   const log = (effect: Effect.Effect<void>) => run(Effect.annotateLogs(effect, { component: "service-relay" }))
 
@@ -299,16 +300,16 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
    * at once when the answers are cached.
    */
   const admit = (req: Http.IncomingMessage): Admission => {
-    const token = Routing.bearerToken(req.headers)
-    const known = authenticator.known(token)
+    const tokenText = Routing.bearerTokenText(req.headers)
+    const known = authenticator.known(tokenText)
     if (known === undefined) {
+      const token = tokenText === undefined ? undefined : Redacted.make(tokenText)
       return authenticator.authenticate(token).pipe(
         Effect.ensuring(Effect.sync(() => Routing.forgetToken(token))),
         Effect.mapError(() => unauthorized),
         Effect.andThen(() => awaitAdmission(routeAndResolve(req)))
       )
     }
-    Routing.forgetToken(token)
     return Exit.isFailure(known) ? unauthorized : routeAndResolve(req)
   }
 
@@ -354,7 +355,8 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
       admitted.path,
       Routing.forwardRawHeaders(req.rawHeaders, target),
       {
-        answered: (status) => record(target.proto, status, startedAt),
+        now,
+        answered: (status, headAt) => record(target.proto, status, startedAt, headAt),
         failed: (message) => log(Effect.logWarning("upstream request failed", { target: target.authority, error: message }))
       }
     )
@@ -362,7 +364,7 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
 
   /** One plain HTTP request: without a fiber when admission needs no waiting. */
   const handleRequest = (req: Http.IncomingMessage, res: Http.ServerResponse) => {
-    const startedAt = clock.currentTimeMillisUnsafe()
+    const startedAt = now()
     const admission = admit(req)
     if (!Effect.isEffect(admission)) {
       return admission._tag === "Admitted" ? forward(req, res, admission, startedAt) : refuse(req, res, admission, startedAt)
@@ -378,7 +380,7 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
 
   /** An `Upgrade` request: the same admission, then the backend's answer and a socket splice. */
   const handleUpgrade = Effect.fnUntraced(function*(req: Http.IncomingMessage, socket: Duplex, head: Buffer) {
-    const startedAt = clock.currentTimeMillisUnsafe()
+    const startedAt = now()
     socket.on("error", () => socket.destroy())
     const admitted = yield* Effect.result(awaitAdmission(admit(req)))
     if (Result.isFailure(admitted)) {

@@ -786,6 +786,33 @@ describe.skipIf(noApiserver)("ServiceRelay (real kube-apiserver)", () => {
       assert.strictEqual((yield* count("https", "error")) - before.httpsError, 1)
     }))
 
+  it.live("counts a streamed answer, with its time to the head, once its first bytes are out, not when it ends", () =>
+    Effect.gen(function*() {
+      const observe = Effect.gen(function*() {
+        const counter = yield* Metric.value(
+          Metric.withAttributes(Metrics.serviceRelayRequestsTotal, { scheme: "http", result: "success" })
+        )
+        const histogram = yield* Metric.value(Metric.withAttributes(Metrics.serviceRelayRequestDuration, { scheme: "http" }))
+        return { count: counter.count, timed: histogram.count }
+      }).pipe(Effect.provideService(Metric.MetricRegistry, registry))
+      const before = yield* observe
+      const streaming = yield* Effect.callback<Http.ClientRequest>((resume) => {
+        const req = Http.request({
+          host: "127.0.0.1",
+          port: relayPort,
+          path: "/forever",
+          headers: { ...trusted(), ...routingHeaders("http", "default", "hello", helloPort) },
+          agent: false
+        }, (res) => res.once("data", () => resume(Effect.succeed(req))))
+        req.on("error", () => {})
+        req.end()
+      })
+      const during = yield* observe
+      streaming.destroy()
+      assert.strictEqual(during.count - before.count, 1, "counted while the answer still streams")
+      assert.strictEqual(during.timed - before.timed, 1)
+    }))
+
   describe("CallerAuthenticator", () => {
     const authenticator = (client: KubeClient, options: { readonly cacheTtl: Duration.Input; readonly maxCacheEntries?: number }) =>
       CallerAuthenticator.layer({ trustedUsernames: [trustedUser], ...options }).pipe(

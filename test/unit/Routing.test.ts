@@ -258,6 +258,31 @@ describe("Routing", () => {
     })
   })
 
+  describe("stripHopByHopLowerCased", () => {
+    it.prop(
+      "gives what stripHopByHop gives for a head with lower-cased, merged names",
+      {
+        headers: Schema.Record(
+          Schema.Union([
+            Schema.Literals(["connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "x-hop", "content-type"]),
+            Schema.String.check(Schema.isPattern(/^[a-z-]{1,8}$/))
+          ]),
+          Schema.Union([Schema.String, Schema.Array(Schema.String)])
+        )
+      },
+      ({ headers }) => {
+        assert.deepStrictEqual(Routing.stripHopByHopLowerCased(headers), Routing.stripHopByHop(headers))
+      }
+    )
+
+    it("drops what Connection names", () => {
+      assert.deepStrictEqual(
+        Routing.stripHopByHopLowerCased({ connection: "keep-alive, x-hop", "keep-alive": "timeout=5", "x-hop": "1", etag: "e" }),
+        { etag: "e" }
+      )
+    })
+  })
+
   describe("restoreAuthorization", () => {
     it.each([
       {
@@ -318,6 +343,11 @@ describe("Routing", () => {
       { name: "the client's credential", headers: { "cluster-proxy-authorization": "Bearer client" }, expected: undefined }
     ])("reads $name", ({ expected, headers }) => {
       assert.strictEqual(token(headers), expected)
+    })
+
+    it("reads the same text for a cache lookup", () => {
+      assert.strictEqual(Routing.bearerTokenText({ "cluster-proxy-relay-authorization": "Bearer relay" }), "relay")
+      assert.isUndefined(Routing.bearerTokenText({ authorization: "Basic eA==" }))
     })
 
     it("keeps the token redacted", () => {
