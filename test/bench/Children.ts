@@ -222,19 +222,6 @@ export const server = Effect.fn("Children.server")(function*(
   return { name, pid: child.pid ?? 0, port, output: errors.get }
 })
 
-/** Run `command` for the life of the current scope, with no readiness to wait for and its output ignored. */
-export const background = (command: string, args: ReadonlyArray<string>): Effect.Effect<void, never, Scope.Scope> =>
-  Effect.asVoid(Effect.acquireRelease(
-    Effect.sync(() => {
-      const child = spawnInGroup(command, args, undefined, undefined)
-      child.stdout?.resume()
-      child.stderr?.resume()
-      child.on("error", () => {})
-      return child
-    }),
-    (child) => stop(child, Duration.seconds(3))
-  ))
-
 export interface Output {
   readonly code: number | null
   readonly stdout: string

@@ -44,12 +44,10 @@ export const groupSeconds = (groups: ReadonlyArray<number>): number => {
   return ticks / ticksPerSecond
 }
 
-// user nice system idle iowait ...: niced work (such as the spinners of `--busy-cpus`) yields to
-// the measurement, so it counts as idle here.
 const cpuTimes = (): { readonly idle: number; readonly total: number } => {
   const line = Fs.readFileSync("/proc/stat", "utf8").split("\n")[0] ?? ""
   const values = line.trim().split(/\s+/).slice(1).map(Number)
-  const idle = (values[1] ?? 0) + (values[3] ?? 0) + (values[4] ?? 0)
+  const idle = (values[3] ?? 0) + (values[4] ?? 0)
   return { idle, total: values.reduce((a, b) => a + b, 0) }
 }
 

@@ -20,9 +20,7 @@
  * nginx-light golang-go`); nothing else is downloaded. The load tools (echo server, round-trip
  * client, the Go reverse proxy) are built from `tools.go` into a temporary folder.
  *
- * Options: `--quick` (one short round, results not written to RESULTS.md), `--busy-cpus` (a
- * lowest-priority busy loop per CPU, so that waking an idle CPU costs no path anything; not
- * written to RESULTS.md either), `--only=tcp|http`,
+ * Options: `--quick` (one short round, results not written to RESULTS.md), `--only=tcp|http`,
  * `--rounds=N`, `--out=<file>`, `--profile=<dir>` (tether's processes write V8 CPU profiles
  * there, `node --cpu-prof`, when they stop), `--token-review-cache-ttl=<Go duration>` (the
  * relay's, default 10s as in production), `--paths=direct,tether,...` (measure only these paths; keys:
@@ -55,17 +53,16 @@ const option = (name: string): string | undefined => {
   const prefix = `--${name}=`
   return argv.find((arg) => arg.startsWith(prefix))?.slice(prefix.length)
 }
-const known = new Set(["--quick", "--busy-cpus"])
+const known = new Set(["--quick"])
 for (const arg of argv) {
   if (!known.has(arg) && !/^--(only|rounds|out|profile|token-review-cache-ttl|paths|conns)=/.test(arg)) {
     process.stderr.write(
-      `unknown option ${arg}; options: --quick --busy-cpus --only=tcp|http --rounds=N --out=<file> --profile=<dir> --token-review-cache-ttl=<duration> --paths=<key,...> --conns=<n,...>\n`
+      `unknown option ${arg}; options: --quick --only=tcp|http --rounds=N --out=<file> --profile=<dir> --token-review-cache-ttl=<duration> --paths=<key,...> --conns=<n,...>\n`
     )
     process.exit(2)
   }
 }
 const quick = argv.includes("--quick")
-const busyCpus = argv.includes("--busy-cpus")
 const only = option("only")
 if (only !== undefined && only !== "tcp" && only !== "http") {
   process.stderr.write("--only must be tcp or http\n")
@@ -82,7 +79,7 @@ const onlyPaths = option("paths")?.split(",")
 const selected = <A extends { readonly path: Report.Path }>(endpoints: ReadonlyArray<A>): ReadonlyArray<A> =>
   onlyPaths === undefined ? endpoints : endpoints.filter((endpoint) => onlyPaths.includes(endpoint.path.key))
 const resultsPath = option("out") ??
-  (quick || busyCpus || profileDir !== undefined || option("token-review-cache-ttl") !== undefined || onlyPaths !== undefined ? undefined : Path.join(here, "RESULTS.md"))
+  (quick || profileDir !== undefined || option("token-review-cache-ttl") !== undefined || onlyPaths !== undefined ? undefined : Path.join(here, "RESULTS.md"))
 /** Node flags for tether's own processes. */
 const nodeFlags = profileDir === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${Path.resolve(profileDir)}`]
 
@@ -686,12 +683,6 @@ const main = Effect.gen(function*() {
   yield* say(`building the load tools (${Path.relative(repo, Path.join(here, "tools.go"))})`)
   const tools = yield* buildTools(work)
   const machine = yield* describeMachine
-  if (busyCpus) {
-    // One lowest-priority busy loop per CPU: the CPUs never go idle, so no path pays for waking one.
-    for (let cpu = 0; cpu < Os.availableParallelism(); cpu++) {
-      yield* Children.background("nice", ["-n", "19", "sh", "-c", "while :; do :; done"])
-    }
-  }
 
   const tcp = only === "http" ? undefined : yield* tcpBench(work, tools)
   let http: ReadonlyArray<Report.HttpResult> | undefined
@@ -723,10 +714,7 @@ const main = Effect.gen(function*() {
         "upstream keepalive 256, HTTP/1.1 upstream; Go: `httputil.NewSingleHostReverseProxy`, transport MaxIdleConns 100, IdleConnTimeout 90s, " +
         "MaxIdleConnsPerHost Go's default (2, as in the prototype) or 1024, GOMAXPROCS default",
       "tether service-relay: test/bench/ServiceRelayProcess.ts, the layers of `tether service-relay` (TokenReview against a real " +
-        `kube-apiserver, ${cacheTtl} answer cache, probes, metrics, JSON logs) with a static Service resolver; one Node process`,
-      ...(busyCpus
-        ? ["--busy-cpus: one `nice -n 19` busy loop per CPU for the whole run, so that no CPU is ever idle (niced time counts as idle for the quiet-machine wait)"]
-        : [])
+        `kube-apiserver, ${cacheTtl} answer cache, probes, metrics, JSON logs) with a static Service resolver; one Node process`
     ],
     ...(tcp === undefined ? {} : { tcp }),
     ...(http === undefined ? {} : { http }),
