@@ -683,20 +683,24 @@ describe.skipIf(noApiserver)("ServiceRelay (real kube-apiserver)", () => {
       assert.strictEqual(seen[0]?.headers.expect, undefined)
     }))
 
+  /** A request for the endless `/forever` answer, once its first bytes have arrived. */
+  const streaming = () =>
+    Effect.callback<Http.ClientRequest>((resume) => {
+      const req = Http.request({
+        host: "127.0.0.1",
+        port: relayPort,
+        path: "/forever",
+        headers: { ...trusted(), ...routingHeaders("http", "default", "hello", helloPort) },
+        agent: false
+      }, (res) => res.once("data", () => resume(Effect.succeed(req))))
+      req.on("error", () => {})
+      req.end()
+    })
+
   it.live("a client that goes away mid-response ends the upstream request too", () =>
     Effect.gen(function*() {
       const before = foreverClosed
-      const first = yield* Effect.callback<Http.ClientRequest>((resume) => {
-        const req = Http.request({
-          host: "127.0.0.1",
-          port: relayPort,
-          path: "/forever",
-          headers: { ...trusted(), ...routingHeaders("http", "default", "hello", helloPort) },
-          agent: false
-        }, (res) => res.once("data", () => resume(Effect.succeed(req))))
-        req.on("error", () => {})
-        req.end()
-      })
+      const first = yield* streaming()
       first.destroy()
       yield* eventually("the backend's response is closed", () => foreverClosed > before)
     }))
@@ -796,19 +800,9 @@ describe.skipIf(noApiserver)("ServiceRelay (real kube-apiserver)", () => {
         return { count: counter.count, timed: histogram.count }
       }).pipe(Effect.provideService(Metric.MetricRegistry, registry))
       const before = yield* observe
-      const streaming = yield* Effect.callback<Http.ClientRequest>((resume) => {
-        const req = Http.request({
-          host: "127.0.0.1",
-          port: relayPort,
-          path: "/forever",
-          headers: { ...trusted(), ...routingHeaders("http", "default", "hello", helloPort) },
-          agent: false
-        }, (res) => res.once("data", () => resume(Effect.succeed(req))))
-        req.on("error", () => {})
-        req.end()
-      })
+      const request = yield* streaming()
       const during = yield* observe
-      streaming.destroy()
+      request.destroy()
       assert.strictEqual(during.count - before.count, 1, "counted while the answer still streams")
       assert.strictEqual(during.timed - before.timed, 1)
     }))
