@@ -10,7 +10,8 @@
  * come here: they are rare, and {@link Upstream} carries them.
  *
  * Bodies stream both ways with back-pressure: the response pauses the upstream connection
- * while the client is not reading, and the request body is piped. When the upstream fails
+ * while the client is not reading, and the request body is piped. Response trailers are passed
+ * on (unannounced: `Trailer` is dropped with the other hop-by-hop headers). When the upstream fails
  * before the answer starts, the client gets the generic 502 and the rest of its upload is
  * discarded; after the answer started, the client connection is cut. A client that goes away
  * aborts the upstream request.
@@ -128,6 +129,12 @@ export interface Outcome {
 const hasBody = (req: Http.IncomingMessage): boolean =>
   req.headers["content-length"] !== undefined || req.headers["transfer-encoding"] !== undefined
 
+/** No own keys (without building the key array, on every response). */
+const isEmpty = (record: object): boolean => {
+  for (const key in record) if (Object.hasOwn(record, key)) return false
+  return true
+}
+
 class Forwarding implements Dispatcher.DispatchHandler {
   private controller: Dispatcher.DispatchController | undefined
   private clientGone = false
@@ -189,7 +196,15 @@ class Forwarding implements Dispatcher.DispatchHandler {
     this.res.once("drain", this.resume)
   }
 
-  onResponseEnd(): void {
+  onResponseEnd(_controller: Dispatcher.DispatchController, trailers: Http.IncomingHttpHeaders): void {
+    if (!isEmpty(trailers)) {
+      // Node sends them when the answer to the client is chunked, as the upstream's was.
+      try {
+        this.res.addTrailers(trailers as Http.OutgoingHttpHeaders)
+      } catch {
+        // A trailer Node will not write: the answer ends without trailers.
+      }
+    }
     this.res.end()
     this.report()
   }

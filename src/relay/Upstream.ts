@@ -301,7 +301,7 @@ export const writeHead = (res: Http.ServerResponse, response: Http.IncomingMessa
   })
 
 /**
- * Stream the upstream body to the client until either side ends.
+ * Stream the upstream body, then its trailers, to the client until either side ends.
  *
  * @category forwarding
  */
@@ -325,7 +325,18 @@ export const pipeBody = (response: Http.IncomingMessage, res: Http.ServerRespons
       finish()
     })
     res.once("finish", finish)
-    response.pipe(res)
+    // Ended by hand, so that the upstream's trailers go on first (sent when the answer is chunked).
+    response.once("end", () => {
+      if (Object.keys(response.trailers).length > 0) {
+        try {
+          res.addTrailers(response.trailers)
+        } catch {
+          // A trailer Node will not write: the answer ends without trailers.
+        }
+      }
+      res.end()
+    })
+    response.pipe(res, { end: false })
     return Effect.sync(() => {
       response.destroy()
       res.destroy()

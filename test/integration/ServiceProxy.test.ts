@@ -292,8 +292,10 @@ describe.skipIf(noApiserver)("ServiceProxy (real hub and managed apiservers)", (
       seen.push({ method: req.method ?? "", url: req.url ?? "", headers: req.headers })
       req.resume()
       req.on("end", () => {
-        res.writeHead(200, { "content-type": "application/json", "x-backend": "hello" })
-        res.end(JSON.stringify({ url: req.url }))
+        res.writeHead(200, { "content-type": "application/json", "x-backend": "hello", trailer: "x-checksum" })
+        res.write(JSON.stringify({ url: req.url }))
+        res.addTrailers({ "x-checksum": "c0ffee" })
+        res.end()
       })
     })
     backend.on("upgrade", (req, socket: Net.Socket) => {
@@ -481,6 +483,7 @@ describe.skipIf(noApiserver)("ServiceProxy (real hub and managed apiservers)", (
       })
       assert.strictEqual(reply.status, 200, reply.body)
       assert.strictEqual(reply.headers["x-backend"], "hello")
+      assert.strictEqual(reply.trailers["x-checksum"], "c0ffee")
       assert.strictEqual(seen.length, 1)
       const got = seen[0]!
       assert.strictEqual(got.method, "POST")

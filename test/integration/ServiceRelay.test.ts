@@ -71,6 +71,13 @@ const backendHandler = (backend: string) => (req: Http.IncomingMessage, res: Htt
     })
     return
   }
+  if (req.url === "/trailers") {
+    res.writeHead(200, { "content-type": "text/plain", trailer: "x-checksum" })
+    res.write("part")
+    res.addTrailers({ "x-checksum": "c0ffee" })
+    res.end()
+    return
+  }
   if (req.url === "/slow") {
     setTimeout(() => res.end("slow done"), 800)
     return
@@ -696,6 +703,17 @@ describe.skipIf(noApiserver)("ServiceRelay (real kube-apiserver)", () => {
       req.on("error", () => {})
       req.end()
     })
+
+  it.live("passes response trailers on", () =>
+    Effect.gen(function*() {
+      const reply = yield* send(relayPort, {
+        path: "/trailers",
+        headers: { ...trusted(), ...routingHeaders("http", "default", "hello", helloPort) }
+      })
+      assert.strictEqual(reply.status, 200)
+      assert.strictEqual(reply.body, "part")
+      assert.strictEqual(reply.trailers["x-checksum"], "c0ffee")
+    }))
 
   it.live("a client that goes away mid-response ends the upstream request too", () =>
     Effect.gen(function*() {

@@ -10,6 +10,7 @@ export interface Reply {
   readonly status: number
   readonly headers: Http.IncomingHttpHeaders
   readonly body: string
+  readonly trailers: NodeJS.Dict<string>
 }
 
 export interface SendOptions {
@@ -38,7 +39,12 @@ export const send = (port: number, options: SendOptions = {}): Effect.Effect<Rep
       const chunks: Array<Buffer> = []
       res.on("data", (chunk: Buffer) => chunks.push(chunk))
       res.on("end", () =>
-        resume(Effect.succeed({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks).toString() })))
+        resume(Effect.succeed({
+          status: res.statusCode ?? 0,
+          headers: res.headers,
+          body: Buffer.concat(chunks).toString(),
+          trailers: res.trailers
+        })))
       res.on("error", (error) => resume(Effect.die(error)))
     }
     const req = options.ca === undefined
