@@ -129,12 +129,6 @@ export interface Outcome {
 const hasBody = (req: Http.IncomingMessage): boolean =>
   req.headers["content-length"] !== undefined || req.headers["transfer-encoding"] !== undefined
 
-/** No own keys (without building the key array, on every response). */
-const isEmpty = (record: object): boolean => {
-  for (const key in record) if (Object.hasOwn(record, key)) return false
-  return true
-}
-
 class Forwarding implements Dispatcher.DispatchHandler {
   private controller: Dispatcher.DispatchController | undefined
   private clientGone = false
@@ -197,14 +191,7 @@ class Forwarding implements Dispatcher.DispatchHandler {
   }
 
   onResponseEnd(_controller: Dispatcher.DispatchController, trailers: Http.IncomingHttpHeaders): void {
-    if (!isEmpty(trailers)) {
-      // Node sends them when the answer to the client is chunked, as the upstream's was.
-      try {
-        this.res.addTrailers(trailers as Http.OutgoingHttpHeaders)
-      } catch {
-        // A trailer Node will not write: the answer ends without trailers.
-      }
-    }
+    Upstream.passTrailers(this.res, trailers)
     this.res.end()
     this.report()
   }

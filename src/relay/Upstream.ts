@@ -301,6 +301,25 @@ export const writeHead = (res: Http.ServerResponse, response: Http.IncomingMessa
   })
 
 /**
+ * Hand the upstream's trailers to `res`, which writes them when its answer is chunked (as the
+ * upstream's was). A trailer Node refuses to write drops them all rather than fail the answer.
+ *
+ * @category forwarding
+ */
+export const passTrailers = (res: Http.ServerResponse, trailers: Readonly<Record<string, string | ReadonlyArray<string> | undefined>>): void => {
+  // No key array on every response: most have no trailers at all.
+  for (const name in trailers) {
+    if (!Object.hasOwn(trailers, name)) continue
+    try {
+      res.addTrailers(trailers as Http.OutgoingHttpHeaders)
+    } catch {
+      // Ends without trailers.
+    }
+    return
+  }
+}
+
+/**
  * Stream the upstream body, then its trailers, to the client until either side ends.
  *
  * @category forwarding
@@ -327,13 +346,7 @@ export const pipeBody = (response: Http.IncomingMessage, res: Http.ServerRespons
     res.once("finish", finish)
     // Ended by hand, so that the upstream's trailers go on first (sent when the answer is chunked).
     response.once("end", () => {
-      if (Object.keys(response.trailers).length > 0) {
-        try {
-          res.addTrailers(response.trailers)
-        } catch {
-          // A trailer Node will not write: the answer ends without trailers.
-        }
-      }
+      passTrailers(res, response.trailers)
       res.end()
     })
     response.pipe(res, { end: false })
