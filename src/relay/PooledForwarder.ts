@@ -11,8 +11,8 @@
  *
  * Bodies stream both ways with back-pressure: the response pauses the upstream connection
  * while the client is not reading, and the request body is piped. Response trailers are passed
- * on (unannounced: `Trailer` is dropped with the other hop-by-hop headers). When the upstream fails
- * before the answer starts, the client gets the generic 502 and the rest of its upload is
+ * on (unannounced: `Trailer` is dropped with the other hop-by-hop headers). When the upstream
+ * fails before the answer starts, the client gets the generic 502 and the rest of its upload is
  * discarded; after the answer started, the client connection is cut. A client that goes away
  * aborts the upstream request.
  *
@@ -117,8 +117,8 @@ export interface Outcome {
   readonly now: () => number
   /**
    * The status the client was sent (502 when the upstream failed first), and when its head was
-   * written. Told once the first bytes of the answer are on their way, so that
-   * bookkeeping does not delay them.
+   * written. Told once the first bytes of the answer are on their way, so that bookkeeping does
+   * not delay them.
    */
   readonly answered: (status: number, headAt: number) => void
   /** Why the upstream failed, for the log; never called for a client that went away. */

@@ -306,7 +306,7 @@ export const writeHead = (res: Http.ServerResponse, response: Http.IncomingMessa
  *
  * @category forwarding
  */
-export const passTrailers = (res: Http.ServerResponse, trailers: Readonly<Record<string, string | ReadonlyArray<string> | undefined>>): void => {
+export const passTrailers = (res: Http.ServerResponse, trailers: Routing.Headers): void => {
   // No key array on every response: most have no trailers at all.
   for (const name in trailers) {
     if (!Object.hasOwn(trailers, name)) continue
