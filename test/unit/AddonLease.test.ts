@@ -121,7 +121,9 @@ describe("AddonLease (TestClock)", () => {
       yield* Ref.set(world.healthy, true)
       const recovered = world.logs.length
       yield* advance(76 * SECOND)
-      assert.strictEqual(world.writes.length, before + 1, "renewed within one period of recovering")
+      // One period is at most 75 s; a short one can fit a second renewal into the same window.
+      assert.isAbove(world.writes.length, before, "renewed within one period of recovering")
+      assert.isAtMost(world.writes.length, before + 2)
       assert.isTrue(world.logs.slice(recovered).some((line) => line.includes("the health checks pass again")))
       yield* advance(5 * 60 * SECOND)
       assert.isAtLeast(world.writes.length, before + 5)
@@ -147,7 +149,8 @@ describe("AddonLease (TestClock)", () => {
       const writes = world.writes.length
       yield* Ref.set(world.broken, false)
       yield* advance(76 * SECOND)
-      assert.strictEqual(world.writes.length, writes + 1)
+      assert.isAbove(world.writes.length, writes, "the write is retried within one period")
+      assert.isAtMost(world.writes.length, writes + 2)
       assert.deepStrictEqual(yield* probes.readiness, [])
     }))
 
