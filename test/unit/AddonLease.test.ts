@@ -8,7 +8,7 @@
  * - a write keeps what others put on the Lease.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Clock, Context, Duration, Effect, Layer, Logger, Option, Ref } from "effect"
+import { Clock, Context, Duration, Effect, Layer, Logger, Option, Random, Ref } from "effect"
 import { TestClock } from "effect/testing"
 import { AddonLease } from "../../src/addonagent/AddonLease.ts"
 import { HealthChecks } from "../../src/addonagent/HealthChecks.ts"
@@ -100,39 +100,47 @@ describe("AddonLease (TestClock)", () => {
       assert.strictEqual(Option.getOrUndefined(yield* lease.last)?._tag, "Renewed")
     }))
 
-  it.effect("stops renewing as soon as a check fails, says why once, and resumes when healthy", () =>
-    Effect.gen(function*() {
-      const { lease, world } = yield* start()
-      yield* advance(3 * 60 * SECOND)
-      const before = world.writes.length
-      assert.isAtLeast(before, 3)
-      const version = (yield* readLease(world))?.resourceVersion
+  /** Stop on a failing check, warn once, resume on recovery; the bounds hold for any jitter draw. */
+  const unhealthyThenRecovered = Effect.gen(function*() {
+    const { lease, world } = yield* start()
+    yield* advance(3 * 60 * SECOND)
+    const before = world.writes.length
+    assert.isAtLeast(before, 3)
+    const version = (yield* readLease(world))?.resourceVersion
 
-      yield* Ref.set(world.healthy, false)
-      yield* advance(10 * 60 * SECOND)
-      assert.strictEqual(world.writes.length, before, "no write while unhealthy")
-      assert.strictEqual((yield* readLease(world))?.resourceVersion, version)
-      const last = Option.getOrUndefined(yield* lease.last)
-      assert.deepStrictEqual(last, { _tag: "Unhealthy", failures: [{ name: "proxy-agent", reason: "GET http://localhost:8093/readyz answered 503" }] })
-      // About eight unhealthy periods, one warning naming the check and its reason.
-      assert.strictEqual(warnings(world, "a health check failed"), 1)
-      assert.isTrue(world.logs.some((line) => line.includes("proxy-agent: GET http://localhost:8093/readyz answered 503")))
+    yield* Ref.set(world.healthy, false)
+    yield* advance(10 * 60 * SECOND)
+    assert.strictEqual(world.writes.length, before, "no write while unhealthy")
+    assert.strictEqual((yield* readLease(world))?.resourceVersion, version)
+    const last = Option.getOrUndefined(yield* lease.last)
+    assert.deepStrictEqual(last, { _tag: "Unhealthy", failures: [{ name: "proxy-agent", reason: "GET http://localhost:8093/readyz answered 503" }] })
+    // About eight unhealthy periods, one warning naming the check and its reason.
+    assert.strictEqual(warnings(world, "a health check failed"), 1)
+    assert.isTrue(world.logs.some((line) => line.includes("proxy-agent: GET http://localhost:8093/readyz answered 503")))
 
-      yield* Ref.set(world.healthy, true)
-      const recovered = world.logs.length
-      yield* advance(76 * SECOND)
-      // One period is at most 75 s; a short one can fit a second renewal into the same window.
-      assert.isAbove(world.writes.length, before, "renewed within one period of recovering")
-      assert.isAtMost(world.writes.length, before + 2)
-      assert.isTrue(world.logs.slice(recovered).some((line) => line.includes("the health checks pass again")))
-      yield* advance(5 * 60 * SECOND)
-      assert.isAtLeast(world.writes.length, before + 5)
+    yield* Ref.set(world.healthy, true)
+    const recovered = world.logs.length
+    yield* advance(76 * SECOND)
+    // One period is at most 75 s; a short one can fit a second renewal into the same window.
+    assert.isAbove(world.writes.length, before, "renewed within one period of recovering")
+    assert.isAtMost(world.writes.length, before + 2)
+    assert.isTrue(world.logs.slice(recovered).some((line) => line.includes("the health checks pass again")))
+    yield* advance(5 * 60 * SECOND)
+    assert.isAtLeast(world.writes.length, before + 5)
 
-      // Failing again is a new transition, so a new warning.
-      yield* Ref.set(world.healthy, false)
-      yield* advance(3 * 60 * SECOND)
-      assert.strictEqual(warnings(world, "a health check failed"), 2)
-    }))
+    // Failing again is a new transition, so a new warning.
+    yield* Ref.set(world.healthy, false)
+    yield* advance(3 * 60 * SECOND)
+    assert.strictEqual(warnings(world, "a health check failed"), 2)
+  })
+
+  /** Every jitter draw gives `draw`: 0 is the shortest pause (60 s), just under 1 the longest (75 s). */
+  const everyDraw = (draw: number) =>
+    Random.Random.of({ nextDoubleUnsafe: () => draw, nextIntUnsafe: () => Math.floor(draw * Number.MAX_SAFE_INTEGER) })
+
+  it.effect("stops renewing as soon as a check fails, says why once, and resumes when healthy", () => unhealthyThenRecovered)
+  it.effect("the same with the shortest pause every time", () => Effect.provideService(unhealthyThenRecovered, Random.Random, everyDraw(0)))
+  it.effect("the same with the longest pause every time", () => Effect.provideService(unhealthyThenRecovered, Random.Random, everyDraw(0.9999)))
 
   it.effect("a failing write is retried next period, fails readiness meanwhile, and is logged once", () =>
     Effect.gen(function*() {
