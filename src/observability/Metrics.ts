@@ -187,3 +187,18 @@ export const leaderElectionTransitionsTotal = Metric.counter("tether_leader_elec
   description: "Leadership changes of this process, by Lease and change (acquired | lost | released).",
   incremental: true
 })
+
+// ---------------------------------------------------------------------------
+// hosted-agent (several components in one supervised process)
+// ---------------------------------------------------------------------------
+
+/** Restarts of a supervised component after it failed. Labels: `component`. */
+export const componentRestartsTotal = Metric.counter("tether_component_restarts_total", {
+  description: "Restarts of a component of a multi-component process (hosted-agent) after it failed, per component.",
+  incremental: true
+})
+
+/** 1 while a supervised component runs, 0 while it is starting or waiting to restart. Labels: `component`. */
+export const componentUp = Metric.gauge("tether_component_up", {
+  description: "1 while a component of a multi-component process (hosted-agent) runs, 0 while it starts or waits to restart."
+})

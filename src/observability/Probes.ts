@@ -11,8 +11,8 @@
  * @since 0.1.0
  */
 import { NodeHttpServer } from "@effect/platform-node"
-import { Context, Effect, Layer, Ref } from "effect"
-import { HttpRouter, HttpServerResponse } from "effect/http"
+import { Context, Effect, Layer, type Scope } from "effect"
+import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
 import { createServer } from "node:http"
 import type * as ListenAddress from "../domain/ListenAddress.ts"
@@ -24,44 +24,61 @@ import type * as ListenAddress from "../domain/ListenAddress.ts"
  */
 export type ReadinessCheck = Effect.Effect<void, string>
 
+/**
+ * The result of one readiness check; `reason` is set when it failed.
+ *
+ * @category models
+ */
+export interface CheckResult {
+  readonly name: string
+  readonly reason: string | undefined
+}
+
 /** @category services */
 export class Probes extends Context.Service<Probes, {
-  /** Add a named readiness check; `/readyz` answers 200 only when all pass. */
-  readonly addReadinessCheck: (name: string, check: ReadinessCheck) => Effect.Effect<void>
-  /** Run `hook` before every `/metrics` scrape (keep it cheap and infallible). */
-  readonly addScrapeHook: (hook: Effect.Effect<void>) => Effect.Effect<void>
+  /**
+   * Add a named readiness check for as long as the calling scope lives; `/readyz` answers 200
+   * only when all pass. A component that is restarted registers its checks again without
+   * leaving the old ones behind.
+   */
+  readonly addReadinessCheck: (name: string, check: ReadinessCheck) => Effect.Effect<void, never, Scope.Scope>
+  /** Run `hook` before every `/metrics` scrape while the calling scope lives (keep it cheap and infallible). */
+  readonly addScrapeHook: (hook: Effect.Effect<void>) => Effect.Effect<void, never, Scope.Scope>
+  /** Evaluate every readiness check; each by name, in registration order. */
+  readonly checks: Effect.Effect<ReadonlyArray<CheckResult>>
   /** Evaluate every readiness check; the failures by name. */
   readonly readiness: Effect.Effect<ReadonlyArray<{ readonly name: string; readonly reason: string }>>
   /** Run the scrape hooks, then render the Prometheus text. */
   readonly scrape: Effect.Effect<string>
 }>()("tether/observability/Probes") {
   /** The registry alone, without a server (embedders that serve their own routes). */
-  static readonly layerNoServer = Layer.effect(
-    Probes,
-    Effect.gen(function*() {
-      const checks = yield* Ref.make<ReadonlyArray<readonly [string, ReadinessCheck]>>([])
-      const hooks = yield* Ref.make<ReadonlyArray<Effect.Effect<void>>>([])
-      const readiness = Effect.gen(function*() {
-        const all = yield* Ref.get(checks)
-        const results = yield* Effect.forEach(all, ([name, check]) =>
-          check.pipe(
-            Effect.timeoutOrElse({ duration: "5 seconds", orElse: () => Effect.fail("check timed out") }),
-            Effect.match({ onSuccess: () => undefined, onFailure: (reason) => ({ name, reason }) })
-          ), { concurrency: "unbounded" })
-        return results.filter((r) => r !== undefined)
-      })
-      const scrape = Effect.gen(function*() {
-        for (const hook of yield* Ref.get(hooks)) yield* hook
-        return yield* PrometheusMetrics.format()
-      })
-      return Probes.of({
-        addReadinessCheck: (name, check) => Ref.update(checks, (all) => [...all, [name, check] as const]),
-        addScrapeHook: (hook) => Ref.update(hooks, (all) => [...all, hook]),
-        readiness,
-        scrape
-      })
+  static readonly layerNoServer = Layer.sync(Probes, () => {
+    // Registrations are keyed by identity, so two components may use the same check name.
+    const checks = new Set<readonly [string, ReadinessCheck]>()
+    const hooks = new Set<Effect.Effect<void>>()
+    const register = <A>(set: Set<A>, entry: A) =>
+      Effect.acquireRelease(Effect.sync(() => void set.add(entry)), () => Effect.sync(() => void set.delete(entry)))
+    const allChecks = Effect.suspend(() => Effect.forEach([...checks], ([name, check]) =>
+      check.pipe(
+        Effect.timeoutOrElse({ duration: "5 seconds", orElse: () => Effect.fail("check timed out") }),
+        Effect.match({ onSuccess: (): CheckResult => ({ name, reason: undefined }), onFailure: (reason): CheckResult => ({ name, reason }) })
+      ), { concurrency: "unbounded" }))
+    return Probes.of({
+      addReadinessCheck: (name, check) => register(checks, [name, check] as const),
+      addScrapeHook: (hook) => register(hooks, hook),
+      checks: allChecks,
+      readiness: Effect.map(allChecks, (results) =>
+        results.flatMap(({ name, reason }) => (reason === undefined ? [] : [{ name, reason }]))),
+      scrape: Effect.suspend(() => Effect.andThen(Effect.forEach([...hooks], (hook) => hook, { discard: true }), PrometheusMetrics.format()))
     })
-  )
+  })
+
+  /**
+   * A view of `probes` for one component of a process that runs several: its checks show on
+   * `/readyz` as `<prefix>/<name>`.
+   */
+  static readonly prefixed = (probes: Probes["Service"], prefix: string): Probes["Service"] =>
+    Probes.of({ ...probes, addReadinessCheck: (name, check) => probes.addReadinessCheck(`${prefix}/${name}`, check) })
 }
 
 const routes = HttpRouter.use(Effect.fn(function*(router) {
@@ -70,10 +87,20 @@ const routes = HttpRouter.use(Effect.fn(function*(router) {
   yield* router.add(
     "GET",
     "/readyz",
-    Effect.map(probes.readiness, (failures) =>
-      failures.length === 0
+    Effect.gen(function*() {
+      const request = yield* HttpServerRequest.HttpServerRequest
+      const results = yield* probes.checks
+      const failures = results.filter((result) => result.reason !== undefined)
+      const status = failures.length === 0 ? 200 : 503
+      // `?verbose` lists every check, as the kube-apiserver does; otherwise only what fails.
+      if (new URL(request.url, "http://probe").searchParams.has("verbose")) {
+        const lines = results.map(({ name, reason }) => (reason === undefined ? `[+]${name} ok` : `[-]${name} failed: ${reason}`))
+        return HttpServerResponse.text(`${lines.join("\n")}\nreadyz check ${status === 200 ? "passed" : "failed"}\n`, { status })
+      }
+      return status === 200
         ? HttpServerResponse.text("ok")
-        : HttpServerResponse.text(failures.map((f) => `${f.name}: ${f.reason}`).join("\n") + "\n", { status: 503 }))
+        : HttpServerResponse.text(failures.map((f) => `${f.name}: ${f.reason}`).join("\n") + "\n", { status })
+    })
   )
   yield* router.add(
     "GET",
