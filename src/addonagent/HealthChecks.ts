@@ -14,12 +14,13 @@
  *
  * @since 0.1.0
  */
-import { Clock, Context, Duration, Effect, FileSystem, Layer, Redacted } from "effect"
+import { Clock, Context, Duration, Effect, FileSystem, Layer, Option, Redacted } from "effect"
 import { HttpClient } from "effect/http"
 import * as Path from "node:path"
 import * as GoDuration from "../domain/GoDuration.ts"
 import * as Kubeconfig from "../domain/Kubeconfig.ts"
 import * as TokenExpiry from "../domain/TokenExpiry.ts"
+import { GeneratedKubeconfig } from "../kube/GeneratedKubeconfig.ts"
 
 /** One named check: succeeds when healthy, fails with a short reason when not. @category models */
 export interface HealthCheck {
@@ -122,16 +123,54 @@ export const managedTokenFreshness = Effect.fnUntraced(function*(name: string, p
   const fs = yield* FileSystem.FileSystem
   const read = (file: string, what: string) =>
     fs.readFileString(file).pipe(Effect.mapError((error) => `cannot read ${what} ${file}: ${error.message}`))
-  const check = Effect.gen(function*() {
+  const token = Effect.gen(function*() {
     const text = yield* read(path, "the managed kubeconfig")
     const bearer = yield* Effect.fromResult(Kubeconfig.readBearerToken(text)).pipe(
       Effect.mapError((error) => `the managed kubeconfig ${path}: ${error.message}`)
     )
-    const token = bearer._tag === "Inline"
+    return bearer._tag === "Inline"
       ? bearer.token
       : Redacted.make((yield* read(Path.resolve(Path.dirname(path), bearer.path), "the managed token file")).trim())
-    const expiresAt = yield* Effect.fromResult(TokenExpiry.readExpiry(token)).pipe(
-      Effect.mapError((error) => `the managed kubeconfig ${path}: ${error.message}`)
+  })
+  return tokenFreshness(name, token, margin, `the managed kubeconfig ${path}`)
+})
+
+/**
+ * The kubeconfig the provisioner in the same process hands over ({@link GeneratedKubeconfig})
+ * holds a token with at least `margin` left; fails while there is none yet.
+ *
+ * @category constructors
+ */
+export const generatedTokenFreshness = Effect.fnUntraced(function*(name: string, margin: Duration.Duration) {
+  const generated = yield* GeneratedKubeconfig
+  const token = Effect.gen(function*() {
+    const current = yield* generated.current
+    if (Option.isNone(current)) return yield* Effect.fail("no managed kubeconfig yet")
+    const bearer = yield* Effect.fromResult(Kubeconfig.readBearerToken(Redacted.value(current.value))).pipe(
+      Effect.mapError((error) => `the generated managed kubeconfig: ${error.message}`)
+    )
+    if (bearer._tag === "File") return yield* Effect.fail("the generated managed kubeconfig refers to a token file")
+    return bearer.token
+  })
+  return tokenFreshness(name, token, margin, "the generated managed kubeconfig")
+})
+
+/**
+ * The token `token` reads has at least `margin` left; `where` names it in failures, which say
+ * how long is left, never what the token is.
+ *
+ * @category constructors
+ */
+export const tokenFreshness = (
+  name: string,
+  token: Effect.Effect<Redacted.Redacted<string>, string>,
+  margin: Duration.Duration,
+  where: string
+): HealthCheck => ({
+  name,
+  check: Effect.gen(function*() {
+    const expiresAt = yield* Effect.fromResult(TokenExpiry.readExpiry(yield* token)).pipe(
+      Effect.mapError((error) => `${where}: ${error.message}`)
     )
     const now = yield* Clock.currentTimeMillis
     const state = TokenExpiry.freshness(expiresAt, now, Duration.toMillis(margin))
@@ -147,5 +186,4 @@ export const managedTokenFreshness = Effect.fnUntraced(function*(name: string, p
         return
     }
   })
-  return { name, check } satisfies HealthCheck
 })

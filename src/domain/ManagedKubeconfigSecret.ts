@@ -125,6 +125,8 @@ export type ObservedTarget =
     readonly lifetime: RefreshPolicy.TokenLifetime
     readonly sourceHash: string
     readonly token: Redacted.Redacted<string>
+    /** The kubeconfig the Secret holds, as consumers read it. */
+    readonly kubeconfig: Redacted.Redacted<string>
   }
 
 const unreadable = (reason: UnreadableReason, message: string): ObservedTarget => ({ _tag: "Unreadable", reason, message })
@@ -189,5 +191,5 @@ export const observe = (
   const sourceHash = nonEmpty(annotations[sourceHashAnnotation])
   if (sourceHash === undefined) return unreadable("MissingAnnotation", `annotation "${sourceHashAnnotation}" is missing`)
 
-  return { _tag: "Present", lifetime: { issuedAt, expiresAt }, sourceHash, token }
+  return { _tag: "Present", lifetime: { issuedAt, expiresAt }, sourceHash, token, kubeconfig: Redacted.make(decode(kubeconfig)) }
 }

@@ -21,13 +21,14 @@
  * @since 0.1.0
  */
 import type { V1Secret } from "@kubernetes/client-node"
-import { Clock, Context, Duration, Effect, FileSystem, Layer, Metric, Option, Ref, Result, Schema } from "effect"
+import { Clock, Context, Duration, Effect, FileSystem, Layer, Metric, Option, Redacted, Ref, Result, Schema } from "effect"
 import { createHash } from "node:crypto"
 import * as Kubeconfig from "../domain/Kubeconfig.ts"
 import * as ManagedKubeconfigSecret from "../domain/ManagedKubeconfigSecret.ts"
 import * as RefreshPolicy from "../domain/RefreshPolicy.ts"
 import * as Controller from "../kube/Controller.ts"
 import { EventRecorder, type ObjectReference } from "../kube/EventRecorder.ts"
+import { GeneratedKubeconfig } from "../kube/GeneratedKubeconfig.ts"
 import type * as KubeError from "../kube/KubeError.ts"
 import * as Metrics from "../observability/Metrics.ts"
 import { type AddonState, AddonStatus, type DesiredCondition } from "./AddonStatus.ts"
@@ -67,9 +68,15 @@ export class ReconcileFailed extends Schema.TaggedError<ReconcileFailed>()("Reco
 /** What one reconcile found and did. @category models */
 export type Outcome =
   | { readonly _tag: "Removed"; readonly deleted: boolean; readonly why: "Absent" | "Deleting" }
-  | { readonly _tag: "Fresh"; readonly lifetime: RefreshPolicy.TokenLifetime; readonly until: number }
-  | { readonly _tag: "Written"; readonly created: boolean; readonly lifetime: RefreshPolicy.TokenLifetime; readonly until: number }
-  | { readonly _tag: "Stale"; readonly lifetime: RefreshPolicy.TokenLifetime; readonly problem: Problem }
+  | { readonly _tag: "Fresh"; readonly lifetime: RefreshPolicy.TokenLifetime; readonly until: number; readonly kubeconfig: Redacted.Redacted<string> }
+  | {
+    readonly _tag: "Written"
+    readonly created: boolean
+    readonly lifetime: RefreshPolicy.TokenLifetime
+    readonly until: number
+    readonly kubeconfig: Redacted.Redacted<string>
+  }
+  | { readonly _tag: "Stale"; readonly lifetime: RefreshPolicy.TokenLifetime; readonly problem: Problem; readonly kubeconfig: Redacted.Redacted<string> }
   | { readonly _tag: "Failed"; readonly problem: Problem }
 
 /** Why there is no usable kubeconfig; `reason` is the condition reason. @category models */
@@ -235,7 +242,9 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
       settings: spec.settings,
       jitterFraction: jitterFraction(hash, current.lifetime)
     })
-    if (decision._tag === "Wait") return { _tag: "Fresh", lifetime: current.lifetime, until: decision.until } satisfies Outcome
+    if (decision._tag === "Wait") {
+      return { _tag: "Fresh", lifetime: current.lifetime, until: decision.until, kubeconfig: current.kubeconfig } satisfies Outcome
+    }
   }
 
   // Refresh: exactly one TokenRequest, then one write.
@@ -252,7 +261,9 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
   if (Result.isFailure(issued)) {
     const problem = kubeProblem(spec, issued.failure)
     const stillValid = current !== undefined && !RefreshPolicy.isExpired(now, current.lifetime)
-    return (stillValid ? { _tag: "Stale", lifetime: current.lifetime, problem } : { _tag: "Failed", problem }) satisfies Outcome
+    return (stillValid
+      ? { _tag: "Stale", lifetime: current.lifetime, problem, kubeconfig: current.kubeconfig }
+      : { _tag: "Failed", problem }) satisfies Outcome
   }
   const lifetime = { issuedAt: issued.success.issuedAt, expiresAt: issued.success.expiresAt }
 
@@ -270,13 +281,16 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
   if (Result.isFailure(written)) {
     const problem: Problem = { reason: "TargetWriteFailed", retryable: true, message: written.failure.message }
     const stillValid = current !== undefined && !RefreshPolicy.isExpired(now, current.lifetime)
-    return (stillValid ? { _tag: "Stale", lifetime: current.lifetime, problem } : { _tag: "Failed", problem }) satisfies Outcome
+    return (stillValid
+      ? { _tag: "Stale", lifetime: current.lifetime, problem, kubeconfig: current.kubeconfig }
+      : { _tag: "Failed", problem }) satisfies Outcome
   }
   return {
     _tag: "Written",
     created: Option.isNone(existing.success),
     lifetime,
-    until: scheduledAt(spec, hash, lifetime)
+    until: scheduledAt(spec, hash, lifetime),
+    kubeconfig: Redacted.make(kubeconfig)
   } satisfies Outcome
 })
 
@@ -355,6 +369,10 @@ export const report = Effect.fn("Provisioner.report")(function*(
       else next.set(spec.clusterName, lifetime)
       return next
     })
+  // In a process that also runs the consumers (hosted-agent), hand them the kubeconfig directly.
+  const generated = yield* Effect.serviceOption(GeneratedKubeconfig)
+  if (Option.isSome(generated) && "kubeconfig" in outcome) yield* generated.value.publish(outcome.kubeconfig)
+
   const now = yield* Clock.currentTimeMillis
   const waitUntil = (until: number) => Controller.requeueAfter(Duration.millis(Math.max(0, Math.ceil(until - now))))
 

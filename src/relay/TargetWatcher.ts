@@ -13,8 +13,9 @@
  *
  * @since 0.1.0
  */
-import { Context, Duration, Effect, FileSystem, Layer, Stream, SubscriptionRef } from "effect"
+import { Context, Deferred, Duration, Effect, FileSystem, Layer, Option, Redacted, Result, Stream, SubscriptionRef } from "effect"
 import * as FileWatch from "../kube/FileWatch.ts"
+import { GeneratedKubeconfig } from "../kube/GeneratedKubeconfig.ts"
 import * as ManagedTarget from "./ManagedTarget.ts"
 
 /** @since 0.1.0 @category models */
@@ -27,8 +28,10 @@ export interface Options {
 
 /** @since 0.1.0 @category services */
 export class TargetWatcher extends Context.Service<TargetWatcher, {
-  /** The target for new connections. */
+  /** The target for new connections; waits while there is none yet. */
   readonly current: Effect.Effect<ManagedTarget.Target>
+  /** The target if there is one yet (a file watcher always has one). */
+  readonly peek: Effect.Effect<Option.Option<ManagedTarget.Target>>
   /** The current target, then every change. */
   readonly changes: Stream.Stream<ManagedTarget.Target>
   /** Re-read the file now; failures are logged and keep the last good target. */
@@ -36,6 +39,12 @@ export class TargetWatcher extends Context.Service<TargetWatcher, {
 }>()("tether/relay/TargetWatcher") {
   /** Watches `options.path`; needs a `FileSystem`. Fails with {@link ManagedTarget.TargetError} when the first read fails. */
   static readonly layer = (options: Options) => Layer.effect(TargetWatcher, make(options))
+
+  /**
+   * The target of the kubeconfig the provisioner in the same process hands over
+   * ({@link GeneratedKubeconfig}); `current` waits for the first one. Needs a `Scope`.
+   */
+  static readonly layerGenerated = Layer.effect(TargetWatcher, Effect.suspend(() => makeGenerated))
 
   /** A target that never changes (embedding, tests). */
   static readonly layerFixed = (target: ManagedTarget.Target) =>
@@ -49,7 +58,12 @@ export class TargetWatcher extends Context.Service<TargetWatcher, {
  * @category constructors
  */
 export const fromRef = (ref: SubscriptionRef.SubscriptionRef<ManagedTarget.Target>, reload: Effect.Effect<void> = Effect.void) =>
-  TargetWatcher.of({ current: SubscriptionRef.get(ref), changes: SubscriptionRef.changes(ref), reload })
+  TargetWatcher.of({
+    current: SubscriptionRef.get(ref),
+    peek: Effect.map(SubscriptionRef.get(ref), Option.some),
+    changes: SubscriptionRef.changes(ref),
+    reload
+  })
 
 /**
  * Read the target from the kubeconfig at `path`.
@@ -102,4 +116,43 @@ const make = Effect.fnUntraced(function*(options: Options) {
   yield* FileWatch.start({ paths: [path], interval: reloadInterval, reload, what: "managed kubeconfig" }).pipe(provide)
 
   return fromRef(ref, reload)
+})
+
+const makeGenerated = Effect.gen(function*() {
+  const generated = yield* GeneratedKubeconfig
+  const ref = yield* SubscriptionRef.make(Option.none<ManagedTarget.Target>())
+  const first = yield* Deferred.make<void>()
+  // Parsed once per change, not per connection.
+  yield* generated.changes.pipe(
+    Stream.runForEach((kubeconfig) => {
+      const parsed = ManagedTarget.fromKubeconfig(Redacted.value(kubeconfig))
+      if (Result.isFailure(parsed)) {
+        return Effect.logWarning("the generated kubeconfig names no target; keeping the last good one", { error: parsed.failure.message })
+      }
+      const next = parsed.success
+      return SubscriptionRef.modify(ref, (previous) =>
+        Option.isSome(previous) && ManagedTarget.equals(previous.value, next)
+          ? [undefined, previous] as const
+          : [previous, Option.some(next)] as const).pipe(
+          Effect.tap((previous) =>
+            previous === undefined
+              ? Effect.void
+              : Effect.logInfo("managed apiserver target", {
+                target: ManagedTarget.format(next),
+                ...(Option.isSome(previous) ? { previous: ManagedTarget.format(previous.value) } : {})
+              })
+          ),
+          Effect.andThen(Deferred.succeed(first, undefined))
+        )
+    }),
+    Effect.forkScoped
+  )
+  const changes = SubscriptionRef.changes(ref).pipe(Stream.filter(Option.isSome), Stream.map((some) => some.value))
+  return TargetWatcher.of({
+    current: Effect.flatMap(SubscriptionRef.get(ref), (now) =>
+      Option.isSome(now) ? Effect.succeed(now.value) : Effect.andThen(Deferred.await(first), Effect.map(SubscriptionRef.get(ref), Option.getOrThrow))),
+    peek: SubscriptionRef.get(ref),
+    changes,
+    reload: Effect.void
+  })
 })

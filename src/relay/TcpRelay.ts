@@ -17,7 +17,7 @@
  *
  * @since 0.1.0
  */
-import { Clock, Context, Duration, Effect, FiberSet, Layer, Metric, Schema, Stream } from "effect"
+import { Clock, Context, Deferred, Duration, Effect, Exit, FiberSet, Layer, Metric, Option, Schema, Stream } from "effect"
 import * as Net from "node:net"
 import * as ListenAddress from "../domain/ListenAddress.ts"
 import * as Metrics from "../observability/Metrics.ts"
@@ -37,6 +37,11 @@ export interface Options {
   readonly idleTimeout: Duration.Duration
   /** Connections relayed at once; 0 means no limit. */
   readonly maxConnections: number
+  /**
+   * On shutdown, after the listener closes, let open connections finish for up to this long
+   * before cutting them; default zero (cut at once).
+   */
+  readonly shutdownDrain?: Duration.Duration
 }
 
 /**
@@ -95,6 +100,8 @@ export class TcpRelay extends Context.Service<TcpRelay, {
   readonly address: { readonly host: string; readonly port: number }
   /** The connections being relayed now. */
   readonly connections: Effect.Effect<ReadonlyArray<ConnectionInfo>>
+  /** Fails when the listening socket closes while the relay should be serving (a supervisor restarts it). */
+  readonly lost: Effect.Effect<never, ListenError>
 }>()("tether/relay/TcpRelay") {
   /** Listen and relay for as long as the layer lives; needs {@link TargetWatcher}. */
   static readonly layer = (options: Options) => Layer.effect(TcpRelay, make(options))
@@ -330,6 +337,8 @@ const make = Effect.fnUntraced(function*(options: Options) {
     runFork(relay(client, up, down))
   }
 
+  let stopping = false
+  const lost = yield* Deferred.make<never, ListenError>()
   const server = yield* Effect.acquireRelease(
     Effect.callback<Net.Server, ListenError>((resume) => {
       const server = Net.createServer({
@@ -352,8 +361,25 @@ const make = Effect.fnUntraced(function*(options: Options) {
     }),
     // Stop accepting; the open connections are closed by the FiberSet's scope (made earlier,
     // so closed later). Not waiting for `close`: it only fires once every connection is gone.
-    (server) => Effect.sync(() => server.close())
+    (server) =>
+      Effect.gen(function*() {
+        stopping = true
+        server.close()
+        const drain = options.shutdownDrain ?? Duration.zero
+        if (active === 0 || !Duration.isGreaterThan(drain, Duration.zero)) return
+        yield* Effect.logInfo("listener closed; draining open connections", { connections: active, drainTimeout: Duration.format(drain) })
+        const done = yield* Effect.sleep("50 millis").pipe(
+          Effect.repeat({ until: () => active === 0 }),
+          Effect.timeoutOption(drain)
+        )
+        if (Option.isNone(done)) yield* Effect.logInfo("drain timeout reached; closing the remaining connections", { connections: active })
+      })
   )
+  server.on("close", () => {
+    if (!stopping) {
+      Deferred.doneUnsafe(lost, Exit.fail(new ListenError({ message: `the listener on ${ListenAddress.format(options.listen)} closed` })))
+    }
+  })
   server.on("error", (error) => {
     // Accept errors (EMFILE, ...) drop that one connection; the listener keeps going.
     runFork(Effect.logError("accepting a connection failed", { error: describeError(error) }))
@@ -367,12 +393,13 @@ const make = Effect.fnUntraced(function*(options: Options) {
   const address = { host: bound.address, port: bound.port }
   yield* Effect.logInfo("managed apiserver relay listening", {
     address: ListenAddress.format(address),
-    target: ManagedTarget.format(yield* watcher.current),
+    target: Option.match(yield* watcher.peek, { onNone: () => "none yet", onSome: ManagedTarget.format }),
     maxConnections: options.maxConnections
   })
 
   return TcpRelay.of({
     address,
+    lost: Deferred.await(lost),
     connections: Effect.sync(() =>
       Array.from(connections, (c): ConnectionInfo => ({
         target: ManagedTarget.format(c.target),
@@ -402,9 +429,10 @@ export const layerReadiness = (options: { readonly timeout?: Duration.Input; rea
     const watcher = yield* TargetWatcher
     const timeout = Duration.fromInputUnsafe(options.timeout ?? "2 seconds")
     const check = Effect.gen(function*() {
-      const target = yield* watcher.current
-      const socket = yield* dial(target, timeout)
+      const target = yield* watcher.peek
+      if (Option.isNone(target)) return yield* Effect.fail("no managed kubeconfig yet")
+      const socket = yield* dial(target.value, timeout).pipe(Effect.mapError((error) => `cannot connect to ${error.target}: ${error.message}`))
       socket.destroy()
-    }).pipe(Effect.mapError((error) => `cannot connect to ${error.target}: ${error.message}`))
+    })
     yield* probes.addReadinessCheck("managed-apiserver", yield* Effect.cachedWithTTL(check, options.cacheFor ?? "5 seconds"))
   }))

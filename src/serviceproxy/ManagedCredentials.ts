@@ -23,7 +23,7 @@
  * @since 0.1.0
  */
 import { KubeConfig } from "@kubernetes/client-node"
-import { Context, Duration, Effect, FileSystem, Layer, Redacted, Schema } from "effect"
+import { Context, Duration, Effect, FileSystem, Layer, Redacted, Ref, Result, Schema, Stream } from "effect"
 import { createHash } from "node:crypto"
 import * as Net from "node:net"
 import * as Path from "node:path"
@@ -32,6 +32,7 @@ import * as ServiceProxyRouting from "../domain/ServiceProxyRouting.ts"
 import * as ClientNodeKube from "../kube/ClientNodeKube.ts"
 import type * as KubeClient from "../kube/KubeClient.ts"
 import * as FileWatch from "../kube/FileWatch.ts"
+import { GeneratedKubeconfig } from "../kube/GeneratedKubeconfig.ts"
 
 /**
  * TLS settings for connections to the apiserver.
@@ -121,6 +122,10 @@ export class ManagedCredentials extends Context.Service<ManagedCredentials, {
 }>()("tether/serviceproxy/ManagedCredentials") {
   /** Read and watch `options.source`; needs a `FileSystem`. Fails when the first read fails. */
   static readonly layer = (options: Options) => Layer.effect(ManagedCredentials, make(options))
+
+  /** Follow the provisioner in the same process ({@link GeneratedKubeconfig}); waits for its first kubeconfig. */
+  static readonly layerGenerated = (options: Pick<Options, "cluster" | "userAgent"> = {}) =>
+    Layer.effect(ManagedCredentials, makeGenerated(options))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -170,7 +175,29 @@ const readText = (path: string, what: string) =>
 export const readKubeconfig = Effect.fn("ManagedCredentials.readKubeconfig")(function*(path: string) {
   const text = yield* readText(path, "managed kubeconfig")
   const folder = Path.dirname(Path.resolve(path))
-  const fail = (why: string) => new CredentialsError({ message: `managed kubeconfig ${path}: ${why}` })
+  return yield* parseKubeconfig(text, `managed kubeconfig ${path}`, (file, what) => {
+    const resolved = Path.resolve(folder, file)
+    return Effect.map(readText(resolved, what), (content) => ({ path: resolved, content }))
+  }, [path])
+})
+
+/**
+ * The same from a kubeconfig handed over in memory (the provisioner in the same process); it
+ * must be self-contained, as the generated one is.
+ *
+ * @category reading
+ */
+export const fromGenerated = (kubeconfig: Redacted.Redacted<string>) =>
+  parseKubeconfig(Redacted.value(kubeconfig), "generated managed kubeconfig", (file, what) =>
+    Effect.fail(new CredentialsError({ message: `generated managed kubeconfig: refers to a ${what} (${file}); it must be self-contained` })), [])
+
+const parseKubeconfig = Effect.fnUntraced(function*<R>(
+  text: string,
+  where: string,
+  readFile: (file: string, what: string) => Effect.Effect<{ readonly path: string; readonly content: string }, CredentialsError, R>,
+  files: Array<string>
+) {
+  const fail = (why: string) => new CredentialsError({ message: `${where}: ${why}` })
   const cluster = yield* Effect.try({
     try: () => {
       const kubeConfig = new KubeConfig()
@@ -185,14 +212,13 @@ export const readKubeconfig = Effect.fn("ManagedCredentials.readKubeconfig")(fun
   const server = yield* Effect.fromResult(ServiceProxyRouting.parseApiserverUrl(cluster.server)).pipe(
     Effect.mapError((error) => fail(error.message))
   )
-  const files: Array<string> = [path]
   let ca: string | undefined
   if (cluster.caData !== undefined && cluster.caData !== "") {
     ca = Buffer.from(cluster.caData, "base64").toString("utf8")
   } else if (cluster.caFile !== undefined && cluster.caFile !== "") {
-    const caPath = Path.resolve(folder, cluster.caFile)
-    files.push(caPath)
-    ca = yield* readText(caPath, "managed apiserver CA file")
+    const read = yield* readFile(cluster.caFile, "managed apiserver CA file")
+    files.push(read.path)
+    ca = read.content
   }
   const bearer = yield* Effect.fromResult(Kubeconfig.readBearerToken(text)).pipe(
     Effect.mapError((error) =>
@@ -203,9 +229,9 @@ export const readKubeconfig = Effect.fn("ManagedCredentials.readKubeconfig")(fun
   if (bearer._tag === "Inline") {
     token = Redacted.value(bearer.token).trim()
   } else {
-    const tokenPath = Path.resolve(folder, bearer.path)
-    files.push(tokenPath)
-    token = (yield* readText(tokenPath, "managed token file")).trim()
+    const read = yield* readFile(bearer.path, "managed token file")
+    files.push(read.path)
+    token = read.content.trim()
   }
   if (token === "") return yield* fail("managed kubeconfig token is empty")
   return snapshot({
@@ -284,50 +310,70 @@ const kubeConfigFor = (current: Snapshot): KubeConfig => {
 export const make = Effect.fnUntraced(function*(options: Options) {
   const fs = yield* FileSystem.FileSystem
   const description = describeSource(options.source)
-  const cluster = options.cluster ?? "managed"
   const readNow = read(options.source).pipe(Effect.provideService(FileSystem.FileSystem, fs))
-
-  let latest = yield* readNow
-  yield* Effect.logInfo("apiserver credentials loaded", {
-    source: description,
-    server: latest.serverUrl,
-    token: latest.tokenId
-  })
-
-  const reload = readNow.pipe(
-    Effect.matchEffect({
-      onFailure: (error) =>
-        Effect.logWarning("cannot reload the apiserver credentials; keeping the last good ones", {
-          source: description,
-          error: error.message
-        }),
-      onSuccess: (next) =>
-        Effect.gen(function*() {
-          const previous = latest
-          latest = next
-          if (previous.endpointKey !== next.endpointKey) {
-            yield* Effect.logInfo("apiserver endpoint changed", { source: description, from: previous.serverUrl, to: next.serverUrl })
-          }
-          if (previous.tokenId !== next.tokenId) {
-            yield* Effect.logInfo("apiserver token reloaded", { source: description, token: next.tokenId })
-          }
-        })
-    }),
-    Effect.annotateLogs({ component: "service-proxy" })
-  )
-
+  const current = yield* Ref.make(yield* readNow)
+  const reload = Effect.flatMap(Effect.result(readNow), (next) => update(current, description, next))
   yield* FileWatch.start({
-    paths: latest.files,
+    paths: (yield* Ref.get(current)).files,
     interval: options.reloadInterval ?? Duration.seconds(10),
     reload,
     what: description
   }).pipe(Effect.provideService(FileSystem.FileSystem, fs))
+  return yield* serve(current, description, options, reload)
+})
 
-  const tokenSource: KubeClient.TokenSource = () => Promise.resolve(latest.token)
+/**
+ * The credentials of the kubeconfig the provisioner in the same process hands over
+ * ({@link GeneratedKubeconfig}): waits for the first one, then follows every rotation at once.
+ * Needs a `Scope`.
+ *
+ * @category constructors
+ */
+export const makeGenerated = Effect.fnUntraced(function*(options: Pick<Options, "cluster" | "userAgent"> = {}) {
+  const generated = yield* GeneratedKubeconfig
+  const description = "generated managed kubeconfig (in process)"
+  const current = yield* Ref.make(yield* Effect.flatMap(generated.latest, fromGenerated))
+  yield* generated.changes.pipe(
+    Stream.runForEach((kubeconfig) => Effect.flatMap(Effect.result(fromGenerated(kubeconfig)), (next) => update(current, description, next))),
+    Effect.forkScoped
+  )
+  return yield* serve(current, description, options, Effect.void)
+})
+
+/** Keep `next` when it was read; log what changed, or why the last good snapshot stays. */
+const update = (current: Ref.Ref<Snapshot>, description: string, next: Result.Result<Snapshot, CredentialsError>) =>
+  Effect.gen(function*() {
+    if (Result.isFailure(next)) {
+      return yield* Effect.logWarning("cannot reload the apiserver credentials; keeping the last good ones", {
+        source: description,
+        error: next.failure.message
+      })
+    }
+    const previous = yield* Ref.getAndSet(current, next.success)
+    if (previous.endpointKey !== next.success.endpointKey) {
+      yield* Effect.logInfo("apiserver endpoint changed", { source: description, from: previous.serverUrl, to: next.success.serverUrl })
+    }
+    if (previous.tokenId !== next.success.tokenId) {
+      yield* Effect.logInfo("apiserver token reloaded", { source: description, token: next.success.tokenId })
+    }
+  }).pipe(Effect.annotateLogs({ component: "service-proxy" }))
+
+/** The service over a snapshot kept current by someone else. */
+const serve = Effect.fnUntraced(function*(
+  current: Ref.Ref<Snapshot>,
+  description: string,
+  options: Pick<Options, "cluster" | "userAgent">,
+  reload: Effect.Effect<void>
+) {
+  const cluster = options.cluster ?? "managed"
+  const first = yield* Ref.get(current)
+  yield* Effect.logInfo("apiserver credentials loaded", { source: description, server: first.serverUrl, token: first.tokenId })
+
+  const tokenSource: KubeClient.TokenSource = () => Promise.resolve(Ref.getUnsafe(current).token)
 
   let built: { readonly key: string; readonly client: KubeClient.KubeClient } | undefined
   const currentClient = (): KubeClient.KubeClient => {
-    const now = latest
+    const now = Ref.getUnsafe(current)
     if (built === undefined || built.key !== now.endpointKey) {
       built = {
         key: now.endpointKey,
@@ -355,7 +401,7 @@ export const make = Effect.fnUntraced(function*(options: Options) {
 
   return ManagedCredentials.of({
     description,
-    current: Effect.sync(() => latest),
+    current: Ref.get(current),
     tokenSource,
     reload,
     client
