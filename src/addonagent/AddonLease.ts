@@ -17,7 +17,7 @@
  *
  * @since 0.1.0
  */
-import { Clock, Context, Duration, Effect, Layer, Metric, Option, Random, Ref } from "effect"
+import { Clock, Context, Duration, Effect, Fiber, Layer, Metric, Option, Random, Ref } from "effect"
 import * as LeaseState from "../domain/LeaseState.ts"
 import * as KubeError from "../kube/KubeError.ts"
 import { type LeaseKey, LeaseStore } from "../kube/LeaseStore.ts"
@@ -49,6 +49,8 @@ export class AddonLease extends Context.Service<AddonLease, {
   readonly lease: LeaseKey
   /** The outcome of the latest update period; None before the first one ends. */
   readonly last: Effect.Effect<Option.Option<Outcome>>
+  /** Ends (with its cause) only if the heartbeat loop stops, which is a defect (a supervisor restarts it). */
+  readonly failure: Effect.Effect<never>
 }>()("tether/addonagent/AddonLease") {
   /**
    * The heartbeat, running in the layer's scope. Needs a {@link LeaseStore} and
@@ -162,7 +164,7 @@ export const make = Effect.fnUntraced(function*(options: Options) {
     renewInterval: Duration.format(options.renewInterval),
     leaseDurationSeconds
   }).pipe(annotate)
-  yield* period.pipe(Effect.andThen(pause), Effect.forever, Effect.forkScoped)
+  const loop = yield* period.pipe(Effect.andThen(pause), Effect.forever, Effect.forkScoped)
 
-  return AddonLease.of({ lease: key, last: Ref.get(last) })
+  return AddonLease.of({ lease: key, last: Ref.get(last), failure: Effect.andThen(Fiber.join(loop), Effect.never) })
 })

@@ -16,7 +16,8 @@ const subcommands = {
   "managed-apiserver-proxy": () => import("./commands/ManagedApiserverProxy.ts"),
   "service-relay": () => import("./commands/ServiceRelay.ts"),
   "service-proxy": () => import("./commands/ServiceProxy.ts"),
-  "addon-agent": () => import("./commands/AddonAgent.ts")
+  "addon-agent": () => import("./commands/AddonAgent.ts"),
+  "hosted-agent": () => import("./commands/HostedAgent.ts")
 } as const
 
 type Name = keyof typeof subcommands

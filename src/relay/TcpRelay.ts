@@ -101,7 +101,7 @@ export class TcpRelay extends Context.Service<TcpRelay, {
   /** The connections being relayed now. */
   readonly connections: Effect.Effect<ReadonlyArray<ConnectionInfo>>
   /** Fails when the listening socket closes while the relay should be serving (a supervisor restarts it). */
-  readonly lost: Effect.Effect<never, ListenError>
+  readonly failure: Effect.Effect<never, ListenError>
 }>()("tether/relay/TcpRelay") {
   /** Listen and relay for as long as the layer lives; needs {@link TargetWatcher}. */
   static readonly layer = (options: Options) => Layer.effect(TcpRelay, make(options))
@@ -399,7 +399,7 @@ const make = Effect.fnUntraced(function*(options: Options) {
 
   return TcpRelay.of({
     address,
-    lost: Deferred.await(lost),
+    failure: Deferred.await(lost),
     connections: Effect.sync(() =>
       Array.from(connections, (c): ConnectionInfo => ({
         target: ManagedTarget.format(c.target),

@@ -27,7 +27,7 @@
  *
  * @since 0.1.0
  */
-import { Clock, Context, Duration, Effect, FiberSet, FileSystem, Layer, Metric, Result, Schema, Scope } from "effect"
+import { Clock, Context, Deferred, Duration, Effect, Exit, FiberSet, FileSystem, Layer, Metric, Result, Schema, Scope } from "effect"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
@@ -102,6 +102,8 @@ export class ServiceProxy extends Context.Service<ServiceProxy, {
   readonly readiness: Effect.Effect<void, string>
   /** Re-read the certificate files now (a bad pair is logged and the old one kept). */
   readonly reloadCertificate: Effect.Effect<void>
+  /** Fails when the listening socket closes while the proxy should be serving (a supervisor restarts it). */
+  readonly failure: Effect.Effect<never, ServiceProxyError>
 }>()("tether/serviceproxy/ServiceProxy") {
   /**
    * Serve until the layer's scope closes. Needs {@link ManagedCredentials},
@@ -418,7 +420,16 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
     Effect.mapError((message) => new ServiceProxyError({ reason: "Listen", message }))
   )
 
-  const shutdown = Upstream.shutdown(server, FiberSet.awaitEmpty(fibers), spliced, shutdownTimeout)
+  const failure = yield* Deferred.make<never, ServiceProxyError>()
+  let stopping = false
+  server.on("close", () => {
+    if (stopping) return
+    Deferred.doneUnsafe(failure, Exit.fail(new ServiceProxyError({ reason: "Listen", message: `the listener on ${address.host}:${address.port} closed` })))
+  })
+  const shutdown = Effect.andThen(
+    Effect.sync(() => void (stopping = true)),
+    Upstream.shutdown(server, FiberSet.awaitEmpty(fibers), spliced, shutdownTimeout)
+  )
   yield* Scope.addFinalizer(scope, shutdown.pipe(Effect.annotateLogs({ component: "service-proxy" })))
 
   yield* FileWatch.start({
@@ -439,6 +450,7 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
   return ServiceProxy.of({
     address,
     readiness: Effect.suspend(() => (server.listening ? Effect.void : Effect.fail("not listening"))),
-    reloadCertificate
+    reloadCertificate,
+    failure: Deferred.await(failure)
   })
 })

@@ -12,7 +12,7 @@ import * as Observability from "../../../layers/Observability.ts"
 import * as Flags from "../Flags.ts"
 import { UsageError } from "../UsageError.ts"
 
-const flags = {
+export const flags = {
   spokeKubeconfig: Flags.string(
     "spoke-kubeconfig",
     "Kubeconfig of the managed cluster; set in hosted mode (the Lease then lives on the hosting cluster and the token's freshness is checked)"

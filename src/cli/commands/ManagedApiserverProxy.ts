@@ -14,23 +14,62 @@ import { UsageError } from "../UsageError.ts"
 /** The default of `--max-connections`: two file descriptors each, far below usual limits. */
 export const defaultMaxConnections = 1024
 
-const flags = {
-  managedKubeconfig: Flags.string(
-    "managed-kubeconfig",
-    "Kubeconfig of the managed cluster (required); the relay dials its current context's cluster server and re-reads the file when it changes"
+/**
+ * The relay's own flags; `hosted-agent` gives them the prefix `apiserver-proxy-`.
+ *
+ * @category flags
+ */
+export const relayFlags = (prefix = "") => ({
+  listen: Flags.listen(`${prefix}listen`, "Address the relay listens on", ":8443"),
+  dialTimeout: Flags.duration(`${prefix}dial-timeout`, "Bound on connecting to the managed apiserver", "30s"),
+  reloadInterval: Flags.duration(
+    `${prefix}reload-interval`,
+    "Re-read the managed kubeconfig file this often (file changes are picked up at once)",
+    "30s"
   ),
-  listen: Flags.listen("listen", "Address the relay listens on", ":8443"),
-  dialTimeout: Flags.duration("dial-timeout", "Bound on connecting to the managed apiserver", "30s"),
-  reloadInterval: Flags.duration("reload-interval", "Re-read the managed kubeconfig this often (file changes are picked up at once)", "30s"),
-  drainTimeout: Flags.duration("drain-timeout", "After the target changes, close connections to the previous target this much later", "30s"),
-  maxConnections: Flag.Int("max-connections").pipe(
+  drainTimeout: Flags.duration(
+    `${prefix}drain-timeout`,
+    "After the target changes, close connections to the previous target this much later",
+    "30s"
+  ),
+  maxConnections: Flag.Int(`${prefix}max-connections`).pipe(
     Flag.withDescription(
       `Connections relayed at once; more are accepted and closed at once; 0 means unlimited (default ${defaultMaxConnections})`
     ),
     Flag.withDefault(defaultMaxConnections)
   ),
-  idleTimeout: Flags.duration("idle-timeout", "Close connections without traffic in either direction for this long; 0 turns it off", "0"),
+  idleTimeout: Flags.duration(
+    `${prefix}idle-timeout`,
+    "Close connections without traffic in either direction for this long; 0 turns it off",
+    "0"
+  )
+})
+
+const flags = {
+  managedKubeconfig: Flags.string(
+    "managed-kubeconfig",
+    "Kubeconfig of the managed cluster (required); the relay dials its current context's cluster server and re-reads the file when it changes"
+  ),
+  ...relayFlags(),
   healthProbeBindAddress: Flags.listen("health-probe-bind-address", "Address of /healthz, /readyz and /metrics", ":8001")
+}
+
+/** The relay flags as given. @category models */
+export type RelayFlags = Omit<ApiServerRelay.Options, "managedKubeconfig">
+
+/**
+ * Validate the relay's own flags; messages name them with `prefix`.
+ *
+ * @category constructors
+ */
+export const resolveRelay = (given: RelayFlags, prefix = ""): Result.Result<RelayFlags, UsageError> => {
+  const fail = (message: string) => Result.fail(new UsageError({ message }))
+  if (!Duration.isGreaterThan(given.dialTimeout, Duration.zero)) return fail(`--${prefix}dial-timeout must be greater than 0`)
+  if (!Duration.isGreaterThan(given.reloadInterval, Duration.zero)) return fail(`--${prefix}reload-interval must be greater than 0`)
+  if (!Number.isSafeInteger(given.maxConnections) || given.maxConnections < 0) {
+    return fail(`--${prefix}max-connections must be 0 (unlimited) or a positive number`)
+  }
+  return Result.succeed(given)
 }
 
 /**
@@ -39,17 +78,13 @@ const flags = {
  * @category constructors
  */
 export const resolve = (given: Omit<ApiServerRelay.Options, "managedKubeconfig"> & { readonly managedKubeconfig: string }) => {
-  const fail = (message: string) => Result.fail(new UsageError({ message }))
   const managedKubeconfig = given.managedKubeconfig.trim()
   if (managedKubeconfig === "") {
-    return fail("--managed-kubeconfig is required: the path of the managed cluster's kubeconfig (e.g. /etc/managed/kubeconfig)")
+    return Result.fail(
+      new UsageError({ message: "--managed-kubeconfig is required: the path of the managed cluster's kubeconfig (e.g. /etc/managed/kubeconfig)" })
+    )
   }
-  if (!Duration.isGreaterThan(given.dialTimeout, Duration.zero)) return fail("--dial-timeout must be greater than 0")
-  if (!Duration.isGreaterThan(given.reloadInterval, Duration.zero)) return fail("--reload-interval must be greater than 0")
-  if (!Number.isSafeInteger(given.maxConnections) || given.maxConnections < 0) {
-    return fail("--max-connections must be 0 (unlimited) or a positive number")
-  }
-  return Result.succeed<ApiServerRelay.Options>({ ...given, managedKubeconfig })
+  return Result.map(resolveRelay(given), (relay): ApiServerRelay.Options => ({ ...relay, managedKubeconfig }))
 }
 
 export const command = Command.make("managed-apiserver-proxy", flags, (given) =>

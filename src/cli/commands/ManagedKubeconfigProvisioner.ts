@@ -12,7 +12,7 @@ import * as Options from "../../provisioner/Options.ts"
 import * as Flags from "../Flags.ts"
 import { UsageError } from "../UsageError.ts"
 
-const flags = {
+export const flags = {
   clusterName: Flags.string("cluster-name", "Name of the managed cluster (required unless --cleanup)"),
   sourceNamespace: Flags.string("source-namespace", "Namespace of the source kubeconfig Secret on the hosting cluster (default: --cluster-name)"),
   sourceName: Flags.string("source-name", "Name of the source kubeconfig Secret", "external-managed-kubeconfig"),

@@ -13,20 +13,17 @@ import * as ServiceProxyRouting from "../../domain/ServiceProxyRouting.ts"
 import * as Flags from "../Flags.ts"
 import { UsageError } from "../UsageError.ts"
 
-const flags = {
+/**
+ * The proxy's own flags; `hosted-agent` names the listen address `--service-proxy-listen`.
+ *
+ * @category flags
+ */
+export const proxyFlags = (listenFlag = "listen") => ({
   cert: Flags.string("cert", "PEM serving certificate (required); re-read when the file changes"),
   key: Flags.string("key", "PEM private key of --cert (required); re-read when the file changes"),
   additionalServiceCa: Flags.string(
     "additional-service-ca",
     "PEM file of extra CAs trusted for https Services, besides the cluster CA (a missing file is skipped)"
-  ),
-  hubKubeconfig: Flags.string(
-    "hub-kubeconfig",
-    "Hub kubeconfig; callers the managed cluster does not know are reviewed there (TokenReview) and impersonated as cluster:hub:<user>"
-  ),
-  managedKubeconfig: Flags.string(
-    "managed-kubeconfig",
-    "Generated managed kubeconfig (hosted mode); its token is re-read whenever the file changes. Empty: not hosted, use the in-cluster apiserver"
   ),
   hostedServiceProxyMode: Flag.String("hosted-service-proxy-mode").pipe(
     Flag.withDescription(
@@ -56,8 +53,6 @@ const flags = {
     Flag.withDescription("Port of the service relay Service (default 7444)"),
     Flag.withDefault(7444)
   ),
-  listen: Flags.listen("listen", "Address the proxy serves TLS on", ":7443"),
-  healthProbeBindAddress: Flags.listen("health-probe-bind-address", "Address of /healthz, /readyz and /metrics", ":8000"),
   maxIdleConns: Flag.Int("max-idle-conns").pipe(
     Flag.withDescription("Idle upstream connections kept per upstream (default 100)"),
     Flag.withDefault(100)
@@ -68,7 +63,21 @@ const flags = {
     "expect-continue-timeout",
     "With Expect: 100-continue, wait this long for the upstream's 100 Continue before sending the body (0 sends at once)",
     "1s"
-  )
+  ),
+  listen: Flags.listen(listenFlag, "Address the proxy serves TLS on", ":7443")
+})
+
+const flags = {
+  ...proxyFlags(),
+  hubKubeconfig: Flags.string(
+    "hub-kubeconfig",
+    "Hub kubeconfig; callers the managed cluster does not know are reviewed there (TokenReview) and impersonated as cluster:hub:<user>"
+  ),
+  managedKubeconfig: Flags.string(
+    "managed-kubeconfig",
+    "Generated managed kubeconfig (hosted mode); its token is re-read whenever the file changes. Empty: not hosted, use the in-cluster apiserver"
+  ),
+  healthProbeBindAddress: Flags.listen("health-probe-bind-address", "Address of /healthz, /readyz and /metrics", ":8000")
 }
 
 type Given = Command.Command.Config.Infer<typeof flags>

@@ -1,0 +1,221 @@
+/**
+ * Composition root of `tether hosted-agent`: everything that runs on the hosting cluster for
+ * one managed cluster, in one supervised process.
+ *
+ * - `provisioner`: keeps the generated managed kubeconfig Secret alive and hands each new
+ *   kubeconfig to the other components in process ({@link GeneratedKubeconfig});
+ * - `apiserver-proxy`: the raw TCP relay to the managed kube-apiserver;
+ * - `service-proxy`: the TLS proxy behind the konnectivity tunnel (all three hosted modes);
+ * - `addon-lease`: the add-on health Lease on the hosting cluster.
+ *
+ * They share one hosting-cluster client, one hub client, one probe server and one logger; each
+ * runs under the {@link Supervisor}, so a failing component is restarted alone. Without the
+ * provisioner, the others read the generated kubeconfig from a mounted file instead.
+ *
+ * @since 0.1.0
+ */
+import { NodeServices } from "@effect/platform-node"
+import { Context, type Duration, Effect, FileSystem, Layer, Option, type Scope } from "effect"
+import { FetchHttpClient, type HttpClient } from "effect/http"
+import { AddonLease } from "../src/addonagent/AddonLease.ts"
+import * as HealthChecks from "../src/addonagent/HealthChecks.ts"
+import * as Supervisor from "../src/agent/Supervisor.ts"
+import * as ClientNodeKube from "../src/kube/ClientNodeKube.ts"
+import { EventRecorder } from "../src/kube/EventRecorder.ts"
+import { GeneratedKubeconfig } from "../src/kube/GeneratedKubeconfig.ts"
+import { HostingCluster, HubCluster } from "../src/kube/KubeClient.ts"
+import * as LeaseStore from "../src/kube/LeaseStore.ts"
+import { Probes } from "../src/observability/Probes.ts"
+import { AddonStatus } from "../src/provisioner/AddonStatus.ts"
+import * as Provisioner from "../src/provisioner/Provisioner.ts"
+import { TokenState } from "../src/provisioner/Reconciler.ts"
+import { SecretStore } from "../src/provisioner/SecretStore.ts"
+import { TokenIssuer } from "../src/provisioner/TokenIssuer.ts"
+import type * as ManagedTarget from "../src/relay/ManagedTarget.ts"
+import * as TcpRelay from "../src/relay/TcpRelay.ts"
+import { TargetWatcher } from "../src/relay/TargetWatcher.ts"
+import { ServiceResolver } from "../src/relay/ServiceResolver.ts"
+import { type CredentialsError, ManagedCredentials } from "../src/serviceproxy/ManagedCredentials.ts"
+import { ServiceProxy } from "../src/serviceproxy/ServiceProxy.ts"
+import type * as ServiceProxyModule from "../src/serviceproxy/ServiceProxy.ts"
+import { TokenReviewChain } from "../src/serviceproxy/TokenReviewChain.ts"
+import type * as ApiServerRelay from "./ApiServerRelay.ts"
+import * as ServiceProxyLayers from "./ServiceProxy.ts"
+
+/** The names `--components` accepts, in start order (they stop in reverse). @category models */
+export const componentNames = ["provisioner", "addon-lease", "apiserver-proxy", "service-proxy"] as const
+
+/** @category models */
+export type ComponentName = typeof componentNames[number]
+
+/** @category models */
+export interface Options {
+  /** Hosting cluster kubeconfig; undefined means in-cluster. */
+  readonly hostingKubeconfig: string | undefined
+  /** Hub kubeconfig: the add-on condition and the second TokenReview; undefined means no hub. */
+  readonly hubKubeconfig: string | undefined
+  /** Where the consumers get the managed kubeconfig: the provisioner (set) or this file. */
+  readonly provisioner: Provisioner.Options | undefined
+  readonly managedKubeconfig: string | undefined
+  readonly apiserverProxy: Omit<ApiServerRelay.Options, "managedKubeconfig"> | undefined
+  readonly serviceProxy: {
+    readonly proxy: ServiceProxyModule.Options
+    readonly tokenReviewCacheTtl: Duration.Input
+    readonly tokenReviewErrorPatterns: ReadonlyArray<string>
+  } | undefined
+  readonly addonLease: {
+    readonly clusterName: string | undefined
+    readonly addonName: string
+    readonly leaseNamespace: string
+    readonly leaseDuration: Duration.Duration
+    readonly renewInterval: Duration.Duration
+    readonly proxyAgentReadinessUrl: string | undefined
+    readonly tokenFreshnessMargin: Duration.Duration
+  } | undefined
+  readonly supervisor?: Supervisor.Options
+}
+
+const userAgent = "tether-hosted-agent"
+
+/** A component's view of the shared probes: its checks show as `<component>/<check>`. */
+const ownProbes = (name: string) => Layer.effect(Probes, Effect.map(Probes, (probes) => Probes.prefixed(probes, name)))
+
+/** Build `layer` in the component's scope and watch it with `failure`. */
+const fromLayer = <A, E, R>(
+  name: ComponentName,
+  layer: Layer.Layer<A, E, R>,
+  failure: (context: Context.Context<A>) => Effect.Effect<unknown, unknown>
+): Supervisor.Component<Exclude<R, Probes> | Probes> => ({
+  name,
+  start: Effect.map(Layer.build(layer.pipe(Layer.provide(ownProbes(name)))), failure)
+})
+
+/** What the components need from outside; {@link HubCluster} is optional. @category models */
+export type Requirements = Probes | HostingCluster | FileSystem.FileSystem | HttpClient.HttpClient
+
+type Shared = Requirements | GeneratedKubeconfig | TokenState
+
+/**
+ * Run the components chosen by `options` until interrupted; fails only when one cannot start
+ * the first time. Needs {@link Requirements}, optionally {@link HubCluster}, and a `Scope`.
+ *
+ * @category running
+ */
+export const run = (options: Options): Effect.Effect<never, Supervisor.ComponentStartError, Requirements | Scope.Scope> =>
+  Effect.gen(function*() {
+    const hub = Option.getOrUndefined(yield* Effect.serviceOption(HubCluster))
+    const hosting = yield* HostingCluster
+    const generated = options.provisioner !== undefined
+    const components: Array<Supervisor.Component<Shared>> = []
+
+    if (options.provisioner !== undefined) {
+      const provisioner = options.provisioner
+      const addon = hub === undefined || provisioner.addon === undefined
+        ? AddonStatus.layerUntracked
+        : AddonStatus.layer(provisioner.addon).pipe(Layer.provide(Layer.succeed(HubCluster, hub)))
+      // The provisioner watches the add-on when it finds a hub client.
+      const loop = hub === undefined ? Provisioner.run(provisioner) : Effect.provideService(Provisioner.run(provisioner), HubCluster, hub)
+      const ports = Layer.mergeAll(
+        SecretStore.layer,
+        TokenIssuer.layer,
+        EventRecorder.layer("cluster-proxy-managed-kubeconfig-provisioner"),
+        addon
+      )
+      components.push({
+        name: "provisioner",
+        // Built in the component's scope, so each restart gets fresh ports.
+        start: Effect.flatMap(
+          Layer.build(Layer.merge(ports, ownProbes("provisioner"))),
+          (context) => Supervisor.fromLoop("provisioner", loop).start.pipe(Effect.provide(context))
+        )
+      })
+    }
+
+    if (options.addonLease !== undefined) {
+      const lease = options.addonLease
+      const checks: Array<Effect.Effect<HealthChecks.HealthCheck, never, Shared>> = []
+      if (lease.proxyAgentReadinessUrl !== undefined) checks.push(HealthChecks.httpReadiness("proxy-agent", lease.proxyAgentReadinessUrl))
+      checks.push(
+        generated
+          ? HealthChecks.generatedTokenFreshness("managed-token", lease.tokenFreshnessMargin)
+          : HealthChecks.managedTokenFreshness("managed-token", options.managedKubeconfig!, lease.tokenFreshnessMargin)
+      )
+      const healthChecks = Layer.effect(
+        HealthChecks.HealthChecks,
+        Effect.map(Effect.all(checks), (built) => HealthChecks.fromChecks(built))
+      )
+      components.push(fromLayer(
+        "addon-lease",
+        AddonLease.layer({
+          namespace: lease.leaseNamespace,
+          name: lease.addonName,
+          leaseDuration: lease.leaseDuration,
+          renewInterval: lease.renewInterval
+        }).pipe(Layer.provide(healthChecks), Layer.provide(LeaseStore.LeaseStore.layerClient(hosting))),
+        (context) => Context.get(context, AddonLease).failure
+      ))
+    }
+
+    if (options.apiserverProxy !== undefined) {
+      const relay = options.apiserverProxy
+      const target: Layer.Layer<TargetWatcher, ManagedTarget.TargetError, GeneratedKubeconfig | FileSystem.FileSystem> = generated
+        ? TargetWatcher.layerGenerated
+        : TargetWatcher.layer({ path: options.managedKubeconfig!, reloadInterval: relay.reloadInterval })
+      components.push(fromLayer(
+        "apiserver-proxy",
+        Layer.merge(TcpRelay.TcpRelay.layer({ ...relay, shutdownDrain: relay.drainTimeout }), TcpRelay.layerReadiness()).pipe(
+          Layer.provideMerge(target)
+        ),
+        (context) => Context.get(context, TcpRelay.TcpRelay).failure
+      ))
+    }
+
+    if (options.serviceProxy !== undefined) {
+      const { proxy, tokenReviewCacheTtl, tokenReviewErrorPatterns } = options.serviceProxy
+      const credentials: Layer.Layer<ManagedCredentials, CredentialsError, GeneratedKubeconfig | FileSystem.FileSystem> = generated
+        ? ManagedCredentials.layerGenerated({ cluster: "managed", userAgent })
+        : ManagedCredentials.layer({ source: { _tag: "Kubeconfig", path: options.managedKubeconfig! }, cluster: "managed", userAgent })
+      const chain = TokenReviewChain.layer({
+        cacheTtl: tokenReviewCacheTtl,
+        errorPatterns: ServiceProxyLayers.errorPatterns(tokenReviewErrorPatterns)
+      }).pipe(Layer.provide(ServiceProxyLayers.layerManagedCluster), Layer.provide(hub === undefined ? Layer.empty : Layer.succeed(HubCluster, hub)))
+      components.push(fromLayer(
+        "service-proxy",
+        ServiceProxyLayers.layerNoDeps(proxy).pipe(
+          Layer.provide(chain),
+          Layer.provide(credentials),
+          Layer.provide(ServiceResolver.layerSystem)
+        ),
+        (context) => Context.get(context, ServiceProxy).failure
+      ))
+    }
+
+    yield* Effect.logInfo("hosted agent starting", {
+      components: components.map((c) => c.name).join(","),
+      managedKubeconfig: generated ? "from the provisioner, in process" : options.managedKubeconfig
+    })
+    return yield* Supervisor.run(components, options.supervisor)
+  }).pipe(
+    Effect.provide(Layer.merge(GeneratedKubeconfig.layer, TokenState.layer)),
+    Effect.annotateLogs({ process: "hosted-agent" })
+  )
+
+/** The shared cluster clients from kubeconfig paths (in-cluster when the hosting one is absent). @category layers */
+export const layerClients = (options: Pick<Options, "hostingKubeconfig" | "hubKubeconfig">) =>
+  Layer.merge(
+    ClientNodeKube.layer(HostingCluster, { cluster: "hosting", path: options.hostingKubeconfig, userAgent }),
+    options.hubKubeconfig === undefined
+      ? Layer.empty
+      : ClientNodeKube.layer(HubCluster, { cluster: "hub", path: options.hubKubeconfig, userAgent })
+  )
+
+/**
+ * The agent with its clients, fetch and Node's file system; needs {@link Probes}. Building it
+ * starts the components; it fails when one cannot start the first time.
+ *
+ * @category layers
+ */
+export const launch = (options: Options) =>
+  run(options).pipe(
+    Effect.provide(Layer.mergeAll(layerClients(options), FetchHttpClient.layer, NodeServices.layer))
+  )
