@@ -60,7 +60,7 @@ export class TargetWatcher extends Context.Service<TargetWatcher, {
 export const fromRef = (ref: SubscriptionRef.SubscriptionRef<ManagedTarget.Target>, reload: Effect.Effect<void> = Effect.void) =>
   TargetWatcher.of({
     current: SubscriptionRef.get(ref),
-    peek: Effect.map(SubscriptionRef.get(ref), Option.some),
+    peek: Effect.asSome(SubscriptionRef.get(ref)),
     changes: SubscriptionRef.changes(ref),
     reload
   })

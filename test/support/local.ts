@@ -2,7 +2,7 @@
  * Local resources the integration suites share: free loopback ports, self-signed serving
  * certificates, kubectl runs, and plain HTTP GETs of probe endpoints.
  */
-import { Effect } from "effect"
+import { Data, Effect } from "effect"
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
@@ -48,7 +48,7 @@ export const kubectl = (kubeconfig: string, args: ReadonlyArray<string>): Effect
     )
   })
 
-export class GetFailed extends Error {}
+export class GetFailed extends Data.TaggedError("GetFailed")<{ readonly url: string; readonly cause: unknown }> {}
 
 /** GET `url` (plain HTTP); the status and body. */
 export const get = (url: string): Effect.Effect<{ readonly status: number; readonly body: string }, GetFailed> =>
@@ -57,5 +57,5 @@ export const get = (url: string): Effect.Effect<{ readonly status: number; reado
       const response = await fetch(url)
       return { status: response.status, body: await response.text() }
     },
-    catch: (error) => new GetFailed(String(error))
+    catch: (cause) => new GetFailed({ url, cause })
   })

@@ -6,7 +6,7 @@
  */
 import { NodeServices } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Effect, Exit, Logger } from "effect"
+import { Cause, Effect, Exit, Layer, Logger } from "effect"
 import { Command } from "effect/cli"
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
@@ -74,8 +74,7 @@ describe("tether hosted-agent", () => {
     process.env["POD_NAMESPACE"] = String(message) === String(/POD_NAMESPACE/) ? "" : "agent"
     const exit = Effect.runSyncExit(
       Command.runWith(HostedAgentCommand.command, { version: "0" })(args).pipe(
-        Effect.provide(NodeServices.layer),
-        Effect.provide(Logger.layer([Logger.map(Logger.formatSimple, (line) => void logs.push(line))])),
+        Effect.provide(Layer.merge(NodeServices.layer, Logger.layer([Logger.map(Logger.formatSimple, (line) => void logs.push(line))]))),
         Effect.timeout("5 seconds")
       )
     )

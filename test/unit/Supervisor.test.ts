@@ -31,8 +31,7 @@ const killable = (name: string, log: Array<string>) =>
         const probes = yield* Probes
         yield* probes.addReadinessCheck(`${name}/self`, Effect.void)
         yield* Effect.addFinalizer(() => Effect.sync(() => void log.push(`stop ${name}`)))
-        return Effect.flatMap(Queue.take(kills), (message) => Effect.fail(new Boom({ message })))
-      })
+      }).pipe(Effect.as(Effect.flatMap(Queue.take(kills), (message) => Effect.fail(new Boom({ message })))))
     }
     return { component, kill: (message: string) => Queue.offer(kills, message) }
   })
@@ -186,7 +185,7 @@ describe("Backoff", () => {
     "every delay lies within its attempt's bounds, and never shrinks as attempts grow (same draw)",
     [
       Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 60 })),
-      Schema.Number.check(Schema.isBetween({ minimum: 0, maximum: 0.999999 })),
+      Schema.Finite.check(Schema.isBetween({ minimum: 0, maximum: 0.999999 })),
       Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 600_000 }))
     ],
     ([attempt, draw, initial]) => {
