@@ -17,7 +17,7 @@
  */
 import { NodeServices } from "@effect/platform-node"
 import { assert, beforeAll, describe, it } from "@effect/vitest"
-import { CoordinationV1Api, CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api, type V1Secret } from "@kubernetes/client-node"
+import { CoordinationV1Api, CoreV1Api, type V1Secret } from "@kubernetes/client-node"
 import { Clock, Effect, Fiber } from "effect"
 import { Command } from "effect/cli"
 import * as ChildProcess from "node:child_process"
@@ -27,16 +27,16 @@ import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as HostedAgentCommand from "../../src/cli/commands/HostedAgent.ts"
-import { Apiserver, Fixtures } from "../../src/testing/index.ts"
+import { Apiserver } from "../../src/testing/index.ts"
 import { noApiserver } from "../support/apiserver.ts"
 import { until } from "../support/eventually.ts"
 import { freePort, get, kubectl, selfSigned } from "../support/local.ts"
 import { send } from "../support/send.ts"
+import * as HostedInstall from "../support/hostedInstall.ts"
 import { useTrio } from "../support/trio.ts"
 
 const b64 = (s: string) => Buffer.from(s).toString("base64")
 const unb64 = (s: string | undefined) => Buffer.from(s ?? "", "base64").toString("utf8")
-const { group, plural, version } = Fixtures.managedClusterAddOnResource
 
 const cluster = "c1"
 const agentNamespace = "agent"
@@ -54,62 +54,7 @@ describe.skipIf(noApiserver)("hosted-agent (real apiservers)", () => {
     ;({ hub, hosting, managed } = clusters)
     dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tether-hosted-agent-"))
     tls = selfSigned(dir, "proxy", ["localhost", "127.0.0.1"])
-    await Effect.runPromise(Effect.gen(function*() {
-      yield* Apiserver.createNamespace(hosting, cluster)
-      yield* Apiserver.createNamespace(hosting, agentNamespace)
-      yield* Apiserver.createNamespace(hub, cluster)
-      readerToken = yield* Apiserver.serviceAccountToken(managed, "team", "reader", 3600)
-      // The ServiceAccount the provisioner mints tokens for (the helper creates it and its namespace).
-      yield* Apiserver.serviceAccountToken(managed, agentNamespace, "cluster-proxy", 600)
-    }))
-    const rbac = Apiserver.kubeConfig(managed).makeApiClient(RbacAuthorizationV1Api)
-    // The chart's impersonator role for the add-on's ServiceAccount, plus reading namespaces and
-    // ConfigMaps so kubectl through the relay has something to list and watch.
-    await rbac.createClusterRole({
-      body: {
-        metadata: { name: "hosted-agent-it" },
-        rules: [
-          { apiGroups: [""], resources: ["users", "groups", "serviceaccounts"], verbs: ["impersonate"] },
-          { apiGroups: ["authentication.k8s.io"], resources: ["tokenreviews"], verbs: ["create"] },
-          { apiGroups: [""], resources: ["namespaces", "configmaps"], verbs: ["get", "list", "watch"] }
-        ]
-      }
-    })
-    await rbac.createClusterRoleBinding({
-      body: {
-        metadata: { name: "hosted-agent-it" },
-        roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "hosted-agent-it" },
-        subjects: [{ kind: "ServiceAccount", name: "cluster-proxy", namespace: agentNamespace }]
-      }
-    })
-    await rbac.createNamespacedRole({
-      namespace: "default",
-      body: { metadata: { name: "pod-reader" }, rules: [{ apiGroups: [""], resources: ["pods"], verbs: ["get", "list"] }] }
-    })
-    await rbac.createNamespacedRoleBinding({
-      namespace: "default",
-      body: {
-        metadata: { name: "pod-readers" },
-        roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "Role", name: "pod-reader" },
-        subjects: [{ kind: "ServiceAccount", name: "reader", namespace: "team" }]
-      }
-    })
-    await Apiserver.kubeConfig(hosting).makeApiClient(CoreV1Api).createNamespacedSecret({
-      namespace: cluster,
-      body: { metadata: { name: "external-managed-kubeconfig" }, data: { kubeconfig: b64(managed.kubeconfigYaml) } }
-    })
-    await Apiserver.kubeConfig(hub).makeApiClient(CustomObjectsApi).createNamespacedCustomObject({
-      group,
-      version,
-      plural,
-      namespace: cluster,
-      body: {
-        apiVersion: `${group}/${version}`,
-        kind: "ManagedClusterAddOn",
-        metadata: { name: "cluster-proxy" },
-        spec: { installNamespace: agentNamespace }
-      }
-    })
+    ;({ readerToken } = await Effect.runPromise(HostedInstall.prepare({ hub, hosting, managed }, cluster, agentNamespace)))
   })
 
   const hostingCore = () => Apiserver.kubeConfig(hosting).makeApiClient(CoreV1Api)
