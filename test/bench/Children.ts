@@ -135,6 +135,17 @@ export const freePort: Effect.Effect<number, BenchError> = Effect.callback((resu
   })
 })
 
+const answers = (url: string) =>
+  Effect.promise(() =>
+    fetch(url, { signal: AbortSignal.timeout(2000) }).then(
+      async (response) => {
+        await response.arrayBuffer()
+        return response.status === 200
+      },
+      () => false
+    )
+  )
+
 const connects = (port: number) =>
   Effect.callback<boolean>((resume) => {
     const socket = Net.connect({ host: "127.0.0.1", port })
@@ -158,6 +169,10 @@ export type Readiness =
   | { readonly _tag: "Prints"; readonly pattern: RegExp; readonly port?: number }
   /** It accepts TCP connections on this loopback port. */
   | { readonly _tag: "Accepts"; readonly port: number }
+  /** `url` answers a GET with 200 (a `/readyz` probe); `port` is what the server reports. */
+  | { readonly _tag: "Answers"; readonly url: string; readonly port: number }
+  /** Ready once spawned (a process with nothing to wait for). */
+  | { readonly _tag: "Started" }
 
 /** The Go tools and the relay process print `listening <port>`. */
 export const printsPort: Readiness = { _tag: "Prints", pattern: /listening (\d+)/ }
@@ -209,10 +224,18 @@ export const server = Effect.fn("Children.server")(function*(
   const port = yield* Effect.gen(function*() {
     while (true) {
       if (exited()) return yield* failed(`exited during startup (code ${child.exitCode ?? child.signalCode})`)
-      if (readiness._tag === "Prints") {
-        if (printed !== undefined && (yield* connects(printed))) return printed
-      } else if (yield* connects(readiness.port)) {
-        return readiness.port
+      switch (readiness._tag) {
+        case "Prints":
+          if (printed !== undefined && (yield* connects(printed))) return printed
+          break
+        case "Accepts":
+          if (yield* connects(readiness.port)) return readiness.port
+          break
+        case "Answers":
+          if (yield* answers(readiness.url)) return readiness.port
+          break
+        case "Started":
+          return 0
       }
       yield* Effect.sleep("50 millis")
     }

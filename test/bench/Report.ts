@@ -5,6 +5,8 @@
  * @since 0.1.0
  */
 
+import type * as Footprint from "./Footprint.ts"
+
 /** One path through which the load went (direct, tether, a peer). */
 export interface Path {
   readonly key: string
@@ -62,6 +64,8 @@ export interface Report {
   readonly quick: boolean
   readonly tcp?: { readonly throughput: ReadonlyArray<Throughput>; readonly roundTrips: ReadonlyArray<RoundTrip> }
   readonly http?: ReadonlyArray<HttpResult>
+  /** One list per round. */
+  readonly footprint?: ReadonlyArray<ReadonlyArray<Footprint.Measured>>
   readonly notes: ReadonlyArray<string>
 }
 
@@ -299,6 +303,60 @@ export const render = (report: Report): string => {
     parts.push("wrk with keep-alive, GET answered with a 1 KiB body.")
     parts.push(httpSection(report.http))
   }
+  if (report.footprint !== undefined && report.footprint.length > 0) {
+    parts.push("## Footprint: each process against the bare Node floor")
+    parts.push(footprintSection(report.footprint))
+  }
   if (report.notes.length > 0) parts.push(["## Notes", "", ...report.notes.map((note) => `- ${note}`)].join("\n"))
   return `${parts.join("\n\n")}\n`
+}
+
+const splitLayout = ["managed-kubeconfig-provisioner", "managed-apiserver-proxy", "service-proxy", "addon-agent"]
+
+/** Medians over rounds per process, the split layout's sum, and the ratios the targets name. */
+export const footprintSection = (rounds: ReadonlyArray<ReadonlyArray<Footprint.Measured>>): string => {
+  const names = rounds[0]!.map((row) => row.name)
+  const med = (name: string, pick: (row: Footprint.Measured) => number | undefined) => {
+    const values = rounds.map((round) => round.find((row) => row.name === name)).map((row) => (row === undefined ? undefined : pick(row)))
+      .filter((value): value is number => value !== undefined && Number.isFinite(value))
+    return values.length === 0 ? undefined : median(values)
+  }
+  const fmt = (value: number | undefined, digits = 0) => (value === undefined ? "–" : value.toFixed(digits))
+  const floor = med("bare Node (floor)", (row) => row.rssIdleMiB)
+  const lines = [
+    "| process | start to ready (ms) | RSS ready (MiB) | RSS idle (MiB) | RSS after relay load (MiB) | peak RSS (MiB) | CPU per idle minute (ms) | idle RSS / floor |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|"
+  ]
+  for (const name of names) {
+    const idle = med(name, (row) => row.rssIdleMiB)
+    lines.push(
+      `| ${name} | ${name.startsWith("bare") ? "–" : fmt(med(name, (row) => row.readyMs))} | ${fmt(med(name, (row) => row.rssReadyMiB))} | ${fmt(idle)} | ` +
+        `${fmt(med(name, (row) => row.rssLoadMiB))} | ${fmt(med(name, (row) => row.peakMiB))} | ${fmt(med(name, (row) => row.idleCpuMsPerMinute))} | ` +
+        `${idle === undefined || floor === undefined ? "–" : `${(idle / floor).toFixed(2)}×`} |`
+    )
+  }
+  const sum = (pick: (row: Footprint.Measured) => number | undefined) => {
+    const parts = splitLayout.map((name) => med(name, pick))
+    return parts.some((part) => part === undefined) ? undefined : parts.reduce((a, b) => a! + b!, 0)
+  }
+  const splitIdle = sum((row) => row.rssIdleMiB)
+  const splitPeak = sum((row) => row.peakMiB)
+  lines.push(
+    `| split layout (sum of the four) | – | ${fmt(sum((row) => row.rssReadyMiB))} | ${fmt(splitIdle)} | – | ${fmt(splitPeak)} | ` +
+      `${fmt(sum((row) => row.idleCpuMsPerMinute))} | ${splitIdle === undefined || floor === undefined ? "–" : `${(splitIdle / floor).toFixed(2)}×`} |`
+  )
+  const combined = med("hosted-agent", (row) => row.rssIdleMiB)
+  const largest = Math.max(...splitLayout.map((name) => med(name, (row) => row.rssIdleMiB) ?? 0))
+  const ratios: Array<string> = []
+  if (combined !== undefined && splitIdle !== undefined) {
+    ratios.push(`- hosted-agent idle RSS / split layout sum: **${(combined / splitIdle).toFixed(2)}×** (target ≤ 0.35×)`)
+    ratios.push(`- hosted-agent idle RSS / largest split process: **${(combined / largest).toFixed(2)}×** (target ≤ 1.3×)`)
+  }
+  if (floor !== undefined) {
+    const worst = Math.max(...names.filter((name) => !name.startsWith("bare")).map((name) => med(name, (row) => row.rssIdleMiB) ?? 0))
+    ratios.push(`- largest idle RSS / bare Node floor: **${(worst / floor).toFixed(2)}×** (target ≤ 2×)`)
+  }
+  const slowest = Math.max(...names.filter((name) => !name.startsWith("bare")).map((name) => med(name, (row) => row.readyMs) ?? 0))
+  ratios.push(`- slowest start to ready: **${(slowest / 1000).toFixed(2)} s** (target ≤ 2 s)`)
+  return [lines.join("\n"), "", ...ratios].join("\n")
 }

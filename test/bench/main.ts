@@ -24,7 +24,7 @@
  * `--rounds=N`, `--out=<file>`, `--profile=<dir>` (tether's processes write V8 CPU profiles
  * there, `node --cpu-prof`, when they stop), `--token-review-cache-ttl=<Go duration>` (the
  * relay's, default 10s as in production), `--paths=direct,tether,...` (measure only these paths; keys:
- * direct, tether, socat, haproxy, nginx, go-prototype, go-tuned, node), `--conns=1,32` (HTTP: measure only
+ * direct, tether, hosted-agent, socat, haproxy, nginx, go-prototype, go-tuned, node), `--conns=1,32` (HTTP: measure only
  * these of the concurrencies 1, 32 and 128).
  *
  * @since 0.1.0
@@ -42,6 +42,7 @@ import * as EnvtestAssets from "../../src/testing/EnvtestAssets.ts"
 import * as Children from "./Children.ts"
 import { BenchError } from "./Children.ts"
 import * as Cpu from "./Cpu.ts"
+import * as Footprint from "./Footprint.ts"
 import * as Report from "./Report.ts"
 
 // ---------------------------------------------------------------------------------------------
@@ -55,20 +56,21 @@ const option = (name: string): string | undefined => {
 }
 const known = new Set(["--quick"])
 for (const arg of argv) {
-  if (!known.has(arg) && !/^--(only|rounds|out|profile|token-review-cache-ttl|paths|conns)=/.test(arg)) {
+  if (!known.has(arg) && !/^--(only|rounds|out|profile|token-review-cache-ttl|paths|conns|footprint-idle)=/.test(arg)) {
     process.stderr.write(
-      `unknown option ${arg}; options: --quick --only=tcp|http --rounds=N --out=<file> --profile=<dir> --token-review-cache-ttl=<duration> --paths=<key,...> --conns=<n,...>\n`
+      `unknown option ${arg}; options: --quick --only=tcp|http|footprint --rounds=N --out=<file> --profile=<dir> --token-review-cache-ttl=<duration> --paths=<key,...> --conns=<n,...> --footprint-idle=<seconds>\n`
     )
     process.exit(2)
   }
 }
 const quick = argv.includes("--quick")
 const only = option("only")
-if (only !== undefined && only !== "tcp" && only !== "http") {
-  process.stderr.write("--only must be tcp or http\n")
+if (only !== undefined && only !== "tcp" && only !== "http" && only !== "footprint") {
+  process.stderr.write("--only must be tcp, http or footprint\n")
   process.exit(2)
 }
 const rounds = Math.max(1, Math.min(10, Number(option("rounds") ?? (quick ? 1 : 5)) || 1))
+const footprintIdle = Duration.seconds(Math.max(1, Number(option("footprint-idle") ?? (quick ? 5 : 60)) || 60))
 
 const here = Path.dirname(fileURLToPath(import.meta.url))
 const repo = Path.resolve(here, "../..")
@@ -182,6 +184,7 @@ const workDir = Effect.acquireRelease(
 const paths = {
   direct: { key: "direct", label: "direct" },
   tetherTcp: { key: "tether", label: "tether managed-apiserver-proxy" },
+  hostedAgentTcp: { key: "hosted-agent", label: "tether hosted-agent (its TCP relay)" },
   socat: { key: "socat", label: "socat" },
   haproxy: { key: "haproxy", label: "haproxy (tcp mode)" },
   tetherHttp: { key: "tether", label: "tether service-relay" },
@@ -254,6 +257,19 @@ const tcpRelays = Effect.fn("bench.tcpRelays")(function*(work: string, name: str
     `--health-probe-bind-address=127.0.0.1:${probePort}`
   ], { _tag: "Prints", pattern: /relay listening/, port: tetherPort })
 
+  // The same relay inside the hosted-agent runtime (supervisor, shared probes), fed the same file.
+  const hostedPort = yield* Children.freePort
+  const hostedProbePort = yield* Children.freePort
+  const hosted = yield* Children.server("tether hosted-agent", process.execPath, [
+    ...nodeFlags,
+    Path.join(repo, "src/cli/bin.ts"),
+    "hosted-agent",
+    "--components=apiserver-proxy",
+    `--managed-kubeconfig=${kubeconfig}`,
+    `--apiserver-proxy-listen=127.0.0.1:${hostedPort}`,
+    `--health-probe-bind-address=127.0.0.1:${hostedProbePort}`
+  ], { _tag: "Prints", pattern: /relay listening/, port: hostedPort })
+
   const socatPort = yield* Children.freePort
   const socat = yield* Children.server("socat", "socat", [
     `TCP-LISTEN:${socatPort},bind=127.0.0.1,reuseaddr,fork,backlog=1024,nodelay`,
@@ -292,6 +308,7 @@ const tcpRelays = Effect.fn("bench.tcpRelays")(function*(work: string, name: str
   return [
     { path: paths.direct, port: target, groups: [] },
     { path: paths.tetherTcp, port: tetherPort, groups: [tether.pid] },
+    { path: paths.hostedAgentTcp, port: hostedPort, groups: [hosted.pid] },
     { path: paths.socat, port: socatPort, groups: [socat.pid] },
     { path: paths.haproxy, port: haproxyPort, groups: [haproxy.pid] },
     { path: paths.nodeTcp, port: baseline.port, groups: [baseline.pid] }
@@ -684,13 +701,26 @@ const main = Effect.gen(function*() {
   const tools = yield* buildTools(work)
   const machine = yield* describeMachine
 
-  const tcp = only === "http" ? undefined : yield* tcpBench(work, tools)
+  const tcp = only === undefined || only === "tcp" ? yield* tcpBench(work, tools) : undefined
   let http: ReadonlyArray<Report.HttpResult> | undefined
-  if (only !== "tcp") {
+  if (only === undefined || only === "http") {
     if (EnvtestAssets.resolveSync() === undefined) {
       yield* say("HTTP: skipped, no kube-apiserver assets (run `npm run envtest` first)")
     } else {
       http = yield* Effect.scoped(httpBench(work, tools))
+    }
+  }
+
+  let footprint: Array<ReadonlyArray<Footprint.Measured>> | undefined
+  if (only === undefined || only === "footprint") {
+    if (EnvtestAssets.resolveSync() === undefined) {
+      yield* say("footprint: skipped, no kube-apiserver assets (run `npm run envtest` first)")
+    } else {
+      footprint = []
+      for (let round = 1; round <= Math.min(rounds, 3); round++) {
+        yield* say(`footprint: round ${round}`)
+        footprint.push(yield* Effect.scoped(Footprint.measure({ repo, work, idle: footprintIdle, loadRequests: quick ? 5 : 50, say })))
+      }
     }
   }
 
@@ -707,7 +737,8 @@ const main = Effect.gen(function*() {
       `TCP round trip: test/bench/tools.go \`rtt\`: ${bodyBytes} B written and read back, one in flight per connection, ` +
         `${seconds.roundTrip} s after 0.5 s warm-up (at most ${roundTripCount(1).toLocaleString("en-US")}/${roundTripCount(16).toLocaleString("en-US")} round trips), Go echo server`,
       "TCP peers: `socat TCP-LISTEN:<p>,fork,nodelay TCP:<target>,nodelay`; haproxy `mode tcp` with default threads; " +
-        "tether is `node src/cli/bin.ts managed-apiserver-proxy` with default flags",
+        "tether is `node src/cli/bin.ts managed-apiserver-proxy` with default flags, and the same relay inside " +
+        "`tether hosted-agent --components=apiserver-proxy --managed-kubeconfig=<the same file>`",
       `HTTP: \`wrk ${wrkArgs(0, 0, seconds.wrk).join(" ").replace("-c0", "-c<conns>").replace(":0/", ":<port>/").replace(wrkScript, "test/bench/request.lua")}\` ` +
         `after a ${seconds.wrkWarmup} s warm-up at 32 connections; the same request (bearer token and Cluster-Proxy-* routing headers) on every path`,
       `HTTP backend: nginx (1 worker) \`return 200\` with a ${bodyBytes} B body; nginx proxy: Debian defaults (\`worker_processes auto\`), ` +
@@ -718,15 +749,25 @@ const main = Effect.gen(function*() {
     ],
     ...(tcp === undefined ? {} : { tcp }),
     ...(http === undefined ? {} : { http }),
+    ...(footprint === undefined ? {} : { footprint }),
     notes: [
-      "The bare Node rows are references, not peers: a 20-line relay (test/bench/NodeBaseline.ts) with no authentication, " +
+      ...(tcp === undefined && http === undefined ? [] : [
+        "The bare Node rows are references, not peers: a 20-line relay (test/bench/NodeBaseline.ts) with no authentication, " +
         "routing, header filtering, metrics, limits or Effect. They show what Node itself costs on this machine.",
-      "Relay CPU is the CPU time of the relay's whole process group (all threads, nginx workers, socat's forks) during " +
+        "Relay CPU is the CPU time of the relay's whole process group (all threads, nginx workers, socat's forks) during " +
         "the measurement, divided by the work done; the direct path has no relay.",
-      ...(httpNote === undefined ? [] : [httpNote]),
-      `${noisy} of ${measurements} measurements started while the machine was more than ${quietThreshold * 100}% busy ` +
+        ...(httpNote === undefined ? [] : [httpNote]),
+        `${noisy} of ${measurements} measurements started while the machine was more than ${quietThreshold * 100}% busy ` +
         `after waiting up to ${quietWaitMillis / 1000} s for it to calm down (other work on a shared machine); ` +
         "the relay CPU columns are the least affected by that"
+      ]),
+      ...(footprint === undefined ? [] : [
+        `Footprint: ${footprint.length} round(s), medians; each process serves its own managed cluster on real hub, hosting and ` +
+        "managed apiservers (already answering), started alone and timed from spawn to its /readyz answering 200; then all idle " +
+        `together for ${Duration.format(footprintIdle)} (RSS idle, CPU per idle minute); then each relay carries 64 keep-alive TLS ` +
+        `connections × ${quick ? 5 : 50} GET /version to the managed apiserver. RSS and peak from /proc/<pid>/status ` +
+        "(VmRSS, VmHWM); the floor is `node -e 'setInterval(() => {}, 1 << 30)'` on the same Node binary."
+      ])
     ]
   })
   process.stdout.write(markdown)

@@ -1,0 +1,228 @@
+/**
+ * What each tether process costs to keep running, side by side with a bare Node process (the
+ * floor) in one run: start to ready, resident memory when ready, after an idle period and under
+ * relay load, the peak, and CPU per idle minute. The hosting-side processes of the split layout
+ * (provisioner, managed-apiserver-proxy, service-proxy, addon-agent) are measured one by one and
+ * summed; `hosted-agent` runs the same four components in one process.
+ *
+ * Real apiservers stand in for hub, hosting and managed; every measured process serves its own
+ * managed cluster (its own namespaces), so they do not share Secrets or Leases. Each process is
+ * started alone (so its start time is its own), then all idle together for the idle period, then
+ * the relays are loaded one at a time.
+ *
+ * Memory figures come from /proc/<pid>/status (VmRSS, VmHWM); CPU from /proc/<pid>/stat
+ * (utime + stime).
+ */
+import { Clock, Duration, Effect } from "effect"
+import * as ChildProcess from "node:child_process"
+import * as Fs from "node:fs"
+import * as Https from "node:https"
+import * as Path from "node:path"
+import * as Apiserver from "../../src/testing/Apiserver.ts"
+import * as Fixtures from "../../src/testing/fixtures/ManagedClusterAddOnCrd.ts"
+import * as HostedInstall from "../support/hostedInstall.ts"
+import * as Children from "./Children.ts"
+import { BenchError } from "./Children.ts"
+
+export interface Measured {
+  readonly name: string
+  /** Spawn to /readyz 200, milliseconds (apiservers already answering). */
+  readonly readyMs: number
+  readonly rssReadyMiB: number
+  readonly rssIdleMiB: number
+  /** After the relay load; undefined for processes without a relay. */
+  readonly rssLoadMiB: number | undefined
+  /** VmHWM at the end. */
+  readonly peakMiB: number
+  /** CPU milliseconds per idle minute. */
+  readonly idleCpuMsPerMinute: number
+}
+
+export interface Options {
+  readonly repo: string
+  readonly work: string
+  readonly idle: Duration.Duration
+  /** Requests per connection of the relay load (64 connections, keep-alive GET /version over TLS). */
+  readonly loadRequests: number
+  readonly say: (line: string) => Effect.Effect<void>
+}
+
+const mib = (kib: number) => kib / 1024
+
+/** VmRSS and VmHWM of `pid`, in KiB. */
+const memory = (pid: number) =>
+  Effect.try({
+    try: () => {
+      const status = Fs.readFileSync(`/proc/${pid}/status`, "utf8")
+      const field = (name: string) => Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? Number.NaN)
+      return { rss: field("VmRSS"), hwm: field("VmHWM") }
+    },
+    catch: () => new BenchError({ message: `cannot read /proc/${pid}/status (the process exited?)` })
+  })
+
+const clockTicks = Number(ChildProcess.execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim()) || 100
+
+/** CPU time of `pid` so far, in milliseconds. */
+const cpuMillis = (pid: number) =>
+  Effect.try({
+    try: () => {
+      const stat = Fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+      // Fields after the command name (which may hold spaces) start at index 2 (state).
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+      return ((Number(fields[11]) + Number(fields[12])) * 1000) / clockTicks
+    },
+    catch: () => new BenchError({ message: `cannot read /proc/${pid}/stat` })
+  })
+
+/** 64 keep-alive TLS connections, `requests` GET /version each, through a relay at `port` to `managed`. */
+const relayLoad = (port: number, managed: Apiserver.ApiserverInfo, requests: number) =>
+  Effect.tryPromise({
+    try: async () => {
+      const agent = new Https.Agent({ keepAlive: true, maxSockets: 64, ca: managed.caPem })
+      const one = () =>
+        new Promise<void>((resolve, reject) => {
+          const req = Https.get({ host: "127.0.0.1", port, path: "/version", agent, servername: "127.0.0.1" }, (res) => {
+            res.resume()
+            res.on("end", () => (res.statusCode === 200 || res.statusCode === 401 || res.statusCode === 403 ? resolve() : reject(new Error(`status ${res.statusCode}`))))
+          })
+          req.setTimeout(20_000, () => req.destroy(new Error("timeout")))
+          req.on("error", reject)
+        })
+      await Promise.all(Array.from({ length: 64 }, async () => {
+        for (let i = 0; i < requests; i++) await one()
+      }))
+      agent.destroy()
+    },
+    catch: (error) => new BenchError({ message: `relay load failed: ${String(error)}` })
+  })
+
+interface Spec {
+  readonly name: string
+  readonly args: (ports: { readonly probe: number; readonly relay: number; readonly proxy: number }) => ReadonlyArray<string>
+  readonly relay: boolean
+  readonly env?: NodeJS.ProcessEnv
+}
+
+/**
+ * Measure every process once; run inside a scope (apiservers and processes stop with it).
+ */
+export const measure = Effect.fn("bench.footprint")(function*(options: Options) {
+  const { repo, say, work } = options
+  yield* say("footprint: starting hub, hosting and managed apiservers")
+  const [hub, hosting, managed] = yield* Effect.all([
+    Apiserver.make({ name: "fp-hub", crds: [Fixtures.managedClusterAddOnCrd] }),
+    Apiserver.make({ name: "fp-hosting" }),
+    Apiserver.make({ name: "fp-managed" })
+  ], { concurrency: "unbounded" }).pipe(Effect.mapError((error) => new BenchError({ message: error.message })))
+  const clusters = { hub, hosting, managed }
+  const tls = Path.join(work, "fp-tls")
+  Fs.mkdirSync(tls, { recursive: true })
+  ChildProcess.execFileSync("openssl", [
+    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=localhost",
+    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", Path.join(tls, "tls.key"), "-out", Path.join(tls, "tls.crt")
+  ], { stdio: "ignore" })
+
+  /** A managed cluster of its own, and (for the split consumers) the mounted generated kubeconfig. */
+  const install = Effect.fn(function*(name: string) {
+    const cluster = `fp-${name}`
+    const agentNamespace = `fp-${name}-agent`
+    yield* HostedInstall.prepare(clusters, cluster, agentNamespace).pipe(Effect.mapError((error) => new BenchError({ message: error.message })))
+    const token = yield* Apiserver.serviceAccountToken(managed, agentNamespace, "cluster-proxy", 3600).pipe(
+      Effect.mapError((error) => new BenchError({ message: error.message }))
+    )
+    const kubeconfig = Path.join(work, `${cluster}.kubeconfig`)
+    Fs.writeFileSync(kubeconfig, Apiserver.kubeconfigForToken(managed, token), { mode: 0o600 })
+    return { cluster, agentNamespace, kubeconfig }
+  })
+
+  const cert = [`--cert=${Path.join(tls, "tls.crt")}`, `--key=${Path.join(tls, "tls.key")}`]
+  const probeAt = (port: number) => `--health-probe-bind-address=127.0.0.1:${port}`
+  const specs: Array<Spec> = []
+  specs.push({ name: "bare Node (floor)", args: () => ["-e", "setInterval(() => {}, 1 << 30)"], relay: false })
+  const p = yield* install("provisioner")
+  specs.push({
+    name: "managed-kubeconfig-provisioner",
+    relay: false,
+    args: ({ probe }) => ["managed-kubeconfig-provisioner", `--cluster-name=${p.cluster}`, `--target-namespace=${p.agentNamespace}`, `--kubeconfig=${hosting.kubeconfigPath}`, `--hub-kubeconfig=${hub.kubeconfigPath}`, probeAt(probe)]
+  })
+  const r = yield* install("relay")
+  specs.push({
+    name: "managed-apiserver-proxy",
+    relay: true,
+    args: ({ probe, relay }) => ["managed-apiserver-proxy", `--managed-kubeconfig=${r.kubeconfig}`, `--listen=127.0.0.1:${relay}`, probeAt(probe)]
+  })
+  const s = yield* install("proxy")
+  specs.push({
+    name: "service-proxy",
+    relay: false,
+    env: { POD_NAMESPACE: s.agentNamespace },
+    args: ({ probe, proxy }) => ["service-proxy", ...cert, `--managed-kubeconfig=${s.kubeconfig}`, `--hub-kubeconfig=${hub.kubeconfigPath}`, `--listen=127.0.0.1:${proxy}`, probeAt(probe)]
+  })
+  const a = yield* install("lease")
+  specs.push({
+    name: "addon-agent",
+    relay: false,
+    args: ({ probe }) => ["addon-agent", `--spoke-kubeconfig=${a.kubeconfig}`, `--cluster-name=${a.cluster}`, `--lease-namespace=${a.agentNamespace}`, `--kubeconfig=${hosting.kubeconfigPath}`, "--enable-proxy-agent-health-check=false", probeAt(probe)]
+  })
+  const h = yield* install("hosted")
+  specs.push({
+    name: "hosted-agent",
+    relay: true,
+    env: { POD_NAMESPACE: h.agentNamespace },
+    args: ({ probe, proxy, relay }) => [
+      "hosted-agent", `--cluster-name=${h.cluster}`, `--target-namespace=${h.agentNamespace}`, `--lease-namespace=${h.agentNamespace}`,
+      `--kubeconfig=${hosting.kubeconfigPath}`, `--hub-kubeconfig=${hub.kubeconfigPath}`, "--enable-proxy-agent-health-check=false",
+      `--apiserver-proxy-listen=127.0.0.1:${relay}`, `--service-proxy-listen=127.0.0.1:${proxy}`, ...cert, probeAt(probe)
+    ]
+  })
+
+  // Start each alone and time it to ready.
+  const started: Array<{ readonly spec: Spec; readonly pid: number; readonly relayPort: number; readonly readyMs: number; readonly rssReady: number }> = []
+  for (const spec of specs) {
+    const ports = { probe: yield* Children.freePort, relay: yield* Children.freePort, proxy: yield* Children.freePort }
+    const bare = spec.name.startsWith("bare")
+    const args = bare ? spec.args(ports) : [Path.join(repo, "src/cli/bin.ts"), ...spec.args(ports)]
+    const begin = yield* Clock.currentTimeMillis
+    const server = yield* Children.server(
+      spec.name,
+      process.execPath,
+      args,
+      bare ? { _tag: "Started" } : { _tag: "Answers", url: `http://127.0.0.1:${ports.probe}/readyz`, port: ports.probe },
+      { env: { ...process.env, ...spec.env }, startupTimeout: "60 seconds" }
+    )
+    const readyMs = bare ? Number.NaN : (yield* Clock.currentTimeMillis) - begin
+    // The floor has nothing to get ready for; its figures are the idle ones.
+    const { rss } = bare ? { rss: Number.NaN } : yield* memory(server.pid)
+    started.push({ spec, pid: server.pid, relayPort: ports.relay, readyMs, rssReady: rss })
+    if (!bare) yield* say(`footprint: ${spec.name} ready in ${readyMs} ms, ${mib(rss).toFixed(0)} MiB`)
+  }
+
+  // Idle together.
+  const cpuBefore = yield* Effect.forEach(started, (one) => cpuMillis(one.pid))
+  yield* say(`footprint: idle for ${Duration.format(options.idle)}`)
+  yield* Effect.sleep(options.idle)
+  const cpuAfter = yield* Effect.forEach(started, (one) => cpuMillis(one.pid))
+  const idle = yield* Effect.forEach(started, (one) => memory(one.pid))
+
+  // Load the relays one at a time.
+  const results: Array<Measured> = []
+  for (const [i, one] of started.entries()) {
+    let rssLoad: number | undefined
+    if (one.spec.relay) {
+      yield* say(`footprint: relay load through ${one.spec.name}`)
+      yield* relayLoad(one.relayPort, managed, options.loadRequests)
+      rssLoad = (yield* memory(one.pid)).rss
+    }
+    const end = yield* memory(one.pid)
+    results.push({
+      name: one.spec.name,
+      readyMs: one.readyMs,
+      rssReadyMiB: mib(one.rssReady),
+      rssIdleMiB: mib(idle[i]!.rss),
+      rssLoadMiB: rssLoad === undefined ? undefined : mib(rssLoad),
+      peakMiB: mib(end.hwm),
+      idleCpuMsPerMinute: (cpuAfter[i]! - cpuBefore[i]!) / Duration.toMinutes(options.idle)
+    })
+  }
+  return results
+})
