@@ -6,7 +6,7 @@
  */
 import { NodeFileSystem } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Context, Duration, Effect, Exit, Layer, Logger, Metric, Result, Scope, SubscriptionRef } from "effect"
+import { Context, Duration, Effect, Exit, Fiber, Layer, Logger, Metric, Result, Scope, SubscriptionRef } from "effect"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
@@ -496,6 +496,52 @@ describe("TcpRelay", () => {
         socket.once("error", () => resume(Effect.succeed(true)))
       })
       assert.isTrue(refused, "nothing listens any more")
+    }).pipe(isolated))
+
+  it.live("with shutdownDrain, closing the layer stops accepting at once and lets open connections finish until the drain ends", () =>
+    Effect.gen(function*() {
+      const upstream = yield* upstreamServer(echo)
+      const scope = yield* Scope.make()
+      const relay = Context.get(
+        yield* Layer.buildWithScope(relayTo(upstream.port, { shutdownDrain: Duration.millis(1500) }), scope),
+        TcpRelay.TcpRelay
+      )
+      const client = yield* connect(relay.address.port)
+      client.socket.write("a")
+      yield* eventually("the echo arrives", () => received(client) === "a")
+      const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+      const refused = Effect.callback<boolean>((resume) => {
+        const socket = Net.connect({ port: relay.address.port, host: "127.0.0.1" })
+        socket.once("connect", () => {
+          socket.destroy()
+          resume(Effect.succeed(false))
+        })
+        socket.once("error", () => resume(Effect.succeed(true)))
+      })
+      yield* eventuallyEffect("the listener closes", refused, (isRefused) => isRefused, "1 second")
+      // The open connection still carries bytes during the drain.
+      client.socket.write("b")
+      yield* eventually("the echo arrives during the drain", () => received(client) === "ab")
+      assert.isFalse(dropped(client))
+      yield* Fiber.join(closing)
+      yield* eventually("the client is closed once the drain ends", () => dropped(client))
+    }).pipe(isolated))
+
+  it.live("with shutdownDrain, the layer closes as soon as the last connection ends", () =>
+    Effect.gen(function*() {
+      const upstream = yield* upstreamServer(echo)
+      const scope = yield* Scope.make()
+      const relay = Context.get(
+        yield* Layer.buildWithScope(relayTo(upstream.port, { shutdownDrain: Duration.seconds(30) }), scope),
+        TcpRelay.TcpRelay
+      )
+      const client = yield* connect(relay.address.port)
+      client.socket.write("a")
+      yield* eventually("the echo arrives", () => received(client) === "a")
+      const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
+      client.socket.end()
+      const closed = yield* Fiber.join(closing).pipe(Effect.timeoutOption("5 seconds"))
+      assert.isTrue(closed._tag === "Some", "closed well before the 30 s drain timeout")
     }).pipe(isolated))
 })
 
