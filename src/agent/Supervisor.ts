@@ -143,10 +143,14 @@ export const run = <R>(components: ReadonlyArray<Component<R>>, options: Options
       }))
     }
 
-    const fibers: Array<Fiber.Fiber<void>> = []
-    for (const component of components) fibers.push(yield* Effect.forkIn(supervise(component), scope))
+    const running: Array<readonly [string, Fiber.Fiber<void>]> = []
+    for (const component of components) running.push([component.name, yield* Effect.forkIn(supervise(component), scope)])
     // Stop in reverse order: front doors first, the provisioner last.
-    const stopAll = Effect.forEach(fibers.reverse(), Fiber.interrupt, { discard: true })
+    const stopAll = Effect.forEach(running.toReversed(), ([name, fiber]) =>
+      Effect.andThen(
+        Effect.logInfo("stopping component", { component: name }),
+        Fiber.interrupt(fiber)
+      ), { discard: true })
     return yield* Deferred.await(fatal).pipe(Effect.ensuring(stopAll))
   })
 

@@ -217,4 +217,56 @@ describe.skipIf(noApiserver)("hosted-agent (real apiservers)", () => {
       }
       assert.isAbove(logLines.length, 5)
     }), { timeout: 180_000 })
+
+  it.live("the real process: SIGTERM stops the front doors first, drains the relay, then the Lease and the provisioner, and exits 0", () =>
+    Effect.gen(function*() {
+      yield* HostedInstall.prepare({ hub, hosting, managed }, "c2", "agent2")
+      const [probePort, relayPort, proxyPort] = [yield* freePort, yield* freePort, yield* freePort]
+      const child = ChildProcess.spawn(process.execPath, [
+        Path.resolve("src/cli/bin.ts"), "hosted-agent",
+        "--cluster-name=c2", "--target-namespace=agent2", "--lease-namespace=agent2",
+        `--kubeconfig=${hosting.kubeconfigPath}`, `--hub-kubeconfig=${hub.kubeconfigPath}`,
+        `--health-probe-bind-address=127.0.0.1:${probePort}`,
+        `--apiserver-proxy-listen=127.0.0.1:${relayPort}`, "--apiserver-proxy-drain-timeout=3s",
+        `--service-proxy-listen=127.0.0.1:${proxyPort}`, `--cert=${tls.certFile}`, `--key=${tls.keyFile}`,
+        "--enable-proxy-agent-health-check=false"
+      ], { env: { ...process.env, POD_NAMESPACE: "agent2" }, stdio: ["ignore", "pipe", "pipe"] })
+      let output = ""
+      child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()))
+      child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()))
+      const exited = Effect.callback<number | null>((resume) => {
+        if (child.exitCode !== null) return resume(Effect.succeed(child.exitCode))
+        child.once("exit", (code) => resume(Effect.succeed(code)))
+      })
+      yield* Effect.addFinalizer(() => Effect.sync(() => child.kill("SIGKILL")))
+      yield* until(get(`http://127.0.0.1:${probePort}/readyz`), (r) => r.status === 200, "ready", { timeout: "60 seconds" })
+
+      // A long-lived connection through the relay: a kubectl watch.
+      const secret = yield* until(
+        Effect.promise(() => hostingCore().readNamespacedSecret({ namespace: "agent2", name: "cluster-proxy-managed-kubeconfig" })),
+        () => true,
+        "generated Secret"
+      )
+      const kubeconfig = viaRelay(secret, relayPort, "via-relay-c2")
+      const watch = ChildProcess.spawn("kubectl", ["--kubeconfig", kubeconfig, "get", "namespaces", "--watch", "-o", "name"])
+      let watched = ""
+      watch.stdout.on("data", (chunk: Buffer) => (watched += chunk.toString()))
+      yield* Effect.addFinalizer(() => Effect.sync(() => watch.kill("SIGKILL")))
+      yield* until(Effect.sync(() => watched), (text) => text.includes("namespace/agent2"), "the watch runs through the relay")
+
+      const stoppingAt = yield* Clock.currentTimeMillis
+      child.kill("SIGTERM")
+      const code = yield* exited
+      const took = (yield* Clock.currentTimeMillis) - stoppingAt
+      assert.strictEqual(code, 0, output)
+      // The open watch held the relay's drain to its timeout (3 s), and not much longer.
+      assert.isAtLeast(took, 2_500)
+      assert.isBelow(took, 15_000)
+      const order = output.split("\n").flatMap((line) => {
+        const stopping = /"stopping component",\{"component":"([a-z-]+)"\}/.exec(line)
+        if (stopping !== null) return [`stop ${stopping[1]}`]
+        return line.includes("draining open connections") ? ["drain relay"] : []
+      })
+      assert.deepStrictEqual(order, ["stop service-proxy", "stop apiserver-proxy", "drain relay", "stop addon-lease", "stop provisioner"])
+    }), { timeout: 120_000 })
 })
