@@ -483,16 +483,29 @@ export const impersonatedUsername = (source: Source, username: string): string =
 
 /**
  * The groups to impersonate: as reported, without duplicates, with `system:authenticated`
- * added when missing (an impersonated user does not get it on its own).
+ * added when missing (an impersonated user does not get it on its own). A hub ServiceAccount's
+ * ServiceAccount groups (`system:serviceaccounts`, `system:serviceaccounts:<ns>`) get the hub
+ * prefix like its name, so a managed-cluster binding to the ServiceAccounts of a namespace never
+ * grants a hub ServiceAccount of a namespace with the same name.
  *
  * @since 0.1.0
  * @category impersonation
  */
-export const impersonatedGroups = (groups: ReadonlyArray<string>): ReadonlyArray<string> => {
-  const out = [...new Set(groups.filter((group) => group !== ""))]
+export const impersonatedGroups = (source: Source, username: string, groups: ReadonlyArray<string>): ReadonlyArray<string> => {
+  const hubServiceAccount = source === "hub" && username.startsWith(serviceAccountPrefix)
+  const mapped = groups
+    .filter((group) => group !== "")
+    .map((group) =>
+      hubServiceAccount && (group === serviceAccountsGroup || group.startsWith(`${serviceAccountsGroup}:`))
+        ? `${hubServiceAccountPrefix}${group}`
+        : group
+    )
+  const out = [...new Set(mapped)]
   if (!out.includes("system:authenticated")) out.push("system:authenticated")
   return out
 }
+
+const serviceAccountsGroup = "system:serviceaccounts"
 
 // RFC 9110 token characters, the only bytes allowed in a header name.
 const tokenByte = (byte: number): boolean =>
@@ -540,7 +553,7 @@ export const impersonationHeaders = (
   user: UserInfo
 ): Result.Result<Routing.OutgoingHeaders, ImpersonationError> => {
   const username = impersonatedUsername(source, user.username)
-  const groups = impersonatedGroups(user.groups)
+  const groups = impersonatedGroups(source, user.username, user.groups)
   const fail = (what: string) =>
     Result.fail(new ImpersonationError({ message: `cannot impersonate the caller: ${what} cannot be sent in a header` }))
   if (username.trim() === "" || !headerValuePattern.test(username)) return fail("the username")

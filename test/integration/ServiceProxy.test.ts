@@ -375,6 +375,35 @@ describe.skipIf(noApiserver)("ServiceProxy (real hub and managed apiservers)", (
       assert.strictEqual(sneaky.status, 401)
     }))
 
+  it.live("a hub ServiceAccount does not inherit what the managed cluster grants its own ServiceAccounts of the same namespace", () =>
+    Effect.gen(function*() {
+      // On the managed cluster, the ServiceAccounts of namespace `hub-team` (a namespace that also
+      // exists on the hub) may list pods in kube-public, by group.
+      const rbac = Apiserver.kubeConfig(managed).makeApiClient(RbacAuthorizationV1Api)
+      yield* Effect.promise(() =>
+        rbac.createNamespacedRole({
+          namespace: "kube-public",
+          body: { metadata: { name: "pod-reader" }, rules: [{ apiGroups: [""], resources: ["pods"], verbs: ["list"] }] }
+        })
+      )
+      yield* Effect.promise(() =>
+        rbac.createNamespacedRoleBinding({
+          namespace: "kube-public",
+          body: {
+            metadata: { name: "hub-team-service-accounts" },
+            roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "Role", name: "pod-reader" },
+            subjects: [{ kind: "Group", apiGroup: "rbac.authorization.k8s.io", name: "system:serviceaccounts:hub-team" }]
+          }
+        })
+      )
+      const managedOwn = yield* Apiserver.serviceAccountToken(managed, "hub-team", "local-reader", 3600)
+      const own = yield* send(mainPort, { path: podsIn("kube-public"), headers: kas(managedOwn) })
+      assert.strictEqual(own.status, 200, "the managed cluster's own ServiceAccount has the group's right")
+      const fromHub = yield* send(mainPort, { path: podsIn("kube-public"), headers: kas(tokens.hubReader) })
+      assert.strictEqual(fromHub.status, 403, fromHub.body)
+      assert.include(JSON.parse(fromHub.body).message, `User "${hubUser}" cannot list resource "pods"`)
+    }))
+
   it.live("drops the client's own Impersonate-* headers: the caller cannot choose whom to become", () =>
     Effect.gen(function*() {
       const reply = yield* send(mainPort, {
@@ -625,7 +654,7 @@ describe.skipIf(noApiserver)("ServiceProxy (real hub and managed apiservers)", (
       assert.strictEqual(toApiserver.url, "/k8s/clusters/c-1/api/v1/namespaces/default/pods?watch=false")
       assert.strictEqual(toApiserver.headers.authorization, "Bearer recorder-token-1")
       assert.strictEqual(toApiserver.headers["impersonate-user"], hubUser)
-      assert.strictEqual(toApiserver.headers["impersonate-group"], "system:serviceaccounts, system:serviceaccounts:hub-team, system:authenticated")
+      assert.strictEqual(toApiserver.headers["impersonate-group"], "cluster:hub:system:serviceaccounts, cluster:hub:system:serviceaccounts:hub-team, system:authenticated")
       assert.strictEqual(toApiserver.headers.host, `127.0.0.1:${recorderPort}`)
       for (const name of Object.keys(toApiserver.headers)) assert.notMatch(name, /^(cluster-proxy-|impersonate-extra-|impersonate-uid)/)
 

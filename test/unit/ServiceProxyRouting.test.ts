@@ -264,9 +264,26 @@ describe("ServiceProxyRouting", () => {
       )
     })
 
+    it("prefixes a hub ServiceAccount's ServiceAccount groups like its name, and nobody else's groups", () => {
+      const groups = ["system:serviceaccounts", "system:serviceaccounts:users", "system:authenticated", "developers"]
+      assert.deepStrictEqual(ServiceProxyRouting.impersonatedGroups("hub", "system:serviceaccount:users:mallory", groups), [
+        "cluster:hub:system:serviceaccounts",
+        "cluster:hub:system:serviceaccounts:users",
+        "system:authenticated",
+        "developers"
+      ])
+      assert.deepStrictEqual(ServiceProxyRouting.impersonatedGroups("managed", "system:serviceaccount:users:mallory", groups), groups)
+      assert.deepStrictEqual(ServiceProxyRouting.impersonatedGroups("hub", "alice", groups), groups)
+      // Not a ServiceAccount group, only a look-alike prefix.
+      assert.deepStrictEqual(
+        ServiceProxyRouting.impersonatedGroups("hub", "system:serviceaccount:users:mallory", ["system:serviceaccountsx"]),
+        ["system:serviceaccountsx", "system:authenticated"]
+      )
+    })
+
     it("adds system:authenticated once and drops duplicates", () => {
-      assert.deepStrictEqual(ServiceProxyRouting.impersonatedGroups(["a", "a", ""]), ["a", "system:authenticated"])
-      assert.deepStrictEqual(ServiceProxyRouting.impersonatedGroups(["system:authenticated", "b"]), ["system:authenticated", "b"])
+      assert.deepStrictEqual(ServiceProxyRouting.impersonatedGroups("managed", "alice", ["a", "a", ""]), ["a", "system:authenticated"])
+      assert.deepStrictEqual(ServiceProxyRouting.impersonatedGroups("managed", "alice", ["system:authenticated", "b"]), ["system:authenticated", "b"])
     })
 
     it("builds user, group and escaped extra headers", () => {
@@ -277,7 +294,7 @@ describe("ServiceProxyRouting", () => {
       }))
       assert.deepStrictEqual(headers, {
         "impersonate-user": "cluster:hub:system:serviceaccount:ns:sa",
-        "impersonate-group": ["system:serviceaccounts", "system:serviceaccounts:ns", "system:authenticated"],
+        "impersonate-group": ["cluster:hub:system:serviceaccounts", "cluster:hub:system:serviceaccounts:ns", "system:authenticated"],
         "impersonate-extra-authentication.kubernetes.io%2Fpod-name": ["p-1"],
         "impersonate-extra-scopes": ["a", "b"],
         "impersonate-extra-100%25": ["x"]
