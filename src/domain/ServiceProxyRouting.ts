@@ -426,7 +426,11 @@ export const defaultErrorPatterns: ReadonlyArray<string> = ["invalid bearer toke
  * @category tokenreview
  */
 export const classifyReview = (status: ReviewStatus | undefined, patterns: ReadonlyArray<string>): ReviewOutcome => {
-  const error = status?.error?.trim() ?? ""
+  // An answer without a status is not a rejection: it is not a TokenReview answer at all.
+  if (status === undefined || status === null || typeof status !== "object") {
+    return { _tag: "Failed", detail: "the TokenReview answer has no status" }
+  }
+  const error = status.error?.trim() ?? ""
   if (error !== "") {
     const lower = error.toLowerCase()
     const recognised = patterns.some((pattern) => pattern.trim() !== "" && lower.includes(pattern.trim().toLowerCase()))

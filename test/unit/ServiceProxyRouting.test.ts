@@ -232,8 +232,8 @@ describe("ServiceProxyRouting", () => {
       assert.strictEqual(ServiceProxyRouting.classifyReview({ error: "invalid bearer token" }, ["", " "])._tag, "Failed")
     })
 
-    it("reads a missing or false authenticated without error as not authenticated, and no username as a failure", () => {
-      assert.strictEqual(ServiceProxyRouting.classifyReview(undefined, patterns)._tag, "NotAuthenticated")
+    it("reads a missing or false authenticated without error as not authenticated, and no status or no username as a failure", () => {
+      assert.deepStrictEqual(ServiceProxyRouting.classifyReview(undefined, patterns), { _tag: "Failed", detail: "the TokenReview answer has no status" })
       assert.strictEqual(ServiceProxyRouting.classifyReview({ user: {} }, patterns)._tag, "NotAuthenticated")
       assert.strictEqual(ServiceProxyRouting.classifyReview({ authenticated: false }, patterns)._tag, "NotAuthenticated")
       assert.strictEqual(ServiceProxyRouting.classifyReview({ authenticated: true, user: {} }, patterns)._tag, "Failed")

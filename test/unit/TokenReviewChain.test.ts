@@ -56,12 +56,14 @@ describe("TokenReviewChain", () => {
       assert.strictEqual(none.reason, "NoToken")
     }))
 
-  it.effect("fails closed on an unrecognised status.error or a failed call: the next cluster is not asked", () =>
+  it.effect("fails closed on an unrecognised status.error, an answer without a status or a failed call: the next cluster is not asked", () =>
     Effect.gen(function*() {
       const hub = cluster("hub", () => Effect.succeed(user("would-have-passed")))
       for (const script of [
         (() => Effect.succeed({ error: "etcd cluster is unavailable", user: {} })) as Script,
         (() => Effect.succeed({ error: "some error", authenticated: true, user: { username: "u" } })) as Script,
+        // A 200 whose body is no TokenReview answer (no status) is not a rejection either.
+        (() => Effect.succeed(undefined)) as Script,
         (() => Effect.fail(transportError("managed"))) as Script
       ]) {
         const managed = cluster("managed", script)
