@@ -6,6 +6,8 @@
  *   ({@link HostingCluster}, and {@link HubCluster} when an add-on is tracked), {@link Probes}
  *   and a `FileSystem`.
  * - {@link layer}: the same with clients built from kubeconfig paths (in-cluster when absent).
+ * - {@link layerManagedClient}: the provisioner plus a {@link ManagedCluster} client that always
+ *   carries the token it issued last, handed over in process.
  *
  * @since 0.1.0
  */
@@ -13,12 +15,14 @@ import { NodeServices } from "@effect/platform-node"
 import { Effect, Layer } from "effect"
 import * as ClientNodeKube from "../src/kube/ClientNodeKube.ts"
 import { EventRecorder } from "../src/kube/EventRecorder.ts"
-import { HostingCluster, HubCluster } from "../src/kube/KubeClient.ts"
+import { GeneratedKubeconfig } from "../src/kube/GeneratedKubeconfig.ts"
+import { HostingCluster, HubCluster, ManagedCluster } from "../src/kube/KubeClient.ts"
 import { AddonStatus } from "../src/provisioner/AddonStatus.ts"
 import * as Provisioner from "../src/provisioner/Provisioner.ts"
 import { TokenState } from "../src/provisioner/Reconciler.ts"
 import { SecretStore } from "../src/provisioner/SecretStore.ts"
 import { TokenIssuer } from "../src/provisioner/TokenIssuer.ts"
+import { ManagedCredentials } from "../src/serviceproxy/ManagedCredentials.ts"
 
 export type Options = Provisioner.Options
 
@@ -62,6 +66,20 @@ export const layer = (options: Provisioner.Options, clusters: Clusters) => {
     Layer.provide(NodeServices.layer)
   )
 }
+
+/**
+ * The running provisioner and a {@link ManagedCluster} client that always uses the kubeconfig it
+ * generated last: rotations reach the client in process, with no file and no restart. Building
+ * it waits for the first kubeconfig. Needs {@link Probes}.
+ *
+ * @category layers
+ */
+export const layerManagedClient = (options: Provisioner.Options, clusters: Clusters) =>
+  Layer.effect(ManagedCluster, Effect.map(ManagedCredentials, (credentials) => credentials.client)).pipe(
+    Layer.provide(ManagedCredentials.layerGenerated({ cluster: "managed", userAgent: component })),
+    Layer.provideMerge(layer(options, clusters)),
+    Layer.provideMerge(GeneratedKubeconfig.layer)
+  )
 
 /** `--cleanup`: delete the generated Secret once, reporting an event. @category layers */
 export const cleanup = (target: Provisioner.Options["target"], clusters: Pick<Clusters, "hostingKubeconfig">) =>
