@@ -126,14 +126,12 @@ export const measure = Effect.fn("bench.footprint")(function*(options: Options) 
   const install = Effect.fn(function*(name: string) {
     const cluster = `fp-${name}`
     const agentNamespace = `fp-${name}-agent`
-    yield* HostedInstall.prepare(clusters, cluster, agentNamespace).pipe(Effect.mapError((error) => new BenchError({ message: error.message })))
-    const token = yield* Apiserver.serviceAccountToken(managed, agentNamespace, "cluster-proxy", 3600).pipe(
-      Effect.mapError((error) => new BenchError({ message: error.message }))
-    )
+    yield* HostedInstall.prepare(clusters, cluster, agentNamespace)
+    const token = yield* Apiserver.serviceAccountToken(managed, agentNamespace, "cluster-proxy", 3600)
     const kubeconfig = Path.join(work, `${cluster}.kubeconfig`)
     Fs.writeFileSync(kubeconfig, Apiserver.kubeconfigForToken(managed, token), { mode: 0o600 })
     return { cluster, agentNamespace, kubeconfig }
-  })
+  }, Effect.mapError((error) => new BenchError({ message: error.message })))
 
   const cert = [`--cert=${Path.join(tls, "tls.crt")}`, `--key=${Path.join(tls, "tls.key")}`]
   const probeAt = (port: number) => `--health-probe-bind-address=127.0.0.1:${port}`

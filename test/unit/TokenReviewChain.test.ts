@@ -63,7 +63,7 @@ describe("TokenReviewChain", () => {
         (() => Effect.succeed({ error: "etcd cluster is unavailable", user: {} })) as Script,
         (() => Effect.succeed({ error: "some error", authenticated: true, user: { username: "u" } })) as Script,
         // A 200 whose body is no TokenReview answer (no status) is not a rejection either.
-        (() => Effect.succeed(undefined)) as Script,
+        (() => Effect.void) as Script,
         (() => Effect.fail(transportError("managed"))) as Script
       ]) {
         const managed = cluster("managed", script)
