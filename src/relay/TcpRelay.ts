@@ -233,6 +233,9 @@ const make = Effect.fnUntraced(function*(options: Options) {
   const runFork = yield* FiberSet.makeRuntime<never>()
   const connections = new Set<Connection>()
   let active = 0
+  /** Set once the listener is closing; `allClosed` completes when the last connection ends after that. */
+  let stopping = false
+  const allClosed = yield* Deferred.make<void>()
   let refusedSinceLog = 0
   let lastRefusalLog = Number.NEGATIVE_INFINITY
 
@@ -260,6 +263,7 @@ const make = Effect.fnUntraced(function*(options: Options) {
       connection.upstream?.destroy()
       connections.delete(connection)
       active--
+      if (stopping && active === 0) Deferred.doneUnsafe(allClosed, Exit.void)
       return Effect.gen(function*() {
         yield* flushBytes(connection)
         yield* Metric.update(Metrics.relayConnectionsActive, active)
@@ -337,7 +341,6 @@ const make = Effect.fnUntraced(function*(options: Options) {
     runFork(relay(client, up, down))
   }
 
-  let stopping = false
   const lost = yield* Deferred.make<never, ListenError>()
   const server = yield* Effect.acquireRelease(
     Effect.callback<Net.Server, ListenError>((resume) => {
@@ -368,10 +371,7 @@ const make = Effect.fnUntraced(function*(options: Options) {
         const drain = options.shutdownDrain ?? Duration.zero
         if (active === 0 || !Duration.isGreaterThan(drain, Duration.zero)) return
         yield* Effect.logInfo("listener closed; draining open connections", { connections: active, drainTimeout: Duration.format(drain) })
-        const done = yield* Effect.sleep("50 millis").pipe(
-          Effect.repeat({ until: () => active === 0 }),
-          Effect.timeoutOption(drain)
-        )
+        const done = yield* Deferred.await(allClosed).pipe(Effect.timeoutOption(drain))
         if (Option.isNone(done)) yield* Effect.logInfo("drain timeout reached; closing the remaining connections", { connections: active })
       })
   )
