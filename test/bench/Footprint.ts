@@ -21,6 +21,7 @@ import * as Path from "node:path"
 import * as Apiserver from "../../src/testing/Apiserver.ts"
 import * as Fixtures from "../../src/testing/fixtures/ManagedClusterAddOnCrd.ts"
 import * as HostedInstall from "../support/hostedInstall.ts"
+import { selfSigned } from "../support/local.ts"
 import * as Children from "./Children.ts"
 import { BenchError } from "./Children.ts"
 
@@ -115,12 +116,7 @@ export const measure = Effect.fn("bench.footprint")(function*(options: Options) 
     Apiserver.make({ name: "fp-managed" })
   ], { concurrency: "unbounded" }).pipe(Effect.mapError((error) => new BenchError({ message: error.message })))
   const clusters = { hub, hosting, managed }
-  const tls = Path.join(work, "fp-tls")
-  Fs.mkdirSync(tls, { recursive: true })
-  ChildProcess.execFileSync("openssl", [
-    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", Path.join(tls, "tls.key"), "-out", Path.join(tls, "tls.crt")
-  ], { stdio: "ignore" })
+  const tls = selfSigned(work, "fp-tls", ["localhost", "127.0.0.1"])
 
   /** A managed cluster of its own, and (for the split consumers) the mounted generated kubeconfig. */
   const install = Effect.fn(function*(name: string) {
@@ -133,7 +129,7 @@ export const measure = Effect.fn("bench.footprint")(function*(options: Options) 
     return { cluster, agentNamespace, kubeconfig }
   }, Effect.mapError((error) => new BenchError({ message: error.message })))
 
-  const cert = [`--cert=${Path.join(tls, "tls.crt")}`, `--key=${Path.join(tls, "tls.key")}`]
+  const cert = [`--cert=${tls.certFile}`, `--key=${tls.keyFile}`]
   const probeAt = (port: number) => `--health-probe-bind-address=127.0.0.1:${port}`
   const specs: Array<Spec> = []
   specs.push({ name: "bare Node (floor)", args: () => ["-e", "setInterval(() => {}, 1 << 30)"], relay: false })

@@ -38,6 +38,7 @@ import { Probes } from "../../src/observability/Probes.ts"
 import { Apiserver } from "../../src/testing/index.ts"
 import { until } from "../support/eventually.ts"
 import { noApiserver } from "../support/apiserver.ts"
+import { freePort } from "../support/local.ts"
 
 /** Every log line written by the components under test, checked for tokens at the end. */
 const logLines: Array<string> = []
@@ -219,12 +220,6 @@ describe.skipIf(noApiserver)("addon-agent and leader election (real apiservers)"
       assert.deepStrictEqual(yield* agent.probes.readiness, [])
     }))
 
-  const freePort = Effect.callback<number>((resume) => {
-    const probe = Http.createServer().listen(0, "127.0.0.1", () => {
-      const port = (probe.address() as Net.AddressInfo).port
-      probe.close(() => resume(Effect.succeed(port)))
-    })
-  })
   const get = (url: string) =>
     Effect.tryPromise({
       try: async () => {

@@ -20,7 +20,6 @@ import {
 import { NodeServices } from "@effect/platform-node"
 import { afterAll, assert, beforeAll, beforeEach, describe, it } from "@effect/vitest"
 import { Clock, Context, Duration, Effect, Exit, Fiber, Layer, Logger, Metric, References, Scope } from "effect"
-import * as ChildProcess from "node:child_process"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
@@ -43,6 +42,7 @@ import { Apiserver } from "../../src/testing/index.ts"
 import { eventually, NotYet, until } from "../support/eventually.ts"
 import { send as sendTo, type SendOptions } from "../support/send.ts"
 import { noApiserver } from "../support/apiserver.ts"
+import { selfSigned } from "../support/local.ts"
 
 const addonNamespace = "open-cluster-management-agent-addon"
 const hubUser = "cluster:hub:system:serviceaccount:hub-team:hub-reader"
@@ -51,19 +51,6 @@ const managedUser = "system:serviceaccount:team:reader"
 // ---------------------------------------------------------------------------------------------
 // files: certificates and kubelet-style Secret volumes
 // ---------------------------------------------------------------------------------------------
-
-const openssl = (args: ReadonlyArray<string>) => ChildProcess.execFileSync("openssl", [...args], { stdio: "ignore" })
-
-/** A self-signed certificate and key for `names` (DNS names and IPs); the certificate is its own CA. */
-const selfSigned = (dir: string, base: string, names: ReadonlyArray<string>) => {
-  const san = names.map((name) => (Net.isIP(name) ? `IP:${name}` : `DNS:${name}`)).join(",")
-  openssl([
-    "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
-    "-subj", `/CN=${names[0]}`, "-addext", `subjectAltName=${san}`,
-    "-keyout", Path.join(dir, `${base}.key`), "-out", Path.join(dir, `${base}.crt`)
-  ])
-  return { cert: Fs.readFileSync(Path.join(dir, `${base}.crt`), "utf8"), key: Fs.readFileSync(Path.join(dir, `${base}.key`), "utf8") }
-}
 
 /**
  * Write `files` into `dir` the way the kubelet updates a Secret volume: a new timestamped folder,

@@ -19,25 +19,7 @@ import { TcpRelay } from "../../src/relay/TcpRelay.ts"
 import { Apiserver } from "../../src/testing/index.ts"
 import { until } from "../support/eventually.ts"
 import { noApiserver } from "../support/apiserver.ts"
-
-interface Run {
-  readonly code: number
-  readonly stdout: string
-  readonly stderr: string
-}
-
-const kubectl = (kubeconfig: string, args: ReadonlyArray<string>): Effect.Effect<Run> =>
-  Effect.callback((resume) => {
-    ChildProcess.execFile(
-      "kubectl",
-      ["--kubeconfig", kubeconfig, "--request-timeout", "20s", ...args],
-      { timeout: 60_000, maxBuffer: 256 * 1024 * 1024 },
-      (error, stdout, stderr) => {
-        const code = error === null ? 0 : typeof error.code === "number" ? error.code : -1
-        resume(Effect.succeed({ code, stdout, stderr }))
-      }
-    )
-  })
+import { kubectl, type Run } from "../support/local.ts"
 
 const succeeded = (run: Run, what: string): string => {
   assert.strictEqual(run.code, 0, `${what} failed: ${run.stderr}`)

@@ -40,7 +40,7 @@ export const kubectl = (kubeconfig: string, args: ReadonlyArray<string>): Effect
     ChildProcess.execFile(
       "kubectl",
       ["--kubeconfig", kubeconfig, "--request-timeout", "20s", ...args],
-      { timeout: 60_000, maxBuffer: 64 * 1024 * 1024 },
+      { timeout: 60_000, maxBuffer: 256 * 1024 * 1024 },
       (error, stdout, stderr) => {
         const code = error === null ? 0 : typeof error.code === "number" ? error.code : -1
         resume(Effect.succeed({ code, stdout, stderr }))
