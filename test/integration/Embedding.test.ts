@@ -78,6 +78,9 @@ describe.skipIf(noApiserver)("embedding example (real apiservers)", () => {
       yield* until(Effect.sync(greetings), (n) => n >= 1, "the controller read the greeting")
 
       // A source change rotates the token; the controller's client follows it in process.
+      // TokenRequests for the same ServiceAccount within one second return the same JWT (same
+      // claims, deterministic signature), so let the clock pass the first token's second.
+      yield* Effect.sleep("1100 millis")
       const changed = managed.kubeconfigYaml + "\npreferences: {}\n"
       yield* Effect.promise(() =>
         Apiserver.kubeConfig(hosting).makeApiClient(CoreV1Api).replaceNamespacedSecret({
