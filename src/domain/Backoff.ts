@@ -1,10 +1,14 @@
 /**
  * Capped exponential backoff with jitter: the retry delays of the watches, the controller and
- * the supervisor. Pure: the caller draws the jitter (from Effect's `Random`, so tests can pin it).
+ * the supervisor. {@link delay} is pure (the caller passes the jitter draw); {@link next} draws it
+ * from Effect's `Random`, so tests can pin it. One policy type and one formula for every retry
+ * loop, so each is tested once.
  *
  * @since 0.1.0
  */
 import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Random from "effect/Random"
 
 /** @category models */
 export interface Policy {
@@ -45,3 +49,11 @@ export const bounds = (policy: Policy, attempt: number): { readonly min: number;
   const base = Math.min(Duration.toMillis(policy.max), Duration.toMillis(policy.initial) * 2 ** Math.max(0, attempt))
   return { min: Math.round(base * (1 - jitter)), max: Math.round(base * (1 + jitter)) }
 }
+
+/**
+ * {@link delay} with the jitter drawn from Effect's `Random`.
+ *
+ * @category computing
+ */
+export const next = (policy: Policy, attempt: number): Effect.Effect<Duration.Duration> =>
+  Effect.map(Random.next, (draw) => delay(policy, attempt, draw))

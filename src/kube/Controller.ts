@@ -4,12 +4,19 @@
  * The shape is controller-runtime's: triggers (watch events, timers) only mark a key dirty; a
  * worker runs `reconcile(key)`, which reads the world, acts, and returns the next {@link Action}.
  * A key is never reconciled twice at once, a burst of triggers for one key collapses into one
- * run, and a failed reconcile is retried with capped, jittered exponential backoff that resets on
- * success. A long fail-safe resync re-queues every known key even when nothing else fires.
+ * run, and a failed reconcile is retried with capped, jittered exponential backoff
+ * ({@link Backoff}) that resets on success.
+ *
+ * Each key has at most one timer, set when its reconcile ends: the requeue-after deadline, the
+ * backoff delay after a failure, or else the fail-safe resync. A reconcile cancels the key's
+ * pending timer when it starts, so a timer can never fire during a long attempt and re-queue the
+ * key behind it (which made retries follow failures at once instead of after the backoff), and
+ * every reconcile, whatever started it, pushes the resync back.
  *
  * @since 0.1.0
  */
-import { Cause, Clock, Duration, Effect, Exit, Fiber, Metric, Queue, Random, Stream } from "effect"
+import { Cause, Clock, Duration, Effect, Exit, Fiber, Metric, Queue, Stream } from "effect"
+import * as Backoff from "../domain/Backoff.ts"
 import * as Metrics from "../observability/Metrics.ts"
 
 /** What to do after a reconcile. @category models */
@@ -33,9 +40,9 @@ export interface Options<K, E, R> {
   readonly reconcile: (key: K) => Effect.Effect<Action, E, R>
   /** Keys to (re)reconcile; typically watch events mapped to keys. */
   readonly triggers: Stream.Stream<K, never, R>
-  /** Keys reconciled at start and on every resync. */
+  /** Keys reconciled at start. */
   readonly keys: ReadonlyArray<K>
-  /** Fail-safe resync period. */
+  /** Fail-safe resync: a key is reconciled again when nothing else ran it for this long. */
   readonly resyncInterval: Duration.Input
   /** First retry delay after a failed reconcile (default 2 s). */
   readonly initialBackoff?: Duration.Input
@@ -43,6 +50,30 @@ export interface Options<K, E, R> {
   readonly maxBackoff?: Duration.Input
   /** A string for the key in logs; keys must be safe to log. */
   readonly describe?: (key: K) => string
+}
+
+/**
+ * Hints a reconcile error may carry (read structurally, so any error type can):
+ * - `retryAfterSeconds`: the server asked us to wait this long (429/503 Retry-After); a floor.
+ * - `retryBy`: epoch ms by which the key must be looked at again whatever the backoff says (a
+ *   token's expiry, when the outcome changes); a ceiling, and it wins over the floor.
+ *
+ * @category models
+ */
+export interface RetryHints {
+  readonly retryAfterSeconds?: number | undefined
+  readonly retryBy?: number | undefined
+}
+
+/** The retry delay for a failure: the backoff, raised to Retry-After, capped by `retryBy`. @category computing */
+export const retryDelay = (backoff: Duration.Duration, error: unknown, now: number): Duration.Duration => {
+  const hints = (typeof error === "object" && error !== null ? error : {}) as { retryAfterSeconds?: unknown; retryBy?: unknown }
+  const floor = typeof hints.retryAfterSeconds === "number" && Number.isFinite(hints.retryAfterSeconds)
+    ? hints.retryAfterSeconds * 1000
+    : 0
+  let millis = Math.max(floor, Duration.toMillis(backoff))
+  if (typeof hints.retryBy === "number" && Number.isFinite(hints.retryBy)) millis = Math.min(millis, Math.max(0, hints.retryBy - now))
+  return Duration.millis(Math.ceil(millis))
 }
 
 /**
@@ -57,8 +88,8 @@ export const run = Effect.fnUntraced(function*<K, E, R>(options: Options<K, E, R
   const timers = new Map<K, Fiber.Fiber<void>>()
   const failures = new Map<K, number>()
   const describe = options.describe ?? String
-  const initial = Duration.toMillis(Duration.fromInputUnsafe(options.initialBackoff ?? "2 seconds"))
-  const max = Duration.toMillis(Duration.fromInputUnsafe(options.maxBackoff ?? options.resyncInterval))
+  const resync = Duration.fromInputUnsafe(options.resyncInterval)
+  const policy = Backoff.policy(options.initialBackoff ?? "2 seconds", options.maxBackoff ?? resync)
   const controller = options.name
 
   const enqueue = (key: K) =>
@@ -68,32 +99,31 @@ export const run = Effect.fnUntraced(function*<K, E, R>(options: Options<K, E, R
       Queue.offerUnsafe(dirty, key)
     })
 
-  const schedule = Effect.fnUntraced(function*(key: K, after: Duration.Duration) {
+  const cancelTimer = Effect.fnUntraced(function*(key: K) {
     const previous = timers.get(key)
+    timers.delete(key)
     if (previous !== undefined) yield* Fiber.interrupt(previous)
-    const timer = yield* Effect.sleep(after).pipe(Effect.andThen(enqueue(key)), Effect.forkScoped)
-    timers.set(key, timer)
   })
 
-  /** Exponential backoff per key; a server's Retry-After (`retryAfterSeconds` on the error) is a floor. */
-  const backoff = Effect.fnUntraced(function*(key: K, error: unknown) {
-    const attempt = failures.get(key) ?? 0
-    failures.set(key, attempt + 1)
-    const jitter = yield* Random.nextBetween(0.8, 1.2)
-    const hint = (error as { retryAfterSeconds?: unknown } | undefined)?.retryAfterSeconds
-    const floor = typeof hint === "number" && Number.isFinite(hint) ? hint * 1000 : 0
-    return Duration.millis(Math.round(Math.max(floor, Math.min(max, initial * 2 ** attempt) * jitter)))
+  const schedule = Effect.fnUntraced(function*(key: K, after: Duration.Duration) {
+    yield* cancelTimer(key)
+    const timer = yield* Effect.sleep(Duration.min(after, resync)).pipe(Effect.andThen(enqueue(key)), Effect.forkScoped)
+    timers.set(key, timer)
   })
 
   const work = Effect.fnUntraced(function*(key: K) {
     queued.delete(key)
+    // This run decides the next wake-up; an older timer must not re-queue the key behind it.
+    yield* cancelTimer(key)
     const started = yield* Clock.currentTimeMillis
     // Exit, not Result: a defect in one reconcile must not stop the controller either.
     const outcome = yield* Effect.exit(options.reconcile(key))
-    const elapsed = ((yield* Clock.currentTimeMillis) - started) / 1000
-    yield* Metric.update(Metric.withAttributes(Metrics.reconcileTime, { controller }), elapsed)
+    const ended = yield* Clock.currentTimeMillis
+    yield* Metric.update(Metric.withAttributes(Metrics.reconcileTime, { controller }), (ended - started) / 1000)
     if (Exit.isFailure(outcome)) {
-      const delay = yield* backoff(key, Cause.squash(outcome.cause))
+      const attempt = failures.get(key) ?? 0
+      failures.set(key, attempt + 1)
+      const delay = retryDelay(yield* Backoff.next(policy, attempt), Cause.squash(outcome.cause), ended)
       yield* Metric.update(Metric.withAttributes(Metrics.reconcileTotal, { controller, result: "error" }), 1)
       yield* Metric.update(Metric.withAttributes(Metrics.reconcileErrorsTotal, { controller }), 1)
       yield* Effect.logWarning("reconcile failed; will retry").pipe(
@@ -105,14 +135,10 @@ export const run = Effect.fnUntraced(function*<K, E, R>(options: Options<K, E, R
     const action = outcome.value
     const result = action._tag === "RequeueAfter" ? "requeue_after" : "success"
     yield* Metric.update(Metric.withAttributes(Metrics.reconcileTotal, { controller, result }), 1)
-    if (action._tag === "RequeueAfter") yield* schedule(key, action.after)
+    yield* schedule(key, action._tag === "RequeueAfter" ? action.after : resync)
   })
 
   yield* Stream.runForEach(options.triggers, enqueue).pipe(Effect.forkScoped)
-  yield* Effect.forEach(options.keys, enqueue).pipe(
-    Effect.andThen(Effect.sleep(Duration.fromInputUnsafe(options.resyncInterval))),
-    Effect.forever,
-    Effect.forkScoped
-  )
+  yield* Effect.forEach(options.keys, enqueue)
   return yield* Queue.take(dirty).pipe(Effect.flatMap(work), Effect.forever)
 }, Effect.scoped)

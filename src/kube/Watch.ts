@@ -13,7 +13,8 @@
  *
  * @since 0.1.0
  */
-import { Clock, Duration, Effect, Queue, Random, Stream } from "effect"
+import { Clock, Duration, Effect, Queue, Stream } from "effect"
+import * as Backoff from "../domain/Backoff.ts"
 import * as KubeError from "./KubeError.ts"
 
 /** The collection as listed (again). @category models */
@@ -67,8 +68,7 @@ export interface Options {
  * @category constructors
  */
 export const stream = <A>(transport: Transport<A>, options: Options = {}): Stream.Stream<WatchEvent<A>> => {
-  const initial = Duration.toMillis(Duration.fromInputUnsafe(options.initialBackoff ?? "800 millis"))
-  const max = Duration.toMillis(Duration.fromInputUnsafe(options.maxBackoff ?? "30 seconds"))
+  const policy = Backoff.policy(options.initialBackoff ?? "800 millis", options.maxBackoff ?? "30 seconds")
   const resetAfter = Duration.toMillis(Duration.fromInputUnsafe(options.resetAfter ?? "2 minutes"))
 
   return Stream.callback<WatchEvent<A>>((queue) =>
@@ -101,10 +101,9 @@ export const stream = <A>(transport: Transport<A>, options: Options = {}): Strea
         emit({ _tag: "Broken", error })
         const now = yield* Clock.currentTimeMillis
         if (now - startedAt >= resetAfter) failures = 0
-        const base = Math.min(max, initial * 2 ** failures)
+        const delay = yield* Backoff.next(policy, failures)
         failures += 1
-        const jitter = yield* Random.nextBetween(0.8, 1.2)
-        yield* Effect.sleep(Duration.millis(Math.round(Math.min(max, base * jitter))))
+        yield* Effect.sleep(delay)
         // A relist after a failure: the cache may have missed events while disconnected.
         resourceVersion = undefined
       }

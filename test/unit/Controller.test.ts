@@ -1,14 +1,14 @@
 /**
  * The keyed controller on virtual time: start and resync, requeue-after, a burst of triggers
- * collapsing into one run, backoff that grows and resets, Retry-After as a floor, and a defect
- * that does not stop the loop.
+ * collapsing into one run, backoff that grows and resets (also when attempts outlast it),
+ * Retry-After as a floor, `retryBy` as a ceiling, and a defect that does not stop the loop.
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Clock, Data, Duration, Effect, Queue, Stream } from "effect"
 import { TestClock } from "effect/testing"
 import * as Controller from "../../src/kube/Controller.ts"
 
-class Boom extends Data.TaggedError("Boom")<{ readonly retryAfterSeconds?: number }> {}
+class Boom extends Data.TaggedError("Boom")<{ readonly retryAfterSeconds?: number; readonly retryBy?: number }> {}
 
 const runs = () => {
   const at: Array<number> = []
@@ -27,7 +27,7 @@ const advance = (total: number, step = 100) =>
   })
 
 describe("Controller.run", () => {
-  it.effect("reconciles at start, at requeue-after deadlines, and on resync", () =>
+  it.effect("reconciles at start and at requeue-after deadlines; the resync only fills silences", () =>
     Effect.gen(function*() {
       const { at, record } = runs()
       yield* Controller.run({
@@ -39,8 +39,81 @@ describe("Controller.run", () => {
       }).pipe(Effect.forkScoped)
       yield* settle
       yield* advance(10_000)
-      // 0 (start), 3, 6, 9 (requeue) and 10 (resync) — the resync also restarts the 3 s timer.
-      assert.deepStrictEqual(at, [0, 3000, 6000, 9000, 10000])
+      // 0 (start), 3, 6, 9 (requeue): every reconcile pushes the resync back, so it never fires.
+      assert.deepStrictEqual(at, [0, 3000, 6000, 9000])
+    }))
+
+  it.effect("the fail-safe resync counts from the last reconcile, whatever triggered it", () =>
+    Effect.gen(function*() {
+      const { at, record } = runs()
+      const triggers = yield* Queue.unbounded<string>()
+      yield* Controller.run({
+        name: "t",
+        keys: ["k"],
+        triggers: Stream.fromQueue(triggers),
+        resyncInterval: "10 seconds",
+        reconcile: () => Effect.as(record, Controller.awaitChange)
+      }).pipe(Effect.forkScoped)
+      yield* settle
+      yield* advance(7_000)
+      yield* Queue.offer(triggers, "k")
+      yield* settle
+      yield* advance(25_000)
+      assert.deepStrictEqual(at, [0, 7000, 17000, 27000])
+    }))
+
+  it.effect("retries come after the backoff measured from each failure, also when attempts outlast it", () =>
+    Effect.gen(function*() {
+      const started: Array<number> = []
+      const failed: Array<number> = []
+      const triggers = yield* Queue.unbounded<string>()
+      let calls = 0
+      yield* Controller.run({
+        name: "t",
+        keys: ["k"],
+        triggers: Stream.fromQueue(triggers),
+        resyncInterval: "10 minutes",
+        initialBackoff: "2 seconds",
+        reconcile: () =>
+          Effect.gen(function*() {
+            calls++
+            if (calls === 1) return Controller.requeueAfter("5 seconds")
+            started.push(yield* Clock.currentTimeMillis)
+            // A TokenRequest hanging on a 10 s connect timeout.
+            yield* Effect.sleep("10 seconds")
+            failed.push(yield* Clock.currentTimeMillis)
+            return yield* new Boom({})
+          })
+      }).pipe(Effect.forkScoped)
+      yield* settle
+      // A trigger at 1 s starts an attempt while the 5 s requeue timer is still pending.
+      yield* advance(1000)
+      yield* Queue.offer(triggers, "k")
+      yield* advance(120_000)
+      assert.isAtLeast(failed.length, 4)
+      for (let i = 1; i < started.length && i < 5; i++) {
+        const gap = started[i]! - failed[i - 1]!
+        const base = 2000 * 2 ** (i - 1)
+        assert.isTrue(gap >= base * 0.8 - 100 && gap <= base * 1.2 + 100, `retry ${i} came ${gap} ms after the failure (backoff ${base} ms)`)
+      }
+    }))
+
+  it.effect("a retryBy hint caps the backoff (a token's expiry is looked at when it comes)", () =>
+    Effect.gen(function*() {
+      const { at, record } = runs()
+      yield* Controller.run({
+        name: "t",
+        keys: ["k"],
+        triggers: Stream.never,
+        resyncInterval: "1 hour",
+        initialBackoff: "1 minute",
+        reconcile: () =>
+          Effect.andThen(record, () =>
+            at.length === 1 ? Effect.fail(new Boom({ retryAfterSeconds: 120, retryBy: 7_000 })) : Effect.succeed(Controller.awaitChange))
+      }).pipe(Effect.forkScoped)
+      yield* settle
+      yield* advance(20_000)
+      assert.deepStrictEqual(at, [0, 7000])
     }))
 
   it.effect("collapses a burst of triggers into one reconcile", () =>
