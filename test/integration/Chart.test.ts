@@ -15,8 +15,9 @@
  *   one `hosted-agent` container that mounts no generated kubeconfig, opens 8443, 7443 and 8000,
  *   and gets every setting the split layout's containers get;
  * - memory limits are at least 1.5x each process's measured peak, requests cover the peak;
- * - every pod is restricted (non-root, read-only root file system, no privilege escalation, ALL
- *   capabilities dropped, seccomp RuntimeDefault) and every container has resource requests;
+ * - every pod is restricted (non-root as the image's uid/gid 65532, read-only root file system, no
+ *   privilege escalation, ALL capabilities dropped, seccomp RuntimeDefault) and every container has
+ *   resource requests;
  * - every tether container's arguments are parsed by the real `tether` commands (the flag
  *   definitions the binary uses: an unknown flag, a bad Go duration or listen address fails) and
  *   pass each command's own validation; changed values come out as the matching flags, and each
@@ -431,6 +432,10 @@ const assertRestricted = (rendering: Rendering) => {
     const where = `${rendering.values.name}: ${object.kind}/${object.metadata?.name}`
     assert.strictEqual(pod.securityContext?.runAsNonRoot, true, `${where}: runAsNonRoot`)
     assert.strictEqual(pod.securityContext?.seccompProfile?.type, "RuntimeDefault", `${where}: seccomp`)
+    // The image's own user (.ci/image/build: nonroot, 65532:65532).
+    assert.strictEqual(pod.securityContext?.runAsUser, 65532, `${where}: the image's uid`)
+    assert.strictEqual(pod.securityContext?.runAsGroup, 65532, `${where}: the image's gid`)
+    assert.strictEqual(pod.securityContext?.fsGroup, 65532, `${where}: Secret volumes readable by that group`)
     for (const c of pod.containers) {
       const context = c.securityContext
       assert.strictEqual(context?.readOnlyRootFilesystem, true, `${where}/${c.name}: read-only root file system`)
