@@ -75,6 +75,17 @@ export const watchRestartsTotal = Metric.counter("tether_watch_restarts_total", 
   incremental: true
 })
 
+/** Keys waiting to start in a work queue. Labels: `controller`. */
+export const workqueueDepth = Metric.gauge("tether_workqueue_depth", {
+  description: "Keys waiting in a controller's work queue."
+})
+
+/** Failed reconciles put back with backoff. Labels: `controller`. */
+export const workqueueRetriesTotal = Metric.counter("tether_workqueue_retries_total", {
+  description: "Keys re-queued with backoff after a failed reconcile, per controller.",
+  incremental: true
+})
+
 // ---------------------------------------------------------------------------
 // managed-apiserver-proxy (raw TCP relay)
 // ---------------------------------------------------------------------------
