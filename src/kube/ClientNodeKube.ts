@@ -245,7 +245,11 @@ export const make = (options: Options): KubeClient.KubeClient => {
       call(`update lease ${namespace}/${lease.metadata?.name}`, () =>
         coordination.replaceNamespacedLease({ namespace, name: lease.metadata?.name ?? "", body: lease })),
     deleteLease: (namespace, name) =>
-      Effect.asVoid(call(`delete lease ${namespace}/${name}`, () => coordination.deleteNamespacedLease({ namespace, name })))
+      Effect.asVoid(call(`delete lease ${namespace}/${name}`, () => coordination.deleteNamespacedLease({ namespace, name }))),
+    listLeases: (namespace, labelSelector) =>
+      call(`list leases in ${namespace}`, () => coordination.listNamespacedLease({ namespace, labelSelector })).pipe(
+        Effect.map((list) => list.items)
+      )
   }
 }
 

@@ -93,6 +93,8 @@ export interface KubeClient {
   readonly createLease: (namespace: string, lease: V1Lease) => Effect.Effect<V1Lease, KubeError>
   readonly replaceLease: (namespace: string, lease: V1Lease) => Effect.Effect<V1Lease, KubeError>
   readonly deleteLease: (namespace: string, name: string) => Effect.Effect<void, KubeError>
+  /** Leases in `namespace` matching `labelSelector`; a quorum read (no resourceVersion). */
+  readonly listLeases: (namespace: string, labelSelector: string) => Effect.Effect<ReadonlyArray<V1Lease>, KubeError>
 }
 
 /** The cluster the agent runs on (hosted mode's "hosting" cluster). @category services */
