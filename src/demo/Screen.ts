@@ -26,10 +26,22 @@ export const make = (out: NodeJS.WriteStream = process.stdout, plainEvery = 15_0
   let block: ReadonlyArray<string> = []
   let shown = 0
   let lastPlain = 0
+  const indent = " ".repeat(13)
 
-  const fit = (line: string) => {
-    const width = (out.columns ?? 120) - 1
-    return line.length > width ? `${line.slice(0, width - 1)}…` : line
+  const width = () => Math.max(40, (out.columns ?? 120) - 1)
+  // A status line longer than the terminal continues on indented lines, broken at " · " where it
+  // can be: the block must know how many rows it takes to redraw itself in place.
+  const wrap = (line: string): ReadonlyArray<string> => {
+    const rows: Array<string> = []
+    let rest = line
+    while (rest.length > width()) {
+      let cut = rest.lastIndexOf(" · ", width())
+      if (cut <= indent.length) cut = rest.lastIndexOf(" ", width())
+      if (cut <= indent.length) cut = width()
+      rows.push(rest.slice(0, cut))
+      rest = indent + rest.slice(cut).replace(/^( · | )/, "")
+    }
+    return [...rows, rest]
   }
   // Cursor up over the block, clear to the end of the screen.
   const erase = () => {
@@ -38,10 +50,10 @@ export const make = (out: NodeJS.WriteStream = process.stdout, plainEvery = 15_0
   }
   const draw = () => {
     if (block.length === 0) return
-    const rule = `── status ${Status.clock(Date.now())} ${"─".repeat(40)}`
-    const lines = [rule, ...block].map(fit)
-    out.write(`\x1b[2m${lines[0]}\x1b[0m\n${lines.slice(1).join("\n")}\n`)
-    shown = lines.length
+    const rule = `── status ${Status.clock(Date.now())} ${"─".repeat(40)}`.slice(0, width())
+    const rows = block.flatMap(wrap)
+    out.write(`\x1b[2m${rule}\x1b[0m\n${rows.join("\n")}\n`)
+    shown = rows.length + 1
   }
   const print = (lines: ReadonlyArray<string>) => {
     if (tty) erase()

@@ -88,7 +88,7 @@ export const render = (s: Snapshot): ReadonlyArray<string> => {
   const condition = s.condition === undefined ? "not set yet" : `ManagedKubeconfigReady=${s.condition.status} (${s.condition.reason}) since ${s.condition.since.slice(11, 19)}`
   const lease = s.leaseRenewedAt === undefined
     ? "not created yet"
-    : `renewed ${formatDuration(s.now - s.leaseRenewedAt)} ago` + (agent === undefined ? "" : ` · ${list(byLabel(agent, "cluster_proxy_addon_lease_updates_total", "result"))}`)
+    : `renewed ${formatDuration(s.now - s.leaseRenewedAt)} ago` + (agent === undefined ? "" : ` · updates: ${list(byLabel(agent, "cluster_proxy_addon_lease_updates_total", "result"))}`)
   const tcp = agent === undefined
     ? "metrics unavailable"
     : `connections ${total(agent, "cluster_proxy_managed_apiserver_relay_connections_total")} (open ${total(agent, "cluster_proxy_managed_apiserver_relay_connections_active")})` +

@@ -222,6 +222,8 @@ const main = Effect.gen(function*() {
     Effect.andThen(Requests.request({ url: `${agentProbe}/readyz`, timeoutMs: 2_000 })),
     Effect.map((reply) => reply.status === 200)
   ), "90 seconds")
+  // Runs first when the scope closes (Ctrl-C, --quick's end, a failure): say what happens next.
+  yield* Effect.addFinalizer(() => screen.release.pipe(Effect.andThen(say("stopping hosted-agent, service relay, backend and apiservers; removing the network namespace and folders ..."))))
   yield* say(`hosted-agent ready: provisioner, addon-lease, apiserver-proxy and service-proxy (logs: ${agent.logPath})`)
 
   // -------------------------------------------------------------------------------------------
