@@ -33,121 +33,13 @@ import { TokenReviewChain } from "../../src/serviceproxy/TokenReviewChain.ts"
 import { Apiserver } from "../../src/testing/index.ts"
 import { send as sendTo } from "../support/send.ts"
 import { noApiserver } from "../support/apiserver.ts"
+import { netnsResource, spawnInNetns } from "../support/netns.ts"
 
 const addonNamespace = "open-cluster-management-agent-addon"
 const relayName = "cluster-proxy-service-relay"
 const relayPort = 7444
 const backendPort = 8080
 const clientCredential = `Bearer client-credential-${Crypto.randomBytes(6).toString("hex")}`
-
-// ---------------------------------------------------------------------------------------------
-// the network namespace
-// ---------------------------------------------------------------------------------------------
-
-const ip = (args: ReadonlyArray<string>) => ChildProcess.execFileSync("ip", [...args], { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] })
-
-interface Netns {
-  readonly name: string
-  /** The host-side veth address (the managed apiserver binds it). */
-  readonly hostAddress: string
-  /** The namespace-side address (relay and backend). */
-  readonly nsAddress: string
-  readonly hostLink: string
-  readonly hostsFolder: string
-  /** Whether /etc/netns did not exist before. */
-  readonly madeEtcNetns: boolean
-}
-
-/** A /30 in 10.203.0.0/16 that no address of this machine's root namespace falls into. */
-const freeSubnet = (): { readonly host: string; readonly ns: string } => {
-  const used = ip(["-o", "-4", "addr", "show"])
-  const routes = ip(["-4", "route", "show"])
-  for (let attempt = 0; attempt < 100; attempt++) {
-    const third = Crypto.randomInt(0, 256)
-    const base = Crypto.randomInt(0, 64) * 4
-    const prefix = `10.203.${third}.`
-    const taken = [0, 1, 2, 3].some((offset) => used.includes(` ${prefix}${base + offset}/`))
-    if (taken || routes.includes(`${prefix}${base}/30`)) continue
-    return { host: `${prefix}${base + 1}`, ns: `${prefix}${base + 2}` }
-  }
-  throw new Error("no free /30 found in 10.203.0.0/16")
-}
-
-const removeNetns = (netns: Pick<Netns, "name" | "hostLink" | "hostsFolder" | "madeEtcNetns">) => {
-  for (const args of [["netns", "delete", netns.name], ["link", "delete", netns.hostLink]]) {
-    try {
-      ip(args)
-    } catch {
-      // already gone (deleting the namespace removes the veth pair)
-    }
-  }
-  Fs.rmSync(netns.hostsFolder, { recursive: true, force: true })
-  // /etc/netns itself goes too when this test made it and nothing else is in it.
-  if (netns.madeEtcNetns) {
-    try {
-      Fs.rmdirSync(Path.dirname(netns.hostsFolder))
-    } catch {
-      // not empty: another namespace uses it
-    }
-  }
-}
-
-/** Create the namespace, the veth pair and `/etc/netns/<ns>/hosts`; removed with the scope. */
-const netnsResource = (hosts: (nsAddress: string) => string) =>
-  Effect.acquireRelease(
-    Effect.sync(() => {
-      const id = Crypto.randomBytes(3).toString("hex")
-      const name = `tether-sp-${id}`
-      const hostLink = `tsp${id}h`
-      const nsLink = `tsp${id}n`
-      const hostsFolder = Path.join("/etc/netns", name)
-      const { host, ns } = freeSubnet()
-      const madeEtcNetns = !Fs.existsSync("/etc/netns")
-      try {
-        ip(["netns", "add", name])
-        ip(["link", "add", hostLink, "type", "veth", "peer", "name", nsLink])
-        ip(["link", "set", nsLink, "netns", name])
-        ip(["addr", "add", `${host}/30`, "dev", hostLink])
-        ip(["link", "set", hostLink, "up"])
-        ip(["netns", "exec", name, "ip", "addr", "add", `${ns}/30`, "dev", nsLink])
-        ip(["netns", "exec", name, "ip", "link", "set", nsLink, "up"])
-        ip(["netns", "exec", name, "ip", "link", "set", "lo", "up"])
-        Fs.mkdirSync(hostsFolder, { recursive: true })
-        Fs.writeFileSync(Path.join(hostsFolder, "hosts"), hosts(ns))
-      } catch (error) {
-        removeNetns({ name, hostLink, hostsFolder, madeEtcNetns })
-        throw error
-      }
-      return { name, hostAddress: host, nsAddress: ns, hostLink, hostsFolder, madeEtcNetns } satisfies Netns
-    }),
-    (netns) => Effect.sync(() => removeNetns(netns))
-  )
-
-/** A process inside the namespace (`ip netns exec` execs it, so the PID is the process itself). */
-const spawnInNetns = (netns: Netns, label: string, args: ReadonlyArray<string>, logPath: string) =>
-  Effect.acquireRelease(
-    Effect.sync(() => {
-      const fd = Fs.openSync(logPath, "w")
-      const child = ChildProcess.spawn("ip", ["netns", "exec", netns.name, process.execPath, ...args], {
-        stdio: ["ignore", fd, fd],
-        env: { PATH: process.env["PATH"] ?? "/usr/bin:/bin" },
-        cwd: process.cwd()
-      })
-      Fs.closeSync(fd)
-      child.on("error", () => {})
-      return { label, child, logPath }
-    }),
-    ({ child }) =>
-      Effect.callback<void>((resume) => {
-        if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
-        const kill = setTimeout(() => child.kill("SIGKILL"), 5_000)
-        child.once("exit", () => {
-          clearTimeout(kill)
-          resume(Effect.void)
-        })
-        child.kill("SIGTERM")
-      })
-  )
 
 const logTail = (path: string) => {
   try {
