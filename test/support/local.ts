@@ -34,10 +34,10 @@ export interface Run {
   readonly stderr: string
 }
 
-/** Run kubectl with `kubeconfig`, bounded in time; never fails (the exit code says how it went). */
-export const kubectl = (kubeconfig: string, args: ReadonlyArray<string>): Effect.Effect<Run> =>
+/** Run kubectl with `kubeconfig` (and `input` on stdin), bounded in time; never fails (the exit code says how it went). */
+export const kubectl = (kubeconfig: string, args: ReadonlyArray<string>, input?: string): Effect.Effect<Run> =>
   Effect.callback((resume) => {
-    ChildProcess.execFile(
+    const child = ChildProcess.execFile(
       "kubectl",
       ["--kubeconfig", kubeconfig, "--request-timeout", "20s", ...args],
       { timeout: 60_000, maxBuffer: 256 * 1024 * 1024 },
@@ -46,6 +46,7 @@ export const kubectl = (kubeconfig: string, args: ReadonlyArray<string>): Effect
         resume(Effect.succeed({ code, stdout, stderr }))
       }
     )
+    child.stdin?.end(input ?? "")
   })
 
 export class GetFailed extends Data.TaggedError("GetFailed")<{ readonly url: string; readonly cause: unknown }> {}
