@@ -389,6 +389,13 @@ const make = Effect.fnUntraced(function*(options: Options) {
     Effect.forever(Effect.andThen(Effect.sleep(bytesFlushInterval), Effect.forEach(connections, flushBytes, { discard: true })))
   )
 
+  // The unlabelled counters exist from the start at 0 (as the prototype's registry had them), so
+  // a rate() or an alert on them has a series before the first connection or dial error.
+  for (const counter of [Metrics.relayConnectionsTotal, Metrics.relayDialErrorsTotal, Metrics.relayConnectionsRefusedTotal]) {
+    yield* Metric.update(counter, 0)
+  }
+  yield* Metric.update(Metrics.relayConnectionsActive, active)
+
   const bound = server.address() as Net.AddressInfo
   const address = { host: bound.address, port: bound.port }
   yield* Effect.logInfo("managed apiserver relay listening", {
