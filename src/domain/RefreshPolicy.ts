@@ -168,6 +168,43 @@ export const decide = (input: {
 }
 
 /**
+ * How many tokens may be minted in a sliding window. Every TokenRequest makes a new valid
+ * credential, so whatever drives refreshes (a deletion storm, a writer fighting over the
+ * Secret, a source that keeps changing) must not turn into a stream of them.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface MintLimit {
+  readonly burst: number
+  readonly window: Duration.Duration
+}
+
+/**
+ * Five tokens per five minutes: a rotation plus a few source changes pass, a storm does not.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const defaultMintLimit: MintLimit = { burst: 5, window: Duration.minutes(5) }
+
+/**
+ * The earliest time (epoch ms) another token may be minted, given when the previous ones were
+ * (`history`, epoch ms, any order); `now` or earlier means at once. Mints recorded in the
+ * future (the clock leapt back) are ignored, so a clock jump never blocks a needed refresh.
+ *
+ * @since 0.1.0
+ * @category decisions
+ */
+export const nextMintAllowedAt = (history: ReadonlyArray<number>, now: number, limit: MintLimit): number => {
+  const window = Duration.toMillis(limit.window)
+  const recent = history.filter((at) => at <= now && at > now - window).sort((a, b) => a - b)
+  const burst = Math.max(1, Math.floor(limit.burst))
+  if (recent.length < burst) return now
+  return recent[recent.length - burst]! + window
+}
+
+/**
  * The lifetime of a token just returned by TokenRequest. The server's expiry wins (issuers
  * may return a different validity than requested); when it is absent the requested
  * `tokenExpiration` is assumed. `issuedAt` is the caller's clock at issue time.

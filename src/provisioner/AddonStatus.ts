@@ -14,7 +14,7 @@
  */
 import { Clock, Context, Effect, Layer, Schedule } from "effect"
 import * as Conditions from "../domain/Conditions.ts"
-import { HubCluster, type CustomResource } from "../kube/KubeClient.ts"
+import { type CustomObject, type CustomResource, HubCluster } from "../kube/KubeClient.ts"
 import * as KubeError from "../kube/KubeError.ts"
 
 /** The OCM ManagedClusterAddOn resource. @category constants */
@@ -46,16 +46,30 @@ export interface DesiredCondition {
   readonly message: string
 }
 
+/** The state an add-on object (undefined: it does not exist) is in. @category models */
+export const stateOf = (object: CustomObject | undefined): AddonState => {
+  if (object === undefined) return { _tag: "Absent" }
+  if (object.metadata?.deletionTimestamp !== undefined) return { _tag: "Deleting" }
+  const conditions = (object.status?.conditions ?? []) as ReadonlyArray<Conditions.Condition>
+  return { _tag: "Present", generation: object.metadata?.generation, condition: Conditions.findCondition(conditions, conditionType) }
+}
+
+const notWritten: CustomObject | undefined = undefined
+
 /** @category services */
 export class AddonStatus extends Context.Service<AddonStatus, {
   readonly observe: Effect.Effect<AddonState, KubeError.KubeError>
-  /** Set our condition; true when a write happened. */
-  readonly setCondition: (desired: DesiredCondition) => Effect.Effect<boolean, KubeError.KubeError>
+  /**
+   * Set our condition; the object as written, or undefined when nothing needed writing. `basis`
+   * is a recent copy of the add-on (from a watch) to start from instead of a GET; a conflict
+   * falls back to a fresh read.
+   */
+  readonly setCondition: (desired: DesiredCondition, basis?: CustomObject) => Effect.Effect<CustomObject | undefined, KubeError.KubeError>
 }>()("tether/provisioner/AddonStatus") {
   /** Without a hub: everything is a no-op. */
   static readonly layerUntracked = Layer.succeed(
     AddonStatus,
-    AddonStatus.of({ observe: Effect.succeed({ _tag: "Untracked" }), setCondition: () => Effect.succeed(false) })
+    AddonStatus.of({ observe: Effect.succeed({ _tag: "Untracked" }), setCondition: () => Effect.succeed(notWritten) })
   )
 
   /** The ManagedClusterAddOn `namespace/name` on the hub. */
@@ -67,20 +81,12 @@ export class AddonStatus extends Context.Service<AddonStatus, {
         const get = hub.getCustomObject(managedClusterAddOns, addon.namespace, addon.name)
 
         const observe = get.pipe(
-          Effect.map((object): AddonState => {
-            if (object.metadata?.deletionTimestamp !== undefined) return { _tag: "Deleting" }
-            const conditions = (object.status?.conditions ?? []) as ReadonlyArray<Conditions.Condition>
-            return {
-              _tag: "Present",
-              generation: object.metadata?.generation,
-              condition: Conditions.findCondition(conditions, conditionType)
-            }
-          }),
+          Effect.map(stateOf),
           Effect.catchIf(KubeError.isReason("NotFound"), () => Effect.succeed<AddonState>({ _tag: "Absent" }))
         )
 
-        const writeOnce = Effect.fnUntraced(function*(desired: DesiredCondition) {
-          const object = yield* get
+        const writeOnce = Effect.fnUntraced(function*(desired: DesiredCondition, basis: CustomObject | undefined) {
+          const object = basis ?? (yield* get)
           const now = yield* Clock.currentTimeMillis
           const current = (object.status?.conditions ?? []) as ReadonlyArray<Conditions.Condition>
           const next = Conditions.setCondition(current, {
@@ -88,16 +94,17 @@ export class AddonStatus extends Context.Service<AddonStatus, {
             ...desired,
             ...(object.metadata?.generation === undefined ? {} : { observedGeneration: object.metadata.generation })
           }, now)
-          if (!next.changed) return false
-          yield* hub.replaceCustomObjectStatus(managedClusterAddOns, {
+          if (!next.changed) return undefined
+          return yield* hub.replaceCustomObjectStatus(managedClusterAddOns, {
             ...object,
             status: { ...object.status, conditions: next.conditions }
           })
-          return true
         })
 
-        const setCondition = (desired: DesiredCondition) =>
-          writeOnce(desired).pipe(
+        const setCondition = (desired: DesiredCondition, basis?: CustomObject) =>
+          writeOnce(desired, basis).pipe(
+            // The basis was stale: from now on, read the add-on first.
+            Effect.catchIf(KubeError.isReason("Conflict"), () => writeOnce(desired, undefined)),
             Effect.retry({
               while: KubeError.isReason("Conflict"),
               schedule: Schedule.exponential("50 millis").pipe(Schedule.jittered),

@@ -4,21 +4,32 @@
  *
  * Triggers: the source Secret, the generated Secret and (with a hub) the ManagedClusterAddOn,
  * each watched by name. Between triggers the controller sleeps until the token's refresh point;
- * `syncInterval` is only a fail-safe resync.
+ * `syncInterval` is only a fail-safe resync, counted from the last reconcile.
+ *
+ * Quiet between deadlines: the watches double as caches, so a reconcile reads the three objects
+ * from them (falling back to a GET while a watch is not synced), and an event for a version the
+ * provisioner wrote itself updates the cache without triggering a reconcile. A rotation then costs
+ * one TokenRequest, one Secret write, at most one status update and one Event.
+ *
+ * Recovery: while a refresh waits on a managed apiserver that does not answer, a cheap probe
+ * ({@link Reachability}) runs every few seconds (jittered) and triggers a reconcile as soon as the
+ * apiserver answers again, instead of waiting out the backoff.
  *
  * Readiness: a valid (unexpired) token is in place and every watch is connected.
  *
  * @since 0.1.0
  */
-import { Clock, Duration, Effect, Metric, Option, Ref, Stream } from "effect"
+import type { V1Secret } from "@kubernetes/client-node"
+import { Clock, Duration, Effect, Metric, Option, Queue, Random, Ref, Stream } from "effect"
 import * as RefreshPolicy from "../domain/RefreshPolicy.ts"
 import * as Controller from "../kube/Controller.ts"
 import { EventRecorder } from "../kube/EventRecorder.ts"
-import { HostingCluster, HubCluster } from "../kube/KubeClient.ts"
+import { type CustomObject, HostingCluster, HubCluster } from "../kube/KubeClient.ts"
 import type * as KubeWatch from "../kube/Watch.ts"
 import * as Metrics from "../observability/Metrics.ts"
 import { Probes } from "../observability/Probes.ts"
-import { managedClusterAddOns } from "./AddonStatus.ts"
+import { AddonStatus, managedClusterAddOns, stateOf } from "./AddonStatus.ts"
+import { Reachability } from "./Reachability.ts"
 import * as Reconciler from "./Reconciler.ts"
 import { SecretStore } from "./SecretStore.ts"
 
@@ -27,9 +38,38 @@ export interface Options extends Reconciler.ClusterSpec {
   readonly syncInterval: Duration.Duration
   /** The ManagedClusterAddOn on the hub, when a hub is configured. */
   readonly addon: Reconciler.ObjectName | undefined
+  /** How often the managed apiserver is probed while a refresh waits on it (jittered ×0.5–1.5; default 2 s). */
+  readonly probeInterval?: Duration.Input
+  /** Tokens minted per window at most (default {@link RefreshPolicy.defaultMintLimit}). */
+  readonly mintLimit?: RefreshPolicy.MintLimit
 }
 
 const byName = (name: string) => ({ fieldSelector: `metadata.name=${name}` })
+
+/** One object as its name-selected watch last saw it; `synced` is false until listed and after a break. */
+interface Cached<A> {
+  synced: boolean
+  object: A | undefined
+}
+
+type Versioned = { readonly metadata?: { readonly resourceVersion?: string | undefined } | undefined }
+
+/** Resource versions this provisioner wrote itself, newest last (a few suffice: events follow writes closely). */
+const ownVersions = () => {
+  const versions: Array<string> = []
+  return {
+    add: (object: Versioned | undefined) => {
+      const version = object?.metadata?.resourceVersion
+      if (version === undefined) return
+      versions.push(version)
+      if (versions.length > 32) versions.shift()
+    },
+    has: (object: Versioned) => {
+      const version = object.metadata?.resourceVersion
+      return version !== undefined && versions.includes(version)
+    }
+  }
+}
 
 /**
  * Run the provisioner until interrupted.
@@ -40,11 +80,17 @@ export const run = Effect.fn("Provisioner.run")(function*(options: Options) {
   const hosting = yield* HostingCluster
   const probes = yield* Probes
   const tokens = yield* Reconciler.TokenState
+  const store = yield* SecretStore
+  const addonStatus = yield* AddonStatus
+  const reachability = Option.getOrElse(yield* Effect.serviceOption(Reachability), () => Reachability.live)
   const key = options.clusterName
+  const memory = Reconciler.makeMemory(options.mintLimit)
+  const own = ownVersions()
+  const pokes = yield* Queue.unbounded<string>()
 
   // Liveness per watch: false from a Broken event until the next successful event.
   const alive = yield* Ref.make<ReadonlyMap<string, boolean>>(new Map())
-  const track = <A>(name: string, events: Stream.Stream<KubeWatch.WatchEvent<A>>) =>
+  const track = <A extends Versioned>(name: string, cache: Cached<A>, events: Stream.Stream<KubeWatch.WatchEvent<A>>) =>
     events.pipe(
       Stream.tap((event) =>
         Effect.andThen(
@@ -60,24 +106,111 @@ export const run = Effect.fn("Provisioner.run")(function*(options: Options) {
           ? Effect.logWarning("watch broken; retrying", { watch: name, error: event.error.message })
           : Effect.void
       ),
-      Stream.filter((event) => event._tag !== "Broken"),
+      Stream.filter((event) => {
+        switch (event._tag) {
+          case "Broken":
+            cache.synced = false
+            return false
+          case "Synced":
+            cache.synced = true
+            cache.object = event.items[0]
+            return true
+          case "Deleted":
+            cache.object = undefined
+            return true
+          default:
+            cache.object = event.object
+            // Our own write coming back: the cache is now current, and there is nothing to do.
+            return !own.has(event.object)
+        }
+      }),
       Stream.map(() => key)
     )
 
+  const source: Cached<V1Secret> = { synced: false, object: undefined }
+  const target: Cached<V1Secret> = { synced: false, object: undefined }
+  const addon: Cached<CustomObject> = { synced: false, object: undefined }
   const watches: Array<Stream.Stream<string>> = [
-    track("source-secret", hosting.watchSecrets(options.source.namespace, byName(options.source.name))),
-    track("target-secret", hosting.watchSecrets(options.target.namespace, byName(options.target.name)))
+    track("source-secret", source, hosting.watchSecrets(options.source.namespace, byName(options.source.name))),
+    track("target-secret", target, hosting.watchSecrets(options.target.namespace, byName(options.target.name)))
   ]
   // The hub client is optional: without one there is no add-on to watch.
   const hub = Option.getOrUndefined(yield* Effect.serviceOption(HubCluster))
+  const addonWatched = options.addon !== undefined && hub !== undefined
   if (options.addon !== undefined && hub !== undefined) {
     watches.push(
       track(
         "managedclusteraddon",
+        addon,
         hub.watchCustomObjects(managedClusterAddOns, options.addon.namespace, byName(options.addon.name))
       )
     )
   }
+
+  // The reconciler's ports, reading through the watch caches and remembering our own writes.
+  const cacheFor = (namespace: string, name: string) =>
+    namespace === options.source.namespace && name === options.source.name
+      ? source
+      : namespace === options.target.namespace && name === options.target.name
+      ? target
+      : undefined
+  const wrote = (secret: V1Secret) =>
+    Effect.sync(() => {
+      own.add(secret)
+      const cache = cacheFor(secret.metadata?.namespace ?? "", secret.metadata?.name ?? "")
+      if (cache !== undefined) cache.object = secret
+      return secret
+    })
+  const cachedStore = SecretStore.of({
+    get: (namespace, name) => {
+      const cache = cacheFor(namespace, name)
+      return cache?.synced === true ? Effect.succeed(Option.fromNullishOr(cache.object)) : store.get(namespace, name)
+    },
+    create: (namespace, secret) => Effect.flatMap(store.create(namespace, secret), wrote),
+    replace: (namespace, secret) => Effect.flatMap(store.replace(namespace, secret), wrote),
+    delete: (namespace, name) =>
+      Effect.tap(store.delete(namespace, name), () =>
+        Effect.sync(() => {
+          const cache = cacheFor(namespace, name)
+          if (cache !== undefined) cache.object = undefined
+        }))
+  })
+  const cachedAddon = addonWatched
+    ? AddonStatus.of({
+      observe: Effect.suspend(() => (addon.synced ? Effect.succeed(stateOf(addon.object)) : addonStatus.observe)),
+      setCondition: (desired, basis) =>
+        Effect.tap(addonStatus.setCondition(desired, basis ?? (addon.synced ? addon.object : undefined)), (written) =>
+          Effect.sync(() => {
+            if (written === undefined) return
+            own.add(written)
+            addon.object = written
+          }))
+    })
+    : addonStatus
+
+  // While a refresh waits on an unreachable managed apiserver: probe it, and reconcile once it answers.
+  const probeEvery = Duration.toMillis(Duration.fromInputUnsafe(options.probeInterval ?? "2 seconds"))
+  const watchForReturn = Effect.gen(function*() {
+    let sawDown = false
+    while (true) {
+      yield* Effect.sleep(Duration.millis(Math.round(probeEvery * (yield* Random.nextBetween(0.5, 1.5)))))
+      const cluster = memory.unreachable
+      if (cluster === undefined) {
+        sawDown = false
+        continue
+      }
+      const answers = yield* reachability.answers(cluster, Duration.millis(Math.max(500, probeEvery)))
+      if (answers === "Silent") sawDown = true
+      // Only a return counts: an apiserver that answers but refuses is the backoff's business.
+      if (answers === "Answers" && sawDown) {
+        sawDown = false
+        memory.unreachable = undefined
+        yield* Effect.logInfo("the managed apiserver answers again; refreshing", { cluster: key })
+        yield* Queue.offer(pokes, key)
+      }
+    }
+  })
+  yield* Effect.forkScoped(watchForReturn)
 
   yield* probes.addReadinessCheck("token", Effect.gen(function*() {
     const lifetime = (yield* Ref.get(tokens)).get(key)
@@ -106,11 +239,15 @@ export const run = Effect.fn("Provisioner.run")(function*(options: Options) {
   return yield* Controller.run({
     name: "managed-kubeconfig-provisioner",
     keys: [key],
-    triggers: Stream.mergeAll(watches, { concurrency: "unbounded" }),
+    triggers: Stream.mergeAll([...watches, Stream.fromQueue(pokes)], { concurrency: "unbounded" }),
     resyncInterval: options.syncInterval,
-    reconcile: () => Reconciler.reconcile(options)
+    reconcile: () =>
+      Reconciler.reconcile(options, memory).pipe(
+        Effect.provideService(SecretStore, cachedStore),
+        Effect.provideService(AddonStatus, cachedAddon)
+      )
   })
-})
+}, Effect.scoped)
 
 /** How `--cleanup` ended. @category models */
 export type CleanupResult = "Deleted" | "AlreadyGone"

@@ -12,8 +12,12 @@
  *   scheduled refresh time.
  * - Refresh = one TokenRequest and one write. Just before writing, the add-on is checked again.
  * - When TokenRequest fails and the current token is still valid, the token keeps serving
- *   (stale-while-revalidate) and the failure is retried with backoff; only an expired or missing
- *   token turns the condition False.
+ *   (stale-while-revalidate) and the failure is retried with backoff, but looked at again no
+ *   later than the token's expiry; only an expired or missing token turns the condition False,
+ *   and an expired one does so before the next TokenRequest is even tried (it may hang).
+ * - A deleted generated Secret is re-created from the token the provisioner still holds (its
+ *   {@link Memory}) while that token is not due and the source is unchanged: no new credential.
+ * - Minting is rate-limited ({@link RefreshPolicy.defaultMintLimit}).
  *
  * Only the generated Secret's own annotations and data keys are written: labels, annotations
  * and keys that others added survive every write.
@@ -21,7 +25,7 @@
  * @since 0.1.0
  */
 import type { V1Secret } from "@kubernetes/client-node"
-import { Clock, Context, Duration, Effect, FileSystem, Layer, Metric, Option, Redacted, Ref, Result, Schema } from "effect"
+import { Clock, Context, Duration, Effect, Fiber, FileSystem, Layer, Metric, Option, Redacted, Ref, Result, Schema } from "effect"
 import { createHash } from "node:crypto"
 import * as Kubeconfig from "../domain/Kubeconfig.ts"
 import * as ManagedKubeconfigSecret from "../domain/ManagedKubeconfigSecret.ts"
@@ -62,8 +66,42 @@ export class ReconcileFailed extends Schema.TaggedError<ReconcileFailed>()("Reco
   cluster: Schema.String,
   message: Schema.String,
   /** The server asked us to wait this long (429/503 Retry-After); the controller honours it. */
-  retryAfterSeconds: Schema.optional(Schema.Finite)
+  retryAfterSeconds: Schema.optional(Schema.Finite),
+  /** Look again no later than this (epoch ms): the held token's expiry, when the condition must change. */
+  retryBy: Schema.optional(Schema.Finite)
 }) {}
+
+/** The token the provisioner last wrote or read back, kept to re-create a deleted Secret. @category models */
+export interface Held {
+  readonly sourceHash: string
+  readonly lifetime: RefreshPolicy.TokenLifetime
+  readonly token: Redacted.Redacted<string>
+  readonly kubeconfig: Redacted.Redacted<string>
+}
+
+/**
+ * What one cluster's reconciles remember between runs (in memory only; a restart starts empty):
+ * the token in hand and when tokens were minted. Reconciles of one key never overlap, so plain
+ * mutable fields suffice.
+ *
+ * @category models
+ */
+export interface Memory {
+  held: Held | undefined
+  /** When TokenRequests were sent (epoch ms), for the mint rate limit. */
+  mints: Array<number>
+  readonly mintLimit: RefreshPolicy.MintLimit
+  /** Set while a refresh waits on a managed apiserver that gave no answer at all; probed for its return. */
+  unreachable: Kubeconfig.ClusterEntry | undefined
+}
+
+/** @category constructors */
+export const makeMemory = (mintLimit: RefreshPolicy.MintLimit = RefreshPolicy.defaultMintLimit): Memory => ({
+  held: undefined,
+  mints: [],
+  mintLimit,
+  unreachable: undefined
+})
 
 /** What one reconcile found and did. @category models */
 export type Outcome =
@@ -72,6 +110,8 @@ export type Outcome =
   | {
     readonly _tag: "Written"
     readonly created: boolean
+    /** Re-created from the token in hand; no TokenRequest. */
+    readonly reused?: boolean
     readonly lifetime: RefreshPolicy.TokenLifetime
     readonly until: number
     readonly kubeconfig: Redacted.Redacted<string>
@@ -87,6 +127,7 @@ export interface Problem {
     | "ServiceAccountNotFound"
     | "TokenRequestForbidden"
     | "TokenRequestFailed"
+    | "TokenRequestRateLimited"
     | "TargetWriteFailed"
     | "HostingClusterUnavailable"
   readonly message: string
@@ -94,6 +135,9 @@ export interface Problem {
   readonly retryable: boolean
   readonly retryAfterSeconds?: number
 }
+
+/** Condition reason when the token in place expired and no new one is in place yet. @category constants */
+export const expiredReason = "ManagedKubeconfigExpired"
 
 const secretRef = (target: ObjectName): ObjectReference => ({ apiVersion: "v1", kind: "Secret", ...target })
 
@@ -185,6 +229,12 @@ const targetSecret = (
   }
 }
 
+const identity = <A>(a: A): A => a
+
+/** Run `effect` with `background` forked beside it; the background stops when `effect` ends. */
+const alongside = (background: Effect.Effect<void>) => <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.flatMap(Effect.forkChild(background), (fiber) => Effect.ensuring(effect, Fiber.interrupt(fiber)))
+
 const goneReason = (state: AddonState | undefined) =>
   state?._tag === "Absent" || state?._tag === "Deleting" ? state._tag : undefined
 
@@ -202,7 +252,8 @@ const observeAddon = (addon: AddonStatus["Service"]) =>
  */
 export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
   spec: ClusterSpec,
-  addonState: AddonState | undefined
+  addonState: AddonState | undefined,
+  memory: Memory = makeMemory()
 ) {
   const store = yield* SecretStore
   const addon = yield* AddonStatus
@@ -235,17 +286,76 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
   )
   const now = yield* Clock.currentTimeMillis
   const current = observed._tag === "Present" ? observed : undefined
+  const decideFor = (lifetime: RefreshPolicy.TokenLifetime) =>
+    RefreshPolicy.decide({ now, lifetime, settings: spec.settings, jitterFraction: jitterFraction(hash, lifetime) })
   if (current !== undefined && current.sourceHash === hash) {
-    const decision = RefreshPolicy.decide({
-      now,
-      lifetime: current.lifetime,
-      settings: spec.settings,
-      jitterFraction: jitterFraction(hash, current.lifetime)
-    })
+    memory.held = { sourceHash: hash, lifetime: current.lifetime, token: current.token, kubeconfig: current.kubeconfig }
+    const decision = decideFor(current.lifetime)
     if (decision._tag === "Wait") {
       return { _tag: "Fresh", lifetime: current.lifetime, until: decision.until, kubeconfig: current.kubeconfig } satisfies Outcome
     }
   }
+
+  // Deleted while the token in hand is good for the same source: put it back, mint nothing.
+  const held = memory.held
+  if (observed._tag === "Missing" && held !== undefined && held.sourceHash === hash) {
+    const decision = decideFor(held.lifetime)
+    if (decision._tag === "Wait") {
+      const contents = ManagedKubeconfigSecret.desired({
+        kubeconfig: Redacted.value(held.kubeconfig),
+        token: held.token,
+        lifetime: held.lifetime,
+        sourceHash: hash
+      })
+      const restored = yield* Effect.result(store.create(spec.target.namespace, targetSecret(spec, Option.none(), contents)))
+      if (Result.isSuccess(restored)) {
+        return {
+          _tag: "Written",
+          created: true,
+          reused: true,
+          lifetime: held.lifetime,
+          until: decision.until,
+          kubeconfig: held.kubeconfig
+        } satisfies Outcome
+      }
+      // A create that lost a race (409) or failed: fall through to the normal path on the next run.
+      return { _tag: "Failed", problem: { reason: "TargetWriteFailed", retryable: true, message: restored.failure.message } } satisfies Outcome
+    }
+  }
+
+  const stillValid = current !== undefined && !RefreshPolicy.isExpired(now, current.lifetime)
+  // Judged when the attempt ends: a TokenRequest that hung may have outlived the token.
+  const pending = (problem: Problem) =>
+    Effect.map(Clock.currentTimeMillis, (at): Outcome =>
+      current !== undefined && !RefreshPolicy.isExpired(at, current.lifetime)
+        ? { _tag: "Stale", lifetime: current.lifetime, problem, kubeconfig: current.kubeconfig }
+        : { _tag: "Failed", problem })
+
+  // An expired token is reported at its expiry, not when a TokenRequest that may hang for long
+  // gives up: now if it has expired already, else by a timer running alongside the request.
+  const reported = addonState?._tag === "Present" ? addonState.condition : undefined
+  const reportExpired = current !== undefined && reported?.status === "True"
+    ? Effect.sleep(Duration.millis(Math.max(0, current.lifetime.expiresAt - now))).pipe(
+      Effect.andThen(addon.setCondition({
+        status: "False",
+        reason: expiredReason,
+        message: `The token in ${describe(spec.target)} expired at ${expiresText(current.lifetime)}; requesting a new one`
+      })),
+      Effect.catch((error) => Effect.logWarning("cannot report the expired token", { error: error.message }))
+    )
+    : Effect.void
+  if (!stillValid) yield* reportExpired
+
+  const allowedAt = RefreshPolicy.nextMintAllowedAt(memory.mints, now, memory.mintLimit)
+  if (allowedAt > now) {
+    return yield* pending({
+      reason: "TokenRequestRateLimited",
+      retryable: true,
+      retryAfterSeconds: Math.ceil((allowedAt - now) / 1000),
+      message: `${memory.mintLimit.burst} tokens were minted within ${Duration.format(memory.mintLimit.window)}; the next one waits until ${expiresText({ issuedAt: now, expiresAt: allowedAt })}`
+    })
+  }
+  memory.mints = [...memory.mints.filter((at) => at > now - Duration.toMillis(memory.mintLimit.window)), now]
 
   // Refresh: exactly one TokenRequest, then one write.
   const issued = yield* issuer.request({
@@ -256,15 +366,11 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
     expirationSeconds: RefreshPolicy.expirationSeconds(spec.settings.tokenExpiration)
   }).pipe(
     Effect.tap(() => Effect.logInfo("issued a managed serviceaccount token", { cluster: spec.clusterName })),
-    Effect.result
+    Effect.result,
+    stillValid ? alongside(reportExpired) : identity
   )
-  if (Result.isFailure(issued)) {
-    const problem = kubeProblem(spec, issued.failure)
-    const stillValid = current !== undefined && !RefreshPolicy.isExpired(now, current.lifetime)
-    return (stillValid
-      ? { _tag: "Stale", lifetime: current.lifetime, problem, kubeconfig: current.kubeconfig }
-      : { _tag: "Failed", problem }) satisfies Outcome
-  }
+  memory.unreachable = Result.isFailure(issued) && issued.failure.reason === "Transport" ? source.cluster : undefined
+  if (Result.isFailure(issued)) return yield* pending(kubeProblem(spec, issued.failure))
   const lifetime = { issuedAt: issued.success.issuedAt, expiresAt: issued.success.expiresAt }
 
   // The add-on may have been deleted while we asked for the token: look again before writing.
@@ -279,12 +385,9 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
     : store.create(spec.target.namespace, secret)
   const written = yield* Effect.result(write)
   if (Result.isFailure(written)) {
-    const problem: Problem = { reason: "TargetWriteFailed", retryable: true, message: written.failure.message }
-    const stillValid = current !== undefined && !RefreshPolicy.isExpired(now, current.lifetime)
-    return (stillValid
-      ? { _tag: "Stale", lifetime: current.lifetime, problem, kubeconfig: current.kubeconfig }
-      : { _tag: "Failed", problem }) satisfies Outcome
+    return yield* pending({ reason: "TargetWriteFailed", retryable: true, message: written.failure.message })
   }
+  memory.held = { sourceHash: hash, lifetime, token: issued.success.token, kubeconfig: Redacted.make(kubeconfig) }
   return {
     _tag: "Written",
     created: Option.isNone(existing.success),
@@ -294,11 +397,12 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
   } satisfies Outcome
 })
 
-const failed = (spec: ClusterSpec, problem: Problem) =>
+const failed = (spec: ClusterSpec, problem: Problem, retryBy?: number) =>
   new ReconcileFailed({
     cluster: spec.clusterName,
     message: problem.message,
-    ...(problem.retryAfterSeconds === undefined ? {} : { retryAfterSeconds: problem.retryAfterSeconds })
+    ...(problem.retryAfterSeconds === undefined ? {} : { retryAfterSeconds: problem.retryAfterSeconds }),
+    ...(retryBy === undefined ? {} : { retryBy })
   })
 
 const expiresText = (lifetime: RefreshPolicy.TokenLifetime) => new Date(lifetime.expiresAt).toISOString().replace(/\.\d{3}Z$/, "Z")
@@ -401,7 +505,9 @@ export const report = Effect.fn("Provisioner.report")(function*(
       yield* events.record({
         type: "Normal",
         reason: outcome.created ? "ManagedKubeconfigCreated" : "ManagedKubeconfigUpdated",
-        message: `${outcome.created ? "Created" : "Updated"} generated managed kubeconfig secret ${describe(spec.target)}; token expires at ${expiresText(outcome.lifetime)}`,
+        message: `${outcome.reused === true ? "Re-created" : outcome.created ? "Created" : "Updated"} generated managed kubeconfig secret ${
+          describe(spec.target)
+        }${outcome.reused === true ? " from the token in hand" : ""}; token expires at ${expiresText(outcome.lifetime)}`,
         regarding
       })
       return waitUntil(outcome.until)
@@ -410,7 +516,8 @@ export const report = Effect.fn("Provisioner.report")(function*(
       yield* setToken(outcome.lifetime)
       yield* count("error")
       yield* events.record({ type: "Warning", reason: "ManagedKubeconfigRefreshFailed", message: outcome.problem.message, regarding })
-      return yield* failed(spec, outcome.problem)
+      // Whatever the backoff says, be back when the token expires: the condition must turn then.
+      return yield* failed(spec, outcome.problem, outcome.lifetime.expiresAt)
     }
     case "Failed": {
       yield* count("error")
@@ -426,9 +533,9 @@ export const report = Effect.fn("Provisioner.report")(function*(
  *
  * @category reconciliation
  */
-export const reconcile = Effect.fnUntraced(function*(spec: ClusterSpec) {
+export const reconcile = Effect.fnUntraced(function*(spec: ClusterSpec, memory: Memory = makeMemory()) {
   const state = yield* observeAddon(yield* AddonStatus)
-  const outcome = yield* observeAndAct(spec, state)
+  const outcome = yield* observeAndAct(spec, state, memory)
   return yield* report(spec, outcome, state)
 })
 

@@ -203,4 +203,37 @@ describe("RefreshPolicy", () => {
       )
     })
   })
+
+  describe("mint limit", () => {
+    const Gaps = Schema.Array(Schema.Int.check(Schema.isBetween({ minimum: 0, maximum: 3 * MINUTE }))).check(Schema.isMaxLength(60))
+    it.effect.prop(
+      "mints taken whenever allowed never exceed the burst in any window, and a refusal names the first free moment",
+      { gaps: Gaps, burst: Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: 6 })) },
+      ({ burst, gaps }) =>
+        Effect.sync(() => {
+          const limit: RefreshPolicy.MintLimit = { burst, window: Duration.minutes(5) }
+          const minted: Array<number> = []
+          let now = T0
+          for (const gap of gaps) {
+            now += gap
+            const allowedAt = RefreshPolicy.nextMintAllowedAt(minted, now, limit)
+            if (allowedAt <= now) {
+              minted.push(now)
+            } else {
+              // Refused only when the window is full, and allowed again exactly when it frees up.
+              assert.strictEqual(minted.filter((at) => at > now - 5 * MINUTE).length, burst)
+              assert.isAtMost(RefreshPolicy.nextMintAllowedAt(minted, allowedAt, limit), allowedAt)
+              assert.isAbove(RefreshPolicy.nextMintAllowedAt(minted, allowedAt - 1, limit), allowedAt - 1)
+            }
+          }
+          for (let i = burst; i < minted.length; i++) assert.isAtLeast(minted[i]! - minted[i - burst]!, 5 * MINUTE)
+        })
+    )
+
+    it("mints recorded in the future (the clock leapt back) never block a refresh", () => {
+      const limit = RefreshPolicy.defaultMintLimit
+      const future = [T0 + HOUR, T0 + HOUR + 1, T0 + HOUR + 2, T0 + HOUR + 3, T0 + HOUR + 4]
+      assert.strictEqual(RefreshPolicy.nextMintAllowedAt(future, T0, limit), T0)
+    })
+  })
 })
