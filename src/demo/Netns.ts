@@ -108,7 +108,7 @@ export const make = (hostNames: ReadonlyArray<string>): Effect.Effect<Netns, Net
   Effect.acquireRelease(
     Effect.try({
       try: () => {
-        if (process.getuid?.() !== 0) throw new Error("creating a network namespace needs root (this process is not)")
+        if (process.getuid?.() !== 0) throw new Error("creating a network namespace needs root, and this process is not root")
         const name = `${prefix}${process.pid}-${Crypto.randomBytes(2).toString("hex")}`
         const link = links(name)
         const etcFolder = Path.join("/etc/netns", name)

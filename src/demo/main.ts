@@ -56,6 +56,8 @@ const check = (name: string, outcome: "PASS" | "FAIL" | "SKIP", detail: string) 
     return say(`${outcome} ${name}: ${detail}`)
   })
 
+let netnsMade = false
+
 const tokenId = (token: string) => createHash("sha256").update(token).digest("hex").slice(0, 12)
 const unb64 = (s: string | undefined) => Buffer.from(s ?? "", "base64").toString("utf8")
 
@@ -119,6 +121,7 @@ const main = Effect.gen(function*() {
       ).pipe(Effect.as(undefined)))
   )
   if (netns !== undefined) {
+    netnsMade = true
     yield* say(`LEFT netns ${netns.name}`)
     yield* say(`network namespace ${netns.name}: managed apiserver on ${netns.hostAddress}, service relay and backend on ${netns.nsAddress}`)
   }
@@ -137,7 +140,7 @@ const main = Effect.gen(function*() {
   }
   const clusters = { hub, hosting, managed }
 
-  yield* say("creating what OCM and the chart would: source Secret, add-on, ServiceAccounts and RBAC, relay Service and backend Service ...")
+  yield* say(`creating what OCM and the chart would: source Secret, add-on, ServiceAccounts and RBAC${netns === undefined ? "" : ", relay Service and backend Service"} ...`)
   const installed = yield* Install.install(clusters, netns?.nsAddress)
 
   // The service proxy's serving certificate.
@@ -223,7 +226,7 @@ const main = Effect.gen(function*() {
     Effect.map((reply) => reply.status === 200)
   ), "90 seconds")
   // Runs first when the scope closes (Ctrl-C, --quick's end, a failure): say what happens next.
-  yield* Effect.addFinalizer(() => screen.release.pipe(Effect.andThen(say("stopping hosted-agent, service relay, backend and apiservers; removing the network namespace and folders ..."))))
+  yield* Effect.addFinalizer(() => screen.release.pipe(Effect.andThen(say("stopping every process the demo started and removing what it made ..."))))
   yield* say(`hosted-agent ready: provisioner, addon-lease, apiserver-proxy and service-proxy (logs: ${agent.logPath})`)
 
   // -------------------------------------------------------------------------------------------
@@ -473,7 +476,7 @@ const main = Effect.gen(function*() {
   if (count("FAIL") > 0) return yield* new DemoFailed({ message: `${count("FAIL")} check(s) failed` })
 }).pipe(
   Effect.scoped,
-  Effect.ensuring(Effect.suspend(() => say("stopped every process; removed the network namespace and the temporary folders")))
+  Effect.ensuring(Effect.suspend(() => say(`stopped every process; removed the temporary folders${netnsMade ? " and the network namespace" : ""}`)))
 )
 
 NodeRuntime.runMain(
