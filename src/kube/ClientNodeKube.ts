@@ -206,6 +206,14 @@ export const make = (options: Options): KubeClient.KubeClient => {
         options
       )),
 
+    watchAllSecrets: (options = {}) =>
+      KubeWatch.stream(watchTransport(
+        "secrets in all namespaces",
+        "/api/v1/secrets",
+        () => core.listSecretForAllNamespaces({ ...options }),
+        options
+      )),
+
     createEvent: (namespace, event) =>
       call(`create event in ${namespace}`, () => core.createNamespacedEvent({ namespace, body: event })),
 
@@ -231,6 +239,17 @@ export const make = (options: Options): KubeClient.KubeClient => {
         customPath(resource, namespace),
         () =>
           custom.listNamespacedCustomObject({ ...resource, namespace, ...options }) as Promise<
+            { items: ReadonlyArray<KubeClient.CustomObject>; metadata?: { resourceVersion?: string } }
+          >,
+        options
+      )),
+
+    watchAllCustomObjects: (resource, options = {}) =>
+      KubeWatch.stream(watchTransport(
+        `${resource.plural} in all namespaces`,
+        `/apis/${resource.group}/${resource.version}/${resource.plural}`,
+        () =>
+          custom.listClusterCustomObject({ ...resource, ...options }) as Promise<
             { items: ReadonlyArray<KubeClient.CustomObject>; metadata?: { resourceVersion?: string } }
           >,
         options

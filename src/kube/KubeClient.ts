@@ -63,6 +63,8 @@ export interface KubeClient {
   readonly replaceSecret: (namespace: string, secret: V1Secret) => Effect.Effect<V1Secret, KubeError>
   readonly deleteSecret: (namespace: string, name: string) => Effect.Effect<void, KubeError>
   readonly watchSecrets: (namespace: string, options?: WatchOptions) => Stream.Stream<WatchEvent<V1Secret>>
+  /** One list+watch of Secrets in every namespace (shared by many keys; never one per object). */
+  readonly watchAllSecrets: (options?: WatchOptions) => Stream.Stream<WatchEvent<V1Secret>>
 
   readonly createEvent: (namespace: string, event: CoreV1Event) => Effect.Effect<CoreV1Event, KubeError>
 
@@ -88,6 +90,8 @@ export interface KubeClient {
     namespace: string,
     options?: WatchOptions
   ) => Stream.Stream<WatchEvent<CustomObject>>
+  /** One list+watch of a custom resource in every namespace. */
+  readonly watchAllCustomObjects: (resource: CustomResource, options?: WatchOptions) => Stream.Stream<WatchEvent<CustomObject>>
 
   readonly getLease: (namespace: string, name: string) => Effect.Effect<V1Lease, KubeError>
   readonly createLease: (namespace: string, lease: V1Lease) => Effect.Effect<V1Lease, KubeError>

@@ -1,0 +1,130 @@
+/**
+ * The credential controller's discovery at the edge: one list+watch for the whole hosting
+ * cluster (hub ManagedClusterAddOns in every namespace, or, without a hub, the source Secrets
+ * selected by `--source-secret-selector` in every namespace), never one watch per object, fed
+ * through the pure {@link Discovery} core.
+ *
+ * The source keeps the objects the watch has shown (a small cache of the fields discovery reads)
+ * and, after each change, the pairs and problems discovered from all of them. Consumers follow
+ * {@link PairSource.changes} and compare with {@link diff} to learn which keys to reconcile.
+ *
+ * RBAC: hub `list, watch` on `managedclusteraddons.addon.open-cluster-management.io`, or hosting
+ * `list, watch` on `secrets` (cluster-wide, filtered by the selector).
+ *
+ * @since 0.1.0
+ */
+import { Effect, Stream, SubscriptionRef } from "effect"
+import * as Discovery from "../domain/Discovery.ts"
+import type * as KubeClient from "../kube/KubeClient.ts"
+import type * as Watch from "../kube/Watch.ts"
+import { managedClusterAddOns } from "../provisioner/AddonStatus.ts"
+
+/** @category models */
+export type Mode =
+  | { readonly _tag: "Hub"; readonly hub: KubeClient.KubeClient; readonly config: Discovery.HubConfig }
+  | {
+    readonly _tag: "Hubless"
+    readonly hosting: KubeClient.KubeClient
+    /** `--source-secret-selector`: a label selector, applied by the apiserver. */
+    readonly selector: string
+    readonly config: Discovery.HublessConfig
+  }
+
+/** @category models */
+export interface State {
+  readonly discovered: Discovery.Discovered
+  /** The first list has been seen (the readiness of discovery). */
+  readonly synced: boolean
+  /** The watch is failing and being retried; `discovered` is what was last seen. */
+  readonly broken: boolean
+}
+
+/** @category models */
+export interface PairSource {
+  readonly current: Effect.Effect<State>
+  /** The current state, then each change. */
+  readonly changes: Stream.Stream<State>
+}
+
+/**
+ * The keys whose pair appeared, disappeared or changed between two discoveries.
+ *
+ * @category computing
+ */
+export const diff = (before: Discovery.Discovered, after: Discovery.Discovered): Array<string> => {
+  const index = (d: Discovery.Discovered) => new Map(d.pairs.map((pair) => [pair.key, JSON.stringify(pair)]))
+  const [a, b] = [index(before), index(after)]
+  const changed = new Set<string>()
+  for (const [key, value] of a) if (b.get(key) !== value) changed.add(key)
+  for (const key of b.keys()) if (!a.has(key)) changed.add(key)
+  return [...changed].sort()
+}
+
+const empty: State = { discovered: { pairs: [], problems: [] }, synced: false, broken: false }
+
+/** Only what discovery reads, so the cache does not hold Secret data (credentials). */
+const slim = (object: { metadata?: Record<string, unknown> | undefined; spec?: unknown }) => {
+  const m = (object.metadata ?? {}) as Record<string, unknown>
+  const spec = object.spec as { installNamespace?: unknown } | undefined
+  return {
+    metadata: {
+      namespace: m["namespace"] as string | undefined,
+      name: m["name"] as string | undefined,
+      uid: m["uid"] as string | undefined,
+      annotations: m["annotations"] as Record<string, string> | undefined,
+      deletionTimestamp: m["deletionTimestamp"]
+    },
+    spec: spec === undefined ? undefined : { installNamespace: spec.installNamespace }
+  }
+}
+
+type Slim = ReturnType<typeof slim>
+
+/**
+ * Start the watch in the current scope.
+ *
+ * @category constructors
+ */
+export const make = Effect.fnUntraced(function*(mode: Mode) {
+  const state = yield* SubscriptionRef.make<State>(empty)
+  const objects = new Map<string, Slim>()
+  const id = (o: Slim) => `${o.metadata.namespace ?? ""}/${o.metadata.name ?? ""}`
+  const discover = (): Discovery.Discovered => {
+    const all = [...objects.values()]
+    return mode._tag === "Hub" ? Discovery.fromHub(all, mode.config) : Discovery.fromSources(all, mode.config)
+  }
+
+  const apply = (event: Watch.WatchEvent<{ metadata?: unknown; spec?: unknown }>) =>
+    Effect.gen(function*() {
+      switch (event._tag) {
+        case "Broken":
+          return yield* SubscriptionRef.update(state, (s) => ({ ...s, broken: true }))
+        case "Synced":
+          objects.clear()
+          for (const item of event.items) {
+            const o = slim(item as Parameters<typeof slim>[0])
+            objects.set(id(o), o)
+          }
+          break
+        case "Deleted": {
+          objects.delete(id(slim(event.object as Parameters<typeof slim>[0])))
+          break
+        }
+        default: {
+          const o = slim(event.object as Parameters<typeof slim>[0])
+          objects.set(id(o), o)
+        }
+      }
+      yield* SubscriptionRef.set(state, { discovered: discover(), synced: true, broken: false })
+    })
+
+  const events: Stream.Stream<Watch.WatchEvent<{ metadata?: unknown; spec?: unknown }>> = mode._tag === "Hub"
+    ? mode.hub.watchAllCustomObjects(managedClusterAddOns)
+    : mode.hosting.watchAllSecrets({ labelSelector: mode.selector })
+  yield* Stream.runForEach(events, apply).pipe(Effect.forkScoped)
+
+  return {
+    current: SubscriptionRef.get(state),
+    changes: SubscriptionRef.changes(state)
+  } satisfies PairSource as PairSource
+})
