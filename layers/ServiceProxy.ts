@@ -15,7 +15,9 @@
 import { NodeServices } from "@effect/platform-node"
 import { type Duration, Effect, Layer, Result } from "effect"
 import type * as ListenAddress from "../src/domain/ListenAddress.ts"
-import * as ServiceProxyRouting from "../src/domain/ServiceProxyRouting.ts"
+import * as ApiserverUrl from "../src/domain/ApiserverUrl.ts"
+import type * as ServiceProxyMode from "../src/domain/ServiceProxyMode.ts"
+import * as TokenReview from "../src/domain/TokenReview.ts"
 import * as ClientNodeKube from "../src/kube/ClientNodeKube.ts"
 import { HubCluster, ManagedCluster } from "../src/kube/KubeClient.ts"
 import { Probes } from "../src/observability/Probes.ts"
@@ -36,7 +38,7 @@ export interface Options {
   /** The generated managed kubeconfig; undefined means not hosted (the in-cluster apiserver). */
   readonly managedKubeconfig: string | undefined
   /** Hosted mode; undefined means Disabled when hosted. */
-  readonly mode: ServiceProxyRouting.Mode | undefined
+  readonly mode: ServiceProxyMode.Mode | undefined
   readonly enableImpersonation: boolean
   readonly tokenReviewCacheTtl: Duration.Input
   /** `status.error` substrings that let the chain try the next cluster; empty means the default. */
@@ -65,7 +67,7 @@ const component = "tether-service-proxy"
  */
 export const deployment = (
   options: Pick<Options, "managedKubeconfig" | "mode">
-): Result.Result<ServiceProxyRouting.Deployment, ServiceProxy.ServiceProxyError> => {
+): Result.Result<ServiceProxyMode.Deployment, ServiceProxy.ServiceProxyError> => {
   if (options.managedKubeconfig === undefined || options.managedKubeconfig.trim() === "") {
     return options.mode === "Relay"
       ? Result.fail(
@@ -88,13 +90,13 @@ export const proxyOptions = (options: Options): Result.Result<ServiceProxy.Optio
   Result.gen(function*() {
     const placement = yield* deployment(options)
     const config = (message: string) => Result.fail(new ServiceProxy.ServiceProxyError({ reason: "Config", message }))
-    let relay: ServiceProxyRouting.RelayService | undefined
+    let relay: ApiserverUrl.RelayService | undefined
     if (placement._tag === "Hosted" && placement.mode === "Relay") {
       const namespace = options.relayNamespace?.trim() ?? ""
       if (namespace === "") {
         return yield* config("POD_NAMESPACE must name the add-on namespace in Relay mode (the relay Service lives there on the managed cluster)")
       }
-      const checked = ServiceProxyRouting.validateRelayService({ namespace, name: options.serviceRelayName.trim(), port: options.serviceRelayPort })
+      const checked = ApiserverUrl.validateRelayService({ namespace, name: options.serviceRelayName.trim(), port: options.serviceRelayPort })
       if (Result.isFailure(checked)) return yield* config(checked.failure)
       relay = checked.success
     }
@@ -121,7 +123,7 @@ export const proxyOptions = (options: Options): Result.Result<ServiceProxy.Optio
  */
 export const errorPatterns = (given: ReadonlyArray<string>): ReadonlyArray<string> => {
   const patterns = [...new Set(given.map((pattern) => pattern.trim()).filter((pattern) => pattern !== ""))]
-  return patterns.length === 0 ? ServiceProxyRouting.defaultErrorPatterns : patterns
+  return patterns.length === 0 ? TokenReview.defaultErrorPatterns : patterns
 }
 
 /** Report the proxy on `/readyz`. Needs {@link Probes} and {@link ServiceProxy.ServiceProxy}. @category layers */

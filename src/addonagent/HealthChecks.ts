@@ -16,7 +16,6 @@
  */
 import { Clock, Context, Duration, Effect, FileSystem, Layer, Option, Redacted } from "effect"
 import { HttpClient } from "effect/http"
-import * as Path from "node:path"
 import * as GoDuration from "../domain/GoDuration.ts"
 import * as Kubeconfig from "../domain/Kubeconfig.ts"
 import * as TokenExpiry from "../domain/TokenExpiry.ts"
@@ -130,7 +129,7 @@ export const managedTokenFreshness = Effect.fnUntraced(function*(name: string, p
     )
     return bearer._tag === "Inline"
       ? bearer.token
-      : Redacted.make((yield* read(Path.resolve(Path.dirname(path), bearer.path), "the managed token file")).trim())
+      : Redacted.make((yield* read(Kubeconfig.resolveReference(path, bearer.path), "the managed token file")).trim())
   })
   return tokenFreshness(name, token, margin, `the managed kubeconfig ${path}`)
 })

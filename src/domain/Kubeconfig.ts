@@ -17,6 +17,7 @@
 import * as Yaml from "js-yaml"
 import { Redacted, Result, Schema } from "effect"
 import { createHash } from "node:crypto"
+import * as Path from "node:path"
 
 // ---------------------------------------------------------------------------------------------
 // errors
@@ -552,6 +553,31 @@ export const readBearerToken = (text: string): Result.Result<BearerToken, Kubeco
     if (path !== undefined) return { _tag: "File", path } as const
     return yield* failWith(new NoCredentials({ user: user.name, detail: "a bearer token is required" }))
   })
+
+/**
+ * The selected cluster (the current context's, or without a current context the only one), for
+ * consumers that only need where and how to connect: the users are not looked at, so a user
+ * the consumer could not use itself (a token file, exec) does not matter.
+ *
+ * @since 0.1.0
+ * @category parsing
+ */
+export const parseCluster = (text: string): Result.Result<ClusterEntry, KubeconfigError> =>
+  Result.gen(function*() {
+    const doc = yield* readDocument(text)
+    return yield* readCluster(yield* selectCluster(doc))
+  })
+
+/**
+ * Where a file reference of the kubeconfig at `kubeconfigPath` (`certificate-authority`,
+ * `tokenFile`) points: relative paths are resolved against the kubeconfig's folder, as client-go
+ * does. Pure path arithmetic (a relative `kubeconfigPath` is taken from the working directory).
+ *
+ * @since 0.1.0
+ * @category parsing
+ */
+export const resolveReference = (kubeconfigPath: string, reference: string): string =>
+  Path.resolve(Path.dirname(Path.resolve(kubeconfigPath)), reference)
 
 /**
  * Hex SHA-256 of the source kubeconfig. Pass the Secret's raw bytes (a string is hashed as

@@ -21,6 +21,7 @@
  */
 import type { V1TokenReview } from "@kubernetes/client-node"
 import { Context, Duration, Effect, Exit, Layer, Redacted, Schema } from "effect"
+import * as TokenReview from "../domain/TokenReview.ts"
 import { ManagedCluster } from "../kube/KubeClient.ts"
 import * as TokenReviewCache from "../kube/TokenReviewCache.ts"
 
@@ -62,7 +63,7 @@ export class CallerAuthenticator extends Context.Service<CallerAuthenticator, {
   readonly authenticate: (token: Redacted.Redacted<string> | undefined) => Effect.Effect<Caller, Unauthorized>
   /**
    * The same answer when it needs no TokenReview (cached, or no token at all); undefined when
-   * only {@link authenticate} can tell. Takes the token's text (`Routing.bearerTokenText`):
+   * only {@link authenticate} can tell. Takes the token's text (`RelayHeaders.bearerTokenText`):
    * it is only hashed, and the relay asks on every request.
    */
   readonly known: (tokenText: string | undefined) => Exit.Exit<Caller, Unauthorized> | undefined
@@ -99,19 +100,23 @@ export const make = Effect.fnUntraced(function*(options: Options) {
         orElse: () => Effect.fail(new Unauthorized({ reason: "ReviewFailed", message: "TokenReview timed out" }))
       })
     )
-    const status = answer.status
-    if (status?.authenticated !== true || (status.error ?? "") !== "") {
-      const why = status?.error ? `: ${scrub(status.error, token)}` : ""
-      return yield* new Unauthorized({ reason: "NotAuthenticated", message: `the token is not authenticated${why}` })
+    // One reading of a TokenReview answer for every component; the relay has no next cluster
+    // to ask, so any answer but an authenticated one refuses the caller.
+    const outcome = TokenReview.classifyReview(answer.status, TokenReview.defaultErrorPatterns)
+    if (outcome._tag !== "Authenticated") {
+      return yield* new Unauthorized({
+        reason: "NotAuthenticated",
+        message: `the token is not authenticated: ${scrub(outcome.detail, token)}`
+      })
     }
-    const username = status.user?.username ?? ""
+    const { groups, username } = outcome.user
     if (!trusted.has(username)) {
       return yield* new Unauthorized({
         reason: "Untrusted",
         message: `${JSON.stringify(username)} is not a trusted relay caller`
       })
     }
-    return { username, groups: status.user?.groups ?? [] } satisfies Caller
+    return { username, groups } satisfies Caller
   }, (effect) =>
     Effect.tapError(effect, (error) =>
       error.reason === "NotAuthenticated"

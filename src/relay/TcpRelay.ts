@@ -441,5 +441,11 @@ export const layerReadiness = (options: { readonly timeout?: Duration.Input; rea
       const socket = yield* dial(target.value, timeout).pipe(Effect.mapError((error) => `cannot connect to ${error.target}: ${error.message}`))
       socket.destroy()
     })
-    yield* probes.addReadinessCheck("managed-apiserver", yield* Effect.cachedWithTTL(check, options.cacheFor ?? "5 seconds"))
+    const cached = yield* Effect.cachedWithTTL(check, options.cacheFor ?? "5 seconds")
+    // "No target yet" is not cached: otherwise a probe just before the first target arrives
+    // (hosted-agent's in-process hand-off) holds the relay unready for a whole cache period.
+    yield* probes.addReadinessCheck(
+      "managed-apiserver",
+      Effect.flatMap(watcher.peek, (target) => (Option.isNone(target) ? Effect.fail("no managed kubeconfig yet") : cached))
+    )
   }))

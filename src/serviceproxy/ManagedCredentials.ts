@@ -26,9 +26,8 @@ import { KubeConfig } from "@kubernetes/client-node"
 import { Context, Duration, Effect, FileSystem, Layer, Redacted, Ref, Result, Schema, Stream } from "effect"
 import { createHash } from "node:crypto"
 import * as Net from "node:net"
-import * as Path from "node:path"
 import * as Kubeconfig from "../domain/Kubeconfig.ts"
-import * as ServiceProxyRouting from "../domain/ServiceProxyRouting.ts"
+import * as ApiserverUrl from "../domain/ApiserverUrl.ts"
 import * as ClientNodeKube from "../kube/ClientNodeKube.ts"
 import type * as KubeClient from "../kube/KubeClient.ts"
 import * as FileWatch from "../kube/FileWatch.ts"
@@ -54,7 +53,7 @@ export interface Tls {
  * @category models
  */
 export interface Snapshot {
-  readonly server: ServiceProxyRouting.ApiserverUrl
+  readonly server: ApiserverUrl.ApiserverUrl
   /** `<scheme>://<authority><prefix>`, without any user info. */
   readonly serverUrl: string
   readonly tls: Tls
@@ -110,6 +109,8 @@ export class ManagedCredentials extends Context.Service<ManagedCredentials, {
   readonly description: string
   /** The last good snapshot. */
   readonly current: Effect.Effect<Snapshot>
+  /** {@link current} outside an Effect, for a request path that has no fiber. */
+  readonly currentUnsafe: () => Snapshot
   /** The current bearer token, for clients that take a token source. */
   readonly tokenSource: KubeClient.TokenSource
   /** Re-read the files now; a failure is logged and keeps the last good snapshot. */
@@ -140,7 +141,7 @@ const describeSource = (source: Source): string =>
 const fingerprint = (text: string): string => createHash("sha256").update(text).digest("hex")
 
 const snapshot = (input: {
-  readonly server: ServiceProxyRouting.ApiserverUrl
+  readonly server: ApiserverUrl.ApiserverUrl
   readonly tls: Tls
   readonly token: string
   readonly files: ReadonlyArray<string>
@@ -166,17 +167,16 @@ const readText = (path: string, what: string) =>
   })
 
 /**
- * Read a managed kubeconfig: the selected cluster's server and TLS settings and the selected
- * user's bearer token (inline or from `tokenFile`). Relative file references are resolved
- * against the kubeconfig's folder, as client-go does.
+ * Read a managed kubeconfig ({@link Kubeconfig}): the selected cluster's server and TLS settings
+ * and the selected user's bearer token (inline or from `tokenFile`). Relative file references
+ * are resolved against the kubeconfig's folder ({@link Kubeconfig.resolveReference}).
  *
  * @category reading
  */
 export const readKubeconfig = Effect.fn("ManagedCredentials.readKubeconfig")(function*(path: string) {
   const text = yield* readText(path, "managed kubeconfig")
-  const folder = Path.dirname(Path.resolve(path))
   return yield* parseKubeconfig(text, `managed kubeconfig ${path}`, (file, what) => {
-    const resolved = Path.resolve(folder, file)
+    const resolved = Kubeconfig.resolveReference(path, file)
     return Effect.map(readText(resolved, what), (content) => ({ path: resolved, content }))
   }, [path])
 })
@@ -198,24 +198,16 @@ const parseKubeconfig = Effect.fnUntraced(function*<R>(
   files: Array<string>
 ) {
   const fail = (why: string) => new CredentialsError({ message: `${where}: ${why}` })
-  const cluster = yield* Effect.try({
-    try: () => {
-      const kubeConfig = new KubeConfig()
-      kubeConfig.loadFromString(text)
-      const clusters = kubeConfig.getClusters()
-      return kubeConfig.getCurrentCluster() ?? (clusters.length === 1 ? clusters[0] : null) ?? null
-    },
-    // client-node and js-yaml messages may quote the file; the file holds a token.
-    catch: () => fail("not a valid kubeconfig")
-  })
-  if (cluster === null) return yield* fail("it must have a current context or exactly one cluster")
-  const server = yield* Effect.fromResult(ServiceProxyRouting.parseApiserverUrl(cluster.server)).pipe(
+  const cluster = yield* Effect.fromResult(Kubeconfig.parseCluster(text)).pipe(
+    Effect.mapError((error) => fail(error.reason._tag === "Malformed" ? `not a valid kubeconfig (${error.reason.detail})` : error.message))
+  )
+  const server = yield* Effect.fromResult(ApiserverUrl.parseApiserverUrl(cluster.server)).pipe(
     Effect.mapError((error) => fail(error.message))
   )
   let ca: string | undefined
-  if (cluster.caData !== undefined && cluster.caData !== "") {
-    ca = Buffer.from(cluster.caData, "base64").toString("utf8")
-  } else if (cluster.caFile !== undefined && cluster.caFile !== "") {
+  if (cluster.certificateAuthorityData !== undefined) {
+    ca = Buffer.from(cluster.certificateAuthorityData, "base64").toString("utf8")
+  } else if (cluster.caFile !== undefined) {
     const read = yield* readFile(cluster.caFile, "managed apiserver CA file")
     files.push(read.path)
     ca = read.content
@@ -236,7 +228,7 @@ const parseKubeconfig = Effect.fnUntraced(function*<R>(
   if (token === "") return yield* fail("managed kubeconfig token is empty")
   return snapshot({
     server,
-    tls: { ca, servername: cluster.tlsServerName || undefined, insecure: cluster.skipTLSVerify === true },
+    tls: { ca, servername: cluster.tlsServerName, insecure: cluster.insecureSkipTlsVerify === true },
     token,
     files
   })
@@ -261,7 +253,7 @@ export const readInCluster = Effect.fn("ManagedCredentials.readInCluster")(funct
     })
   }
   const server = yield* Effect.fromResult(
-    ServiceProxyRouting.parseApiserverUrl(`https://${Net.isIPv6(host) ? `[${host}]` : host}:${port}`)
+    ApiserverUrl.parseApiserverUrl(`https://${Net.isIPv6(host) ? `[${host}]` : host}:${port}`)
   ).pipe(Effect.mapError((error) => new CredentialsError({ message: `in-cluster apiserver address: ${error.message}` })))
   const caPath = source.caPath ?? `${serviceAccountFolder}/ca.crt`
   const tokenPath = source.tokenPath ?? `${serviceAccountFolder}/token`
@@ -402,6 +394,7 @@ const serve = Effect.fnUntraced(function*(
   return ManagedCredentials.of({
     description,
     current: Ref.get(current),
+    currentUnsafe: () => Ref.getUnsafe(current),
     tokenSource,
     reload,
     client

@@ -2,7 +2,7 @@
  * The service proxy: the TLS server behind the konnectivity tunnel that user-server's requests
  * reach, routed by the `Cluster-Proxy-*` headers (hosted-mode-spec 4).
  *
- * Per request ({@link ServiceProxyRouting.decide}):
+ * Per request ({@link ServiceProxyMode.decide}):
  * - kube-apiserver target: the caller's bearer token is reviewed by the {@link TokenReviewChain}
  *   (managed cluster, then hub); a refusal is 401 with the reason. The request then goes to the
  *   apiserver of {@link ManagedCredentials} (the managed kubeconfig's server, or the in-cluster
@@ -17,6 +17,11 @@
  *   resolved here ({@link ServiceResolver}).
  * - Service target, mode Disabled: 503 `service proxy disabled in hosted mode`, at once.
  *
+ * The proxy is an admission policy over the shared HTTP core (`src/http`): {@link Server}
+ * listens (TLS), forwards (undici fast path for plain requests, `node:http` for upgrades) and
+ * shuts down. Admission is synchronous when the caller's TokenReview and the Service's address
+ * are cached (nearly always); a cache miss runs the same admission as an Effect.
+ *
  * An upstream that cannot be reached is 502 `bad gateway`; the details go to the log. Request
  * paths, header values and tokens are never logged. Upgrades (exec, port-forward, WebSocket)
  * take the same route and are spliced. The serving certificate is re-read when its files
@@ -27,23 +32,30 @@
  *
  * @since 0.1.0
  */
-import { Clock, Context, Deferred, Duration, Effect, Exit, FiberSet, FileSystem, Layer, Metric, Result, Schema, Scope } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, FileSystem, Layer, Metric, Redacted, Result, Schema } from "effect"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
-import * as Http from "node:http"
-import * as Https from "node:https"
-import type { Duplex } from "node:stream"
+import type * as Http from "node:http"
+import type * as Https from "node:https"
 import * as Tls from "node:tls"
-import * as ListenAddress from "../domain/ListenAddress.ts"
-import * as Routing from "../domain/Routing.ts"
-import * as ServiceProxyRouting from "../domain/ServiceProxyRouting.ts"
-import * as Metrics from "../observability/Metrics.ts"
-import { loadServiceCa } from "../relay/ServiceRelay.ts"
-import { ServiceResolver } from "../relay/ServiceResolver.ts"
+import * as HttpHeaders from "../domain/HttpHeaders.ts"
+import type * as ListenAddress from "../domain/ListenAddress.ts"
+import * as RequestPath from "../domain/RequestPath.ts"
+import * as ApiserverUrl from "../domain/ApiserverUrl.ts"
+import * as Impersonation from "../domain/Impersonation.ts"
+import * as ServiceProxyHeaders from "../domain/ServiceProxyHeaders.ts"
+import * as ServiceProxyMode from "../domain/ServiceProxyMode.ts"
+import type * as ServiceRouting from "../domain/ServiceRouting.ts"
+import * as Admission from "../http/Admission.ts"
+import * as Answers from "../http/Answers.ts"
+import type * as Forwarder from "../http/Forwarder.ts"
+import * as Server from "../http/Server.ts"
+import * as Trust from "../http/Trust.ts"
 import * as FileWatch from "../kube/FileWatch.ts"
-import { ManagedCredentials } from "./ManagedCredentials.ts"
-import { TokenReviewChain } from "./TokenReviewChain.ts"
-import * as Upstream from "../relay/Upstream.ts"
+import * as Metrics from "../observability/Metrics.ts"
+import { ServiceResolver } from "../relay/ServiceResolver.ts"
+import { ManagedCredentials, type Snapshot } from "./ManagedCredentials.ts"
+import { type Authenticated, TokenReviewChain } from "./TokenReviewChain.ts"
 
 /** @category models */
 export interface Options {
@@ -52,11 +64,11 @@ export interface Options {
   /** PEM serving certificate (chain) and key; re-read when they change. */
   readonly certFile: string
   readonly keyFile: string
-  readonly deployment: ServiceProxyRouting.Deployment
+  readonly deployment: ServiceProxyMode.Deployment
   /** Authenticate kube-apiserver callers and impersonate them (default in the CLI: true). */
   readonly enableImpersonation: boolean
   /** The relay Service; required in Relay mode. */
-  readonly relay?: ServiceProxyRouting.RelayService | undefined
+  readonly relay?: ApiserverUrl.RelayService | undefined
   /** Extra CAs for https Services (a missing file is skipped). */
   readonly additionalServiceCa?: string | undefined
   /**
@@ -64,13 +76,19 @@ export interface Options {
    * ServiceAccount `ca.crt` when present). Without any CA, the system roots are trusted.
    */
   readonly serviceAccountCa?: string | undefined
-  /** Idle upstream connections kept per upstream (default 100). */
+  /**
+   * Accepted for the `--max-idle-conns` flag; the upstream pools keep every connection alive
+   * until it has been idle for `idleConnectionTimeout`.
+   */
   readonly maxIdleConnections?: number
   /** An idle upstream connection is closed after this long (default 90 seconds). */
   readonly idleConnectionTimeout?: Duration.Input
   /** Upstream TLS handshake bound (default 10 seconds). */
   readonly tlsHandshakeTimeout?: Duration.Input
-  /** Wait for an upstream `100 Continue` before sending the body (default 1 second; 0 sends at once). */
+  /**
+   * Accepted for the `--expect-continue-timeout` flag. The proxy's own server answers
+   * `100 Continue` and receives the whole body; the upstream hop carries no `Expect`.
+   */
   readonly expectContinueTimeout?: Duration.Input
   /** Upstream connect bound (default 30 seconds). */
   readonly dialTimeout?: Duration.Input
@@ -135,10 +153,12 @@ const readKeyPair = (certFile: string, keyFile: string) =>
     yield* Effect.try({
       try: () => Tls.createSecureContext({ cert, key }),
       catch: (error) =>
-        fail(`the certificate ${certFile} and key ${keyFile} are not a usable pair: ${Upstream.describe(error).split("\n")[0]}`)
+        fail(`the certificate ${certFile} and key ${keyFile} are not a usable pair: ${Answers.describe(error).split("\n")[0]}`)
     })
     return { cert, key, fingerprint: Crypto.createHash("sha256").update(cert).update("\0").update(key).digest("hex") } satisfies KeyPair
   })
+
+const secureOptions = (pair: KeyPair) => ({ cert: pair.cert, key: pair.key, minVersion: "TLSv1.2" as const })
 
 const defaultServiceAccountCa = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 
@@ -146,22 +166,7 @@ const defaultServiceAccountCa = "/var/run/secrets/kubernetes.io/serviceaccount/c
 // the server
 // ---------------------------------------------------------------------------------------------
 
-/** Why the proxy answers itself. */
-interface Refusal {
-  readonly status: 400 | 401 | 502 | 503
-  readonly body: string
-  readonly target: ServiceProxyRouting.MetricTarget
-}
-
-interface Admitted {
-  readonly target: ServiceProxyRouting.MetricTarget
-  readonly request: Upstream.Request
-  /** For logs: where the request goes, without path or credentials. */
-  readonly upstream: string
-}
-
-const refuse = (status: Refusal["status"], body: string, target: ServiceProxyRouting.MetricTarget) =>
-  Effect.fail<Refusal>({ status, body, target })
+type Label = ServiceProxyMode.MetricTarget
 
 /**
  * Start the proxy in the current scope. Needs {@link ManagedCredentials},
@@ -175,227 +180,169 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
   const resolver = yield* ServiceResolver
   const fs = yield* FileSystem.FileSystem
   const { deployment, enableImpersonation } = options
-  const mode = ServiceProxyRouting.metricMode(deployment)
+  const mode = ServiceProxyMode.metricMode(deployment)
   const relay = options.relay
   if (deployment._tag === "Hosted" && deployment.mode === "Relay") {
     if (relay === undefined) {
       return yield* new ServiceProxyError({ reason: "Config", message: "Relay mode needs the relay Service (namespace, name, port)" })
     }
-    const valid = ServiceProxyRouting.validateRelayService(relay)
+    const valid = ApiserverUrl.validateRelayService(relay)
     if (Result.isFailure(valid)) return yield* new ServiceProxyError({ reason: "Config", message: valid.failure })
-  }
-
-  const millis = (input: Duration.Input | undefined, fallback: Duration.Input) =>
-    Duration.toMillis(Duration.fromInputUnsafe(input ?? fallback))
-  const maxHeaderSize = options.maxHeaderSize ?? 64 * 1024
-  const headersTimeout = millis(options.headersTimeout, Duration.seconds(10))
-  const shutdownTimeout = options.shutdownTimeout ?? Duration.seconds(5)
-  const timeouts: Upstream.Timeouts = {
-    dial: millis(options.dialTimeout, Duration.seconds(30)),
-    handshake: millis(options.tlsHandshakeTimeout, Duration.seconds(10)),
-    expectContinue: millis(options.expectContinueTimeout, Duration.seconds(1)),
-    maxHeaderSize
   }
 
   // Trust for https Services: the cluster CA plus the additional one; the system roots when neither.
   const serviceAccountCa = options.serviceAccountCa ?? (Fs.existsSync(defaultServiceAccountCa) ? defaultServiceAccountCa : undefined)
-  const serviceCa = yield* Effect.all([loadServiceCa(serviceAccountCa), loadServiceCa(options.additionalServiceCa)]).pipe(
+  const serviceCa = yield* Effect.all([Trust.loadServiceCa(serviceAccountCa), Trust.loadServiceCa(options.additionalServiceCa)]).pipe(
     Effect.map(([cluster, additional]) => [...cluster, ...additional]),
     Effect.mapError((error) => new ServiceProxyError({ reason: "ServiceCa", message: error.message }))
   )
+  const serviceTrust: Forwarder.Trust = { key: "service", ca: serviceCa.length > 0 ? serviceCa : undefined, rejectUnauthorized: true }
 
   let keyPair = yield* readKeyPair(options.certFile, options.keyFile).pipe(Effect.provideService(FileSystem.FileSystem, fs))
 
-  // Finalizers run in reverse order of registration: stop the server and drain first, then
-  // interrupt what is left, then drop the upstream pools.
-  const scope = yield* Scope.fork(yield* Effect.scope, "sequential")
-  const agents = yield* Upstream.pools({
-    ...(options.maxIdleConnections === undefined ? {} : { maxIdleConnections: options.maxIdleConnections }),
-    ...(options.idleConnectionTimeout === undefined ? {} : { idleConnectionTimeout: options.idleConnectionTimeout })
-  }).pipe(Scope.provide(scope))
-  const fibers = yield* FiberSet.make<void, never>().pipe(Scope.provide(scope))
-  const run = yield* FiberSet.runtime(fibers)<never>()
-  const spliced = new Set<Duplex>()
+  // Labelled metric handles, built once: the label sets are closed and small.
+  const context = yield* Effect.context<never>()
+  const handles = new Map<string, { readonly count: Metric.Metric<number, unknown>; readonly duration: Metric.Metric<number, unknown> }>()
+  const record = (target: Label, status: number, startedAt: number, headAt: number) => {
+    const result = status < 400 ? "success" : "error"
+    const key = `${target}/${result}`
+    let handle = handles.get(key)
+    if (handle === undefined) {
+      handle = {
+        count: Metric.withAttributes(Metrics.serviceProxyRequestsTotal, { mode, target, result }),
+        duration: Metric.withAttributes(Metrics.serviceProxyRequestDuration, { mode, target })
+      }
+      handles.set(key, handle)
+    }
+    handle.count.updateUnsafe(1, context)
+    handle.duration.updateUnsafe((headAt - startedAt) / 1000, context)
+  }
 
-  const record = (target: ServiceProxyRouting.MetricTarget, status: number, startedAt: number) =>
-    Effect.gen(function*() {
-      const now = yield* Clock.currentTimeMillis
-      const result = status < 400 ? "success" : "error"
-      yield* Metric.update(Metric.withAttributes(Metrics.serviceProxyRequestsTotal, { mode, target, result }), 1)
-      yield* Metric.update(Metric.withAttributes(Metrics.serviceProxyRequestDuration, { mode, target }), (now - startedAt) / 1000)
+  /** Where the managed apiserver is, and how it is trusted, in the snapshot of the moment. */
+  const apiserver = (current: Snapshot): Forwarder.Destination => ({
+    protocol: current.server.scheme,
+    host: current.server.hostname,
+    port: current.server.port,
+    servername: current.tls.servername,
+    trust: { key: current.endpointKey, ca: current.tls.ca, rejectUnauthorized: !current.tls.insecure }
+  })
+
+  const toApiserverAs = (path: string, headers: HttpHeaders.OutgoingHeaders, current: Snapshot) =>
+    Admission.admitted<Label>({
+      label: "kube-apiserver",
+      destination: apiserver(current),
+      path: RequestPath.joinPath(current.server.pathPrefix, path),
+      headers,
+      upstream: { target: "kube-apiserver", upstream: current.serverUrl }
     })
 
+  /** The authenticated caller, impersonated with the proxy's current token. */
+  const impersonate = (req: Http.IncomingMessage, path: string, caller: Authenticated): Admission.Admission<Label> => {
+    const impersonation = Impersonation.impersonationHeaders(caller.source, caller.user)
+    if (Result.isFailure(impersonation)) return Admission.refusal(401, impersonation.failure.message, "kube-apiserver")
+    const current = credentials.currentUnsafe()
+    const headers = ServiceProxyHeaders.impersonatingHeaders(req.headers, impersonation.success, current.token, current.server.authority)
+    return toApiserverAs(path, headers, current)
+  }
+
   /** The kube-apiserver: authenticate, then impersonate with the proxy's token. */
-  const toApiserver = Effect.fnUntraced(function*(req: Http.IncomingMessage, path: string) {
-    const target = "kube-apiserver" as const
-    if (ServiceProxyRouting.hasDotSegment(path)) return yield* refuse(400, "invalid request path", target)
-    const current = yield* credentials.current
-    const { server, tls } = current
-    let headers: Routing.OutgoingHeaders
-    if (enableImpersonation) {
-      const token = ServiceProxyRouting.callerToken(req.headers)
-      const caller = yield* chain.authenticate(token).pipe(
-        Effect.ensuring(Effect.sync(() => Routing.forgetToken(token))),
-        Effect.catch((error) => refuse(401, error.message, target))
-      )
-      const impersonation = ServiceProxyRouting.impersonationHeaders(caller.source, caller.user)
-      if (Result.isFailure(impersonation)) return yield* refuse(401, impersonation.failure.message, target)
-      headers = ServiceProxyRouting.impersonatingHeaders(req.headers, impersonation.success, current.token, server.authority)
-    } else {
-      headers = ServiceProxyRouting.passThroughHeaders(req.headers, server.authority)
+  const toApiserver = (req: Http.IncomingMessage, path: string): Admission.Admission<Label> => {
+    if (RequestPath.hasDotSegment(path)) return Admission.refusal(400, "invalid request path", "kube-apiserver")
+    if (!enableImpersonation) {
+      const current = credentials.currentUnsafe()
+      return toApiserverAs(path, ServiceProxyHeaders.passThroughHeaders(req.headers, current.server.authority), current)
     }
-    return {
-      target,
-      upstream: current.serverUrl,
-      request: {
-        protocol: server.scheme,
-        host: server.hostname,
-        port: server.port,
-        path: ServiceProxyRouting.joinPath(server.pathPrefix, path),
-        headers,
-        ca: tls.ca,
-        servername: tls.servername,
-        rejectUnauthorized: !tls.insecure
-      }
-    } satisfies Admitted
-  })
+    const tokenText = ServiceProxyHeaders.callerTokenText(req.headers)
+    const known = chain.known(tokenText)
+    if (known !== undefined) {
+      if (Exit.isSuccess(known)) return impersonate(req, path, known.value)
+      const error = Exit.findErrorOption(known)
+      return Admission.refusal(401, error._tag === "Some" ? error.value.message : "authentication failed", "kube-apiserver")
+    }
+    const token = tokenText === undefined ? undefined : Redacted.make(tokenText)
+    return chain.authenticate(token).pipe(
+      Effect.ensuring(Effect.sync(() => HttpHeaders.forgetToken(token))),
+      Effect.mapError((error) => Admission.refusal<Label>(401, error.message, "kube-apiserver")),
+      Effect.flatMap((caller) => Admission.awaitAdmission(impersonate(req, path, caller)))
+    )
+  }
 
   /** A Service through the relay, via the managed apiserver's `services/proxy`. */
-  const toRelay = Effect.fnUntraced(function*(req: Http.IncomingMessage, path: string, target: Routing.Target) {
-    if (ServiceProxyRouting.hasDotSegment(path)) return yield* refuse(400, "invalid request path", "service")
-    if (relay === undefined) return yield* refuse(503, "service relay is not configured", "service")
-    const current = yield* credentials.current
-    const { server, tls } = current
-    return {
-      target: "service",
-      upstream: `${current.serverUrl} (relay for ${target.authority})`,
-      request: {
-        protocol: server.scheme,
-        host: server.hostname,
-        port: server.port,
-        path: ServiceProxyRouting.relayPath(server, relay, path),
-        headers: ServiceProxyRouting.relayHeaders(req.headers, target, current.token, server.authority),
-        ca: tls.ca,
-        servername: tls.servername,
-        rejectUnauthorized: !tls.insecure
-      }
-    } satisfies Admitted
-  })
+  const toRelay = (req: Http.IncomingMessage, path: string, target: ServiceRouting.Target): Admission.Admission<Label> => {
+    if (RequestPath.hasDotSegment(path)) return Admission.refusal(400, "invalid request path", "service")
+    if (relay === undefined) return Admission.refusal(503, "service relay is not configured", "service")
+    const current = credentials.currentUnsafe()
+    const { server } = current
+    return Admission.admitted({
+      label: "service",
+      destination: apiserver(current),
+      path: ApiserverUrl.relayPath(server, relay, path),
+      headers: ServiceProxyHeaders.relayHeaders(req.headers, target, current.token, server.authority),
+      upstream: { target: "service", upstream: `${current.serverUrl} (relay for ${target.authority})` }
+    })
+  }
 
   /** A Service reached from here. */
-  const toService = Effect.fnUntraced(function*(req: Http.IncomingMessage, path: string, target: Routing.Target) {
-    const resolved = yield* resolver.resolve(target.hostname).pipe(
+  const toService = (req: Http.IncomingMessage, path: string, target: ServiceRouting.Target): Admission.Admission<Label> => {
+    const admit = (address: string) =>
+      Admission.admitted<Label>({
+        label: "service",
+        destination: { protocol: target.proto, host: address, port: target.port, servername: target.hostname, trust: serviceTrust },
+        path,
+        headers: ServiceProxyHeaders.serviceHeaders(req.headers, target),
+        upstream: { target: "service", upstream: target.authority }
+      })
+    const known = resolver.known(target.hostname)
+    if (known !== undefined) return admit(known.address)
+    return resolver.resolve(target.hostname).pipe(
       Effect.timeoutOrElse({
         duration: Duration.seconds(5),
         orElse: () => Effect.fail({ message: `resolving ${target.hostname} timed out` })
       }),
+      Effect.map((resolved) => admit(resolved.address)),
       Effect.catch((error) =>
         Effect.andThen(
           Effect.logWarning("cannot resolve the target service", { target: target.authority, error: error.message }),
-          refuse(502, Upstream.badGateway, "service")
+          Effect.fail(Admission.refusal<Label>(502, Answers.badGateway, "service"))
         )
       )
     )
-    return {
-      target: "service",
-      upstream: target.authority,
-      request: {
-        protocol: target.proto,
-        host: resolved.address,
-        family: resolved.family,
-        port: target.port,
-        path,
-        headers: ServiceProxyRouting.serviceHeaders(req.headers, target),
-        ca: serviceCa.length > 0 ? serviceCa : undefined,
-        servername: target.hostname
-      }
-    } satisfies Admitted
-  })
+  }
 
-  /** Everything that happens before a byte goes upstream. */
-  const admit = Effect.fnUntraced(function*(req: Http.IncomingMessage): Effect.fn.Return<Admitted, Refusal> {
-    const classified = ServiceProxyRouting.classify(req.headers)
-    if (Result.isFailure(classified)) return yield* refuse(400, classified.failure.message, "unknown")
-    const metricTarget = ServiceProxyRouting.metricTarget(classified.success)
-    const path = ServiceProxyRouting.requestPath(req.url)
-    if (path === undefined) return yield* refuse(400, "invalid request target", metricTarget)
-    const decision = ServiceProxyRouting.decide(deployment, classified.success)
+  /** Everything that happens before a byte goes upstream ({@link ServiceProxyMode.decide}). */
+  const admit = (req: Http.IncomingMessage): Admission.Admission<Label> => {
+    const classified = ServiceProxyMode.classify(req.headers)
+    if (Result.isFailure(classified)) return Admission.refusal(400, classified.failure.message, "unknown")
+    const label = ServiceProxyMode.metricTarget(classified.success)
+    const path = RequestPath.requestPath(req.url)
+    if (path === undefined) return Admission.refusal(400, "invalid request target", label)
+    const decision = ServiceProxyMode.decide(deployment, classified.success)
     switch (decision._tag) {
       case "Refuse":
-        return yield* refuse(decision.status, decision.message, metricTarget)
+        return Admission.refusal(decision.status, decision.message, label)
       case "Apiserver":
-        return yield* toApiserver(req, path)
+        return toApiserver(req, path)
       case "Relay":
-        return yield* toRelay(req, path, decision.target)
+        return toRelay(req, path, decision.target)
       case "Service":
-        return yield* toService(req, path, decision.target)
+        return toService(req, path, decision.target)
     }
-  })
+  }
 
-  const report = (admitted: Admitted, startedAt: number): Upstream.Report => ({
-    answered: (status) => record(admitted.target, status, startedAt),
-    failed: (error) =>
-      Effect.logWarning("upstream request failed", { target: admitted.target, upstream: admitted.upstream, error: error.message })
-  })
-
-  /** One plain request, from the first header to the last byte of the response. */
-  const handleRequest = Effect.fnUntraced(function*(req: Http.IncomingMessage, res: Http.ServerResponse) {
-    const startedAt = yield* Clock.currentTimeMillis
-    const admitted = yield* Effect.result(admit(req))
-    if (Result.isFailure(admitted)) {
-      const { body, status, target } = admitted.failure
-      req.resume()
-      Upstream.answer(res, status, body)
-      return yield* record(target, status, startedAt)
-    }
-    yield* Upstream.forwardRequest(req, res, admitted.success.request, agents, timeouts, report(admitted.success, startedAt))
-  })
-
-  /** An `Upgrade` request: the same admission, then the upstream's answer and a socket splice. */
-  const handleUpgrade = Effect.fnUntraced(function*(req: Http.IncomingMessage, socket: Duplex, head: Buffer) {
-    const startedAt = yield* Clock.currentTimeMillis
-    socket.on("error", () => socket.destroy())
-    const admitted = yield* Effect.result(admit(req))
-    if (Result.isFailure(admitted)) {
-      const { body, status, target } = admitted.failure
-      Upstream.answerOnSocket(socket, status, body)
-      return yield* record(target, status, startedAt)
-    }
-    yield* Upstream.forwardUpgrade(
-      req,
-      socket,
-      head,
-      admitted.success.request,
-      agents,
-      timeouts,
-      spliced,
-      report(admitted.success, startedAt)
-    )
-  })
-
-  const guarded = <E>(effect: Effect.Effect<void, E>, onDefect: () => void) => Upstream.guarded(effect, "service-proxy", onDefect)
-
-  const secureOptions = (pair: KeyPair) => ({ cert: pair.cert, key: pair.key, minVersion: "TLSv1.2" as const })
-  const server = Https.createServer({
-    ...secureOptions(keyPair),
-    maxHeaderSize,
-    headersTimeout,
+  const served = yield* Server.serve({
+    component: "service-proxy",
+    listen: options.listen,
+    tls: { cert: keyPair.cert, key: keyPair.key },
+    maxHeaderSize: options.maxHeaderSize ?? 64 * 1024,
+    headersTimeout: Server.millis(options.headersTimeout, Duration.seconds(10)),
     requestTimeout: 0,
-    // How often headersTimeout is checked; the default (30s) would stretch it.
-    connectionsCheckingInterval: Math.max(250, Math.min(1000, Math.floor(headersTimeout / 4)))
-  })
-  server.on("request", (req, res) => {
-    run(guarded(handleRequest(req, res), () => Upstream.answer(res, 502, Upstream.badGateway)))
-  })
-  server.on("upgrade", (req, socket, head) => {
-    run(guarded(handleUpgrade(req, socket, head), () => socket.destroy()))
-  })
-  server.on("tlsClientError", () => {
-    // A client that fails the handshake is its own problem; keep serving.
-  })
-  server.on("error", () => {
-    // Errors after listening are per connection and handled there; keep the process up.
-  })
+    shutdownTimeout: options.shutdownTimeout ?? Duration.seconds(5),
+    dialTimeout: Server.millis(options.dialTimeout, Duration.seconds(30)),
+    handshakeTimeout: Server.millis(options.tlsHandshakeTimeout, Duration.seconds(10)),
+    idleTimeout: Server.millis(options.idleConnectionTimeout, Duration.seconds(90))
+  }, { admit, record }).pipe(Effect.mapError((error) => new ServiceProxyError({ reason: "Listen", message: error.message })))
+  const server = served.server as Https.Server
+  const address = served.address
 
   const reloadCertificate = readKeyPair(options.certFile, options.keyFile).pipe(
     Effect.provideService(FileSystem.FileSystem, fs),
@@ -405,7 +352,7 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
         if (next.fingerprint === keyPair.fingerprint) return Effect.void
         return Effect.try({
           try: () => server.setSecureContext(secureOptions(next)),
-          catch: (error) => Upstream.describe(error)
+          catch: (error) => Answers.describe(error)
         }).pipe(
           Effect.andThen(Effect.sync(() => void (keyPair = next))),
           Effect.andThen(Effect.logInfo("serving certificate reloaded", { cert: options.certFile })),
@@ -416,40 +363,30 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
     Effect.annotateLogs({ component: "service-proxy" })
   )
 
-  const address = yield* Upstream.listen(server, options.listen).pipe(
-    Effect.mapError((message) => new ServiceProxyError({ reason: "Listen", message }))
-  )
-
   const failure = yield* Deferred.make<never, ServiceProxyError>()
-  let stopping = false
   server.on("close", () => {
-    if (stopping) return
+    if (served.stopping()) return
     Deferred.doneUnsafe(failure, Exit.fail(new ServiceProxyError({ reason: "Listen", message: `the listener on ${address.host}:${address.port} closed` })))
   })
-  const shutdown = Effect.andThen(
-    Effect.sync(() => void (stopping = true)),
-    Upstream.shutdown(server, FiberSet.awaitEmpty(fibers), spliced, shutdownTimeout)
-  )
-  yield* Scope.addFinalizer(scope, shutdown.pipe(Effect.annotateLogs({ component: "service-proxy" })))
 
   yield* FileWatch.start({
     paths: [options.certFile, options.keyFile],
     interval: options.reloadInterval ?? Duration.seconds(10),
     reload: reloadCertificate,
     what: "serving certificate"
-  }).pipe(Effect.provideService(FileSystem.FileSystem, fs), Scope.provide(scope))
+  }).pipe(Effect.provideService(FileSystem.FileSystem, fs))
 
   yield* Effect.logInfo("service proxy listening", {
     address: `${address.host}:${address.port}`,
     mode,
     impersonation: enableImpersonation,
-    apiserver: (yield* credentials.current).serverUrl,
+    apiserver: credentials.currentUnsafe().serverUrl,
     ...(relay === undefined || mode !== "Relay" ? {} : { relay: `${relay.namespace}/${relay.name}:${relay.port}` })
   }).pipe(Effect.annotateLogs({ component: "service-proxy" }))
 
   return ServiceProxy.of({
     address,
-    readiness: Effect.suspend(() => (server.listening ? Effect.void : Effect.fail("not listening"))),
+    readiness: served.readiness,
     reloadCertificate,
     failure: Deferred.await(failure)
   })

@@ -18,8 +18,9 @@
  * @since 0.1.0
  */
 import type { V1TokenReview } from "@kubernetes/client-node"
-import { Context, Duration, Effect, Layer, Option, Redacted, Schema } from "effect"
-import * as ServiceProxyRouting from "../domain/ServiceProxyRouting.ts"
+import { Context, Duration, Effect, Exit, Layer, Option, Redacted, Schema } from "effect"
+import type * as Impersonation from "../domain/Impersonation.ts"
+import * as TokenReview from "../domain/TokenReview.ts"
 import { HubCluster, ManagedCluster } from "../kube/KubeClient.ts"
 import type { KubeError } from "../kube/KubeError.ts"
 import * as TokenReviewCache from "../kube/TokenReviewCache.ts"
@@ -30,7 +31,7 @@ import * as TokenReviewCache from "../kube/TokenReviewCache.ts"
  * @category models
  */
 export interface Provider {
-  readonly source: ServiceProxyRouting.Source
+  readonly source: Impersonation.Source
   readonly createTokenReview: (review: V1TokenReview) => Effect.Effect<V1TokenReview, KubeError>
 }
 
@@ -40,8 +41,8 @@ export interface Provider {
  * @category models
  */
 export interface Authenticated {
-  readonly source: ServiceProxyRouting.Source
-  readonly user: ServiceProxyRouting.UserInfo
+  readonly source: Impersonation.Source
+  readonly user: TokenReview.UserInfo
 }
 
 /**
@@ -73,6 +74,12 @@ export interface Options {
 /** @category services */
 export class TokenReviewChain extends Context.Service<TokenReviewChain, {
   readonly authenticate: (token: Redacted.Redacted<string> | undefined) => Effect.Effect<Authenticated, AuthenticationFailed>
+  /**
+   * The same answer when it needs no review (cached, or no token at all); undefined when only
+   * {@link authenticate} can tell. Takes the token's text: it is only hashed, and the proxy
+   * asks on every request.
+   */
+  readonly known: (tokenText: string | undefined) => Exit.Exit<Authenticated, AuthenticationFailed> | undefined
 }>()("tether/serviceproxy/TokenReviewChain") {
   /** Managed cluster ({@link ManagedCluster}) first, then the hub ({@link HubCluster}) when provided. */
   static readonly layer = (options: Options) =>
@@ -92,7 +99,7 @@ export class TokenReviewChain extends Context.Service<TokenReviewChain, {
     Layer.effect(TokenReviewChain, make(providers, options))
 }
 
-const clusterName = (source: ServiceProxyRouting.Source) => (source === "managed" ? "managed cluster" : "hub cluster")
+const clusterName = (source: Impersonation.Source) => (source === "managed" ? "managed cluster" : "hub cluster")
 
 const scrub = TokenReviewCache.scrub
 
@@ -102,7 +109,7 @@ const scrub = TokenReviewCache.scrub
  * @category constructors
  */
 export const make = Effect.fnUntraced(function*(providers: ReadonlyArray<Provider>, options: Options) {
-  const patterns = options.errorPatterns ?? ServiceProxyRouting.defaultErrorPatterns
+  const patterns = options.errorPatterns ?? TokenReview.defaultErrorPatterns
   const reviewTimeout = options.reviewTimeout ?? Duration.seconds(10)
   const names = providers.map((provider) => `the ${clusterName(provider.source)}`)
   const notAuthenticated = names.length === 0
@@ -132,11 +139,11 @@ export const make = Effect.fnUntraced(function*(providers: ReadonlyArray<Provide
       kind: "TokenReview",
       spec: { token: Redacted.value(token) }
     }).pipe(
-      Effect.map((answer) => ServiceProxyRouting.classifyReview(answer.status, patterns)),
-      Effect.catch((error) => Effect.succeed<ServiceProxyRouting.ReviewOutcome>({ _tag: "Failed", detail: error.message })),
+      Effect.map((answer) => TokenReview.classifyReview(answer.status, patterns)),
+      Effect.catch((error) => Effect.succeed<TokenReview.ReviewOutcome>({ _tag: "Failed", detail: error.message })),
       Effect.timeoutOrElse({
         duration: reviewTimeout,
-        orElse: () => Effect.succeed<ServiceProxyRouting.ReviewOutcome>({ _tag: "Failed", detail: "TokenReview timed out" })
+        orElse: () => Effect.succeed<TokenReview.ReviewOutcome>({ _tag: "Failed", detail: "TokenReview timed out" })
       })
     )
 
@@ -164,12 +171,11 @@ export const make = Effect.fnUntraced(function*(providers: ReadonlyArray<Provide
     isTransient: (error: AuthenticationFailed) => error.reason === "ReviewFailed"
   }, review)
 
+  const noToken = new AuthenticationFailed({ reason: "NoToken", message: "authentication failed: the request carries no bearer token" })
   const authenticate = (token: Redacted.Redacted<string> | undefined) =>
-    token === undefined || Redacted.value(token) === ""
-      ? Effect.fail(
-        new AuthenticationFailed({ reason: "NoToken", message: "authentication failed: the request carries no bearer token" })
-      )
-      : cachedReview.review(token)
+    token === undefined || Redacted.value(token) === "" ? Effect.fail(noToken) : cachedReview.review(token)
+  const known = (tokenText: string | undefined) =>
+    tokenText === undefined || tokenText === "" ? Exit.fail(noToken) : cachedReview.known(tokenText)
 
-  return TokenReviewChain.of({ authenticate })
+  return TokenReviewChain.of({ authenticate, known })
 })

@@ -29,7 +29,8 @@ import * as Os from "node:os"
 import * as Path from "node:path"
 import * as Tls from "node:tls"
 import * as ServiceProxyLayers from "../../layers/ServiceProxy.ts"
-import type * as ServiceProxyRouting from "../../src/domain/ServiceProxyRouting.ts"
+import type * as ApiserverUrl from "../../src/domain/ApiserverUrl.ts"
+import type * as ServiceProxyMode from "../../src/domain/ServiceProxyMode.ts"
 import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
 import { HubCluster, type KubeClient } from "../../src/kube/KubeClient.ts"
 import * as Metrics from "../../src/observability/Metrics.ts"
@@ -177,11 +178,11 @@ describe.skipIf(noApiserver)("ServiceProxy (real hub and managed apiservers)", (
   /** A proxy from its parts: credentials from `source`, the chain over the managed client and `hubClient`. */
   const proxyLayer = (config: {
     readonly source: Source
-    readonly deployment: ServiceProxyRouting.Deployment
+    readonly deployment: ServiceProxyMode.Deployment
     readonly hubClient?: KubeClient
     readonly cacheTtl?: Duration.Input
     readonly enableImpersonation?: boolean
-    readonly relay?: ServiceProxyRouting.RelayService
+    readonly relay?: ApiserverUrl.RelayService
     readonly certFile?: string
     readonly keyFile?: string
   }) => {
@@ -827,7 +828,7 @@ describe.skipIf(noApiserver)("ServiceProxy (real hub and managed apiservers)", (
 
   it.live("counts requests by mode, target and result", () =>
     Effect.gen(function*() {
-      const count = (target: ServiceProxyRouting.MetricTarget, result: "success" | "error") =>
+      const count = (target: ServiceProxyMode.MetricTarget, result: "success" | "error") =>
         Metric.value(Metric.withAttributes(Metrics.serviceProxyRequestsTotal, { mode: "Disabled", target, result })).pipe(
           Effect.map((state) => state.count),
           Effect.provideService(Metric.MetricRegistry, registry)

@@ -23,7 +23,8 @@ import { type KubeClient, ManagedCluster } from "../../src/kube/KubeClient.ts"
 import { KubeError } from "../../src/kube/KubeError.ts"
 import * as Metrics from "../../src/observability/Metrics.ts"
 import { CallerAuthenticator } from "../../src/relay/CallerAuthenticator.ts"
-import { loadServiceCa, ServiceRelay, ServiceRelayError } from "../../src/relay/ServiceRelay.ts"
+import { loadServiceCa } from "../../src/http/Trust.ts"
+import { ServiceRelay, ServiceRelayError } from "../../src/relay/ServiceRelay.ts"
 import { ServiceResolver } from "../../src/relay/ServiceResolver.ts"
 import { Apiserver } from "../../src/testing/index.ts"
 import { send } from "../support/send.ts"
@@ -190,7 +191,7 @@ describe("ServiceRelay startup checks", () => {
 
       Fs.writeFileSync(Path.join(dir, "junk.pem"), "not a certificate")
       const junk = yield* Effect.flip(loadServiceCa(Path.join(dir, "junk.pem")))
-      assert.strictEqual(junk.reason, "ServiceCa")
+      assert.strictEqual(junk._tag, "ServiceCaError")
       assert.include(junk.message, "no PEM certificate found")
 
       Fs.writeFileSync(Path.join(dir, "bad.pem"), "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")

@@ -1,18 +1,20 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Redacted, Result, Schema } from "effect"
-import * as Routing from "../../src/domain/Routing.ts"
+import * as HttpHeaders from "../../src/domain/HttpHeaders.ts"
+import * as RelayHeaders from "../../src/domain/RelayHeaders.ts"
+import * as ServiceRouting from "../../src/domain/ServiceRouting.ts"
 
-const routing = (proto: string, namespace: string, service: string, port: string): Routing.Headers => ({
+const routing = (proto: string, namespace: string, service: string, port: string): HttpHeaders.Headers => ({
   "cluster-proxy-proto": proto,
   "cluster-proxy-namespace": namespace,
   "cluster-proxy-service": service,
   "cluster-proxy-port": port
 })
 
-const origin = (headers: Routing.Headers): string => Result.getOrThrow(Routing.route(headers)).origin
+const origin = (headers: HttpHeaders.Headers): string => Result.getOrThrow(ServiceRouting.route(headers)).origin
 
-const refusal = (headers: Routing.Headers): Routing.RoutingError => {
-  const result = Routing.route(headers)
+const refusal = (headers: HttpHeaders.Headers): ServiceRouting.RoutingError => {
+  const result = ServiceRouting.route(headers)
   assert.isTrue(Result.isFailure(result), `expected a refusal, got ${JSON.stringify(result)}`)
   if (Result.isSuccess(result)) throw new Error("unreachable")
   assert.strictEqual(result.failure.status, 400)
@@ -27,7 +29,7 @@ const recase = (text: string, mask: ReadonlyArray<boolean>): string =>
 const NameLike = Schema.String.check(Schema.isPattern(/^[a-zA-Z0-9.@:/ #?-]{0,12}$/))
 const PortLike = Schema.String.check(Schema.isPattern(/^[0-9@:/+.-]{0,7}$/))
 
-const names = (headers: Routing.OutgoingHeaders): Array<string> => Object.keys(headers).sort()
+const names = (headers: HttpHeaders.OutgoingHeaders): Array<string> => Object.keys(headers).sort()
 
 describe("Routing", () => {
   describe("route", () => {
@@ -46,7 +48,7 @@ describe("Routing", () => {
     })
 
     it("returns every part of the target", () => {
-      const target = Result.getOrThrow(Routing.route(routing("https", "team-a", "api", "8443")))
+      const target = Result.getOrThrow(ServiceRouting.route(routing("https", "team-a", "api", "8443")))
       assert.deepStrictEqual(target, {
         proto: "https",
         namespace: "team-a",
@@ -137,11 +139,11 @@ describe("Routing", () => {
         port: Schema.Union([Schema.String, PortLike])
       },
       ({ namespace, port, proto, service }) => {
-        const result = Routing.route(routing(proto, namespace, service, port))
+        const result = ServiceRouting.route(routing(proto, namespace, service, port))
         if (Result.isFailure(result)) return
         const target = result.success
         assert.match(target.hostname, /^[a-z0-9-]{1,63}\.[a-z0-9-]{1,63}\.svc$/)
-        assert.isFalse(Routing.isKubeApiserver(target.namespace, target.service))
+        assert.isFalse(ServiceRouting.isKubeApiserver(target.namespace, target.service))
         const url = new URL(`${target.origin}/path`)
         assert.strictEqual(url.hostname, target.hostname)
         assert.strictEqual(url.username, "")
@@ -167,10 +169,10 @@ describe("Routing", () => {
 
   describe("isKubeApiserver", () => {
     it("recognises kubernetes in default only", () => {
-      assert.isTrue(Routing.isKubeApiserver("default", "kubernetes"))
-      assert.isTrue(Routing.isKubeApiserver("DeFault", "KUBERNETES"))
-      assert.isFalse(Routing.isKubeApiserver("kube-system", "kubernetes"))
-      assert.isFalse(Routing.isKubeApiserver("default", "kubernetes2"))
+      assert.isTrue(ServiceRouting.isKubeApiserver("default", "kubernetes"))
+      assert.isTrue(ServiceRouting.isKubeApiserver("DeFault", "KUBERNETES"))
+      assert.isFalse(ServiceRouting.isKubeApiserver("kube-system", "kubernetes"))
+      assert.isFalse(ServiceRouting.isKubeApiserver("default", "kubernetes2"))
     })
   })
 
@@ -183,13 +185,13 @@ describe("Routing", () => {
       ["ftp", "unsupported"],
       ["x".repeat(1000), "unsupported"]
     ] as const)("labels %j as %s", (proto, label) => {
-      assert.strictEqual(Routing.metricScheme(proto), label)
+      assert.strictEqual(ServiceRouting.metricScheme(proto), label)
     })
   })
 
   describe("stripInternalHeaders", () => {
     it("drops routing, credential-carrying, impersonation and hop-by-hop headers", () => {
-      const stripped = Routing.stripInternalHeaders({
+      const stripped = ServiceRouting.stripInternalHeaders({
         ...routing("http", "default", "hello", "80"),
         "Cluster-Proxy-Authorization": "Bearer client",
         "cluster-proxy-relay-authorization": "Bearer relay",
@@ -214,7 +216,7 @@ describe("Routing", () => {
     })
 
     it("keeps Authorization (restoring it is a separate step)", () => {
-      assert.deepStrictEqual(Routing.stripInternalHeaders({ Authorization: "Bearer x" }), { authorization: "Bearer x" })
+      assert.deepStrictEqual(ServiceRouting.stripInternalHeaders({ Authorization: "Bearer x" }), { authorization: "Bearer x" })
     })
 
     it.prop(
@@ -230,14 +232,14 @@ describe("Routing", () => {
       ({ headers }) => {
         const input: Record<string, string> = {}
         for (const h of headers) input[recase(h.prefix, h.mask) + h.suffix] = h.value
-        const stripped = Routing.stripInternalHeaders(input)
+        const stripped = ServiceRouting.stripInternalHeaders(input)
         for (const name of Object.keys(stripped)) {
           assert.isFalse(/^(cluster-proxy-|impersonate-)/i.test(name), `${name} survived`)
         }
         for (const name of Object.keys(input)) {
           const lower = name.toLowerCase()
           const internal = lower.startsWith("cluster-proxy-") || lower.startsWith("impersonate-")
-          if (!internal && !Routing.hopByHopHeaders.has(lower)) assert.property(stripped, lower)
+          if (!internal && !HttpHeaders.hopByHopHeaders.has(lower)) assert.property(stripped, lower)
         }
       }
     )
@@ -246,7 +248,7 @@ describe("Routing", () => {
   describe("stripHopByHop", () => {
     it("drops hop-by-hop response headers and those named in Connection, keeps the rest", () => {
       assert.deepStrictEqual(
-        Routing.stripHopByHop({
+        HttpHeaders.stripHopByHop({
           Connection: "close, x-hop",
           "transfer-encoding": "chunked",
           "x-hop": "1",
@@ -271,13 +273,13 @@ describe("Routing", () => {
         )
       },
       ({ headers }) => {
-        assert.deepStrictEqual(Routing.stripHopByHopLowerCased(headers), Routing.stripHopByHop(headers))
+        assert.deepStrictEqual(HttpHeaders.stripHopByHopLowerCased(headers), HttpHeaders.stripHopByHop(headers))
       }
     )
 
     it("drops what Connection names", () => {
       assert.deepStrictEqual(
-        Routing.stripHopByHopLowerCased({ connection: "keep-alive, x-hop", "keep-alive": "timeout=5", "x-hop": "1", etag: "e" }),
+        HttpHeaders.stripHopByHopLowerCased({ connection: "keep-alive, x-hop", "keep-alive": "timeout=5", "x-hop": "1", etag: "e" }),
         { etag: "e" }
       )
     })
@@ -306,7 +308,7 @@ describe("Routing", () => {
         expected: {}
       }
     ])("$name", ({ expected, headers }) => {
-      assert.deepStrictEqual(Routing.restoreAuthorization(headers), expected)
+      assert.deepStrictEqual(RelayHeaders.restoreAuthorization(headers), expected)
     })
 
     it.prop(
@@ -315,7 +317,7 @@ describe("Routing", () => {
       ({ client, mask, relay }) => {
         const headers: Record<string, string> = { [recase("authorization", mask)]: `Bearer ${relay}` }
         if (client !== undefined) headers[recase("cluster-proxy-authorization", mask)] = client
-        const restored = Routing.restoreAuthorization(headers)
+        const restored = RelayHeaders.restoreAuthorization(headers)
         assert.notProperty(restored, "cluster-proxy-authorization")
         if (client === undefined || client === "") assert.notProperty(restored, "authorization")
         else assert.strictEqual(restored["authorization"], client)
@@ -324,8 +326,8 @@ describe("Routing", () => {
   })
 
   describe("bearerToken", () => {
-    const token = (headers: Routing.Headers) => {
-      const found = Routing.bearerToken(headers)
+    const token = (headers: HttpHeaders.Headers) => {
+      const found = RelayHeaders.bearerToken(headers)
       return found === undefined ? undefined : Redacted.value(found)
     }
 
@@ -343,11 +345,11 @@ describe("Routing", () => {
       { name: "the client's credential", headers: { "cluster-proxy-authorization": "Bearer client" }, expected: undefined }
     ])("reads $name, as a Redacted and as text for a cache lookup", ({ expected, headers }) => {
       assert.strictEqual(token(headers), expected)
-      assert.strictEqual(Routing.bearerTokenText(headers), expected)
+      assert.strictEqual(RelayHeaders.bearerTokenText(headers), expected)
     })
 
     it("keeps the token redacted", () => {
-      const found = Routing.bearerToken({ authorization: "Bearer sekret-token" })
+      const found = RelayHeaders.bearerToken({ authorization: "Bearer sekret-token" })
       assert.isDefined(found)
       assert.notInclude(String(found), "sekret-token")
       assert.notInclude(JSON.stringify({ found }), "sekret-token")
@@ -355,10 +357,10 @@ describe("Routing", () => {
   })
 
   describe("forwardHeaders", () => {
-    const target = Result.getOrThrow(Routing.route(routing("http", "default", "hello", "8080")))
+    const target = Result.getOrThrow(ServiceRouting.route(routing("http", "default", "hello", "8080")))
 
     it("restores the client's credential, strips internal headers and sets Host", () => {
-      const out = Routing.forwardHeaders({
+      const out = RelayHeaders.forwardHeaders({
         ...routing("http", "default", "hello", "8080"),
         host: "relay.example:7444",
         authorization: "Bearer relay-token",
@@ -377,20 +379,20 @@ describe("Routing", () => {
     })
 
     it("carries an upgrade through", () => {
-      const out = Routing.forwardHeaders({ connection: "keep-alive, Upgrade", upgrade: "websocket", "sec-websocket-key": "k" }, target)
+      const out = RelayHeaders.forwardHeaders({ connection: "keep-alive, Upgrade", upgrade: "websocket", "sec-websocket-key": "k" }, target)
       assert.deepStrictEqual(names(out), ["connection", "host", "sec-websocket-key", "upgrade"])
       assert.strictEqual(out["connection"], "Upgrade")
       assert.strictEqual(out["upgrade"], "websocket")
     })
 
     it("does not invent an upgrade", () => {
-      assert.strictEqual(Routing.upgradeProtocol({ upgrade: "websocket" }), undefined)
-      assert.deepStrictEqual(names(Routing.forwardHeaders({ upgrade: "websocket" }, target)), ["host"])
+      assert.strictEqual(HttpHeaders.upgradeProtocol({ upgrade: "websocket" }), undefined)
+      assert.deepStrictEqual(names(RelayHeaders.forwardHeaders({ upgrade: "websocket" }, target)), ["host"])
     })
   })
 
   describe("forwardRawHeaders", () => {
-    const target = Result.getOrThrow(Routing.route(routing("http", "default", "hello", "8080")))
+    const target = Result.getOrThrow(ServiceRouting.route(routing("http", "default", "hello", "8080")))
     /** Flat name/value list to a lower-cased object, duplicates as arrays (as Node would see them upstream). */
     const asObject = (flat: ReadonlyArray<string>) => {
       const out: Record<string, string | Array<string>> = {}
@@ -404,7 +406,7 @@ describe("Routing", () => {
     const raw = (pairs: ReadonlyArray<readonly [string, string]>) => pairs.flat()
 
     it("restores the client's credential, strips internal, hop-by-hop and Expect headers, and sets Host first", () => {
-      const out = Routing.forwardRawHeaders(raw([
+      const out = RelayHeaders.forwardRawHeaders(raw([
         ["Cluster-Proxy-Proto", "http"],
         ["Cluster-Proxy-Namespace", "default"],
         ["Cluster-Proxy-Service", "hello"],
@@ -439,9 +441,9 @@ describe("Routing", () => {
     })
 
     it("sends no Authorization unless exactly one Cluster-Proxy-Authorization came", () => {
-      const none = Routing.forwardRawHeaders(raw([["Authorization", "Bearer relay-token"]]), target)
+      const none = RelayHeaders.forwardRawHeaders(raw([["Authorization", "Bearer relay-token"]]), target)
       assert.deepStrictEqual(none, ["host", "hello.default.svc:8080"])
-      const twice = Routing.forwardRawHeaders(
+      const twice = RelayHeaders.forwardRawHeaders(
         raw([["Cluster-Proxy-Authorization", "Bearer a"], ["cluster-proxy-authorization", "Bearer b"]]),
         target
       )
@@ -456,8 +458,8 @@ describe("Routing", () => {
         [["Connection", "X-A, x-b"], ["X-A", "1"], ["X-B", "2"], ["X-C", "3"], ["Proxy-Authorization", "Basic x"]]
       ]
       for (const pairs of cases) {
-        const fromRaw = asObject(Routing.forwardRawHeaders(raw(pairs), target))
-        const fromObject = Routing.forwardHeaders(asObject(raw(pairs)), target)
+        const fromRaw = asObject(RelayHeaders.forwardRawHeaders(raw(pairs), target))
+        const fromObject = RelayHeaders.forwardHeaders(asObject(raw(pairs)), target)
         assert.deepStrictEqual(fromRaw, fromObject, JSON.stringify(pairs))
       }
     })

@@ -1,18 +1,23 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Redacted, Result, Schema } from "effect"
-import type * as Routing from "../../src/domain/Routing.ts"
-import * as ServiceProxyRouting from "../../src/domain/ServiceProxyRouting.ts"
+import * as ApiserverUrl from "../../src/domain/ApiserverUrl.ts"
+import type * as HttpHeaders from "../../src/domain/HttpHeaders.ts"
+import * as Impersonation from "../../src/domain/Impersonation.ts"
+import * as RequestPath from "../../src/domain/RequestPath.ts"
+import * as ServiceProxyHeaders from "../../src/domain/ServiceProxyHeaders.ts"
+import * as ServiceProxyMode from "../../src/domain/ServiceProxyMode.ts"
+import * as TokenReview from "../../src/domain/TokenReview.ts"
 
-const routing = (proto: string, namespace: string, service: string, port: string): Routing.Headers => ({
+const routing = (proto: string, namespace: string, service: string, port: string): HttpHeaders.Headers => ({
   "cluster-proxy-proto": proto,
   "cluster-proxy-namespace": namespace,
   "cluster-proxy-service": service,
   "cluster-proxy-port": port
 })
 
-const server = (url: string): ServiceProxyRouting.ApiserverUrl => Result.getOrThrow(ServiceProxyRouting.parseApiserverUrl(url))
+const server = (url: string): ApiserverUrl.ApiserverUrl => Result.getOrThrow(ApiserverUrl.parseApiserverUrl(url))
 
-const relay: ServiceProxyRouting.RelayService = { namespace: "addon-ns", name: "cluster-proxy-service-relay", port: 7444 }
+const relay: ApiserverUrl.RelayService = { namespace: "addon-ns", name: "cluster-proxy-service-relay", port: 7444 }
 
 const token = Redacted.make("managed-sa-token")
 
@@ -20,16 +25,16 @@ const token = Redacted.make("managed-sa-token")
 const recase = (text: string, mask: ReadonlyArray<boolean>): string =>
   [...text].map((c, i) => (mask.length > 0 && mask[i % mask.length] ? c.toUpperCase() : c.toLowerCase())).join("")
 
-const names = (headers: Routing.OutgoingHeaders): Array<string> => Object.keys(headers).sort()
+const names = (headers: HttpHeaders.OutgoingHeaders): Array<string> => Object.keys(headers).sort()
 
 describe("ServiceProxyRouting", () => {
   describe("parseMode", () => {
     it.each(["Disabled", "BestEffort", "Relay", " Relay "])("accepts %j", (input) => {
-      assert.strictEqual(Result.getOrThrow(ServiceProxyRouting.parseMode(input)), input.trim())
+      assert.strictEqual(Result.getOrThrow(ServiceProxyMode.parseMode(input)), input.trim())
     })
 
     it.each(["", "relay", "best-effort", "Direct", "Relay,BestEffort"])("refuses %j, listing the three modes", (input) => {
-      const result = ServiceProxyRouting.parseMode(input)
+      const result = ServiceProxyMode.parseMode(input)
       assert.isTrue(Result.isFailure(result))
       if (Result.isSuccess(result)) return
       assert.strictEqual(
@@ -40,10 +45,10 @@ describe("ServiceProxyRouting", () => {
   })
 
   describe("classify and decide", () => {
-    const hosted = (mode: ServiceProxyRouting.Mode): ServiceProxyRouting.Deployment => ({ _tag: "Hosted", mode })
-    const direct: ServiceProxyRouting.Deployment = { _tag: "Direct" }
-    const decideFor = (deployment: ServiceProxyRouting.Deployment, headers: Routing.Headers) =>
-      ServiceProxyRouting.decide(deployment, Result.getOrThrow(ServiceProxyRouting.classify(headers)))
+    const hosted = (mode: ServiceProxyMode.Mode): ServiceProxyMode.Deployment => ({ _tag: "Hosted", mode })
+    const direct: ServiceProxyMode.Deployment = { _tag: "Direct" }
+    const decideFor = (deployment: ServiceProxyMode.Deployment, headers: HttpHeaders.Headers) =>
+      ServiceProxyMode.decide(deployment, Result.getOrThrow(ServiceProxyMode.classify(headers)))
 
     it("follows the decision table", () => {
       const service = routing("http", "default", "hello", "8080")
@@ -74,26 +79,26 @@ describe("ServiceProxyRouting", () => {
       },
       ({ mode, nsMask, port, proto, svcMask }) => {
         const headers = routing(proto, recase("default", nsMask), recase("kubernetes", svcMask), String(port))
-        const target = Result.getOrThrow(ServiceProxyRouting.classify(headers))
+        const target = Result.getOrThrow(ServiceProxyMode.classify(headers))
         assert.strictEqual(target._tag, "KubeApiserver")
-        assert.strictEqual(ServiceProxyRouting.metricTarget(target), "kube-apiserver")
-        assert.deepStrictEqual(ServiceProxyRouting.decide(hosted(mode), target), { _tag: "Apiserver" })
-        assert.deepStrictEqual(ServiceProxyRouting.decide(direct, target), { _tag: "Apiserver" })
+        assert.strictEqual(ServiceProxyMode.metricTarget(target), "kube-apiserver")
+        assert.deepStrictEqual(ServiceProxyMode.decide(hosted(mode), target), { _tag: "Apiserver" })
+        assert.deepStrictEqual(ServiceProxyMode.decide(direct, target), { _tag: "Apiserver" })
       }
     )
 
     it("refuses incomplete or invalid routing headers with the reason (target unknown)", () => {
-      const missing = ServiceProxyRouting.classify({ "cluster-proxy-proto": "http" })
+      const missing = ServiceProxyMode.classify({ "cluster-proxy-proto": "http" })
       assert.isTrue(Result.isFailure(missing))
       if (Result.isFailure(missing)) assert.include(missing.failure.message, "invalid request headers")
-      const invalid = ServiceProxyRouting.classify(routing("http", "default", "a.b", "80"))
+      const invalid = ServiceProxyMode.classify(routing("http", "default", "a.b", "80"))
       assert.isTrue(Result.isFailure(invalid))
-      assert.strictEqual(ServiceProxyRouting.metricTarget(undefined), "unknown")
+      assert.strictEqual(ServiceProxyMode.metricTarget(undefined), "unknown")
     })
 
     it("labels the metric mode Direct when not hosted", () => {
-      assert.strictEqual(ServiceProxyRouting.metricMode(direct), "Direct")
-      assert.strictEqual(ServiceProxyRouting.metricMode(hosted("Relay")), "Relay")
+      assert.strictEqual(ServiceProxyMode.metricMode(direct), "Direct")
+      assert.strictEqual(ServiceProxyMode.metricMode(hosted("Relay")), "Relay")
     })
   })
 
@@ -117,7 +122,7 @@ describe("ServiceProxyRouting", () => {
     })
 
     it.each(["managed.example.com:6443", "https://", "/only/a/path", "ftp://host"])("refuses %j without quoting it", (url) => {
-      const result = ServiceProxyRouting.parseApiserverUrl(url)
+      const result = ApiserverUrl.parseApiserverUrl(url)
       assert.isTrue(Result.isFailure(result))
       if (Result.isSuccess(result)) return
       assert.include(result.failure.message, "managed apiserver URL must include scheme and host")
@@ -126,15 +131,15 @@ describe("ServiceProxyRouting", () => {
 
     it("builds the relay URL under the server's path prefix (the Go prototype dropped it)", () => {
       assert.strictEqual(
-        ServiceProxyRouting.relayUrl(server("https://managed.example.com:6443"), relay, "/index.html"),
+        ApiserverUrl.relayUrl(server("https://managed.example.com:6443"), relay, "/index.html"),
         "https://managed.example.com:6443/api/v1/namespaces/addon-ns/services/http:cluster-proxy-service-relay:7444/proxy/index.html"
       )
       assert.strictEqual(
-        ServiceProxyRouting.relayUrl(server("https://host/k8s/clusters/c-1"), relay, "/a/b?x=1&y"),
+        ApiserverUrl.relayUrl(server("https://host/k8s/clusters/c-1"), relay, "/a/b?x=1&y"),
         "https://host:443/k8s/clusters/c-1/api/v1/namespaces/addon-ns/services/http:cluster-proxy-service-relay:7444/proxy/a/b?x=1&y"
       )
       assert.strictEqual(
-        ServiceProxyRouting.relayPath(server("https://host/prefix/"), relay, "/"),
+        ApiserverUrl.relayPath(server("https://host/prefix/"), relay, "/"),
         "/prefix/api/v1/namespaces/addon-ns/services/http:cluster-proxy-service-relay:7444/proxy/"
       )
     })
@@ -148,7 +153,7 @@ describe("ServiceProxyRouting", () => {
       ({ path, prefix }) => {
         const base = prefix.length === 0 ? "" : `/${prefix.join("/")}`
         const url = server(`https://host:6443${base}`)
-        const built = ServiceProxyRouting.relayPath(url, relay, path)
+        const built = ApiserverUrl.relayPath(url, relay, path)
         assert.isTrue(built.startsWith(`${base}/api/v1/namespaces/addon-ns/services/http:cluster-proxy-service-relay:7444/proxy/`))
         assert.isTrue(built.endsWith(path))
         assert.strictEqual(built.length, `${base}/api/v1/namespaces/addon-ns/services/http:cluster-proxy-service-relay:7444/proxy`.length + path.length)
@@ -156,10 +161,10 @@ describe("ServiceProxyRouting", () => {
     )
 
     it("joins paths with exactly one slash", () => {
-      assert.strictEqual(ServiceProxyRouting.joinPath("", "/api"), "/api")
-      assert.strictEqual(ServiceProxyRouting.joinPath("/p/", "/api"), "/p/api")
-      assert.strictEqual(ServiceProxyRouting.joinPath("/p", "api"), "/p/api")
-      assert.strictEqual(ServiceProxyRouting.joinPath("/p", ""), "/p/")
+      assert.strictEqual(RequestPath.joinPath("", "/api"), "/api")
+      assert.strictEqual(RequestPath.joinPath("/p/", "/api"), "/p/api")
+      assert.strictEqual(RequestPath.joinPath("/p", "api"), "/p/api")
+      assert.strictEqual(RequestPath.joinPath("/p", ""), "/p/")
     })
 
     it.each([
@@ -170,7 +175,7 @@ describe("ServiceProxyRouting", () => {
       ["example.com:443", undefined],
       ["", undefined]
     ] as const)("reads the request target %j as %j", (url, expected) => {
-      assert.strictEqual(ServiceProxyRouting.requestPath(url), expected)
+      assert.strictEqual(RequestPath.requestPath(url), expected)
     })
 
     it.each([
@@ -185,22 +190,22 @@ describe("ServiceProxyRouting", () => {
       ["/a/...b/c..d/.e", false],
       ["/", false]
     ] as const)("finds dot segments in %j: %s", (path, expected) => {
-      assert.strictEqual(ServiceProxyRouting.hasDotSegment(path), expected)
+      assert.strictEqual(RequestPath.hasDotSegment(path), expected)
     })
 
     it("validates the relay settings", () => {
-      assert.isTrue(Result.isSuccess(ServiceProxyRouting.validateRelayService(relay)))
-      assert.isTrue(Result.isFailure(ServiceProxyRouting.validateRelayService({ ...relay, name: "Bad_Name" })))
-      assert.isTrue(Result.isFailure(ServiceProxyRouting.validateRelayService({ ...relay, namespace: "a/b" })))
-      assert.isTrue(Result.isFailure(ServiceProxyRouting.validateRelayService({ ...relay, port: 0 })))
+      assert.isTrue(Result.isSuccess(ApiserverUrl.validateRelayService(relay)))
+      assert.isTrue(Result.isFailure(ApiserverUrl.validateRelayService({ ...relay, name: "Bad_Name" })))
+      assert.isTrue(Result.isFailure(ApiserverUrl.validateRelayService({ ...relay, namespace: "a/b" })))
+      assert.isTrue(Result.isFailure(ApiserverUrl.validateRelayService({ ...relay, port: 0 })))
     })
   })
 
   describe("classifyReview", () => {
-    const patterns = ServiceProxyRouting.defaultErrorPatterns
+    const patterns = TokenReview.defaultErrorPatterns
 
     it("authenticates with user, uid, groups and extra", () => {
-      const outcome = ServiceProxyRouting.classifyReview({
+      const outcome = TokenReview.classifyReview({
         authenticated: true,
         user: { username: "system:serviceaccount:ns:sa", uid: "u-1", groups: ["system:serviceaccounts"], extra: { "a/b": ["1"] } }
       }, patterns)
@@ -215,35 +220,35 @@ describe("ServiceProxyRouting", () => {
       "[invalid bearer token, square/go-jose: error in cryptographic primitive]",
       "Invalid Bearer Token"
     ])("reads the recognised rejection %j as not authenticated (try the next cluster)", (error) => {
-      assert.strictEqual(ServiceProxyRouting.classifyReview({ error, user: {} }, patterns)._tag, "NotAuthenticated")
+      assert.strictEqual(TokenReview.classifyReview({ error, user: {} }, patterns)._tag, "NotAuthenticated")
     })
 
     it("checks status.error before authenticated: any other error fails closed", () => {
       for (const error of ["etcd unavailable", "webhook timed out", "token lookup failed"]) {
-        assert.strictEqual(ServiceProxyRouting.classifyReview({ error }, patterns)._tag, "Failed")
-        assert.strictEqual(ServiceProxyRouting.classifyReview({ error, authenticated: true, user: { username: "x" } }, patterns)._tag, "Failed")
+        assert.strictEqual(TokenReview.classifyReview({ error }, patterns)._tag, "Failed")
+        assert.strictEqual(TokenReview.classifyReview({ error, authenticated: true, user: { username: "x" } }, patterns)._tag, "Failed")
       }
     })
 
     it("uses the configured patterns, case-insensitively; none means every error fails closed", () => {
-      assert.strictEqual(ServiceProxyRouting.classifyReview({ error: "Token Expired" }, ["token expired"])._tag, "NotAuthenticated")
-      assert.strictEqual(ServiceProxyRouting.classifyReview({ error: "invalid bearer token" }, ["token expired"])._tag, "Failed")
-      assert.strictEqual(ServiceProxyRouting.classifyReview({ error: "invalid bearer token" }, [])._tag, "Failed")
-      assert.strictEqual(ServiceProxyRouting.classifyReview({ error: "invalid bearer token" }, ["", " "])._tag, "Failed")
+      assert.strictEqual(TokenReview.classifyReview({ error: "Token Expired" }, ["token expired"])._tag, "NotAuthenticated")
+      assert.strictEqual(TokenReview.classifyReview({ error: "invalid bearer token" }, ["token expired"])._tag, "Failed")
+      assert.strictEqual(TokenReview.classifyReview({ error: "invalid bearer token" }, [])._tag, "Failed")
+      assert.strictEqual(TokenReview.classifyReview({ error: "invalid bearer token" }, ["", " "])._tag, "Failed")
     })
 
     it("reads a missing or false authenticated without error as not authenticated, and no status or no username as a failure", () => {
-      assert.deepStrictEqual(ServiceProxyRouting.classifyReview(undefined, patterns), { _tag: "Failed", detail: "the TokenReview answer has no status" })
-      assert.strictEqual(ServiceProxyRouting.classifyReview({ user: {} }, patterns)._tag, "NotAuthenticated")
-      assert.strictEqual(ServiceProxyRouting.classifyReview({ authenticated: false }, patterns)._tag, "NotAuthenticated")
-      assert.strictEqual(ServiceProxyRouting.classifyReview({ authenticated: true, user: {} }, patterns)._tag, "Failed")
+      assert.deepStrictEqual(TokenReview.classifyReview(undefined, patterns), { _tag: "Failed", detail: "the TokenReview answer has no status" })
+      assert.strictEqual(TokenReview.classifyReview({ user: {} }, patterns)._tag, "NotAuthenticated")
+      assert.strictEqual(TokenReview.classifyReview({ authenticated: false }, patterns)._tag, "NotAuthenticated")
+      assert.strictEqual(TokenReview.classifyReview({ authenticated: true, user: {} }, patterns)._tag, "Failed")
     })
 
     it.prop(
       "an error text never authenticates, whatever authenticated says",
       { error: Schema.String.check(Schema.isMinLength(1)), authenticated: Schema.Boolean },
       ({ authenticated, error }) => {
-        const outcome = ServiceProxyRouting.classifyReview({ error, authenticated, user: { username: "u" } }, patterns)
+        const outcome = TokenReview.classifyReview({ error, authenticated, user: { username: "u" } }, patterns)
         if (error.trim() === "") return
         assert.notStrictEqual(outcome._tag, "Authenticated")
         assert.strictEqual(outcome._tag === "NotAuthenticated", error.toLowerCase().includes("invalid bearer token"))
@@ -254,40 +259,40 @@ describe("ServiceProxyRouting", () => {
   describe("impersonation", () => {
     it("maps hub ServiceAccounts to cluster:hub:..., keeps other names and managed users", () => {
       assert.strictEqual(
-        ServiceProxyRouting.impersonatedUsername("hub", "system:serviceaccount:ns:reader"),
+        Impersonation.impersonatedUsername("hub", "system:serviceaccount:ns:reader"),
         "cluster:hub:system:serviceaccount:ns:reader"
       )
-      assert.strictEqual(ServiceProxyRouting.impersonatedUsername("hub", "alice"), "alice")
+      assert.strictEqual(Impersonation.impersonatedUsername("hub", "alice"), "alice")
       assert.strictEqual(
-        ServiceProxyRouting.impersonatedUsername("managed", "system:serviceaccount:ns:reader"),
+        Impersonation.impersonatedUsername("managed", "system:serviceaccount:ns:reader"),
         "system:serviceaccount:ns:reader"
       )
     })
 
     it("prefixes a hub ServiceAccount's ServiceAccount groups like its name, and nobody else's groups", () => {
       const groups = ["system:serviceaccounts", "system:serviceaccounts:users", "system:authenticated", "developers"]
-      assert.deepStrictEqual(ServiceProxyRouting.impersonatedGroups("hub", "system:serviceaccount:users:mallory", groups), [
+      assert.deepStrictEqual(Impersonation.impersonatedGroups("hub", "system:serviceaccount:users:mallory", groups), [
         "cluster:hub:system:serviceaccounts",
         "cluster:hub:system:serviceaccounts:users",
         "system:authenticated",
         "developers"
       ])
-      assert.deepStrictEqual(ServiceProxyRouting.impersonatedGroups("managed", "system:serviceaccount:users:mallory", groups), groups)
-      assert.deepStrictEqual(ServiceProxyRouting.impersonatedGroups("hub", "alice", groups), groups)
+      assert.deepStrictEqual(Impersonation.impersonatedGroups("managed", "system:serviceaccount:users:mallory", groups), groups)
+      assert.deepStrictEqual(Impersonation.impersonatedGroups("hub", "alice", groups), groups)
       // Not a ServiceAccount group, only a look-alike prefix.
       assert.deepStrictEqual(
-        ServiceProxyRouting.impersonatedGroups("hub", "system:serviceaccount:users:mallory", ["system:serviceaccountsx"]),
+        Impersonation.impersonatedGroups("hub", "system:serviceaccount:users:mallory", ["system:serviceaccountsx"]),
         ["system:serviceaccountsx", "system:authenticated"]
       )
     })
 
     it("adds system:authenticated once and drops duplicates", () => {
-      assert.deepStrictEqual(ServiceProxyRouting.impersonatedGroups("managed", "alice", ["a", "a", ""]), ["a", "system:authenticated"])
-      assert.deepStrictEqual(ServiceProxyRouting.impersonatedGroups("managed", "alice", ["system:authenticated", "b"]), ["system:authenticated", "b"])
+      assert.deepStrictEqual(Impersonation.impersonatedGroups("managed", "alice", ["a", "a", ""]), ["a", "system:authenticated"])
+      assert.deepStrictEqual(Impersonation.impersonatedGroups("managed", "alice", ["system:authenticated", "b"]), ["system:authenticated", "b"])
     })
 
     it("builds user, group and escaped extra headers", () => {
-      const headers = Result.getOrThrow(ServiceProxyRouting.impersonationHeaders("hub", {
+      const headers = Result.getOrThrow(Impersonation.impersonationHeaders("hub", {
         username: "system:serviceaccount:ns:sa",
         groups: ["system:serviceaccounts", "system:serviceaccounts:ns"],
         extra: { "authentication.kubernetes.io/pod-name": ["p-1"], "Scopes": ["a", "b"], "100%": ["x"] }
@@ -309,14 +314,14 @@ describe("ServiceProxyRouting", () => {
         { username: "u", groups: [], extra: { k: ["v\u0000"] } },
         { username: "u", groups: ["\u{1F600}"], extra: {} }
       ]
-      for (const user of bad) assert.isTrue(Result.isFailure(ServiceProxyRouting.impersonationHeaders("managed", user)))
+      for (const user of bad) assert.isTrue(Result.isFailure(Impersonation.impersonationHeaders("managed", user)))
     })
 
     it.prop(
       "an escaped extra key is a header token and decodes back to the key",
       { key: Schema.String.check(Schema.isMinLength(1)) },
       ({ key }) => {
-        const escaped = ServiceProxyRouting.escapeExtraKey(key)
+        const escaped = Impersonation.escapeExtraKey(key)
         assert.match(escaped, /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/)
         if (!key.isWellFormed()) return
         assert.strictEqual(decodeURIComponent(escaped), key)
@@ -340,12 +345,12 @@ describe("ServiceProxyRouting", () => {
     }
 
     it("impersonating: the caller's credential and impersonation replaced by the proxy's", () => {
-      const impersonation = Result.getOrThrow(ServiceProxyRouting.impersonationHeaders("managed", {
+      const impersonation = Result.getOrThrow(Impersonation.impersonationHeaders("managed", {
         username: "system:serviceaccount:team:reader",
         groups: ["system:serviceaccounts"],
         extra: {}
       }))
-      const out = ServiceProxyRouting.impersonatingHeaders(client, impersonation, token, "10.0.0.1:6443")
+      const out = ServiceProxyHeaders.impersonatingHeaders(client, impersonation, token, "10.0.0.1:6443")
       assert.deepStrictEqual(names(out), ["accept", "authorization", "host", "impersonate-group", "impersonate-user"])
       assert.strictEqual(out["authorization"], "Bearer managed-sa-token")
       assert.strictEqual(out["impersonate-user"], "system:serviceaccount:team:reader")
@@ -354,14 +359,14 @@ describe("ServiceProxyRouting", () => {
     })
 
     it("pass-through (impersonation off): the client's own credential and impersonation go on", () => {
-      const out = ServiceProxyRouting.passThroughHeaders(client, "10.0.0.1:6443")
+      const out = ServiceProxyHeaders.passThroughHeaders(client, "10.0.0.1:6443")
       assert.deepStrictEqual(names(out), ["accept", "authorization", "host", "impersonate-extra-scopes", "impersonate-group", "impersonate-user"])
       assert.strictEqual(out["authorization"], "Bearer caller-token")
     })
 
     it("relay: Authorization moved, the proxy's token twice, routing headers from the target, no impersonation", () => {
       const target = { proto: "http", namespace: "default", service: "hello", port: 8080, hostname: "hello.default.svc", authority: "hello.default.svc:8080", origin: "http://hello.default.svc:8080" } as const
-      const out = ServiceProxyRouting.relayHeaders(
+      const out = ServiceProxyHeaders.relayHeaders(
         { ...client, ...routing("HTTP", "default", "hello", "08080") },
         target,
         token,
@@ -379,13 +384,13 @@ describe("ServiceProxyRouting", () => {
         host: "managed.example.com:6443"
       })
       // Without a client credential nothing is carried (a spoofed one is not either).
-      const anonymous = ServiceProxyRouting.relayHeaders({ "cluster-proxy-authorization": "Bearer spoofed" }, target, token, "h:1")
+      const anonymous = ServiceProxyHeaders.relayHeaders({ "cluster-proxy-authorization": "Bearer spoofed" }, target, token, "h:1")
       assert.notProperty(anonymous, "cluster-proxy-authorization")
     })
 
     it("service: the client's Authorization kept, internal headers dropped, the upgrade pair kept", () => {
       const target = { proto: "http", namespace: "default", service: "hello", port: 8080, hostname: "hello.default.svc", authority: "hello.default.svc:8080", origin: "http://hello.default.svc:8080" } as const
-      const out = ServiceProxyRouting.serviceHeaders({ ...client, connection: "Upgrade", upgrade: "websocket" }, target)
+      const out = ServiceProxyHeaders.serviceHeaders({ ...client, connection: "Upgrade", upgrade: "websocket" }, target)
       assert.deepStrictEqual(names(out), ["accept", "authorization", "connection", "host", "upgrade", "x-hop"])
       assert.strictEqual(out["authorization"], "Bearer caller-token")
       assert.strictEqual(out["upgrade"], "websocket")
@@ -393,10 +398,10 @@ describe("ServiceProxyRouting", () => {
     })
 
     it("reads the caller's bearer token from Authorization only", () => {
-      assert.strictEqual(Redacted.value(ServiceProxyRouting.callerToken({ Authorization: "bearer abc" })!), "abc")
-      assert.isUndefined(ServiceProxyRouting.callerToken({ authorization: "Basic abc" }))
-      assert.isUndefined(ServiceProxyRouting.callerToken({ "cluster-proxy-relay-authorization": "Bearer abc" }))
-      assert.isUndefined(ServiceProxyRouting.callerToken({ authorization: ["Bearer a", "Bearer b"] }))
+      assert.strictEqual(Redacted.value(ServiceProxyHeaders.callerToken({ Authorization: "bearer abc" })!), "abc")
+      assert.isUndefined(ServiceProxyHeaders.callerToken({ authorization: "Basic abc" }))
+      assert.isUndefined(ServiceProxyHeaders.callerToken({ "cluster-proxy-relay-authorization": "Bearer abc" }))
+      assert.isUndefined(ServiceProxyHeaders.callerToken({ authorization: ["Bearer a", "Bearer b"] }))
     })
   })
 })

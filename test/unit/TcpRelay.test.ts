@@ -662,7 +662,7 @@ describe("ManagedTarget", () => {
 
   it("explains what is missing, never quoting values", () => {
     assert.strictEqual(error(kubeconfig("ftp://host")), "managed kubeconfig: unsupported server scheme \"ftp\"")
-    assert.strictEqual(error(""), "managed kubeconfig: the file is empty")
+    assert.strictEqual(error(""), "managed kubeconfig: kubeconfig is malformed: the document is empty")
     assert.include(error("a: [b\ntoken: secret-value"), "not valid YAML")
     assert.notInclude(error("a: [b\ntoken: secret-value"), "secret-value")
     assert.strictEqual(
@@ -671,7 +671,7 @@ describe("ManagedTarget", () => {
     )
     assert.strictEqual(
       error("clusters:\n- name: a\n  cluster: {server: https://a}\n- name: b\n  cluster: {server: https://b}\n"),
-      "managed kubeconfig: no current context and not exactly one cluster"
+      "managed kubeconfig: kubeconfig must have a current context or exactly one cluster"
     )
     assert.strictEqual(
       error("clusters:\n- name: a\n  cluster: {}\ncontexts:\n- name: c\n  context: {cluster: a}\ncurrent-context: c\n"),

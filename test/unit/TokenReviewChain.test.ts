@@ -8,15 +8,15 @@ import type { V1TokenReview } from "@kubernetes/client-node"
 import { assert, describe, it } from "@effect/vitest"
 import { Deferred, Effect, Fiber, Redacted } from "effect"
 import { TestClock } from "effect/testing"
-import * as Routing from "../../src/domain/Routing.ts"
-import type * as ServiceProxyRouting from "../../src/domain/ServiceProxyRouting.ts"
+import * as HttpHeaders from "../../src/domain/HttpHeaders.ts"
+import type * as Impersonation from "../../src/domain/Impersonation.ts"
 import { KubeError } from "../../src/kube/KubeError.ts"
 import * as TokenReviewChain from "../../src/serviceproxy/TokenReviewChain.ts"
 
 type Script = (token: string) => Effect.Effect<V1TokenReview["status"], KubeError>
 
 /** A cluster that answers by `script` and counts its reviews. */
-const cluster = (source: ServiceProxyRouting.Source, script: Script) => {
+const cluster = (source: Impersonation.Source, script: Script) => {
   const calls: Array<string> = []
   const provider: TokenReviewChain.Provider = {
     source,
@@ -134,9 +134,9 @@ describe("TokenReviewChain", () => {
       const hub = cluster("hub", (t) => Effect.succeed(t === "shared" ? user("u") : rejected))
       const chain = yield* TokenReviewChain.make([managed.provider, hub.provider], { cacheTtl: "10 seconds" })
       // The first caller starts the review, then is interrupted and wipes its token, as the
-      // request paths do (Routing.forgetToken).
+      // request paths do (HttpHeaders.forgetToken).
       const first = token("shared")
-      const leaving = yield* Effect.forkChild(chain.authenticate(first).pipe(Effect.ensuring(Effect.sync(() => Routing.forgetToken(first)))))
+      const leaving = yield* Effect.forkChild(chain.authenticate(first).pipe(Effect.ensuring(Effect.sync(() => HttpHeaders.forgetToken(first)))))
       yield* Effect.yieldNow
       const staying = yield* Effect.forkChild(chain.authenticate(token("shared")))
       yield* Effect.yieldNow

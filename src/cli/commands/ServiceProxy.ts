@@ -9,7 +9,7 @@ import { Effect, Layer, Option, Result } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Observability from "../../../layers/Observability.ts"
 import * as ServiceProxyLayers from "../../../layers/ServiceProxy.ts"
-import * as ServiceProxyRouting from "../../domain/ServiceProxyRouting.ts"
+import * as ServiceProxyMode from "../../domain/ServiceProxyMode.ts"
 import * as Flags from "../Flags.ts"
 import { UsageError } from "../UsageError.ts"
 
@@ -97,9 +97,9 @@ export const resolve = (
     const cert = given.cert.trim()
     const key = given.key.trim()
     if (cert === "" || key === "") return yield* fail("--cert and --key are required: the serving certificate and its key (PEM files)")
-    let mode: ServiceProxyRouting.Mode | undefined
+    let mode: ServiceProxyMode.Mode | undefined
     if (Option.isSome(given.hostedServiceProxyMode)) {
-      const parsed = ServiceProxyRouting.parseMode(given.hostedServiceProxyMode.value)
+      const parsed = ServiceProxyMode.parseMode(given.hostedServiceProxyMode.value)
       if (Result.isFailure(parsed)) return yield* fail(parsed.failure.message)
       mode = parsed.success
     }

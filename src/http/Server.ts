@@ -1,0 +1,250 @@
+/**
+ * The server both HTTP proxies run: listening (plain or TLS) with header-size and header-time
+ * limits, each request admitted by the proxy's {@link Admission.Policy} and then sent on by the
+ * {@link Forwarder.Forwarder}, refusals answered here, and a graceful shutdown when the scope
+ * closes.
+ *
+ * Per request:
+ * - a plain request whose admission is decided at once (the usual case) runs in callbacks from
+ *   the request event to the last byte, without a fiber; one that has to wait runs its
+ *   admission as an Effect, then takes the same path;
+ * - an `Upgrade` request is admitted the same way and spliced ({@link Forwarder.Forwarder}
+ *   `forwardUpgrade`).
+ *
+ * A defect in a policy or the forwarder still leaves the client with an answer (502, or a cut
+ * upgrade socket) and the process alive; the cause goes to the log. Upstream failures are
+ * logged with the admission's `upstream` fields, never a path, header value or token.
+ *
+ * Closing the scope stops accepting connections, closes keep-alive connections as they go
+ * idle, lets in-flight requests run for `shutdownTimeout`, then cuts what is left (spliced
+ * upgrades included) and drops the upstream pools.
+ *
+ * @since 0.1.0
+ */
+import { Clock, Duration, Effect, FiberSet, Schedule, Schema, Scope } from "effect"
+import * as Http from "node:http"
+import * as Https from "node:https"
+import type * as Net from "node:net"
+import type { Duplex } from "node:stream"
+import * as ListenAddress from "../domain/ListenAddress.ts"
+import * as Admission from "./Admission.ts"
+import * as Answers from "./Answers.ts"
+import { Forwarder, type Report } from "./Forwarder.ts"
+
+/** @category models */
+export interface Options {
+  /** Log annotation and message prefix (`service-relay`, `service-proxy`). */
+  readonly component: string
+  readonly listen: ListenAddress.ListenAddress
+  /** Serve TLS with this certificate (chain) and key; plain HTTP when absent. */
+  readonly tls?: { readonly cert: string; readonly key: string } | undefined
+  /** Largest accepted request (and upstream response) header block, in bytes. */
+  readonly maxHeaderSize: number
+  /** Time allowed to receive the request headers, in milliseconds. */
+  readonly headersTimeout: number
+  /** Time allowed to receive a whole request, in milliseconds; 0 for none. */
+  readonly requestTimeout: number
+  /** How long in-flight requests may run on after shutdown starts. */
+  readonly shutdownTimeout: Duration.Input
+  /** Upstream TCP connect bound, in milliseconds. */
+  readonly dialTimeout: number
+  /** Upstream TLS handshake bound, in milliseconds. */
+  readonly handshakeTimeout: number
+  /** An idle upstream connection is closed after this long, in milliseconds. */
+  readonly idleTimeout: number
+}
+
+/**
+ * The port cannot be bound.
+ *
+ * @category errors
+ */
+export class ListenError extends Schema.TaggedError<ListenError>()("ListenError", { message: Schema.String }) {}
+
+/** @category models */
+export interface Served {
+  readonly server: Http.Server | Https.Server
+  /** The bound address (the real port when `listen` asked for port 0). */
+  readonly address: { readonly host: string; readonly port: number }
+  /** Succeeds while the server accepts connections. */
+  readonly readiness: Effect.Effect<void, string>
+  /** Whether the scope has started closing the server (a `close` event before that is a failure). */
+  readonly stopping: () => boolean
+}
+
+/**
+ * Listen on `address`; the bound host and port (port 0 picks a free one), or why not.
+ *
+ * @category servers
+ */
+export const listen = (server: Net.Server, address: ListenAddress.ListenAddress): Effect.Effect<Served["address"], ListenError> =>
+  Effect.callback((resume) => {
+    const onError = (error: Error) =>
+      resume(Effect.fail(new ListenError({ message: `cannot listen on ${ListenAddress.format(address)}: ${Answers.describe(error)}` })))
+    server.once("error", onError)
+    server.listen({ port: address.port, ...(address.host ? { host: address.host } : {}) }, () => {
+      server.off("error", onError)
+      const bound = server.address() as Net.AddressInfo
+      resume(Effect.succeed({ host: bound.address, port: bound.port }))
+    })
+  })
+
+const shutdown = (server: Http.Server, inFlight: Effect.Effect<void>, spliced: ReadonlySet<Duplex>, timeout: Duration.Input) =>
+  Effect.gen(function*() {
+    const closed = Effect.callback<void>((resume) => {
+      server.close(() => resume(Effect.void))
+    })
+    const closeIdle = Effect.sync(() => server.closeIdleConnections()).pipe(
+      Effect.repeat(Schedule.spaced("100 millis")),
+      Effect.andThen(Effect.never)
+    )
+    const drained = yield* Effect.all([closed, inFlight]).pipe(Effect.raceFirst(closeIdle), Effect.timeoutOption(timeout))
+    if (drained._tag === "None") yield* Effect.logWarning("shutdown timed out; closing open connections")
+    server.closeAllConnections()
+    for (const socket of spliced) socket.destroy()
+  })
+
+/**
+ * Serve `policy` until the current scope closes.
+ *
+ * @category constructors
+ */
+export const serve = Effect.fnUntraced(function*<L>(options: Options, policy: Admission.Policy<L>) {
+  const { component, maxHeaderSize } = options
+  // Node refuses a header timeout longer than a (non-zero) request timeout.
+  const headersTimeout = Math.min(
+    options.headersTimeout,
+    options.requestTimeout > 0 ? options.requestTimeout : Number.POSITIVE_INFINITY
+  )
+
+  // Finalizers run in reverse order of registration: stop the server and drain first, then
+  // interrupt what is left, then drop the upstream pools.
+  const scope = yield* Scope.fork(yield* Effect.scope, "sequential")
+  const forwarder = yield* Effect.acquireRelease(
+    Effect.sync(() =>
+      new Forwarder({
+        dialTimeout: options.dialTimeout,
+        handshakeTimeout: options.handshakeTimeout,
+        idleTimeout: options.idleTimeout,
+        maxHeaderSize
+      })
+    ),
+    (forwarder) => Effect.promise(() => forwarder.destroy())
+  ).pipe(Scope.provide(scope))
+  const fibers = yield* FiberSet.make<void, never>().pipe(Scope.provide(scope))
+  const run = yield* FiberSet.runtime(fibers)<never>()
+  const spliced = new Set<Duplex>()
+
+  // The request path reads the clock and logs outside any fiber.
+  const clock = yield* Clock.clockWith(Effect.succeed)
+  const now = () => clock.currentTimeMillisUnsafe()
+  const log = (effect: Effect.Effect<void>) => run(Effect.annotateLogs(effect, { component }))
+
+  const report = (admitted: Admission.Admitted<L>, startedAt: number): Report => ({
+    now,
+    answered: (status, headAt) => policy.record(admitted.label, status, startedAt, headAt),
+    failed: (message) => log(Effect.logWarning("upstream request failed", { ...admitted.upstream, error: message }))
+  })
+
+  const refuse = (req: Http.IncomingMessage, res: Http.ServerResponse, refused: Admission.Refusal<L>, startedAt: number) => {
+    req.resume()
+    Answers.answer(res, refused.status, refused.body)
+    policy.record(refused.label, refused.status, startedAt, now())
+  }
+
+  const forward = (req: Http.IncomingMessage, res: Http.ServerResponse, admitted: Admission.Admitted<L>, startedAt: number) =>
+    forwarder.forward(req, res, admitted.destination, admitted.path, admitted.headers, report(admitted, startedAt))
+
+  const guarded = <E>(effect: Effect.Effect<void, E>, onDefect: () => void): Effect.Effect<void> =>
+    effect.pipe(
+      Effect.catchCause((cause) =>
+        Effect.andThen(Effect.logError(`${component} request failed unexpectedly`, { cause: String(cause) }), Effect.sync(onDefect))
+      ),
+      Effect.annotateLogs({ component })
+    )
+
+  /** One plain request: without a fiber when admission needs no waiting. */
+  const handleRequest = (req: Http.IncomingMessage, res: Http.ServerResponse) => {
+    const startedAt = now()
+    const admission = policy.admit(req, false)
+    if (!Effect.isEffect(admission)) {
+      return admission._tag === "Admitted" ? forward(req, res, admission, startedAt) : refuse(req, res, admission, startedAt)
+    }
+    run(guarded(
+      Effect.match(admission, {
+        onFailure: (refused) => refuse(req, res, refused, startedAt),
+        onSuccess: (admitted) => forward(req, res, admitted, startedAt)
+      }),
+      () => Answers.answer(res, 502, Answers.badGateway)
+    ))
+  }
+
+  /** An `Upgrade` request: the same admission, then the upstream's answer and a socket splice. */
+  const handleUpgrade = Effect.fnUntraced(function*(req: Http.IncomingMessage, socket: Duplex, head: Buffer) {
+    const startedAt = now()
+    socket.on("error", () => socket.destroy())
+    const admitted = yield* Effect.result(Admission.awaitAdmission(policy.admit(req, true)))
+    if (admitted._tag === "Failure") {
+      const { body, label, status } = admitted.failure
+      Answers.answerOnSocket(socket, status, body)
+      return policy.record(label, status, startedAt, now())
+    }
+    const { destination, headers, path } = admitted.success
+    yield* forwarder.forwardUpgrade(req, socket, head, destination, path, headers, spliced, report(admitted.success, startedAt))
+  })
+
+  const limits = {
+    maxHeaderSize,
+    headersTimeout,
+    requestTimeout: options.requestTimeout,
+    // How often headersTimeout/requestTimeout are checked; the default (30s) would let a 5s
+    // header timeout run to 35s.
+    connectionsCheckingInterval: Math.max(250, Math.min(1000, Math.floor(headersTimeout / 4)))
+  }
+  const server: Http.Server | Https.Server = options.tls === undefined
+    ? Http.createServer(limits)
+    : Https.createServer({ ...limits, cert: options.tls.cert, key: options.tls.key, minVersion: "TLSv1.2" })
+  server.on("request", (req: Http.IncomingMessage, res: Http.ServerResponse) => {
+    try {
+      handleRequest(req, res)
+    } catch (error) {
+      // A defect must still leave the client with an answer and the process alive.
+      log(Effect.logError(`${component} request failed unexpectedly`, { cause: Answers.describe(error) }))
+      Answers.answer(res, 502, Answers.badGateway)
+    }
+  })
+  server.on("upgrade", (req: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
+    run(guarded(handleUpgrade(req, socket, head), () => socket.destroy()))
+  })
+  server.on("tlsClientError", () => {
+    // A client that fails the handshake is its own problem; keep serving.
+  })
+  server.on("error", () => {
+    // Errors after listening are per connection and handled there; keep the process up.
+  })
+
+  const address = yield* listen(server, options.listen)
+  let stopping = false
+  yield* Scope.addFinalizer(
+    scope,
+    Effect.andThen(
+      Effect.sync(() => void (stopping = true)),
+      shutdown(server, FiberSet.awaitEmpty(fibers), spliced, options.shutdownTimeout)
+    ).pipe(Effect.annotateLogs({ component }))
+  )
+
+  return {
+    server,
+    address,
+    readiness: Effect.suspend(() => (server.listening ? Effect.void : Effect.fail("not listening"))),
+    stopping: () => stopping
+  } satisfies Served
+})
+
+/**
+ * A duration option in milliseconds, `fallback` when not given.
+ *
+ * @category options
+ */
+export const millis = (input: Duration.Input | undefined, fallback: Duration.Input): number =>
+  Duration.toMillis(Duration.fromInputUnsafe(input ?? fallback))
