@@ -144,14 +144,21 @@ export const run = (options: Options): Effect.Effect<never, Supervisor.Component
         HealthChecks.HealthChecks,
         Effect.map(Effect.all(checks), (built) => HealthChecks.fromChecks(built))
       )
+      const leaseOptions = {
+        namespace: lease.leaseNamespace,
+        name: lease.addonName,
+        leaseDuration: lease.leaseDuration,
+        renewInterval: lease.renewInterval
+      }
+      // With the provisioner in process, the first heartbeat waits for its first kubeconfig
+      // (started just before, usually a moment away) instead of failing the token check and
+      // writing the Lease one renew interval late.
+      const heartbeat = generated
+        ? Layer.unwrap(Effect.map(GeneratedKubeconfig, (handOff) => AddonLease.layer({ ...leaseOptions, firstPeriodAfter: handOff.latest })))
+        : AddonLease.layer(leaseOptions)
       components.push(fromLayer(
         "addon-lease",
-        AddonLease.layer({
-          namespace: lease.leaseNamespace,
-          name: lease.addonName,
-          leaseDuration: lease.leaseDuration,
-          renewInterval: lease.renewInterval
-        }).pipe(Layer.provide(healthChecks), Layer.provide(LeaseStore.LeaseStore.layerClient(hosting))),
+        heartbeat.pipe(Layer.provide(healthChecks), Layer.provide(LeaseStore.LeaseStore.layerClient(hosting))),
         (context) => Context.get(context, AddonLease).failure
       ))
     }

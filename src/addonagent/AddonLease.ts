@@ -36,6 +36,13 @@ export interface Options {
   readonly renewInterval: Duration.Duration
   /** Each wait is `renewInterval × (1 + jitter × random)`; default 0.25, as OCM. */
   readonly jitter?: number
+  /**
+   * The first period waits for this (at most one `renewInterval`): in hosted-agent the
+   * provisioner's in-process hand-off of the managed token, which the token check reads. Without
+   * it the first check runs before the hand-off, fails, and the first write comes one whole
+   * period late.
+   */
+  readonly firstPeriodAfter?: Effect.Effect<unknown>
 }
 
 /** What one update period did. @category models */
@@ -164,7 +171,13 @@ export const make = Effect.fnUntraced(function*(options: Options) {
     renewInterval: Duration.format(options.renewInterval),
     leaseDurationSeconds
   }).pipe(annotate)
-  const loop = yield* period.pipe(Effect.andThen(pause), Effect.forever, Effect.forkScoped)
+  const first = options.firstPeriodAfter === undefined
+    ? Effect.void
+    : Effect.timeoutOption(options.firstPeriodAfter, options.renewInterval)
+  const loop = yield* first.pipe(
+    Effect.andThen(period.pipe(Effect.andThen(pause), Effect.forever)),
+    Effect.forkScoped
+  )
 
   return AddonLease.of({ lease: key, last: Ref.get(last), failure: Effect.andThen(Fiber.join(loop), Effect.never) })
 })

@@ -5,10 +5,12 @@
  * - when a check fails it stops writing at once, and says why once (not every period);
  * - when the checks pass again the next period renews;
  * - a failing write is retried next period and shows on the readiness probe;
- * - a write keeps what others put on the Lease.
+ * - a write keeps what others put on the Lease;
+ * - the first period waits for `firstPeriodAfter` (hosted-agent's token hand-off), at most one
+ *   renew interval.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Clock, Context, Duration, Effect, Layer, Logger, Option, Random, Ref } from "effect"
+import { Clock, Context, Deferred, Duration, Effect, Layer, Logger, Option, Random, Ref } from "effect"
 import { TestClock } from "effect/testing"
 import { AddonLease } from "../../src/addonagent/AddonLease.ts"
 import { HealthChecks } from "../../src/addonagent/HealthChecks.ts"
@@ -32,7 +34,10 @@ interface World {
 }
 
 /** The heartbeat over an in-memory store that records its writes; returns the world and the service. */
-const start = Effect.fn(function*(seed?: (store: LeaseStore.LeaseStore["Service"]) => Effect.Effect<unknown, KubeError.KubeError>) {
+const start = Effect.fn(function*(
+  seed?: (store: LeaseStore.LeaseStore["Service"]) => Effect.Effect<unknown, KubeError.KubeError>,
+  extra: { readonly firstPeriodAfter?: Effect.Effect<unknown> } = {}
+) {
   const memory = LeaseStore.memory()
   if (seed !== undefined) yield* seed(memory)
   const writes: Array<number> = []
@@ -58,7 +63,7 @@ const start = Effect.fn(function*(seed?: (store: LeaseStore.LeaseStore["Service"
     check: Effect.flatMap(Ref.get(healthy), (ok) => (ok ? Effect.void : Effect.fail("GET http://localhost:8093/readyz answered 503")))
   }])
   const context = yield* Layer.build(
-    AddonLease.layer(options).pipe(
+    AddonLease.layer({ ...options, ...extra }).pipe(
       Layer.provideMerge(Probes.layerNoServer),
       Layer.provide(Layer.mergeAll(Layer.succeed(LeaseStore.LeaseStore, store), checks)),
       Layer.provide(Logger.layer([Logger.map(Logger.formatJson, (line) => void logs.push(line))]))
@@ -98,6 +103,24 @@ describe("AddonLease (TestClock)", () => {
       assert.strictEqual(stored?.spec.leaseDurationSeconds, 60)
       assert.strictEqual(stored?.spec.renewTime, LeaseState.formatMicroTime(world.writes.at(-1)!))
       assert.strictEqual(Option.getOrUndefined(yield* lease.last)?._tag, "Renewed")
+    }))
+
+  it.effect("waits for firstPeriodAfter before the first period, and at most one renew interval", () =>
+    Effect.gen(function*() {
+      const handOff = yield* Deferred.make<void>()
+      const { world } = yield* start(undefined, { firstPeriodAfter: Deferred.await(handOff) })
+      yield* advance(3 * SECOND)
+      assert.deepStrictEqual(world.writes, [], "no period before the hand-off")
+      yield* Deferred.succeed(handOff, undefined)
+      yield* advance(0)
+      assert.deepStrictEqual(world.writes, [3 * SECOND], "the first write follows the hand-off at once, not a period later")
+
+      // A hand-off that never comes delays the first period by one renew interval, no more.
+      const { world: never } = yield* start(undefined, { firstPeriodAfter: Effect.never })
+      yield* advance(59 * SECOND)
+      assert.deepStrictEqual(never.writes, [])
+      yield* advance(SECOND)
+      assert.deepStrictEqual(never.writes, [63 * SECOND])
     }))
 
   /** Stop on a failing check, warn once, resume on recovery; the bounds hold for any jitter draw. */
