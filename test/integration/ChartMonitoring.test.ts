@@ -24,7 +24,7 @@
  */
 import { NodeServices } from "@effect/platform-node"
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import { CoreV1Api, type KubernetesObject, loadYaml, type V1Deployment, type V1Service } from "@kubernetes/client-node"
+import { CoreV1Api, type KubernetesObject, type V1Deployment, type V1Service } from "@kubernetes/client-node"
 import { Effect, Exit, Scope } from "effect"
 import { Command } from "effect/cli"
 import * as ChildProcess from "node:child_process"
@@ -38,10 +38,9 @@ import { noApiserver } from "../support/apiserver.ts"
 import { until } from "../support/eventually.ts"
 import * as HostedInstall from "../support/hostedInstall.ts"
 import { freePort, get, kubectl, selfSigned } from "../support/local.ts"
+import * as Helm from "../support/helm.ts"
 import { prometheusRuleCrd, serviceMonitorCrd } from "../support/monitoringCrds.ts"
 
-const chartDir = Path.resolve("charts/tether")
-const helmBinary = Path.resolve("node_modules/.bin/helm")
 const namespace = "addon-ns"
 const clusterName = "cluster-a"
 const addonName = "cluster-proxy"
@@ -50,23 +49,14 @@ const hostingAnnotation = "addon.open-cluster-management.io/hosted-manifest-loca
 const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tether-chart-monitoring-"))
 afterAll(() => Fs.rmSync(dir, { recursive: true, force: true }))
 
-// helm keeps its caches and configuration in this test's folder.
-const helmEnv: NodeJS.ProcessEnv = {
-  ...process.env,
-  HOME: dir,
-  HELM_CACHE_HOME: Path.join(dir, "helm-cache"),
-  HELM_CONFIG_HOME: Path.join(dir, "helm-config"),
-  HELM_DATA_HOME: Path.join(dir, "helm-data")
-}
-
 interface Run {
   readonly code: number
   readonly output: string
 }
 
 /** Run a tool to its end, bounded in time; the exit code and stdout+stderr. */
-const run = (file: string, args: ReadonlyArray<string>, env: NodeJS.ProcessEnv = process.env): Run => {
-  const result = ChildProcess.spawnSync(file, [...args], { env, timeout: 60_000, encoding: "utf8", maxBuffer: 32 * 1024 * 1024 })
+const run = (file: string, args: ReadonlyArray<string>): Run => {
+  const result = ChildProcess.spawnSync(file, [...args], { timeout: 60_000, encoding: "utf8", maxBuffer: 32 * 1024 * 1024 })
   return { code: result.status ?? -1, output: `${result.stdout ?? ""}${result.stderr ?? ""}${result.error === undefined ? "" : String(result.error)}` }
 }
 
@@ -88,24 +78,15 @@ const promtoolRun = (args: ReadonlyArray<string>): Run => {
 
 const on = ["monitoring.serviceMonitor.enabled=true", "monitoring.prometheusRule.enabled=true"]
 
-const template = (target: string, sets: ReadonlyArray<string>) =>
-  run(helmBinary, ["template", addonName, chartDir, "--namespace", namespace, "--set", `target=${target}`, ...sets.flatMap((s) => ["--set", s])], helmEnv)
+const flags = (target: string, sets: ReadonlyArray<string>) => Helm.set(`target=${target}`, ...sets)
 
-interface Doc {
-  readonly raw: string
-  readonly object: KubernetesObject
-}
+/** The chart rendered by the real helm for `target` with `sets`, as documents. */
+const render = (target: string, sets: ReadonlyArray<string>) => Helm.template(namespace, flags(target, sets))
 
-const render = (target: string, sets: ReadonlyArray<string>): ReadonlyArray<Doc> => {
-  const out = template(target, sets)
-  assert.strictEqual(out.code, 0, out.output)
-  return out.output
-    .split(/^---\s*$/m)
-    .filter((text) => text.split("\n").some((line) => line.trim() !== "" && !line.trim().startsWith("#")))
-    .map((raw) => ({ raw, object: loadYaml<KubernetesObject>(raw) }))
-}
+/** What helm says when it refuses to render. */
+const refusal = (target: string, sets: ReadonlyArray<string>) => Effect.map(Effect.flip(Helm.template(namespace, flags(target, sets))), (error) => error.message)
 
-const ofKind = <T extends KubernetesObject>(docs: ReadonlyArray<Doc>, kind: string): ReadonlyArray<T> =>
+const ofKind = <T extends KubernetesObject>(docs: ReadonlyArray<Helm.Doc>, kind: string): ReadonlyArray<T> =>
   docs.filter(({ object }) => object.kind === kind).map(({ object }) => object as T)
 
 interface ServiceMonitor extends KubernetesObject {
@@ -142,7 +123,7 @@ const writeFile = (name: string, text: string) => {
 /** The rules file promtool reads: the PrometheusRule's groups (JSON is YAML). */
 const rulesFile = (name: string, rule: PrometheusRule) => writeFile(name, JSON.stringify({ groups: rule.spec.groups }, null, 2))
 
-const theRule = (docs: ReadonlyArray<Doc>): PrometheusRule => {
+const theRule = (docs: ReadonlyArray<Helm.Doc>): PrometheusRule => {
   const rules = ofKind<PrometheusRule>(docs, "PrometheusRule")
   assert.lengthOf(rules, 1)
   return rules[0]!
@@ -163,103 +144,105 @@ const alertNames = [
 ]
 
 describe("Helm chart monitoring (helm template, promtool check rules)", () => {
-  it("off by default: no ServiceMonitor, PrometheusRule or metrics Service on either cluster", () => {
-    for (const target of ["hosting", "managed", "all"]) {
-      const docs = render(target, [`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay", "serviceRelay.networkPolicy.apiserverCIDRs={10.0.0.10/32}"])
-      const kinds = docs.map(({ object }) => object.kind)
-      assert.notInclude(kinds, "ServiceMonitor", target)
-      assert.notInclude(kinds, "PrometheusRule", target)
-      assert.isFalse(docs.some(({ object }) => object.metadata?.name?.endsWith("-metrics")), target)
-    }
-  })
-
-  it("each cluster's ServiceMonitor scrapes, through headless Services, every metrics port its Deployments open", () => {
-    const cases = [
-      { name: "hosting, combined", target: "hosting", sets: [`clusterName=${clusterName}`] },
-      { name: "hosting, split", target: "hosting", sets: [`clusterName=${clusterName}`, "layout=split"] },
-      { name: "hosting, split, no proxies", target: "hosting", sets: [`clusterName=${clusterName}`, "layout=split", "enableServiceProxy=false", "enableKubeApiProxy=false"] },
-      { name: "managed, Relay", target: "managed", sets: ["hostedServiceProxyMode=Relay", "serviceRelay.networkPolicy.apiserverCIDRs={10.0.0.10/32}"] },
-      { name: "all, combined, Relay", target: "all", sets: [`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay", "serviceRelay.networkPolicy.apiserverCIDRs={10.0.0.10/32}"] }
-    ]
-    for (const { name, sets, target } of cases) {
-      const docs = render(target, [...on, ...sets, "monitoring.serviceMonitor.labels.release=prom", "monitoring.serviceMonitor.interval=15s"])
-      const placements = target === "all" ? [true, false] : [target === "hosting"]
-      for (const hosting of placements) {
-        const here = docs.filter(({ object }) => (object.metadata?.annotations?.[hostingAnnotation] === "hosting") === hosting)
-        const where = `${name} (${hosting ? "hosting" : "managed"})`
-        const monitors = ofKind<ServiceMonitor>(here, "ServiceMonitor")
-        assert.lengthOf(monitors, 1, where)
-        const monitor = monitors[0]!
-        assert.strictEqual(monitor.metadata?.labels?.["release"], "prom", `${where}: the Prometheus's selector label`)
-        assert.deepStrictEqual(monitor.spec.namespaceSelector.matchNames, [namespace], where)
-        assert.strictEqual(monitor.spec.jobLabel, "open-cluster-management.io/addon", `${where}: job = the add-on name`)
-        const services = ofKind<V1Service>(here, "Service").filter((s) => matches(monitor.spec.selector.matchLabels, s.metadata?.labels))
-        const deployments = ofKind<V1Deployment>(here, "Deployment")
-        assert.isAbove(deployments.length, 0, where)
-        // Every tether container's metrics port is behind a selected Service, and every Service port
-        // reaches a named container port of the pods it selects.
-        const scraped = new Set<string>()
-        for (const service of services) {
-          assert.strictEqual(service.spec?.clusterIP, "None", `${where}: ${service.metadata?.name} is headless`)
-          assert.strictEqual(service.metadata?.labels?.["open-cluster-management.io/addon"], addonName, `${where}: the job label's source`)
-          const pods = deployments.filter((d) => matches(service.spec?.selector ?? {}, d.spec?.template.metadata?.labels))
-          assert.lengthOf(pods, 1, `${where}: ${service.metadata?.name} selects one Deployment's pods`)
-          const containerPorts = pods[0]!.spec!.template.spec!.containers.flatMap((c) => c.ports ?? [])
-          for (const port of service.spec?.ports ?? []) {
-            const target = containerPorts.find((p) => p.name === port.targetPort)
-            assert.isDefined(target, `${where}: ${service.metadata?.name} port ${port.name} reaches a container port`)
-            scraped.add(`${pods[0]!.metadata?.name}:${target!.containerPort}`)
-            assert.include(monitor.spec.endpoints.map((e) => e.port), port.name, `${where}: the ServiceMonitor scrapes ${port.name}`)
-          }
-        }
-        for (const endpoint of monitor.spec.endpoints) {
-          assert.strictEqual(endpoint.path, "/metrics")
-          assert.strictEqual(endpoint.interval, "15s")
-        }
-        const probePorts = deployments.flatMap((d) =>
-          d.spec!.template.spec!.containers
-            .filter((c) => c.command?.[0] === "tether")
-            .map((c) => {
-              const flag = c.args?.find((a) => a.startsWith("--health-probe-bind-address="))
-              return `${d.metadata?.name}:${flag?.split(":").at(-1)}`
-            })
-        )
-        assert.sameMembers([...scraped], probePorts, `${where}: exactly the /metrics port of each tether container`)
-        assert.lengthOf(ofKind(here, "PrometheusRule"), hosting ? 1 : 0, `${where}: the rules live with the hosting side's series`)
+  it.live("off by default: no ServiceMonitor, PrometheusRule or metrics Service on either cluster", () =>
+    Effect.gen(function*() {
+      for (const target of ["hosting", "managed", "all"]) {
+        const docs = yield* render(target, [`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay", "serviceRelay.networkPolicy.apiserverCIDRs={10.0.0.10/32}"])
+        const kinds = docs.map(({ object }) => object.kind)
+        assert.notInclude(kinds, "ServiceMonitor", target)
+        assert.notInclude(kinds, "PrometheusRule", target)
+        assert.isFalse(docs.some(({ object }) => object.metadata?.name?.endsWith("-metrics")), target)
       }
-    }
-  })
+    }))
 
-  it("bad monitoring values are refused with a message naming the value", () => {
-    const refused = [
-      ["monitoring.prometheusRule.tokenExpiryWarning=1h", "monitoring.prometheusRule.tokenExpiryWarning"],
-      ["monitoring.prometheusRule.tokenExpiryWarning=0", "monitoring.prometheusRule.tokenExpiryWarning"],
-      ["monitoring.prometheusRule.tokenExpiryWarning=soon", "monitoring.prometheusRule.tokenExpiryWarning"],
-      ["monitoring.serviceMonitor.interval=fast", "monitoring.serviceMonitor.interval"],
-      ["monitoring.serviceMonitor.enabeld=true", "enabeld"],
-      ["monitoring.prometheusRule.runbookBaseUrl=wiki", "monitoring.prometheusRule.runbookBaseUrl"]
-    ] as const
-    for (const [set, named] of refused) {
-      const out = template("hosting", [...on, `clusterName=${clusterName}`, set])
-      assert.notStrictEqual(out.code, 0, set)
-      assert.include(out.output, named, set)
-    }
-  })
+  it.live("each cluster's ServiceMonitor scrapes, through headless Services, every metrics port its Deployments open", () =>
+    Effect.gen(function*() {
+      const cases = [
+        { name: "hosting, combined", target: "hosting", sets: [`clusterName=${clusterName}`] },
+        { name: "hosting, split", target: "hosting", sets: [`clusterName=${clusterName}`, "layout=split"] },
+        { name: "hosting, split, no proxies", target: "hosting", sets: [`clusterName=${clusterName}`, "layout=split", "enableServiceProxy=false", "enableKubeApiProxy=false"] },
+        { name: "managed, Relay", target: "managed", sets: ["hostedServiceProxyMode=Relay", "serviceRelay.networkPolicy.apiserverCIDRs={10.0.0.10/32}"] },
+        { name: "all, combined, Relay", target: "all", sets: [`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay", "serviceRelay.networkPolicy.apiserverCIDRs={10.0.0.10/32}"] }
+      ]
+      for (const { name, sets, target } of cases) {
+        const docs = yield* render(target, [...on, ...sets, "monitoring.serviceMonitor.labels.release=prom", "monitoring.serviceMonitor.interval=15s"])
+        const placements = target === "all" ? [true, false] : [target === "hosting"]
+        for (const hosting of placements) {
+          const here = docs.filter(({ object }) => (object.metadata?.annotations?.[hostingAnnotation] === "hosting") === hosting)
+          const where = `${name} (${hosting ? "hosting" : "managed"})`
+          const monitors = ofKind<ServiceMonitor>(here, "ServiceMonitor")
+          assert.lengthOf(monitors, 1, where)
+          const monitor = monitors[0]!
+          assert.strictEqual(monitor.metadata?.labels?.["release"], "prom", `${where}: the Prometheus's selector label`)
+          assert.deepStrictEqual(monitor.spec.namespaceSelector.matchNames, [namespace], where)
+          assert.strictEqual(monitor.spec.jobLabel, "open-cluster-management.io/addon", `${where}: job = the add-on name`)
+          const services = ofKind<V1Service>(here, "Service").filter((s) => matches(monitor.spec.selector.matchLabels, s.metadata?.labels))
+          const deployments = ofKind<V1Deployment>(here, "Deployment")
+          assert.isAbove(deployments.length, 0, where)
+          // Every tether container's metrics port is behind a selected Service, and every Service port
+          // reaches a named container port of the pods it selects.
+          const scraped = new Set<string>()
+          for (const service of services) {
+            assert.strictEqual(service.spec?.clusterIP, "None", `${where}: ${service.metadata?.name} is headless`)
+            assert.strictEqual(service.metadata?.labels?.["open-cluster-management.io/addon"], addonName, `${where}: the job label's source`)
+            const pods = deployments.filter((d) => matches(service.spec?.selector ?? {}, d.spec?.template.metadata?.labels))
+            assert.lengthOf(pods, 1, `${where}: ${service.metadata?.name} selects one Deployment's pods`)
+            const containerPorts = pods[0]!.spec!.template.spec!.containers.flatMap((c) => c.ports ?? [])
+            for (const port of service.spec?.ports ?? []) {
+              const target = containerPorts.find((p) => p.name === port.targetPort)
+              assert.isDefined(target, `${where}: ${service.metadata?.name} port ${port.name} reaches a container port`)
+              scraped.add(`${pods[0]!.metadata?.name}:${target!.containerPort}`)
+              assert.include(monitor.spec.endpoints.map((e) => e.port), port.name, `${where}: the ServiceMonitor scrapes ${port.name}`)
+            }
+          }
+          for (const endpoint of monitor.spec.endpoints) {
+            assert.strictEqual(endpoint.path, "/metrics")
+            assert.strictEqual(endpoint.interval, "15s")
+          }
+          const probePorts = deployments.flatMap((d) =>
+            d.spec!.template.spec!.containers
+              .filter((c) => c.command?.[0] === "tether")
+              .map((c) => {
+                const flag = c.args?.find((a) => a.startsWith("--health-probe-bind-address="))
+                return `${d.metadata?.name}:${flag?.split(":").at(-1)}`
+              })
+          )
+          assert.sameMembers([...scraped], probePorts, `${where}: exactly the /metrics port of each tether container`)
+          assert.lengthOf(ofKind(here, "PrometheusRule"), hosting ? 1 : 0, `${where}: the rules live with the hosting side's series`)
+        }
+      }
+    }))
 
-  it.skipIf(noPromtool)("the rendered rules pass promtool check rules and hold every promised alert; the margin defaults to half the refresh lead", () => {
-    const rule = theRule(render("hosting", [...on, `clusterName=${clusterName}`]))
-    assert.sameMembers(alertsOf(rule).map((a) => a.alert), alertNames)
-    const check = promtoolRun(["check", "rules", rulesFile("check-rules.json", rule)])
-    assert.strictEqual(check.code, 0, check.output)
-    assert.include(check.output, `SUCCESS: ${alertNames.length} rules found`)
-    const expiring = alertsOf(rule).find((a) => a.alert === "TetherManagedTokenExpiringSoon")!
-    assert.include(expiring.expr, "> 0 < 1800", "half of managedKubeConfigRefreshBefore=1h")
-    const tuned = alertsOf(theRule(render("hosting", [...on, `clusterName=${clusterName}`, "managedKubeConfigRefreshBefore=2h", "monitoring.prometheusRule.tokenExpiryWarning=45m"])))
-    assert.include(tuned.find((a) => a.alert === "TetherManagedTokenExpiringSoon")!.expr, "> 0 < 2700")
-    // promtool's check fails on a broken expression, so the check above can fail.
-    const broken = { ...rule, spec: { groups: [{ name: "broken", rules: [{ ...expiring, expr: "cluster_proxy_managed_kubeconfig_token_expiration_seconds{ > 0" }] }] } }
-    assert.notStrictEqual(promtoolRun(["check", "rules", rulesFile("broken-rules.json", broken)]).code, 0)
-  })
+  it.live("bad monitoring values are refused with a message naming the value", () =>
+    Effect.gen(function*() {
+      const refused = [
+        ["monitoring.prometheusRule.tokenExpiryWarning=1h", "monitoring.prometheusRule.tokenExpiryWarning"],
+        ["monitoring.prometheusRule.tokenExpiryWarning=0", "monitoring.prometheusRule.tokenExpiryWarning"],
+        ["monitoring.prometheusRule.tokenExpiryWarning=soon", "monitoring.prometheusRule.tokenExpiryWarning"],
+        ["monitoring.serviceMonitor.interval=fast", "monitoring.serviceMonitor.interval"],
+        ["monitoring.serviceMonitor.enabeld=true", "enabeld"],
+        ["monitoring.prometheusRule.runbookBaseUrl=wiki", "monitoring.prometheusRule.runbookBaseUrl"]
+      ] as const
+      for (const [set, named] of refused) {
+        assert.include(yield* refusal("hosting", [...on, `clusterName=${clusterName}`, set]), named, set)
+      }
+    }))
+
+  it.live.skipIf(noPromtool)("the rendered rules pass promtool check rules and hold every promised alert; the margin defaults to half the refresh lead", () =>
+    Effect.gen(function*() {
+      const rule = theRule(yield* render("hosting", [...on, `clusterName=${clusterName}`]))
+      assert.sameMembers(alertsOf(rule).map((a) => a.alert), alertNames)
+      const check = promtoolRun(["check", "rules", rulesFile("check-rules.json", rule)])
+      assert.strictEqual(check.code, 0, check.output)
+      assert.include(check.output, `SUCCESS: ${alertNames.length} rules found`)
+      const expiring = alertsOf(rule).find((a) => a.alert === "TetherManagedTokenExpiringSoon")!
+      assert.include(expiring.expr, "> 0 < 1800", "half of managedKubeConfigRefreshBefore=1h")
+      const tuned = alertsOf(theRule(yield* render("hosting", [...on, `clusterName=${clusterName}`, "managedKubeConfigRefreshBefore=2h", "monitoring.prometheusRule.tokenExpiryWarning=45m"])))
+      assert.include(tuned.find((a) => a.alert === "TetherManagedTokenExpiringSoon")!.expr, "> 0 < 2700")
+      // promtool's check fails on a broken expression, so the check above can fail.
+      const broken = { ...rule, spec: { groups: [{ name: "broken", rules: [{ ...expiring, expr: "cluster_proxy_managed_kubeconfig_token_expiration_seconds{ > 0" }] }] } }
+      assert.notStrictEqual(promtoolRun(["check", "rules", rulesFile("broken-rules.json", broken)]).code, 0)
+    }))
 })
 
 // ---------------------------------------------------------------------------------------------
@@ -335,7 +318,7 @@ describe.skipIf(noApiserver)("Helm chart monitoring on real kube-apiservers", ()
     if (scope !== undefined) await Effect.runPromise(Scope.close(scope, Exit.void))
   })
 
-  const dryRun = (cluster: Apiserver.ApiserverInfo, name: string, docs: ReadonlyArray<Doc>) =>
+  const dryRun = (cluster: Apiserver.ApiserverInfo, name: string, docs: ReadonlyArray<Helm.Doc>) =>
     kubectl(cluster.kubeconfigPath, ["apply", "--dry-run=server", "--validate=strict", "-o", "name", "-f", writeFile(name, docs.map((d) => d.raw).join("\n---\n"))])
 
   it.live("the monitoring objects pass kubectl apply --dry-run=server --validate=strict on each cluster; a misspelt field is refused", () =>
@@ -343,7 +326,7 @@ describe.skipIf(noApiserver)("Helm chart monitoring on real kube-apiservers", ()
       yield* Apiserver.createNamespace(hosting, namespace)
       yield* Apiserver.createNamespace(managed, namespace)
       for (const layout of ["combined", "split"]) {
-        const docs = render("all", [...on, `clusterName=${clusterName}`, `layout=${layout}`, "hostedServiceProxyMode=Relay", "serviceRelay.networkPolicy.apiserverCIDRs={10.0.0.10/32}", "monitoring.prometheusRule.alertLabels.team=platform", "monitoring.prometheusRule.runbookBaseUrl=https://runbooks.example/tether#"])
+        const docs = yield* render("all", [...on, `clusterName=${clusterName}`, `layout=${layout}`, "hostedServiceProxyMode=Relay", "serviceRelay.networkPolicy.apiserverCIDRs={10.0.0.10/32}", "monitoring.prometheusRule.alertLabels.team=platform", "monitoring.prometheusRule.runbookBaseUrl=https://runbooks.example/tether#"])
         const monitoring = docs.filter(({ object }) => ["ServiceMonitor", "PrometheusRule"].includes(object.kind ?? "") || object.metadata?.name?.endsWith("-metrics"))
         const parts = [
           [hosting, monitoring.filter(({ object }) => object.metadata?.annotations?.[hostingAnnotation] === "hosting")],
@@ -359,7 +342,7 @@ describe.skipIf(noApiserver)("Helm chart monitoring on real kube-apiservers", ()
         assert.include(parts[0][1].map(({ object }) => object.kind), "PrometheusRule")
       }
       // The CRDs' schemas are strict enough to catch a misspelling, so the dry run above can fail.
-      const docs = render("hosting", [...on, `clusterName=${clusterName}`])
+      const docs = yield* render("hosting", [...on, `clusterName=${clusterName}`])
       const misspellings = [
         ["scrapeTimeout:", "scrapeTimout:", "scrapeTimout"],
         ["annotations:\n            summary", "anotations:\n            summary", "anotations"],
@@ -484,7 +467,7 @@ describe.skipIf(noApiserver)("Helm chart monitoring on real kube-apiservers", ()
       const scraped = parseExposition(body)
 
       // Every series a rule reads is one tether exports.
-      const rule = theRule(render("hosting", [...on, `clusterName=${clusterName}`, "monitoring.prometheusRule.alertLabels.team=platform", "monitoring.prometheusRule.runbookBaseUrl=https://runbooks.example/tether#"]))
+      const rule = theRule(yield* render("hosting", [...on, `clusterName=${clusterName}`, "monitoring.prometheusRule.alertLabels.team=platform", "monitoring.prometheusRule.runbookBaseUrl=https://runbooks.example/tether#"]))
       const names = new Set(scraped.map((s) => s.name))
       for (const alert of alertsOf(rule)) {
         const used = alert.expr.match(/\b(cluster_proxy|tether)_[a-z_]+\b/g) ?? []
