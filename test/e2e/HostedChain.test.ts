@@ -41,6 +41,7 @@ const cluster = "cluster-a"
 const namespace = "open-cluster-management-agent-addon"
 const agentDeployment = "cluster-proxy-proxy-agent"
 const relayDeployment = "cluster-proxy-service-relay"
+const provisionerDeployment = "cluster-proxy-managed-kubeconfig-provisioner"
 const generatedSecret = "cluster-proxy-managed-kubeconfig"
 const sourceSecret = "external-managed-kubeconfig"
 const certSecret = "cluster-proxy-service-proxy-server-certificates"
@@ -48,6 +49,7 @@ const hubSecret = "cluster-proxy-hub-kubeconfig"
 const hostingAnnotation = "addon.open-cluster-management.io/hosted-manifest-location"
 const [httpPort, httpsPort] = [8080, 8443]
 type Mode = "Relay" | "BestEffort" | "Disabled"
+type Layout = "combined" | "split"
 
 const b64 = (s: string) => Buffer.from(s).toString("base64")
 const unb64 = (s: string | undefined) => Buffer.from(s ?? "", "base64").toString("utf8")
@@ -99,9 +101,10 @@ describe.skipIf(noApiserver)("e2e: the chart as deployed on hub, hosting and man
   const applied = new Map<string, ReadonlyArray<Helm.Doc>>()
   const seenTokens = new Set<string>()
 
-  const hostingFlags = (mode: Mode) =>
+  const hostingFlags = (mode: Mode, layout: Layout) =>
     Helm.set(
       "target=hosting",
+      `layout=${layout}`,
       `clusterName=${cluster}`,
       `hostedServiceProxyMode=${mode}`,
       // Short enough that the Lease and a SIGTERM show within the test's time.
@@ -138,13 +141,14 @@ describe.skipIf(noApiserver)("e2e: the chart as deployed on hub, hosting and man
     return run.stdout
   }
 
-  const install = (mode: Mode) =>
+  const install = (mode: Mode, layout: Layout = "combined") =>
     Effect.gen(function*() {
-      const [hostingDocs, managedDocs] = yield* Effect.all([Helm.template(namespace, hostingFlags(mode)), Helm.template(namespace, managedFlags(mode))], { concurrency: 2 })
+      const [hostingDocs, managedDocs] = yield* Effect.all([Helm.template(namespace, hostingFlags(mode, layout)), Helm.template(namespace, managedFlags(mode))], { concurrency: 2 })
       yield* deploy(hosting, hostingDocs)
       yield* deploy(managed, managedDocs)
       yield* Effect.all([hostingNode.sync, managedNode.sync], { concurrency: 2 })
       yield* (yield* hostingNode.pod(agentDeployment)).ready
+      if (layout === "split") yield* (yield* hostingNode.pod(provisionerDeployment)).ready
       if (mode === "Relay") yield* (yield* managedNode.pod(relayDeployment)).ready
     })
 
@@ -444,11 +448,15 @@ subjects: [{kind: ServiceAccount, name: cluster-proxy-agent, namespace: ${cluste
       assert.strictEqual(reply.status, 200)
     }))
 
-  it.live("a token rotation during continuous traffic through both relays fails no request", () =>
+  /**
+   * Change the source kubeconfig while kubectl runs through the TCP relay and requests go through
+   * the service proxy and the service relay, one after another in two loops; `taken` says when the
+   * service proxy uses the new token. Every request must succeed; the two tokens are the result.
+   */
+  const rotateUnderTraffic = (name: string, taken: (tokenId: string) => Effect.Effect<boolean>, change: string) =>
     Effect.gen(function*() {
       const firstToken = yield* generatedToken
-      const kubeconfig = yield* viaRelay("via-relay-rotation")
-      const agent = (yield* hostingNode.pod(agentDeployment)).container("hosted-agent")
+      const kubeconfig = yield* viaRelay(name)
       let relayed = 0
       let served = 0
       const failures: Array<string> = []
@@ -469,23 +477,18 @@ subjects: [{kind: ServiceAccount, name: cluster-proxy-agent, namespace: ${cluste
       yield* until(Effect.sync(() => Math.min(relayed, served)), (n) => n >= 3, "traffic through both relays")
 
       // A source change: the provisioner mints a new token at once.
-      const changed = managed.kubeconfigYaml + "\npreferences: {}\n"
       yield* Effect.promise(() =>
         Apiserver.kubeConfig(hosting).makeApiClient(CoreV1Api).replaceNamespacedSecret({
           namespace: cluster,
           name: sourceSecret,
-          body: { metadata: { name: sourceSecret, namespace: cluster }, data: { kubeconfig: b64(changed) } }
+          body: { metadata: { name: sourceSecret, namespace: cluster }, data: { kubeconfig: b64(managed.kubeconfigYaml + change) } }
         })
       )
       const rotated = yield* until(readGenerated, (s) => s?.data?.["token"] !== undefined && unb64(s.data["token"]) !== firstToken, "the token rotated")
       const secondToken = unb64(rotated?.data?.["token"])
       seenTokens.add(secondToken)
       // The service proxy's managed client (the relay hop's credential) took the new token.
-      yield* until(
-        Effect.sync(() => agent.output.text.split("\n").some((line) => line.includes("apiserver token reloaded") && line.includes(tokenId(secondToken)))),
-        (seen) => seen,
-        "the service proxy took the new token"
-      )
+      yield* until(taken(tokenId(secondToken)), (seen) => seen, "the service proxy took the new token")
       const [relayedAt, servedAt] = [relayed, served]
       yield* until(Effect.sync(() => Math.min(relayed - relayedAt, served - servedAt)), (n) => n >= 5, "traffic after the rotation")
       yield* Fiber.interrupt(tcpTraffic)
@@ -493,6 +496,16 @@ subjects: [{kind: ServiceAccount, name: cluster-proxy-agent, namespace: ${cluste
       assert.deepStrictEqual(failures, [])
       assert.isAtLeast(relayed, 8)
       assert.isAtLeast(served, 8)
+      return { firstToken, secondToken }
+    })
+
+  const reloadedIn = (container: Kubelet.Container) => (id: string) =>
+    Effect.sync(() => container.output.text.split("\n").some((line) => line.includes("apiserver token reloaded") && line.includes(id)))
+
+  it.live("a token rotation during continuous traffic through both relays fails no request", () =>
+    Effect.gen(function*() {
+      const agent = (yield* hostingNode.pod(agentDeployment)).container("hosted-agent")
+      yield* rotateUnderTraffic("via-relay-rotation", reloadedIn(agent), "\npreferences: {}\n")
     }), { timeout: 120_000 })
 
   it.live("the metrics each component promises, scraped from /metrics of the agent pod and the relay pod", () =>
@@ -562,6 +575,31 @@ subjects: [{kind: ServiceAccount, name: cluster-proxy-agent, namespace: ${cluste
       assert.strictEqual(relayed.headers["x-backend"], "hello")
       const metrics = yield* scrape(yield* hostingNode.pod(agentDeployment))
       assert.strictEqual(sample(metrics, "cluster_proxy_service_proxy_requests_total", { mode: "Relay", target: "service", result: "success" }), 1, "a fresh process counts its own")
+    }), { timeout: 180_000 })
+
+  it.live("the split layout: one container per component, each reading the generated Secret from its volume, follows a rotation under traffic", () =>
+    Effect.gen(function*() {
+      yield* install("Relay", "split")
+      const agent = yield* hostingNode.pod(agentDeployment)
+      assert.deepStrictEqual(agent.containers.map((c) => c.name), ["addon-agent", "service-proxy", "managed-apiserver-proxy"])
+      assert.deepStrictEqual((yield* hostingNode.pod(provisionerDeployment)).containers.map((c) => c.name), ["managed-kubeconfig-provisioner"])
+      const volume = Path.join(dir, "hosting-node", agent.name, "volumes", "managed-kubeconfig")
+      for (const c of agent.containers) assert.include(c.argv.join(" "), Path.join(volume, "kubeconfig"), `${c.name} reads the mounted kubeconfig`)
+      const before = Fs.readlinkSync(Path.join(volume, "..data"))
+
+      const { secondToken } = yield* rotateUnderTraffic("via-relay-split", reloadedIn(agent.container("service-proxy")), "\npreferences: {}\n# rotated again, in the split layout\n")
+      // The kubelet-style swap brought the new version to every container of the pod, none restarted.
+      assert.notStrictEqual(Fs.readlinkSync(Path.join(volume, "..data")), before)
+      assert.strictEqual(Fs.readFileSync(Path.join(volume, "token"), "utf8"), secondToken)
+      for (const c of agent.containers) assert.isNull(c.child.exitCode, `${c.name} still runs`)
+
+      // Back to the default layout: the provisioner Deployment and its process go.
+      const provisioner = (yield* hostingNode.pod(provisionerDeployment)).containers[0]!
+      yield* install("Relay")
+      assert.isTrue(Exit.isFailure(yield* Effect.exit(hostingNode.pod(provisionerDeployment))))
+      assert.isTrue(provisioner.child.exitCode !== null || provisioner.child.signalCode !== null)
+      const reply = yield* viaServiceProxy({ path: "/", headers: serviceHeaders("http", "hello", httpPort) })
+      assert.strictEqual(reply.status, 200, reply.body)
     }), { timeout: 180_000 })
 
   it.live("add-on deletion: the provisioner removes the generated Secret, the cleanup Job exits 0, and no process is left", () =>

@@ -15,8 +15,9 @@
  *   each volume mount path is mapped to the pod's folder (in arguments and in `TMPDIR` for a
  *   `/tmp` mount); the downward-API namespace and name are filled in.
  * - **The pod's identity**: a TokenRequest for the pod's ServiceAccount, written as a kubeconfig
- *   and passed as `--kubeconfig`, in place of the in-cluster configuration (its token path is fixed
- *   and cannot be mapped without a mount namespace).
+ *   and passed as `--kubeconfig` to the subcommands that have that flag (their default is the
+ *   in-cluster configuration, whose token path is fixed and cannot be mapped without a mount
+ *   namespace).
  * - **The pod's network**: either a network namespace (the pod gets the namespace's address, ports
  *   stay as declared, and the node records the Pod with that IP in `status.podIPs` and the
  *   Endpoints of every Service selecting it, so `services/proxy` reaches it), or loopback, where
@@ -52,6 +53,22 @@ export const tetherEntry = (): string => {
   const bin = typeof manifest.bin === "string" ? manifest.bin : manifest.bin?.["tether"]
   if (bin === undefined) throw new Error("package.json names no bin for tether")
   return Path.join(root, bin)
+}
+
+const withKubeconfigFlag = new Map<string, boolean>()
+
+/**
+ * Whether `tether <subcommand>` reads a cluster's credentials through `--kubeconfig` (its default
+ * being the in-cluster configuration), as its own `--help` says; asked once per subcommand.
+ */
+const readsInClusterConfig = (subcommand: string): boolean => {
+  let known = withKubeconfigFlag.get(subcommand)
+  if (known === undefined) {
+    const help = ChildProcess.execFileSync(process.execPath, [tetherEntry(), subcommand, "--help"], { encoding: "utf8", timeout: 60_000 })
+    known = /--kubeconfig\b/.test(help)
+    withKubeconfigFlag.set(subcommand, known)
+  }
+  return known
 }
 
 export class KubeletError extends Data.TaggedError("KubeletError")<{ readonly message: string }> {}
@@ -391,7 +408,8 @@ export const makeNode = (options: NodeOptions): Effect.Effect<Node, never, Scope
         const [program, ...commandArgs] = container.command ?? []
         if (program !== "tether") return yield* fail(`container ${container.name}: command ${String(program)} is not tether`)
         const args = [...commandArgs, ...(container.args ?? [])].map(mapArg)
-        if (!args.some((arg) => arg.startsWith("--kubeconfig="))) args.push(`--kubeconfig=${kubeconfig}`)
+        const subcommand = args.find((arg) => !arg.startsWith("-")) ?? ""
+        if (readsInClusterConfig(subcommand) && !args.some((arg) => arg.startsWith("--kubeconfig="))) args.push(`--kubeconfig=${kubeconfig}`)
 
         const env: Record<string, string> = { PATH: process.env["PATH"] ?? "/usr/bin:/bin", HOME: podDir }
         const tmp = mounts.find((m) => m.path === "/tmp")
