@@ -80,6 +80,11 @@ export const workqueueDepth = Metric.gauge("tether_workqueue_depth", {
   description: "Keys waiting in a controller's work queue."
 })
 
+/** (cluster, add-on) pairs this replica may reconcile now. Labels: `controller`. */
+export const controllerOwnedKeys = Metric.gauge("tether_controller_owned_keys", {
+  description: "Keys (managed cluster, add-on pairs) this replica of a controller owns."
+})
+
 /** Failed reconciles put back with backoff. Labels: `controller`. */
 export const workqueueRetriesTotal = Metric.counter("tether_workqueue_retries_total", {
   description: "Keys re-queued with backoff after a failed reconcile, per controller.",

@@ -1,0 +1,99 @@
+/**
+ * The credential controller on real hub, hosting and managed apiservers: it discovers the
+ * add-ons hosted on this cluster and makes each pair's generated Secret with a working token
+ * and a True condition; a pair with a bad source is False with its reason while the others are
+ * Ready; deleting one add-on removes its Secret and leaves the others untouched.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { NodeServices } from "@effect/platform-node"
+import { Duration, Effect, Layer, Result } from "effect"
+import * as CredentialController from "../../src/controller/CredentialController.ts"
+import * as Discovery from "../../src/domain/Discovery.ts"
+import * as RefreshPolicy from "../../src/domain/RefreshPolicy.ts"
+import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
+import { EventRecorder } from "../../src/kube/EventRecorder.ts"
+import { HostingCluster, HubCluster } from "../../src/kube/KubeClient.ts"
+import { TokenState } from "../../src/provisioner/Reconciler.ts"
+import { SecretStore } from "../../src/provisioner/SecretStore.ts"
+import { Apiserver } from "../../src/testing/index.ts"
+import { noApiserver } from "../support/apiserver.ts"
+import { until } from "../support/eventually.ts"
+import { prepare } from "../support/hostedInstall.ts"
+import { kubectl } from "../support/local.ts"
+import { useTrio } from "../support/trio.ts"
+
+describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
+  const trio = useTrio()
+
+  it.live("serves every hosted pair; a bad source fails alone; a deleted add-on loses only its Secret", () =>
+    Effect.gen(function*() {
+      const good = ["c1", "c2", "c3"]
+      for (const cluster of good) yield* prepare(trio, cluster, `addon-${cluster}`)
+      // c4: hosted here, but its source Secret does not exist (in either convention).
+      yield* Apiserver.createNamespace(trio.hub, "c4")
+      yield* Apiserver.createNamespace(trio.hosting, "addon-c4")
+      yield* kubectl(trio.hub.kubeconfigPath, ["apply", "-f", "-"], JSON.stringify({
+        apiVersion: "addon.open-cluster-management.io/v1alpha1",
+        kind: "ManagedClusterAddOn",
+        metadata: { name: "cluster-proxy", namespace: "c4" },
+        spec: { installNamespace: "addon-c4" }
+      }))
+      for (const cluster of [...good, "c4"]) {
+        const run = yield* kubectl(trio.hub.kubeconfigPath, [
+          "annotate", "managedclusteraddon", "-n", cluster, "cluster-proxy", `${Discovery.hostingClusterAnnotation}=hosting-1`
+        ])
+        assert.strictEqual(run.code, 0, run.stderr)
+      }
+
+      const hosting = ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(trio.hosting) })
+      const hub = ClientNodeKube.make({ cluster: "hub", kubeConfig: Apiserver.kubeConfig(trio.hub) })
+      const managed = ClientNodeKube.make({ cluster: "managed", kubeConfig: Apiserver.kubeConfig(trio.managed) })
+      const settings = Result.getOrThrow(
+        RefreshPolicy.validateSettings({ tokenExpiration: Duration.hours(1), refreshBefore: Duration.minutes(10) })
+      )
+      const clusters = Layer.mergeAll(Layer.succeed(HostingCluster, hosting), Layer.succeed(HubCluster, hub))
+      const ports = Layer.mergeAll(SecretStore.layer, EventRecorder.layer("tether-credential-controller"), TokenState.layer).pipe(
+        Layer.provideMerge(clusters),
+        Layer.provideMerge(NodeServices.layer)
+      )
+      yield* CredentialController.run({ source: { _tag: "Hub", hub, config: { hostingClusterName: "hosting-1" } }, settings }).pipe(
+        Effect.provide(ports),
+        Effect.forkScoped
+      )
+
+      const condition = (cluster: string) =>
+        Effect.map(
+          kubectl(trio.hub.kubeconfigPath, ["get", "managedclusteraddon", "-n", cluster, "cluster-proxy", "-o", "json"]),
+          (run) => {
+            const object = JSON.parse(run.stdout || "{}") as { status?: { conditions?: Array<Record<string, string>> } }
+            return object.status?.conditions?.find((c) => c["type"] === "ManagedKubeconfigReady")
+          }
+        )
+      for (const cluster of good) {
+        const ready = yield* until(condition(cluster), (c) => c?.["status"] === "True", `${cluster} Ready`, { timeout: "60 seconds" })
+        assert.strictEqual(ready?.["status"], "True")
+        const secret = yield* hosting.getSecret(`addon-${cluster}`, "cluster-proxy-managed-kubeconfig")
+        assert.includeMembers(Object.keys(secret.data ?? {}), ["kubeconfig", "token"])
+        // The token works on the managed cluster as the add-on's ServiceAccount.
+        const token = Buffer.from(secret.data!["token"]!, "base64").toString()
+        const review = yield* managed.createTokenReview({ spec: { token } })
+        assert.isTrue(review.status?.authenticated)
+        assert.strictEqual(review.status?.user?.username, `system:serviceaccount:addon-${cluster}:cluster-proxy`)
+      }
+      const bad = yield* until(condition("c4"), (c) => c?.["status"] === "False", "c4 not Ready", { timeout: "60 seconds" })
+      assert.strictEqual(bad?.["reason"], "SourceSecretNotFound")
+
+      const before = yield* hosting.getSecret("addon-c1", "cluster-proxy-managed-kubeconfig")
+      const del = yield* kubectl(trio.hub.kubeconfigPath, ["delete", "managedclusteraddon", "-n", "c2", "cluster-proxy"])
+      assert.strictEqual(del.code, 0, del.stderr)
+      yield* until(
+        Effect.map(Effect.result(hosting.getSecret("addon-c2", "cluster-proxy-managed-kubeconfig")), Result.isFailure),
+        (gone) => gone,
+        "c2's generated Secret deleted",
+        { timeout: "30 seconds" }
+      )
+      const after = yield* hosting.getSecret("addon-c1", "cluster-proxy-managed-kubeconfig")
+      assert.strictEqual(after.metadata?.resourceVersion, before.metadata?.resourceVersion, "c1 untouched")
+      yield* hosting.getSecret("addon-c3", "cluster-proxy-managed-kubeconfig")
+    }), 180_000)
+})
