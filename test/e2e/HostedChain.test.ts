@@ -16,7 +16,10 @@
  * hub condition; kubectl through the TCP relay; Services over HTTP and HTTPS through the relay;
  * a serving certificate swapped in its Secret volume; a token rotation under continuous traffic
  * through both relays; the metrics each component promises; switching hostedServiceProxyMode;
- * and the add-on's deletion with the cleanup Job, which leaves no generated Secret and no process.
+ * the split layout, whose containers read the generated Secret from their volume, through another
+ * rotation under traffic; and the add-on's deletion with the cleanup Job, which leaves no
+ * generated Secret and no process. About two minutes on two busy cores, most of it the three
+ * apiservers' start and the pod replacements.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { CoreV1Api, CustomObjectsApi, type KubernetesObject } from "@kubernetes/client-node"
