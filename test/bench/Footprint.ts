@@ -20,6 +20,7 @@ import * as Https from "node:https"
 import * as Path from "node:path"
 import * as Apiserver from "../../src/testing/Apiserver.ts"
 import * as Fixtures from "../../src/testing/fixtures/ManagedClusterAddOnCrd.ts"
+import { tetherEntry } from "../support/entry.ts"
 import * as HostedInstall from "../support/hostedInstall.ts"
 import { selfSigned } from "../support/local.ts"
 import * as Children from "./Children.ts"
@@ -108,7 +109,7 @@ interface Spec {
  * Measure every process once; run inside a scope (apiservers and processes stop with it).
  */
 export const measure = Effect.fn("bench.footprint")(function*(options: Options) {
-  const { repo, say, work } = options
+  const { say, work } = options
   yield* say("footprint: starting hub, hosting and managed apiservers")
   const [hub, hosting, managed] = yield* Effect.all([
     Apiserver.make({ name: "fp-hub", crds: [Fixtures.managedClusterAddOnCrd] }),
@@ -170,12 +171,13 @@ export const measure = Effect.fn("bench.footprint")(function*(options: Options) 
     ]
   })
 
-  // Start each alone and time it to ready.
+  // Start each alone and time it to ready, from what ships (package.json "bin").
+  const entry = tetherEntry()
   const started: Array<{ readonly spec: Spec; readonly pid: number; readonly relayPort: number; readonly readyMs: number; readonly rssReady: number }> = []
   for (const spec of specs) {
     const ports = { probe: yield* Children.freePort, relay: yield* Children.freePort, proxy: yield* Children.freePort }
     const bare = spec.name.startsWith("bare")
-    const args = bare ? spec.args(ports) : [Path.join(repo, "src/cli/bin.ts"), ...spec.args(ports)]
+    const args = bare ? spec.args(ports) : [entry, ...spec.args(ports)]
     const begin = yield* Clock.currentTimeMillis
     const server = yield* Children.server(
       spec.name,

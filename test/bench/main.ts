@@ -39,6 +39,7 @@ import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
 import * as Apiserver from "../../src/testing/Apiserver.ts"
 import * as EnvtestAssets from "../../src/testing/EnvtestAssets.ts"
+import { tetherEntry } from "../support/entry.ts"
 import * as Children from "./Children.ts"
 import { BenchError } from "./Children.ts"
 import * as Cpu from "./Cpu.ts"
@@ -250,7 +251,7 @@ const tcpRelays = Effect.fn("bench.tcpRelays")(function*(work: string, name: str
   const probePort = yield* Children.freePort
   const tether = yield* Children.server("tether managed-apiserver-proxy", process.execPath, [
     ...nodeFlags,
-    Path.join(repo, "src/cli/bin.ts"),
+    tetherEntry(),
     "managed-apiserver-proxy",
     `--managed-kubeconfig=${kubeconfig}`,
     `--listen=127.0.0.1:${tetherPort}`,
@@ -262,7 +263,7 @@ const tcpRelays = Effect.fn("bench.tcpRelays")(function*(work: string, name: str
   const hostedProbePort = yield* Children.freePort
   const hosted = yield* Children.server("tether hosted-agent", process.execPath, [
     ...nodeFlags,
-    Path.join(repo, "src/cli/bin.ts"),
+    tetherEntry(),
     "hosted-agent",
     "--components=apiserver-proxy",
     `--managed-kubeconfig=${kubeconfig}`,
@@ -737,7 +738,7 @@ const main = Effect.gen(function*() {
       `TCP round trip: test/bench/tools.go \`rtt\`: ${bodyBytes} B written and read back, one in flight per connection, ` +
         `${seconds.roundTrip} s after 0.5 s warm-up (at most ${roundTripCount(1).toLocaleString("en-US")}/${roundTripCount(16).toLocaleString("en-US")} round trips), Go echo server`,
       "TCP peers: `socat TCP-LISTEN:<p>,fork,nodelay TCP:<target>,nodelay`; haproxy `mode tcp` with default threads; " +
-        "tether is `node src/cli/bin.ts managed-apiserver-proxy` with default flags, and the same relay inside " +
+        "tether is `node dist/tether.mjs managed-apiserver-proxy` (package.json \"bin\", the production build) with default flags, and the same relay inside " +
         "`tether hosted-agent --components=apiserver-proxy --managed-kubeconfig=<the same file>`",
       `HTTP: \`wrk ${wrkArgs(0, 0, seconds.wrk).join(" ").replace("-c0", "-c<conns>").replace(":0/", ":<port>/").replace(wrkScript, "test/bench/request.lua")}\` ` +
         `after a ${seconds.wrkWarmup} s warm-up at 32 connections; the same request (bearer token and Cluster-Proxy-* routing headers) on every path`,

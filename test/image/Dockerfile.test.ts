@@ -43,8 +43,8 @@ const included = (path: string, patterns: ReadonlyArray<string>): boolean => {
 describe("Dockerfile", () => {
   it("builds the same version, entry point and user as .ci/image/build", () => {
     assert.match(dockerfile, new RegExp(`^ARG VERSION=${packageJson.version.replace(/\./g, "\\.")}$`, "m"))
-    assert.deepStrictEqual(JSON.parse(lastOf("ENTRYPOINT")), ["/nodejs/bin/node", "/app/src/cli/bin.ts"])
-    assert.include(build, "--config.entrypoint /nodejs/bin/node --config.entrypoint /app/src/cli/bin.ts")
+    assert.deepStrictEqual(JSON.parse(lastOf("ENTRYPOINT")), ["/nodejs/bin/node", "/app/dist/tether.mjs"])
+    assert.include(build, "--config.entrypoint /nodejs/bin/node --config.entrypoint /app/dist/tether.mjs")
     assert.strictEqual(lastOf("USER"), "65532:65532")
     assert.include(build, "--config.user 65532:65532")
   })
@@ -54,7 +54,7 @@ describe("Dockerfile", () => {
     const sources = instructions
       .filter((line) => /^COPY /i.test(line) && !/--from=/i.test(line))
       .flatMap((line) => line.split(/\s+/).slice(1, -1).filter((word) => !word.startsWith("--")))
-    assert.includeMembers(sources, ["package.json", "package-lock.json", "src", "layers", ".ci/image/tether"])
+    assert.includeMembers(sources, ["package.json", "package-lock.json", "src", "layers", ".ci/build.ts", ".ci/image/tether"])
     for (const source of sources) {
       assert.isTrue(Fs.existsSync(Path.resolve(source)), `${source} does not exist`)
       assert.isTrue(included(source, patterns), `.dockerignore leaves ${source} out of the build context`)

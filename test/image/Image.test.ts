@@ -107,7 +107,7 @@ describe.skipIf(missing.length > 0 && !required)("the container image (podman, r
       assert.isDefined(inspected)
       const config = inspected!.Config
       assert.strictEqual(config.User, "65532:65532")
-      assert.deepStrictEqual(config.Entrypoint, ["/nodejs/bin/node", "/app/src/cli/bin.ts"])
+      assert.deepStrictEqual(config.Entrypoint, ["/nodejs/bin/node", "/app/dist/tether.mjs"])
       assert.strictEqual(`${inspected!.Os}/${inspected!.Architecture}`, "linux/amd64")
       const labels = config.Labels ?? {}
       assert.strictEqual(labels["org.opencontainers.image.version"], packageJson.version)

@@ -79,10 +79,11 @@ import { noApiserver } from "../support/apiserver.ts"
 import { until } from "../support/eventually.ts"
 import { selfSigned } from "../support/local.ts"
 import { send } from "../support/send.ts"
+import { tetherEntry } from "../support/entry.ts"
 
 const chartDir = Path.resolve("charts/tether")
 const helmBinary = Path.resolve("node_modules/.bin/helm")
-const cliEntry = Path.resolve("src/cli/bin.ts")
+const cliEntry = tetherEntry()
 const namespace = "addon-ns"
 const clusterName = "cluster-a"
 const image = "tether:0.1.0"

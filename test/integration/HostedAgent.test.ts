@@ -34,6 +34,7 @@ import { freePort, get, kubectl, selfSigned } from "../support/local.ts"
 import { send } from "../support/send.ts"
 import * as HostedInstall from "../support/hostedInstall.ts"
 import { useTrio } from "../support/trio.ts"
+import { tetherEntry } from "../support/entry.ts"
 
 const b64 = (s: string) => Buffer.from(s).toString("base64")
 const unb64 = (s: string | undefined) => Buffer.from(s ?? "", "base64").toString("utf8")
@@ -223,7 +224,7 @@ describe.skipIf(noApiserver)("hosted-agent (real apiservers)", () => {
       yield* HostedInstall.prepare({ hub, hosting, managed }, "c2", "agent2")
       const [probePort, relayPort, proxyPort] = [yield* freePort, yield* freePort, yield* freePort]
       const child = ChildProcess.spawn(process.execPath, [
-        Path.resolve("src/cli/bin.ts"), "hosted-agent",
+        tetherEntry(), "hosted-agent",
         "--cluster-name=c2", "--target-namespace=agent2", "--lease-namespace=agent2",
         `--kubeconfig=${hosting.kubeconfigPath}`, `--hub-kubeconfig=${hub.kubeconfigPath}`,
         `--health-probe-bind-address=127.0.0.1:${probePort}`,

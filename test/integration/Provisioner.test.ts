@@ -9,7 +9,6 @@ import { AuthenticationV1Api, CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Ap
 import { Context, Data, Duration, Effect, Exit, Layer, Logger, Scope } from "effect"
 import * as ChildProcess from "node:child_process"
 import * as Net from "node:net"
-import * as Path from "node:path"
 import * as ProvisionerLayers from "../../layers/Provisioner.ts"
 import * as Conditions from "../../src/domain/Conditions.ts"
 import * as ManagedKubeconfigSecret from "../../src/domain/ManagedKubeconfigSecret.ts"
@@ -22,6 +21,7 @@ import { Apiserver, Fixtures } from "../../src/testing/index.ts"
 import { eventually, NotYet, until } from "../support/eventually.ts"
 import { useTrio } from "../support/trio.ts"
 import { noApiserver } from "../support/apiserver.ts"
+import { tetherEntry } from "../support/entry.ts"
 
 /** A client-node call; failures keep the HTTP status for assertions. */
 class CallFailed extends Data.TaggedError("CallFailed")<{ readonly code: number | undefined }> {}
@@ -331,7 +331,7 @@ describe.skipIf(noApiserver)("managed-kubeconfig-provisioner (real apiservers)",
       yield* Scope.close(scope, Exit.void)
       const cli = (args: ReadonlyArray<string>) =>
         Effect.callback<{ code: number; output: string }>((resume) => {
-          ChildProcess.execFile(process.execPath, [Path.resolve("src/cli/bin.ts"), ...args], { timeout: 60_000 }, (error, stdout, stderr) => {
+          ChildProcess.execFile(process.execPath, [tetherEntry(), ...args], { timeout: 60_000 }, (error, stdout, stderr) => {
             resume(Effect.succeed({ code: error === null ? 0 : (error.code as number), output: stdout + stderr }))
           })
         })
@@ -385,7 +385,7 @@ describe.skipIf(noApiserver)("managed-kubeconfig-provisioner (real apiservers)",
       const child = yield* Effect.acquireRelease(
         Effect.sync(() => {
           const proc = ChildProcess.spawn(process.execPath, [
-            Path.resolve("src/cli/bin.ts"),
+            tetherEntry(),
             "managed-kubeconfig-provisioner",
             "--cluster-name=cli",
             "--target-namespace=agent-cli",

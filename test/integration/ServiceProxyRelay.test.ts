@@ -3,7 +3,7 @@
  *
  *   client -> service proxy (in-process, Relay mode)
  *          -> managed kube-apiserver `.../services/http:cluster-proxy-service-relay:7444/proxy/...`
- *          -> service relay (`tether service-relay` from `src/cli/bin.ts`, a real process)
+ *          -> service relay (`tether service-relay` as it ships (package.json "bin"), a real process)
  *          -> `hello.default.svc:8080` (an HTTP backend process)
  *
  * The apiserver refuses to proxy to loopback addresses, so the relay and the backend run inside
@@ -34,6 +34,7 @@ import { Apiserver } from "../../src/testing/index.ts"
 import { send as sendTo } from "../support/send.ts"
 import { noApiserver } from "../support/apiserver.ts"
 import { netnsResource, spawnInNetns } from "../support/netns.ts"
+import { tetherEntry } from "../support/entry.ts"
 
 const addonNamespace = "open-cluster-management-agent-addon"
 const relayName = "cluster-proxy-service-relay"
@@ -181,7 +182,7 @@ describe.skipIf(noApiserver)("ServiceProxy Relay mode through a real services/pr
         Fs.writeFileSync(relayKubeconfig, Apiserver.kubeconfigForToken(managed, relayToken), { mode: 0o600 })
         relayLog = Path.join(dir, "relay.log")
         const relay = yield* spawnInNetns(netns, "service-relay", [
-          Path.resolve("src/cli/bin.ts"),
+          tetherEntry(),
           "service-relay",
           `--listen=${netns.nsAddress}:${relayPort}`,
           `--health-probe-bind-address=${netns.nsAddress}:8000`,

@@ -4,10 +4,10 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import * as ChildProcess from "node:child_process"
-import * as Path from "node:path"
+import { tetherEntry } from "../support/entry.ts"
 
 const tether = (args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
-  ChildProcess.spawnSync(process.execPath, [Path.resolve("src/cli/bin.ts"), ...args], {
+  ChildProcess.spawnSync(process.execPath, [tetherEntry(), ...args], {
     encoding: "utf8",
     timeout: 30_000,
     env: { ...process.env, POD_NAMESPACE: "", ...env }

@@ -14,9 +14,10 @@ import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as HostedAgentCommand from "../../src/cli/commands/HostedAgent.ts"
+import { tetherEntry } from "../support/entry.ts"
 
 const tether = (args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
-  ChildProcess.spawnSync(process.execPath, [Path.resolve("src/cli/bin.ts"), "hosted-agent", ...args], {
+  ChildProcess.spawnSync(process.execPath, [tetherEntry(), "hosted-agent", ...args], {
     encoding: "utf8",
     timeout: 30_000,
     env: { ...process.env, POD_NAMESPACE: "agent", ...env }

@@ -6,12 +6,12 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Option, Result } from "effect"
 import * as ChildProcess from "node:child_process"
-import * as Path from "node:path"
 import * as ServiceProxyLayers from "../../layers/ServiceProxy.ts"
 import * as ServiceProxyCommand from "../../src/cli/commands/ServiceProxy.ts"
+import { tetherEntry } from "../support/entry.ts"
 
 const tether = (args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
-  ChildProcess.spawnSync(process.execPath, [Path.resolve("src/cli/bin.ts"), ...args], {
+  ChildProcess.spawnSync(process.execPath, [tetherEntry(), ...args], {
     encoding: "utf8",
     timeout: 30_000,
     env: { ...process.env, POD_NAMESPACE: "", ...env }

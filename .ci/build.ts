@@ -1,0 +1,108 @@
+/**
+ * `npm run build`: the production build of the `tether` command.
+ *
+ * Rolldown bundles src/cli/bin.ts and everything it imports (Effect, client-node, undici, ...)
+ * into minified ES modules: dist/tether.mjs and one chunk per subcommand plus the shared ones in
+ * dist/chunks/, so a process still loads only its own subcommand's code. What this saves, against
+ * running the .ts sources through Node's type stripping: the ~2,400 module files a process
+ * loaded (Effect's and client-node's barrels, @effect/platform-node's Redis client), the type
+ * stripper itself, and the young generation that the load burst grew to its maximum. The README's
+ * Footprint section has the figures.
+ *
+ * The bundle imports nothing but Node's built-in modules (ws's optional native add-ons are
+ * looked up in a try/catch), so it runs without node_modules.
+ *
+ * Files are written to a temporary folder and renamed into place, chunks (content-hashed names)
+ * before the entry, so a process started while a build runs sees either the old or the new
+ * build, never half of one. Old chunks are left in place unless `--clean`.
+ *
+ * Usage: node .ci/build.ts [--out DIR] [--clean]      (default DIR: dist)
+ */
+import * as Fs from "node:fs"
+import * as Path from "node:path"
+import { fileURLToPath } from "node:url"
+import { build } from "rolldown"
+
+const repo = Path.resolve(Path.dirname(fileURLToPath(import.meta.url)), "..")
+const argv = process.argv.slice(2)
+let out = Path.join(repo, "dist")
+let clean = false
+for (let i = 0; i < argv.length; i++) {
+  const arg = argv[i]!
+  if (arg === "--out" && argv[i + 1] !== undefined) out = Path.resolve(argv[++i]!)
+  else if (arg === "--clean") clean = true
+  else {
+    process.stderr.write(`build: unknown argument '${arg}' (usage: node .ci/build.ts [--out DIR] [--clean])\n`)
+    process.exit(2)
+  }
+}
+
+const start = performance.now()
+const result = await build({
+  input: { tether: Path.join(repo, "src/cli/bin.ts") },
+  cwd: repo,
+  platform: "node",
+  write: false,
+  logLevel: "warn",
+  output: {
+    format: "esm",
+    minify: true,
+    // One non-ASCII character makes V8 keep a whole chunk's source as two bytes per character.
+    charset: "ascii",
+    // The packages' licences go to THIRD-PARTY-LICENSES.txt instead (below).
+    comments: false,
+    // Maps are written but only read under `node --enable-source-maps`.
+    sourcemap: true,
+    entryFileNames: "[name].mjs",
+    chunkFileNames: "chunks/[name]-[hash].mjs"
+  }
+})
+
+/** The name, version, licence and licence text of every npm package the bundle contains. */
+function licences(output: typeof result.output): string {
+  const roots = new Set<string>()
+  for (const file of output) {
+    if (file.type !== "chunk") continue
+    for (const id of Object.keys(file.modules)) {
+      const match = /^(.*\/node_modules\/(?:@[^/]+\/)?[^/]+)\//.exec(id)
+      if (match !== null) roots.add(match[1]!)
+    }
+  }
+  const sections = [...roots].sort().map((root) => {
+    const manifest = JSON.parse(Fs.readFileSync(Path.join(root, "package.json"), "utf8")) as { name: string; version: string; license?: string }
+    const file = Fs.readdirSync(root).find((name) => /^(licen[cs]e|copying)(\.|$)/i.test(name))
+    const text = file === undefined ? "(no licence file in the package)" : Fs.readFileSync(Path.join(root, file), "utf8").trim()
+    return `${manifest.name}@${manifest.version} (${manifest.license ?? "see below"})\n\n${text}\n`
+  })
+  return `Third-party packages bundled into tether's dist/ (${sections.length}):\n\n${sections.join(`\n${"-".repeat(80)}\n\n`)}`
+}
+
+if (clean) Fs.rmSync(out, { recursive: true, force: true })
+Fs.mkdirSync(out, { recursive: true })
+const staging = Fs.mkdtempSync(Path.join(out, ".build-"))
+try {
+  const files = result.output.map((file) => ({
+    name: file.fileName,
+    content: file.type === "chunk" ? file.code : file.source
+  }))
+  files.push({ name: "THIRD-PARTY-LICENSES.txt", content: licences(result.output) })
+  // The entry last: it is what names the chunks.
+  files.sort((a, b) => Number(a.name === "tether.mjs") - Number(b.name === "tether.mjs"))
+  let bytes = 0
+  for (const file of files) {
+    const staged = Path.join(staging, file.name.replaceAll("/", "__"))
+    Fs.writeFileSync(staged, file.content, { mode: file.name === "tether.mjs" ? 0o755 : 0o644 })
+    const target = Path.join(out, file.name)
+    Fs.mkdirSync(Path.dirname(target), { recursive: true })
+    Fs.renameSync(staged, target)
+    if (file.name.endsWith(".mjs")) bytes += Buffer.byteLength(file.content)
+  }
+  const modules = result.output.reduce((n, file) => n + (file.type === "chunk" ? Object.keys(file.modules).length : 0), 0)
+  process.stderr.write(
+    `build: ${modules} modules into ${Path.relative(process.cwd(), out) || "."}/tether.mjs and ` +
+      `${files.filter((f) => f.name.startsWith("chunks/") && f.name.endsWith(".mjs")).length} chunks, ` +
+      `${(bytes / 1048576).toFixed(1)} MiB, in ${Math.round(performance.now() - start)} ms\n`
+  )
+} finally {
+  Fs.rmSync(staging, { recursive: true, force: true })
+}
