@@ -32,6 +32,7 @@ import * as Path from "node:path"
 import * as Tls from "node:tls"
 import { Apiserver, Fixtures } from "../../src/testing/index.ts"
 import { noApiserver } from "../support/apiserver.ts"
+import { tetherEntry } from "../support/entry.ts"
 import { until } from "../support/eventually.ts"
 import * as Helm from "../support/helm.ts"
 import * as HostedInstall from "../support/hostedInstall.ts"
@@ -311,7 +312,7 @@ subjects: [{kind: ServiceAccount, name: cluster-proxy-agent, namespace: ${cluste
       const relay = yield* managedNode.pod(relayDeployment)
       assert.deepStrictEqual(agent.containers.map((c) => c.name), ["hosted-agent"])
       assert.deepStrictEqual(relay.containers.map((c) => c.name), ["service-relay"])
-      assert.strictEqual(agent.container("hosted-agent").argv[1], Kubelet.tetherEntry())
+      assert.strictEqual(agent.container("hosted-agent").argv[1], tetherEntry())
       assert.include(agent.container("hosted-agent").argv, "hosted-agent")
       assert.include(relay.container("service-relay").argv, "service-relay")
       // The apiserver sends services/proxy to the relay's pod through the Endpoints of its Service.

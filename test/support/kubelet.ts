@@ -11,7 +11,8 @@
  *   Deployment as applied, not as rendered), replaces it when the pod template changes and stops it
  *   (SIGTERM, SIGKILL after `terminationGracePeriodSeconds`) when the Deployment goes; a Job's pod
  *   runs to completion on request, retried as `restartPolicy`/`backoffLimit` say. Each container
- *   runs its command, arguments and environment as a process: `tether` is package.json's bin;
+ *   runs its command, arguments and environment as a process: `tether` is package.json's bin
+ *   (test/support/entry.ts, which builds a missing or stale bundle first);
  *   each volume mount path is mapped to the pod's folder (in arguments and in `TMPDIR` for a
  *   `/tmp` mount); the downward-API namespace and name are filled in.
  * - **The pod's identity**: a TokenRequest for the pod's ServiceAccount, written as a kubeconfig
@@ -42,18 +43,10 @@ import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { Apiserver } from "../../src/testing/index.ts"
+import { tetherEntry } from "./entry.ts"
 import { until } from "./eventually.ts"
 import { freePort, get } from "./local.ts"
 import { inNetns, type Netns } from "./netns.ts"
-
-/** package.json's "bin" for `tether`: what `tether` on a container's PATH runs. */
-export const tetherEntry = (): string => {
-  const root = Path.resolve(import.meta.dirname, "../..")
-  const manifest = JSON.parse(Fs.readFileSync(Path.join(root, "package.json"), "utf8")) as { readonly bin?: string | Record<string, string> }
-  const bin = typeof manifest.bin === "string" ? manifest.bin : manifest.bin?.["tether"]
-  if (bin === undefined) throw new Error("package.json names no bin for tether")
-  return Path.join(root, bin)
-}
 
 const withKubeconfigFlag = new Map<string, boolean>()
 
