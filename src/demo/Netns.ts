@@ -14,6 +14,7 @@ import * as ChildProcess from "node:child_process"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
+import * as Watchdog from "./Watchdog.ts"
 
 export interface Netns {
   readonly name: string
@@ -125,6 +126,7 @@ export const make = (hostNames: ReadonlyArray<string>): Effect.Effect<Netns, Net
           ip(["netns", "exec", name, "ip", "link", "set", "lo", "up"])
           Fs.mkdirSync(etcFolder, { recursive: true })
           Fs.writeFileSync(Path.join(etcFolder, "hosts"), ["127.0.0.1 localhost", ...hostNames.map((h) => `${ns} ${h}`), ""].join("\n"))
+          Watchdog.register({ netns: name })
           return { name, hostAddress: host, nsAddress: ns, hostLink: link.host, etcFolder, madeEtcNetns } satisfies Netns
         } catch (error) {
           remove(name, madeEtcNetns)
@@ -137,5 +139,9 @@ export const make = (hostNames: ReadonlyArray<string>): Effect.Effect<Netns, Net
         return new NetnsUnavailable({ message: typeof stderr === "string" && stderr.trim() !== "" ? stderr.trim() : text })
       }
     }),
-    (netns) => Effect.sync(() => remove(netns.name, netns.madeEtcNetns))
+    (netns) =>
+      Effect.sync(() => {
+        remove(netns.name, netns.madeEtcNetns)
+        Watchdog.unregister({ netns: netns.name })
+      })
   )

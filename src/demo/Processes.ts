@@ -2,7 +2,8 @@
  * The demo's child processes: the tether CLI as package.json's `bin` names it (a source file or a
  * bundled build), and the backend. Each writes its output to a log file in the demo's folder, is
  * stopped with the scope (SIGTERM, then SIGKILL after a grace period, waiting until it is gone),
- * and is killed by an exit hook should the demo exit without closing its scope.
+ * and is killed by an exit hook should the demo exit without closing its scope, or by the
+ * watchdog should it be killed outright.
  *
  * @since 0.1.0
  */
@@ -11,6 +12,7 @@ import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
+import * as Watchdog from "./Watchdog.ts"
 
 /** The repository root (where package.json is). */
 export const root: string = fileURLToPath(new URL("../../", import.meta.url))
@@ -86,7 +88,12 @@ export const spawn = (
           })
         }
         live.add(child)
-        child.once("exit", () => live.delete(child))
+        const pid = child.pid ?? -1
+        Watchdog.register({ pid })
+        child.once("exit", () => {
+          live.delete(child)
+          Watchdog.unregister({ pid })
+        })
         resume(Effect.succeed({ label, pid: child.pid ?? -1, logPath, child }))
       })
     }),

@@ -43,6 +43,7 @@ import * as Processes from "./Processes.ts"
 import * as Requests from "./Requests.ts"
 import * as Screen from "./Screen.ts"
 import * as Status from "./Status.ts"
+import * as Watchdog from "./Watchdog.ts"
 
 class DemoFailed extends Data.TaggedError("DemoFailed")<{ readonly message: string }> {}
 
@@ -69,10 +70,19 @@ const freePort: Effect.Effect<number> = Effect.callback<number>((resume) => {
 })
 
 /** Poll `probe` every 250 ms until it holds; fails with `what` after `limit`. */
-const waitFor = <E>(what: string, probe: Effect.Effect<boolean, E>, limit: Duration.Input) =>
+const waitFor = <E>(what: string, probe: Effect.Effect<boolean, E>, limit: Duration.Input, logPath?: string) =>
   probe.pipe(
     Effect.repeat({ schedule: Schedule.spaced("250 millis"), until: (ok) => ok }),
-    Effect.timeoutOrElse({ duration: limit, orElse: () => Effect.fail(new DemoFailed({ message: `timed out waiting for ${what}` })) })
+    Effect.timeoutOrElse({
+      duration: limit,
+      orElse: () =>
+        Effect.fail(
+          new DemoFailed({
+            message: `timed out after ${Duration.format(Duration.fromInputUnsafe(limit))} waiting for ${what}` +
+              (logPath === undefined ? "" : `; last lines of its log:\n${Processes.logTail(logPath)}`)
+          })
+        )
+    })
   )
 
 // ---------------------------------------------------------------------------------------------
@@ -106,8 +116,16 @@ const main = Effect.gen(function*() {
 
   // Everything below lives in this folder or is registered with the scope; LEFT lines name it for checking.
   const dir = yield* Effect.acquireRelease(
-    Effect.sync(() => Fs.mkdtempSync(Path.join(Os.tmpdir(), "tether-demo-"))),
-    (folder) => Effect.sync(() => Fs.rmSync(folder, { recursive: true, force: true }))
+    Effect.sync(() => {
+      const folder = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tether-demo-"))
+      Watchdog.register({ dir: folder })
+      return folder
+    }),
+    (folder) =>
+      Effect.sync(() => {
+        Fs.rmSync(folder, { recursive: true, force: true })
+        Watchdog.unregister({ dir: folder })
+      })
   )
   yield* say(`LEFT folder ${dir}`)
 
@@ -180,11 +198,11 @@ const main = Effect.gen(function*() {
     yield* waitFor("the service relay's /readyz", Processes.running(relay).pipe(
       Effect.andThen(Requests.request({ url: `${relayProbe}/readyz`, timeoutMs: 2_000 })),
       Effect.map((reply) => reply.status === 200)
-    ), "60 seconds")
+    ), "90 seconds", relay.logPath)
     yield* waitFor("the backend", Processes.running(backend).pipe(
       Effect.andThen(Requests.request({ url: `http://${netns.nsAddress}:${Install.backend.port}/`, timeoutMs: 2_000 })),
       Effect.map((reply) => reply.status === 200)
-    ), "30 seconds")
+    ), "30 seconds", backend.logPath)
   }
 
   const [probePort, relayPort, proxyPort] = [yield* freePort, yield* freePort, yield* freePort]
@@ -224,7 +242,7 @@ const main = Effect.gen(function*() {
   yield* waitFor("hosted-agent's /readyz", Processes.running(agent).pipe(
     Effect.andThen(Requests.request({ url: `${agentProbe}/readyz`, timeoutMs: 2_000 })),
     Effect.map((reply) => reply.status === 200)
-  ), "90 seconds")
+  ), "90 seconds", agent.logPath)
   // Runs first when the scope closes (Ctrl-C, --quick's end, a failure): say what happens next.
   yield* Effect.addFinalizer(() => screen.release.pipe(Effect.andThen(say("stopping every process the demo started and removing what it made ..."))))
   yield* say(`hosted-agent ready: provisioner, addon-lease, apiserver-proxy and service-proxy (logs: ${agent.logPath})`)
@@ -478,6 +496,9 @@ const main = Effect.gen(function*() {
   Effect.scoped,
   Effect.ensuring(Effect.suspend(() => say(`stopped every process; removed the temporary folders${netnsMade ? " and the network namespace" : ""}`)))
 )
+
+// A closed terminal stops the demo like Ctrl-C does (the runtime handles SIGINT and SIGTERM).
+process.once("SIGHUP", () => process.kill(process.pid, "SIGTERM"))
 
 NodeRuntime.runMain(
   main.pipe(Effect.tapError((error) => Effect.sync(() => process.stderr.write(`demo failed: ${error.message}\n`)))),
