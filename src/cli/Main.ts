@@ -17,7 +17,8 @@ const subcommands = {
   "service-relay": () => import("./commands/ServiceRelay.ts"),
   "service-proxy": () => import("./commands/ServiceProxy.ts"),
   "addon-agent": () => import("./commands/AddonAgent.ts"),
-  "hosted-agent": () => import("./commands/HostedAgent.ts")
+  "hosted-agent": () => import("./commands/HostedAgent.ts"),
+  "credential-controller": () => import("./commands/CredentialController.ts")
 } as const
 
 type Name = keyof typeof subcommands

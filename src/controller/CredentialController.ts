@@ -27,6 +27,7 @@ import * as Controller from "../kube/Controller.ts"
 import { HubCluster } from "../kube/KubeClient.ts"
 import * as WorkQueue from "../kube/WorkQueue.ts"
 import * as Metrics from "../observability/Metrics.ts"
+import { Probes } from "../observability/Probes.ts"
 import { AddonStatus } from "../provisioner/AddonStatus.ts"
 import * as Reconciler from "../provisioner/Reconciler.ts"
 import { SecretStore } from "../provisioner/SecretStore.ts"
@@ -113,7 +114,11 @@ export const run = Effect.fnUntraced(function*(options: Options) {
     yield* Metric.update(ownedGauge, owned)
   })
 
-  const reconcile = Effect.fnUntraced(function*(key: string) {
+  // Readiness: the first list has been seen and each of its keys reconciled once.
+  let initial: Set<string> | undefined
+  const reconcile = (key: string) => reconcileKey(key).pipe(Effect.ensuring(Effect.sync(() => void initial?.delete(key))))
+
+  const reconcileKey = Effect.fnUntraced(function*(key: string) {
     if (membership !== undefined && !(yield* membership.allows(key))) return Controller.awaitChange
     const state = yield* source.current
     const pair = state.discovered.pairs.find((p) => p.key === key)
@@ -146,6 +151,7 @@ export const run = Effect.fnUntraced(function*(options: Options) {
     Stream.filter((state) => state.synced),
     Stream.runForEach((state) =>
       Effect.gen(function*() {
+        if (initial === undefined) initial = new Set(state.discovered.pairs.map((p) => p.key))
         const changed = PairSource.diff(seen, state.discovered)
         seen = state.discovered
         for (const key of changed) yield* queue.add(key)
@@ -171,6 +177,17 @@ export const run = Effect.fnUntraced(function*(options: Options) {
     )
   }
 
+  const probes = yield* Effect.serviceOption(Probes)
+  if (Option.isSome(probes)) {
+    yield* probes.value.addReadinessCheck("discovery", Effect.gen(function*() {
+      const state = yield* source.current
+      if (!state.synced) return yield* Effect.fail("discovery has not listed yet")
+      if (state.broken) return yield* Effect.fail("the discovery watch is failing")
+      if (initial === undefined || initial.size > 0) {
+        return yield* Effect.fail(`${initial?.size ?? "all"} discovered pairs not reconciled yet`)
+      }
+    }))
+  }
   yield* Effect.addFinalizer(() => Effect.forEach([...entries.keys()], drop, { discard: true }))
   yield* Effect.logInfo("credential controller started", { mode: options.source._tag })
   return yield* Effect.never

@@ -1,0 +1,42 @@
+/**
+ * `tether credential-controller`: one process that keeps the managed kubeconfigs of every
+ * (managed cluster, add-on) pair a hosting cluster serves (issue #12, first increment).
+ *
+ * @since 0.1.0
+ */
+import { Effect, Layer, Result } from "effect"
+import { Command, Flag } from "effect/cli"
+import * as ControllerLayers from "../../../layers/CredentialController.ts"
+import * as Observability from "../../../layers/Observability.ts"
+import * as Options from "../../controller/Options.ts"
+import * as Flags from "../Flags.ts"
+import { UsageError } from "../UsageError.ts"
+
+export const flags = {
+  kubeconfig: Flags.string("kubeconfig", "Kubeconfig of the hosting cluster (default: in-cluster configuration)"),
+  hubKubeconfig: Flags.string("hub-kubeconfig", "Kubeconfig of the hub: discover the ManagedClusterAddOns hosted on this cluster"),
+  hostingClusterName: Flags.string("hosting-cluster-name", "This hosting cluster's name on the hub (required with --hub-kubeconfig)"),
+  sourceSecretSelector: Flags.string("source-secret-selector", "Without a hub: a label selector for the source kubeconfig Secrets on the hosting cluster"),
+  addons: Flags.string("addons", "Add-ons served, comma-separated (hub mode: default every hosted add-on)", "cluster-proxy"),
+  identityCheckInterval: Flags.duration("identity-check-interval", "Bound on the periodic ServiceAccount and connection check per pair (accepted and validated; the check itself is not implemented yet)", "10m"),
+  tokenExpiration: Flags.duration("token-expiration", "Requested token lifetime (TokenRequest expirationSeconds; at least 10m)", "24h"),
+  refreshBefore: Flags.duration("refresh-before", "Refresh at least this long before expiry (and at the latest at 80% of the lifetime)", "1h"),
+  concurrency: Flag.Int("concurrency").pipe(Flag.withDescription("Reconciles running at once (default 8)"), Flag.withDefault(8)),
+  healthProbeBindAddress: Flags.listen("health-probe-bind-address", "Address of /healthz, /readyz and /metrics", ":8000")
+}
+
+export const command = Command.make("credential-controller", flags, (given) =>
+  Effect.gen(function*() {
+    const options = Options.resolve(given)
+    if (Result.isFailure(options)) return yield* new UsageError({ message: options.failure.message })
+    const hostingKubeconfig = given.kubeconfig === "" ? undefined : given.kubeconfig
+    return yield* Layer.launch(
+      ControllerLayers.layer(options.success, { hostingKubeconfig }).pipe(
+        Layer.provideMerge(Observability.layer(given.healthProbeBindAddress))
+      )
+    )
+  })).pipe(
+    Command.withDescription(
+      "Keep managed kubeconfig Secrets for every hosted (managed cluster, add-on) pair of this hosting cluster, discovered from the hub or from labelled source Secrets."
+    )
+  )

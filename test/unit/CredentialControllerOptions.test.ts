@@ -1,0 +1,49 @@
+/** The credential controller's flags: the two discovery modes and every rule, with clear messages. */
+import { assert, describe, it } from "@effect/vitest"
+import { Duration, Result } from "effect"
+import * as Options from "../../src/controller/Options.ts"
+
+const base: Options.Flags = {
+  hubKubeconfig: "",
+  hostingClusterName: "",
+  sourceSecretSelector: "",
+  addons: "cluster-proxy",
+  tokenExpiration: Duration.hours(24),
+  refreshBefore: Duration.hours(1),
+  identityCheckInterval: Duration.minutes(10),
+  concurrency: 8
+}
+
+const message = (flags: Partial<Options.Flags>) => {
+  const result = Options.resolve({ ...base, ...flags })
+  return Result.isFailure(result) ? result.failure.message : "ok"
+}
+
+describe("credential-controller options", () => {
+  it("hub mode: needs the hosting cluster's name; --addons narrows, empty serves every add-on", () => {
+    const resolved = Result.getOrThrow(Options.resolve({ ...base, hubKubeconfig: "/hub", hostingClusterName: "hosting-1", addons: "" }))
+    assert.deepStrictEqual(resolved.mode, { _tag: "Hub", hubKubeconfig: "/hub", config: { hostingClusterName: "hosting-1", addons: undefined } })
+    const narrowed = Result.getOrThrow(Options.resolve({ ...base, hubKubeconfig: "/hub", hostingClusterName: "hosting-1", addons: "a, b" }))
+    assert.deepStrictEqual(narrowed.mode._tag === "Hub" && narrowed.mode.config.addons, ["a", "b"])
+  })
+
+  it("hubless mode: a selector and at least one add-on", () => {
+    const resolved = Result.getOrThrow(Options.resolve({ ...base, sourceSecretSelector: "tether/source=yes" }))
+    assert.deepStrictEqual(resolved.mode, { _tag: "Hubless", selector: "tether/source=yes", config: { addons: ["cluster-proxy"] } })
+  })
+
+  it("rejects bad combinations and values with a message naming the flag", () => {
+    const table: Array<[Partial<Options.Flags>, RegExp]> = [
+      [{}, /one of --hub-kubeconfig or --source-secret-selector is required/],
+      [{ hubKubeconfig: "/hub", sourceSecretSelector: "a=b" }, /exclude each other/],
+      [{ hubKubeconfig: "/hub" }, /--hosting-cluster-name is required/],
+      [{ hubKubeconfig: "/hub", hostingClusterName: "Hosting_1" }, /--hosting-cluster-name must be/],
+      [{ sourceSecretSelector: "a=b", addons: " , " }, /--addons must name at least one/],
+      [{ sourceSecretSelector: "a=b", addons: "ok,Not_Ok" }, /--addons: "Not_Ok"/],
+      [{ sourceSecretSelector: "a=b", identityCheckInterval: Duration.zero }, /--identity-check-interval/],
+      [{ sourceSecretSelector: "a=b", concurrency: 0 }, /--concurrency/],
+      [{ sourceSecretSelector: "a=b", tokenExpiration: Duration.minutes(5) }, /token-expiration/]
+    ]
+    for (const [flags, expected] of table) assert.match(message(flags), expected, JSON.stringify(flags))
+  })
+})
