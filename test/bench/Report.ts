@@ -64,6 +64,8 @@ export interface Report {
   readonly quick: boolean
   readonly tcp?: { readonly throughput: ReadonlyArray<Throughput>; readonly roundTrips: ReadonlyArray<RoundTrip> }
   readonly http?: ReadonlyArray<HttpResult>
+  /** The service proxy's rows, one table per request kind. */
+  readonly serviceProxy?: ReadonlyArray<{ readonly scenario: { readonly label: string }; readonly rows: ReadonlyArray<HttpResult> }>
   /** One list per round. */
   readonly footprint?: ReadonlyArray<ReadonlyArray<Footprint.Measured>>
   readonly notes: ReadonlyArray<string>
@@ -277,6 +279,17 @@ const targets = (report: Report): ReadonlyArray<string> => {
     }).filter((part) => part !== undefined)
     if (nginx.length > 0) lines.push(`- Stretch, HTTP req/s vs nginx: ${nginx.join("; ")}.`)
   }
+  for (const { rows, scenario } of report.serviceProxy ?? []) {
+    const parts = [...new Set(rows.map((row) => row.conns))].map((conns) => {
+      const tether = rows.find((row) => row.path.key === tetherKey && row.conns === conns)
+      const go = rows.find((row) => row.path.key !== tetherKey && row.path.key !== directKey && row.conns === conns)
+      if (tether === undefined || go === undefined) return undefined
+      const rps = tether.perSecond / go.perSecond
+      const p99 = tether.p99us / go.p99us
+      return `c=${conns}: ${ratio(rps)} req/s, ${ratio(p99)} p99 (${verdict(rps >= 1 && p99 <= 1.2)})`
+    }).filter((part) => part !== undefined)
+    if (parts.length > 0) lines.push(`- Service proxy, ${scenario.label}: req/s ≥ the Go proxy with p99 ≤ 1.2× of it: ${parts.join("; ")}.`)
+  }
   return lines
 }
 
@@ -302,6 +315,14 @@ export const render = (report: Report): string => {
     parts.push("## HTTP: `tether service-relay` (caller TokenReview on, cached) and peers")
     parts.push("wrk with keep-alive, GET answered with a 1 KiB body.")
     parts.push(httpSection(report.http))
+  }
+  if (report.serviceProxy !== undefined) {
+    parts.push("## HTTP: tether's service proxy and a Go proxy doing the same work")
+    parts.push("wrk with keep-alive over TLS, GET answered with a 1 KiB body by a TLS backend standing in for the managed apiserver.")
+    for (const { rows, scenario } of report.serviceProxy) {
+      parts.push(`### ${scenario.label}`)
+      parts.push(httpSection(rows))
+    }
   }
   if (report.footprint !== undefined && report.footprint.length > 0) {
     parts.push("## Footprint: each process against the bare Node floor")

@@ -10,6 +10,10 @@
  *   of the Go prototype (per-host idle pool left at Go's default of 2) and with a per-host pool
  *   of 1024. wrk with keep-alive at 1, 32 and 128 connections; the backend is nginx answering a
  *   1 KiB body.
+ * - Service proxy: direct vs tether's service proxy (its production layers in hosted Relay mode)
+ *   vs a Go `httputil.ReverseProxy` doing the same work, for a kube-apiserver request
+ *   (TokenReview cached, impersonation) and a Relay-mode Service request, over TLS at 1, 32 and
+ *   128 connections ({@link ServiceProxyBench}).
  *
  * Paths are measured in rounds (each round visits every path), and each figure is the median
  * over rounds, so slow drift of a shared machine lands on every path alike. Every process binds
@@ -20,7 +24,7 @@
  * nginx-light golang-go`); nothing else is downloaded. The load tools (echo server, round-trip
  * client, the Go reverse proxy) are built from `tools.go` into a temporary folder.
  *
- * Options: `--quick` (one short round, results not written to RESULTS.md), `--only=tcp|http`,
+ * Options: `--quick` (one short round, results not written to RESULTS.md), `--only=tcp|http|service-proxy|footprint`,
  * `--rounds=N`, `--out=<file>`, `--profile=<dir>` (tether's processes write V8 CPU profiles
  * there, `node --cpu-prof`, when they stop), `--token-review-cache-ttl=<Go duration>` (the
  * relay's, default 10s as in production), `--paths=direct,tether,...` (measure only these paths; keys:
@@ -45,6 +49,7 @@ import { BenchError } from "./Children.ts"
 import * as Cpu from "./Cpu.ts"
 import * as Footprint from "./Footprint.ts"
 import * as Report from "./Report.ts"
+import * as ServiceProxyBench from "./ServiceProxyBench.ts"
 
 // ---------------------------------------------------------------------------------------------
 // options
@@ -59,15 +64,15 @@ const known = new Set(["--quick"])
 for (const arg of argv) {
   if (!known.has(arg) && !/^--(only|rounds|out|profile|token-review-cache-ttl|paths|conns|footprint-idle)=/.test(arg)) {
     process.stderr.write(
-      `unknown option ${arg}; options: --quick --only=tcp|http|footprint --rounds=N --out=<file> --profile=<dir> --token-review-cache-ttl=<duration> --paths=<key,...> --conns=<n,...> --footprint-idle=<seconds>\n`
+      `unknown option ${arg}; options: --quick --only=tcp|http|service-proxy|footprint --rounds=N --out=<file> --profile=<dir> --token-review-cache-ttl=<duration> --paths=<key,...> --conns=<n,...> --footprint-idle=<seconds>\n`
     )
     process.exit(2)
   }
 }
 const quick = argv.includes("--quick")
 const only = option("only")
-if (only !== undefined && only !== "tcp" && only !== "http" && only !== "footprint") {
-  process.stderr.write("--only must be tcp, http or footprint\n")
+if (only !== undefined && only !== "tcp" && only !== "http" && only !== "service-proxy" && only !== "footprint") {
+  process.stderr.write("--only must be tcp, http, service-proxy or footprint\n")
   process.exit(2)
 }
 const rounds = Math.max(1, Math.min(10, Number(option("rounds") ?? (quick ? 1 : 5)) || 1))
@@ -506,7 +511,7 @@ interface WrkOutput {
 
 const wrkScript = Path.join(here, "request.lua")
 
-const wrkArgs = (port: number, conns: number, duration: number) => [
+const wrkArgs = (port: number, conns: number, duration: number, scheme: "http" | "https" = "http") => [
   "-t1",
   `-c${conns}`,
   `-d${duration}s`,
@@ -514,11 +519,17 @@ const wrkArgs = (port: number, conns: number, duration: number) => [
   "5s",
   "-s",
   wrkScript,
-  `http://127.0.0.1:${port}/`
+  `${scheme}://127.0.0.1:${port}/`
 ]
 
-const wrk = Effect.fn("bench.wrk")(function*(port: number, conns: number, duration: number, env: NodeJS.ProcessEnv) {
-  const output = yield* Children.run("wrk", wrkArgs(port, conns, duration), { timeout: Duration.seconds(duration + 30), env })
+const wrk = Effect.fn("bench.wrk")(function*(
+  port: number,
+  conns: number,
+  duration: number,
+  env: NodeJS.ProcessEnv,
+  scheme: "http" | "https" = "http"
+) {
+  const output = yield* Children.run("wrk", wrkArgs(port, conns, duration, scheme), { timeout: Duration.seconds(duration + 30), env })
   const lines = output.stdout.split("\n")
   const line = lines.find((text) => text.startsWith("BENCH_JSON "))
   const buckets = lines.find((text) => text.startsWith("BENCH_HISTOGRAM "))
@@ -560,6 +571,37 @@ const tokenReviews = (apiserver: Apiserver.ApiserverInfo) =>
   })
 
 let httpNote: string | undefined
+
+/** One report row's figures from the runs of one path and concurrency. */
+const summarize = (runs: ReadonlyArray<ServiceProxyBench.WrkRun & { readonly cpuUs: number }>) => {
+  const latencies = Report.pooled(runs.map((run) => run.histogram))
+  return {
+    perSecond: Report.median(runs.map((run) => run.requests / (run.durationUs / 1e6))),
+    p50us: Report.percentile(latencies, 50),
+    p99us: Report.percentile(latencies, 99),
+    cpuUs: Report.median(runs.map((run) => run.cpuUs)),
+    errors: runs.reduce((sum, run) => sum + run.connectErrors + run.readErrors + run.writeErrors + run.statusErrors + run.timeouts, 0)
+  }
+}
+
+const serviceProxyBench = (work: string, tools: string) =>
+  Effect.gen(function*() {
+    const { endpoints, results } = yield* ServiceProxyBench.run({
+      work,
+      tools,
+      rounds,
+      conns: httpConns,
+      wrkSeconds: seconds.wrk,
+      warmupSeconds: seconds.wrkWarmup,
+      cacheTtl,
+      nodeFlags,
+      bodyBytes,
+      say,
+      wrk: (port, conns, duration, env, scheme) => wrk(port, conns, duration, env, scheme),
+      measure
+    })
+    return ServiceProxyBench.rows(results, endpoints, httpConns, summarize)
+  })
 
 const httpBench = Effect.fn("bench.http")(function*(work: string, tools: string) {
   yield* say("HTTP: starting a kube-apiserver for TokenReview, the backend and the proxies")
@@ -712,6 +754,15 @@ const main = Effect.gen(function*() {
     }
   }
 
+  let serviceProxy: ReadonlyArray<ServiceProxyBench.Rows> | undefined
+  if (only === undefined || only === "http" || only === "service-proxy") {
+    if (EnvtestAssets.resolveSync() === undefined) {
+      yield* say("service proxy: skipped, no kube-apiserver assets (run `npm run envtest` first)")
+    } else {
+      serviceProxy = yield* Effect.scoped(serviceProxyBench(work, tools))
+    }
+  }
+
   let footprint: Array<ReadonlyArray<Footprint.Measured>> | undefined
   if (only === undefined || only === "footprint") {
     if (EnvtestAssets.resolveSync() === undefined) {
@@ -746,10 +797,16 @@ const main = Effect.gen(function*() {
         "upstream keepalive 256, HTTP/1.1 upstream; Go: `httputil.NewSingleHostReverseProxy`, transport MaxIdleConns 100, IdleConnTimeout 90s, " +
         "MaxIdleConnsPerHost Go's default (2, as in the prototype) or 1024, GOMAXPROCS default",
       "tether service-relay: test/bench/ServiceRelayProcess.ts, the layers of `tether service-relay` (TokenReview against a real " +
-        `kube-apiserver, ${cacheTtl} answer cache, probes, metrics, JSON logs) with a static Service resolver; one Node process`
+        `kube-apiserver, ${cacheTtl} answer cache, probes, metrics, JSON logs) with a static Service resolver; one Node process`,
+      "service proxy: test/bench/ServiceProxyProcess.ts, the layers of `tether service-proxy` in hosted Relay mode (TLS, " +
+        `TokenReview chain with a ${cacheTtl} cache against a real kube-apiserver, impersonation, metrics, probes, JSON logs); ` +
+        "the Go peer is tools.go `serviceproxy` (httputil.ReverseProxy, the same TokenReview with a map cache, the same " +
+        "impersonation and relay headers, HTTP/1.1 upstream, 1024 idle connections per host); both in front of the Go TLS " +
+        `backend (${bodyBytes} B body) standing in for the managed kube-apiserver; wrk over TLS with keep-alive`
     ],
     ...(tcp === undefined ? {} : { tcp }),
     ...(http === undefined ? {} : { http }),
+    ...(serviceProxy === undefined ? {} : { serviceProxy }),
     ...(footprint === undefined ? {} : { footprint }),
     notes: [
       ...(tcp === undefined && http === undefined ? [] : [

@@ -1,0 +1,270 @@
+/**
+ * The service proxy's rows of `npm run bench`: tether's service proxy (test/bench/ServiceProxyProcess.ts)
+ * side by side with a Go `httputil.ReverseProxy` doing the same work (test/bench/tools.go
+ * `serviceproxy`), both serving TLS, in front of the same TLS backend standing in for the
+ * managed kube-apiserver, for two requests:
+ * - a kube-apiserver request (`kubernetes` in `default`): the caller's token reviewed by a real
+ *   kube-apiserver (answers cached), the caller impersonated, the proxy's own token sent on;
+ * - a Service request in Relay mode: sent to the relay Service's `services/proxy` path with the
+ *   client's credential moved to `Cluster-Proxy-Authorization` and the proxy's token set.
+ *
+ * The driver (test/bench/main.ts) hands over its load generator and measurement helpers.
+ *
+ * @since 0.1.0
+ */
+import { Effect } from "effect"
+import * as Fs from "node:fs"
+import * as Https from "node:https"
+import * as Path from "node:path"
+import { fileURLToPath } from "node:url"
+import * as Yaml from "js-yaml"
+import * as Apiserver from "../../src/testing/Apiserver.ts"
+import { selfSigned } from "../support/local.ts"
+import * as Children from "./Children.ts"
+import type * as Report from "./Report.ts"
+
+const here = Path.dirname(fileURLToPath(import.meta.url))
+
+/** What one wrk run reports (as the driver parses it). */
+export interface WrkRun {
+  readonly requests: number
+  readonly durationUs: number
+  readonly connectErrors: number
+  readonly readErrors: number
+  readonly writeErrors: number
+  readonly statusErrors: number
+  readonly timeouts: number
+  readonly histogram: Report.Histogram
+}
+
+export interface Endpoint {
+  readonly path: Report.Path
+  readonly port: number
+  readonly groups: ReadonlyArray<number>
+}
+
+export interface Deps {
+  readonly work: string
+  readonly tools: string
+  readonly rounds: number
+  readonly conns: ReadonlyArray<number>
+  readonly wrkSeconds: number
+  readonly warmupSeconds: number
+  readonly cacheTtl: string
+  readonly nodeFlags: ReadonlyArray<string>
+  readonly bodyBytes: number
+  readonly say: (line: string) => Effect.Effect<void>
+  readonly wrk: (
+    port: number,
+    conns: number,
+    seconds: number,
+    env: NodeJS.ProcessEnv,
+    scheme: "https"
+  ) => Effect.Effect<WrkRun, Children.BenchError>
+  readonly measure: <A, E>(
+    endpoint: Endpoint,
+    run: Effect.Effect<A, E>
+  ) => Effect.Effect<{ readonly result: A; readonly cpuSeconds: number }, E>
+}
+
+export const paths = {
+  direct: { key: "direct", label: "direct (the TLS backend)" },
+  tether: { key: "tether", label: "tether service-proxy" },
+  go: { key: "go-tuned", label: "Go ReverseProxy, same work (1024 idle/host)" }
+} satisfies Record<string, Report.Path>
+
+export interface Scenario {
+  readonly key: "apiserver" | "relay"
+  readonly label: string
+}
+
+export const scenarios: ReadonlyArray<Scenario> = [
+  { key: "apiserver", label: "kube-apiserver request (TokenReview cached, impersonation)" },
+  { key: "relay", label: "Service request in Relay mode (to the relay's services/proxy)" }
+]
+
+export interface Rows {
+  readonly scenario: Scenario
+  readonly rows: ReadonlyArray<Report.HttpResult>
+}
+
+/** The routing headers of a scenario, as request.lua sends them (BENCH_ROUTE). */
+const routing = (scenario: Scenario["key"]): Record<string, string> =>
+  scenario === "apiserver"
+    ? { "cluster-proxy-proto": "https", "cluster-proxy-namespace": "default", "cluster-proxy-service": "kubernetes", "cluster-proxy-port": "443" }
+    : { "cluster-proxy-proto": "http", "cluster-proxy-namespace": "default", "cluster-proxy-service": "bench", "cluster-proxy-port": "8080" }
+
+const probe = (port: number, headers: Record<string, string>) =>
+  Effect.callback<{ readonly status: number; readonly bytes: number }, Children.BenchError>((resume) => {
+    const req = Https.get(
+      { host: "127.0.0.1", port, path: "/", headers, agent: false, timeout: 10_000, rejectUnauthorized: false },
+      (res) => {
+        let bytes = 0
+        res.on("data", (chunk: Buffer) => {
+          bytes += chunk.length
+        })
+        res.on("end", () => resume(Effect.succeed({ status: res.statusCode ?? 0, bytes })))
+      }
+    )
+    req.on("timeout", () => req.destroy(new Error("timed out")))
+    req.on("error", (error) =>
+      resume(Effect.fail(new Children.BenchError({ message: `request to port ${port} failed: ${error.message}` }))))
+    return Effect.sync(() => req.destroy())
+  })
+
+/**
+ * Start the apiserver, backend and both proxies, check every path answers, then measure.
+ * Lives as long as the current scope.
+ */
+export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
+  const { say, work } = deps
+  yield* say("service proxy: starting a kube-apiserver for TokenReview, the TLS backend and the proxies")
+  const apiserver = yield* Apiserver.make({ name: "bench-service-proxy" })
+  const callerToken = yield* Apiserver.serviceAccountToken(apiserver, "bench", "caller", 3600)
+  const dir = Path.join(work, "service-proxy")
+  Fs.mkdirSync(dir, { recursive: true })
+  const callerTokenFile = Path.join(dir, "caller-token")
+  Fs.writeFileSync(callerTokenFile, `${callerToken}\n`, { mode: 0o600 })
+
+  // The admin client certificate answers TokenReviews for both proxies.
+  const admin = Yaml.load(apiserver.kubeconfigYaml) as {
+    readonly users: ReadonlyArray<{ readonly user: Readonly<Record<string, string>> }>
+  }
+  const adminUser = admin.users[0]?.user ?? {}
+  const file = (name: string, content: string) => {
+    const path = Path.join(dir, name)
+    Fs.writeFileSync(path, content, { mode: 0o600 })
+    return path
+  }
+  const reviewCa = file("review-ca.pem", apiserver.caPem)
+  const reviewCert = file("review.crt", Buffer.from(adminUser["client-certificate-data"] ?? "", "base64").toString("utf8"))
+  const reviewKey = file("review.key", Buffer.from(adminUser["client-key-data"] ?? "", "base64").toString("utf8"))
+
+  // The backend standing in for the managed apiserver, and the proxies' own token for it.
+  const backendTls = selfSigned(dir, "backend", ["127.0.0.1"])
+  const backend = yield* Children.server("TLS backend", deps.tools, [
+    "https", "-listen", "127.0.0.1:0", "-size", String(deps.bodyBytes), "-cert", backendTls.certFile, "-key", backendTls.keyFile
+  ], Children.printsPort)
+  const proxyTokenFile = file("proxy-token", "bench-proxy-token\n")
+  const managedKubeconfig = file("managed.kubeconfig", Yaml.dump({
+    apiVersion: "v1",
+    kind: "Config",
+    clusters: [{
+      name: "managed",
+      cluster: { server: `https://127.0.0.1:${backend.port}`, "certificate-authority-data": Buffer.from(backendTls.cert).toString("base64") }
+    }],
+    users: [{ name: "proxy", user: { tokenFile: proxyTokenFile } }],
+    contexts: [{ name: "managed", context: { cluster: "managed", user: "proxy" } }],
+    "current-context": "managed"
+  }))
+
+  const serving = selfSigned(dir, "proxy", ["127.0.0.1", "localhost"])
+  const tetherPort = yield* Children.freePort
+  const tetherProbePort = yield* Children.freePort
+  const tether = yield* Children.server("tether service-proxy", process.execPath, [
+    ...deps.nodeFlags,
+    Path.join(here, "ServiceProxyProcess.ts"),
+    `--kubeconfig=${apiserver.kubeconfigPath}`,
+    `--managed-kubeconfig=${managedKubeconfig}`,
+    `--listen=127.0.0.1:${tetherPort}`,
+    `--health-probe-bind-address=127.0.0.1:${tetherProbePort}`,
+    `--cert=${serving.certFile}`,
+    `--key=${serving.keyFile}`,
+    `--token-review-cache-ttl=${deps.cacheTtl}`
+  ], { _tag: "Prints", pattern: /listening (\d+)/, port: tetherPort })
+  const go = yield* Children.server("Go service proxy", deps.tools, [
+    "serviceproxy",
+    "-listen", "127.0.0.1:0",
+    "-cert", serving.certFile,
+    "-key", serving.keyFile,
+    "-upstream", `https://127.0.0.1:${backend.port}`,
+    "-upstream-ca", backendTls.certFile,
+    "-token-file", proxyTokenFile,
+    "-review-url", apiserver.server,
+    "-review-ca", reviewCa,
+    "-review-cert", reviewCert,
+    "-review-key", reviewKey,
+    "-cache-ttl", deps.cacheTtl,
+    "-idle-per-host", "1024"
+  ], Children.printsPort)
+
+  const endpoints: ReadonlyArray<Endpoint> = [
+    { path: paths.direct, port: backend.port, groups: [] },
+    { path: paths.tether, port: tetherPort, groups: [tether.pid] },
+    { path: paths.go, port: go.port, groups: [go.pid] }
+  ]
+
+  // Every path answers both requests with the backend's body; both proxies refuse an
+  // unauthenticated kube-apiserver request, so their figures are with authentication on.
+  for (const scenario of scenarios) {
+    for (const endpoint of endpoints) {
+      const answer = yield* probe(endpoint.port, { ...routing(scenario.key), authorization: `Bearer ${callerToken}` })
+      if (answer.status !== 200 || answer.bytes !== deps.bodyBytes) {
+        return yield* new Children.BenchError({
+          message: `${endpoint.path.label} answered ${answer.status} with ${answer.bytes} bytes to the ${scenario.key} request` +
+            (endpoint.path === paths.tether ? `; proxy output:\n${tether.output()}` : "")
+        })
+      }
+    }
+    for (const endpoint of endpoints.slice(1)) {
+      const anonymous = yield* probe(endpoint.port, routing("apiserver"))
+      if (anonymous.status !== 401) {
+        return yield* new Children.BenchError({
+          message: `${endpoint.path.label} answered ${anonymous.status} to a kube-apiserver request without a token, not 401`
+        })
+      }
+    }
+  }
+
+  const env = (scenario: Scenario) => ({ BENCH_TOKEN_FILE: callerTokenFile, BENCH_ROUTE: scenario.key })
+  // A longer warm-up than the relay's: a fresh Node process serving TLS on both sides needed some
+  // 10k requests before its CPU per request settled (JIT), where Go is at speed from the start.
+  yield* say("service proxy: warming up every path")
+  for (const scenario of scenarios) {
+    for (const endpoint of endpoints) {
+      for (const conns of [32, 1]) yield* deps.wrk(endpoint.port, conns, Math.max(3, deps.warmupSeconds * 2), env(scenario), "https")
+    }
+  }
+
+  const results = new Map<string, Array<WrkRun & { readonly cpuUs: number }>>()
+  for (let round = 1; round <= deps.rounds; round++) {
+    for (const scenario of scenarios) {
+      for (const endpoint of endpoints) {
+        for (const conns of deps.conns) {
+          const { cpuSeconds, result } = yield* deps.measure(
+            endpoint,
+            deps.wrk(endpoint.port, conns, deps.wrkSeconds, env(scenario), "https")
+          )
+          const cpuUs = (cpuSeconds * 1e6) / Math.max(1, result.requests)
+          const key = `${scenario.key}/${endpoint.path.key}/${conns}`
+          results.set(key, [...(results.get(key) ?? []), { ...result, cpuUs }])
+          const errors = result.connectErrors + result.readErrors + result.writeErrors + result.statusErrors + result.timeouts
+          yield* say(
+            `  round ${round} ${scenario.key} ${endpoint.path.label} c=${conns}: ` +
+              `${(result.requests / (result.durationUs / 1e6)).toFixed(0)} req/s` +
+              `${Number.isFinite(cpuUs) ? `, proxy CPU ${cpuUs.toFixed(0)} µs/req` : ""}${errors > 0 ? `, ${errors} errors` : ""}`
+          )
+        }
+      }
+    }
+  }
+  return { results, endpoints }
+})
+
+/** Pool the runs of each path and connection count into report rows. */
+export const rows = (
+  results: ReadonlyMap<string, ReadonlyArray<WrkRun & { readonly cpuUs: number }>>,
+  endpoints: ReadonlyArray<Endpoint>,
+  conns: ReadonlyArray<number>,
+  summarize: (runs: ReadonlyArray<WrkRun & { readonly cpuUs: number }>) => Omit<Report.HttpResult, "path" | "conns">
+): ReadonlyArray<Rows> =>
+  scenarios.map((scenario) => ({
+    scenario,
+    rows: endpoints.flatMap((endpoint) =>
+      conns.map((count): Report.HttpResult => ({
+        path: endpoint.path,
+        conns: count,
+        ...summarize(results.get(`${scenario.key}/${endpoint.path.key}/${count}`) ?? [])
+      }))
+    )
+  }))
