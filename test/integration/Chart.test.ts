@@ -76,6 +76,7 @@ import * as ServiceRelayCommand from "../../src/cli/commands/ServiceRelay.ts"
 import * as ProvisionerOptions from "../../src/provisioner/Options.ts"
 import { Apiserver, EnvtestAssets } from "../../src/testing/index.ts"
 import { noApiserver } from "../support/apiserver.ts"
+import { type Doc, splitDocs } from "../support/helm.ts"
 import { until } from "../support/eventually.ts"
 import { selfSigned } from "../support/local.ts"
 import { send } from "../support/send.ts"
@@ -146,11 +147,6 @@ interface ValueSet {
   readonly name: string
   readonly target: Target
   readonly flags: ReadonlyArray<string>
-}
-
-interface Doc {
-  readonly raw: string
-  readonly object: KubernetesObject
 }
 
 interface Rendering {
@@ -255,13 +251,6 @@ const combinedSets = [combinedDefaults, combinedBestEffort, combinedTuned, combi
 const hostingSets = [...combinedSets, ...splitSets]
 const managedSets = [managedRelay, managedRelayTuned, managedDisabled, managedBestEffortNoImpersonation]
 const valueSets = [...hostingSets, ...managedSets, allRelay, allRelaySplit]
-
-/** helm's output as documents; comment-only documents are dropped. */
-const splitDocs = (output: string): ReadonlyArray<Doc> =>
-  output
-    .split(/^---\s*$/m)
-    .filter((text) => text.split("\n").some((line) => line.trim() !== "" && !line.trim().startsWith("#")))
-    .map((raw) => ({ raw, object: loadYaml<KubernetesObject>(raw) }))
 
 const render = (values: ValueSet) =>
   Effect.map(helmTemplate(["--set", `target=${values.target}`, ...values.flags]), (run): Rendering => ({
