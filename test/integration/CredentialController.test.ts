@@ -6,6 +6,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import { NodeServices } from "@effect/platform-node"
+import * as ChildProcess from "node:child_process"
 import { Duration, Effect, Layer, Result } from "effect"
 import * as CredentialController from "../../src/controller/CredentialController.ts"
 import * as Discovery from "../../src/domain/Discovery.ts"
@@ -19,7 +20,8 @@ import { Apiserver } from "../../src/testing/index.ts"
 import { noApiserver } from "../support/apiserver.ts"
 import { until } from "../support/eventually.ts"
 import { prepare } from "../support/hostedInstall.ts"
-import { kubectl } from "../support/local.ts"
+import { tetherEntry } from "../support/entry.ts"
+import { freePort, get, kubectl } from "../support/local.ts"
 import { useTrio } from "../support/trio.ts"
 
 describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
@@ -95,5 +97,39 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
       const after = yield* hosting.getSecret("addon-c1", "cluster-proxy-managed-kubeconfig")
       assert.strictEqual(after.metadata?.resourceVersion, before.metadata?.resourceVersion, "c1 untouched")
       yield* hosting.getSecret("addon-c3", "cluster-proxy-managed-kubeconfig")
+    }), 180_000)
+
+  it.live("the real process: /readyz turns 200 once the hosted pairs are reconciled, their Secrets are there, and it owns them all", () =>
+    Effect.gen(function*() {
+      const clusters = ["p1", "p2"]
+      for (const cluster of clusters) {
+        yield* prepare(trio, cluster, `addon-${cluster}`)
+        const run = yield* kubectl(trio.hub.kubeconfigPath, [
+          "annotate", "managedclusteraddon", "-n", cluster, "cluster-proxy", `${Discovery.hostingClusterAnnotation}=hosting-2`
+        ])
+        assert.strictEqual(run.code, 0, run.stderr)
+      }
+      const probePort = yield* freePort
+      const child = ChildProcess.spawn(process.execPath, [
+        tetherEntry(), "credential-controller",
+        `--kubeconfig=${trio.hosting.kubeconfigPath}`, `--hub-kubeconfig=${trio.hub.kubeconfigPath}`,
+        "--hosting-cluster-name=hosting-2", "--token-expiration=1h", "--refresh-before=10m",
+        `--health-probe-bind-address=127.0.0.1:${probePort}`
+      ], { stdio: ["ignore", "pipe", "pipe"] })
+      let output = ""
+      child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()))
+      child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()))
+      yield* Effect.addFinalizer(() => Effect.sync(() => child.kill("SIGKILL")))
+      yield* until(get(`http://127.0.0.1:${probePort}/readyz`), (r) => r.status === 200, "ready", { timeout: "90 seconds" }).pipe(
+        Effect.tapError(() => Effect.sync(() => console.log(output.slice(-3000))))
+      )
+      for (const cluster of clusters) {
+        const secret = yield* ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(trio.hosting) })
+          .getSecret(`addon-${cluster}`, "cluster-proxy-managed-kubeconfig")
+        assert.includeMembers(Object.keys(secret.data ?? {}), ["kubeconfig", "token"])
+      }
+      const metrics = yield* get(`http://127.0.0.1:${probePort}/metrics`)
+      assert.match(metrics.body, /tether_controller_owned_keys\{controller="credential-controller"\} 2\b/)
+      assert.notInclude(output, "eyJ", "no token in the logs")
     }), 180_000)
 })
