@@ -245,6 +245,31 @@ describe("Kubeconfig", () => {
     })
   })
 
+  describe("parseCluster", () => {
+    it("reads the selected cluster without looking at the users", () => {
+      const cluster = Result.getOrThrow(Kubeconfig.parseCluster(kubeconfig({ user: "exec:\n      command: x" })))
+      assert.deepStrictEqual(cluster, { server: "https://api.example.com:6443", certificateAuthorityData: CA_DATA })
+      const only = Result.getOrThrow(Kubeconfig.parseCluster(kubeconfig({ currentContext: null, cluster: "server: https://only" })))
+      assert.strictEqual(only.server, "https://only")
+    })
+
+    it.each([
+      { name: "a missing current context", text: kubeconfig({ currentContext: "gone" }), tag: "MissingContext" },
+      { name: "a cluster without server", text: kubeconfig({ cluster: "tls-server-name: x" }), tag: "MissingServer" },
+      { name: "an empty document", text: "", tag: "Malformed" }
+    ])("refuses $name", ({ tag, text }) => {
+      assert.strictEqual(reasonOf(Kubeconfig.parseCluster(text))._tag, tag)
+    })
+  })
+
+  describe("resolveReference", () => {
+    it("resolves relative references against the kubeconfig's folder, keeps absolute ones", () => {
+      assert.strictEqual(Kubeconfig.resolveReference("/etc/managed/kubeconfig", "token"), "/etc/managed/token")
+      assert.strictEqual(Kubeconfig.resolveReference("/etc/managed/kubeconfig", "../ca/ca.crt"), "/etc/ca/ca.crt")
+      assert.strictEqual(Kubeconfig.resolveReference("/etc/managed/kubeconfig", "/var/run/token"), "/var/run/token")
+    })
+  })
+
   describe("sourceHash", () => {
     it("is the hex sha256 of the bytes", () => {
       const expected = createHash("sha256").update("abc").digest("hex")
