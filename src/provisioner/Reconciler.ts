@@ -355,7 +355,6 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
       message: `${memory.mintLimit.burst} tokens were minted within ${Duration.format(memory.mintLimit.window)}; the next one waits until ${expiresText({ issuedAt: now, expiresAt: allowedAt })}`
     })
   }
-  memory.mints = [...memory.mints.filter((at) => at > now - Duration.toMillis(memory.mintLimit.window)), now]
 
   // Refresh: exactly one TokenRequest, then one write.
   const issued = yield* issuer.request({
@@ -370,6 +369,10 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
     stillValid ? alongside(reportExpired) : identity
   )
   memory.unreachable = Result.isFailure(issued) && issued.failure.reason === "Transport" ? source.cluster : undefined
+  // Only an issued token is a new credential; failed attempts are the backoff's business.
+  if (Result.isSuccess(issued)) {
+    memory.mints = [...memory.mints.filter((at) => at > now - Duration.toMillis(memory.mintLimit.window)), now]
+  }
   if (Result.isFailure(issued)) return yield* pending(kubeProblem(spec, issued.failure))
   const lifetime = { issuedAt: issued.success.issuedAt, expiresAt: issued.success.expiresAt }
 

@@ -47,6 +47,11 @@ export interface Options {
   readonly extraIpSans?: ReadonlyArray<string>
   /** Bound on reaching `/readyz`; default 90 seconds (three instances on two cores take ~15 s). */
   readonly startupTimeout?: Duration.Input
+  /**
+   * Write an audit log (every request at Metadata level, one JSON line per completed request) to
+   * {@link ApiserverInfo.auditLogPath}, so tests count API requests from the server's own record.
+   */
+  readonly auditLog?: boolean
 }
 
 export interface ApiserverInfo {
@@ -64,7 +69,47 @@ export interface ApiserverInfo {
   readonly dir: string
   readonly etcdUrl: string
   readonly pids: { readonly apiserver: number; readonly etcd: number }
+  /** The audit log (JSON lines), when {@link Options.auditLog} was set. */
+  readonly auditLogPath?: string
 }
+
+/** One audit event, the fields tests look at. */
+export interface AuditEvent {
+  readonly stage: string
+  readonly verb: string
+  readonly requestURI: string
+  readonly user: { readonly username?: string }
+  readonly userAgent?: string
+  readonly objectRef?: { readonly resource?: string; readonly subresource?: string; readonly namespace?: string; readonly name?: string }
+  readonly responseStatus?: { readonly code?: number }
+  readonly requestReceivedTimestamp: string
+}
+
+/**
+ * The completed requests in an instance's audit log so far (stage `ResponseComplete`; a watch
+ * appears when it ends, and as `ResponseStarted` when it starts, which is also returned).
+ */
+export const auditEvents = (info: ApiserverInfo): Effect.Effect<ReadonlyArray<AuditEvent>, ApiserverError> =>
+  info.auditLogPath === undefined
+    ? Effect.fail(new ApiserverError({ reason: "InvalidOptions", message: `${info.name}: started without auditLog` }))
+    : io(`${info.name}: reading the audit log`, () =>
+      Fs.readFileSync(info.auditLogPath!, "utf8")
+        .split("\n")
+        .filter((line) => line.trim() !== "")
+        .flatMap((line) => {
+          try {
+            return [JSON.parse(line) as AuditEvent]
+          } catch {
+            return [] // a line being written
+          }
+        }))
+
+const auditPolicy = `apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+- level: Metadata
+`
 
 export class ApiserverError extends Schema.TaggedError<ApiserverError>()("ApiserverError", {
   reason: Schema.Literals(["AssetsUnavailable", "InvalidOptions", "Pki", "Spawn", "PortInUse", "Startup", "Kube", "Io"]),
@@ -119,7 +164,7 @@ const startInstance = Effect.fnUntraced(function*(input: {
   let started: Started
   while (true) {
     const scope = yield* Scope.fork(parent, "sequential")
-    const exit = yield* startProcesses({ name, assets, dir, pki, bindAddress, host, attempt, startupTimeout }).pipe(
+    const exit = yield* startProcesses({ name, assets, dir, pki, bindAddress, host, attempt, startupTimeout, auditLog: options.auditLog === true }).pipe(
       Scope.provide(scope),
       Effect.exit
     )
@@ -148,7 +193,8 @@ const startInstance = Effect.fnUntraced(function*(input: {
     caPem: pki.caPem,
     dir,
     etcdUrl: started.etcdUrl,
-    pids: started.pids
+    pids: started.pids,
+    ...(options.auditLog === true ? { auditLogPath: Path.join(dir, "audit.log") } : {})
   }
   for (const crd of options.crds ?? []) yield* installCrds(info, crd)
   return info
@@ -255,8 +301,15 @@ const startProcesses = Effect.fnUntraced(function*(input: {
   readonly host: string
   readonly attempt: number
   readonly startupTimeout: Duration.Input
+  readonly auditLog: boolean
 }) {
   const { assets, dir, host, name, pki } = input
+  const audit: Array<string> = []
+  if (input.auditLog) {
+    const policyPath = Path.join(dir, "audit-policy.yaml")
+    yield* io(`${name}: writing the audit policy`, () => Fs.writeFileSync(policyPath, auditPolicy))
+    audit.push(`--audit-policy-file=${policyPath}`, `--audit-log-path=${Path.join(dir, "audit.log")}`, "--audit-log-format=json")
+  }
   const etcdClientPort = yield* freePort("127.0.0.1")
   const etcdPeerPort = yield* freePort("127.0.0.1")
   const port = yield* freePort(host)
@@ -300,7 +353,8 @@ const startProcesses = Effect.fnUntraced(function*(input: {
     "--authorization-mode=RBAC",
     "--disable-admission-plugins=ServiceAccount",
     "--service-cluster-ip-range=10.0.0.0/24",
-    "--allow-privileged=true"
+    "--allow-privileged=true",
+    ...audit
   ], Path.join(dir, "kube-apiserver.log"), Duration.seconds(10))
 
   const tls = { ca: pki.caPem, cert: pki.adminCertPem, key: pki.adminKeyPem }

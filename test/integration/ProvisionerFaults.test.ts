@@ -1,0 +1,244 @@
+/**
+ * The provisioner under faults, on three real kube-apiservers with audit logs (hub, hosting,
+ * managed), with a fault-injecting TCP proxy (test/support/FaultProxy.ts) between the provisioner
+ * and the hosting and managed apiservers. API requests are counted from the apiservers' audit
+ * logs, by the provisioner's User-Agent; connection attempts from the proxy.
+ *
+ * - quiet: between deadlines no requests but the watches (also across resyncs); per rotation one
+ *   TokenRequest, one Secret write, at most one status update and one Event;
+ * - the managed apiserver away across a refresh: the token keeps serving, the apiserver is not
+ *   hammered, and the refresh follows its return within seconds;
+ * - a deletion storm of the generated Secret mints no token;
+ * - the hosting apiserver away: readiness drops, and once it is back the watches are re-listed,
+ *   readiness returns and a change made meanwhile is acted on.
+ */
+import { NodeServices } from "@effect/platform-node"
+import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { CoreV1Api, CustomObjectsApi, KubeConfig, type V1Secret } from "@kubernetes/client-node"
+import { Context, Data, Duration, Effect, Exit, Layer, Logger, Scope } from "effect"
+import * as ProvisionerLayers from "../../layers/Provisioner.ts"
+import * as Conditions from "../../src/domain/Conditions.ts"
+import * as ManagedKubeconfigSecret from "../../src/domain/ManagedKubeconfigSecret.ts"
+import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
+import { HostingCluster, HubCluster } from "../../src/kube/KubeClient.ts"
+import { Probes } from "../../src/observability/Probes.ts"
+import { AddonStatus } from "../../src/provisioner/AddonStatus.ts"
+import type * as Provisioner from "../../src/provisioner/Provisioner.ts"
+import { Apiserver, Fixtures } from "../../src/testing/index.ts"
+import { noApiserver } from "../support/apiserver.ts"
+import { eventually, NotYet, until } from "../support/eventually.ts"
+import * as FaultProxy from "../support/FaultProxy.ts"
+
+class CallFailed extends Data.TaggedError("CallFailed")<{ readonly code: number | undefined }> {}
+const call = <A>(f: () => Promise<A>): Effect.Effect<A, CallFailed> =>
+  Effect.tryPromise({ try: f, catch: (e) => new CallFailed({ code: (e as { code?: number }).code }) })
+const b64 = (s: string) => Buffer.from(s).toString("base64")
+const { group, plural, version } = Fixtures.managedClusterAddOnResource
+
+/** The User-Agent of the provisioner's hosting and hub clients in this file. */
+const agent = "tether-faults-under-test"
+/** The TokenIssuer's own User-Agent. */
+const issuerAgent = "tether-managed-kubeconfig-provisioner"
+
+const quietLogs = Logger.layer([Logger.map(Logger.formatJson, () => undefined)])
+
+describe.skipIf(noApiserver)("provisioner under faults (real apiservers, audit logs, fault proxy)", () => {
+  let scope: Scope.Closeable | undefined
+  let hub!: Apiserver.ApiserverInfo
+  let hosting!: Apiserver.ApiserverInfo
+  let managed!: Apiserver.ApiserverInfo
+  beforeAll(async () => {
+    scope = await Effect.runPromise(Scope.make("parallel"))
+    ;[hub, hosting, managed] = await Effect.runPromise(
+      Effect.all([
+        Apiserver.make({ name: "hub", crds: [Fixtures.managedClusterAddOnCrd], auditLog: true }),
+        Apiserver.make({ name: "hosting", auditLog: true }),
+        Apiserver.make({ name: "managed", auditLog: true })
+      ], { concurrency: "unbounded" }).pipe(Scope.provide(scope))
+    )
+  }, 180_000)
+  afterAll(async () => {
+    if (scope !== undefined) await Effect.runPromise(Scope.close(scope, Exit.void))
+  })
+
+  const core = (info: Apiserver.ApiserverInfo) => Apiserver.kubeConfig(info).makeApiClient(CoreV1Api)
+  const hubCustom = () => Apiserver.kubeConfig(hub).makeApiClient(CustomObjectsApi)
+
+  /** Requests (not watches) a user agent made, from the audit log, since `from` (an index). */
+  const requests = (info: Apiserver.ApiserverInfo, userAgent: string, from = 0) =>
+    Effect.map(Apiserver.auditEvents(info), (events) =>
+      events
+        .filter((e) => e.stage === "ResponseComplete" && e.verb !== "watch" && (e.userAgent ?? "").startsWith(userAgent))
+        .slice(from)
+        .map((e) => `${e.verb} ${e.objectRef?.resource ?? e.requestURI}${e.objectRef?.subresource === undefined ? "" : `/${e.objectRef.subresource}`}`))
+  const count = (info: Apiserver.ApiserverInfo, userAgent: string) => Effect.map(requests(info, userAgent), (all) => all.length)
+
+  const setUp = Effect.fn(function*(cluster: string, managedServer: string, syncInterval: Duration.Duration = Duration.seconds(3)) {
+    const agentNamespace = `agent-${cluster}`
+    yield* Apiserver.createNamespace(hosting, cluster)
+    yield* Apiserver.createNamespace(hosting, agentNamespace)
+    yield* Apiserver.createNamespace(managed, agentNamespace)
+    yield* Apiserver.createNamespace(hub, cluster)
+    yield* call(() => core(managed).createNamespacedServiceAccount({ namespace: agentNamespace, body: { metadata: { name: "cluster-proxy" } } }))
+    const source = managed.kubeconfigYaml.split(managed.server).join(managedServer)
+    yield* call(() =>
+      core(hosting).createNamespacedSecret({ namespace: cluster, body: { metadata: { name: "external-managed-kubeconfig" }, data: { kubeconfig: b64(source) } } })
+    )
+    yield* call(() =>
+      hubCustom().createNamespacedCustomObject({
+        group,
+        version,
+        plural,
+        namespace: cluster,
+        body: { apiVersion: `${group}/${version}`, kind: "ManagedClusterAddOn", metadata: { name: "cluster-proxy" }, spec: { installNamespace: agentNamespace } }
+      })
+    )
+    const options: Provisioner.Options = {
+      clusterName: cluster,
+      source: { namespace: cluster, name: "external-managed-kubeconfig" },
+      target: { namespace: agentNamespace, name: "cluster-proxy-managed-kubeconfig" },
+      serviceAccount: { namespace: agentNamespace, name: "cluster-proxy" },
+      settings: { tokenExpiration: Duration.hours(1), refreshBefore: Duration.minutes(5) },
+      syncInterval,
+      addon: { namespace: cluster, name: "cluster-proxy" }
+    }
+    return { options, source }
+  })
+
+  /** A provisioner in the test's scope, its hosting client going to `hostingServer`; its probes. */
+  const start = Effect.fn(function*(options: Provisioner.Options, hostingServer = hosting.server) {
+    const hostingConfig = new KubeConfig()
+    hostingConfig.loadFromString(hosting.kubeconfigYaml.split(hosting.server).join(hostingServer))
+    const clusters = Layer.mergeAll(
+      Layer.succeed(HostingCluster, ClientNodeKube.make({ cluster: "hosting", kubeConfig: hostingConfig, userAgent: agent })),
+      Layer.succeed(HubCluster, ClientNodeKube.make({ cluster: "hub", kubeConfig: Apiserver.kubeConfig(hub), userAgent: agent }))
+    )
+    const stack = ProvisionerLayers.layerNoDeps(options).pipe(
+      Layer.provide(AddonStatus.layer(options.addon!)),
+      Layer.provideMerge(Probes.layerNoServer),
+      Layer.provide(clusters),
+      Layer.provide(NodeServices.layer),
+      Layer.provide(quietLogs)
+    )
+    return Context.get(yield* Layer.build(stack), Probes)
+  })
+
+  const readTarget = (options: Provisioner.Options) => call(() => core(hosting).readNamespacedSecret(options.target))
+  const hashOf = (secret: V1Secret) => secret.metadata?.annotations?.[ManagedKubeconfigSecret.sourceHashAnnotation]
+  const condition = (options: Provisioner.Options) =>
+    call(() => hubCustom().getNamespacedCustomObject({ group, version, plural, ...options.addon! })).pipe(
+      Effect.map((object) =>
+        Conditions.findCondition((object as { status?: { conditions?: Array<Conditions.Condition> } }).status?.conditions ?? [], "ManagedKubeconfigReady")
+      ),
+      Effect.filterOrFail((c): c is Conditions.Condition => c !== undefined, () => new NotYet({ what: "condition set" }))
+    )
+  const changeSource = (options: Provisioner.Options, kubeconfig: string) =>
+    call(() =>
+      core(hosting).replaceNamespacedSecret({
+        ...options.source,
+        body: { metadata: { ...options.source }, data: { kubeconfig: b64(kubeconfig) } }
+      })
+    )
+  const ready = (probes: Probes["Service"]) => until(probes.readiness, (failures) => failures.length === 0, "ready", { timeout: "30 seconds" })
+
+  it.live("between deadlines only the watches; a rotation costs one TokenRequest, one Secret write, at most one status update and one Event", () =>
+    Effect.gen(function*() {
+      const { options, source } = yield* setUp("q-quiet", managed.server)
+      const probes = yield* start(options)
+      yield* eventually(readTarget(options))
+      yield* until(condition(options), (c) => c.status === "True", "condition True")
+      yield* ready(probes)
+      yield* Effect.sleep("2 seconds") // start-up: the watches' first lists and the first reconcile
+
+      // Quiet: three resync periods with nothing to do.
+      const before = { hosting: yield* count(hosting, agent), hub: yield* count(hub, agent), managed: yield* count(managed, issuerAgent) }
+      yield* Effect.sleep("10 seconds")
+      assert.deepStrictEqual(yield* requests(hosting, agent, before.hosting), [], "hosting requests between deadlines")
+      assert.deepStrictEqual(yield* requests(hub, agent, before.hub), [], "hub requests between deadlines")
+      assert.deepStrictEqual(yield* requests(managed, issuerAgent, before.managed), [], "managed requests between deadlines")
+
+      // One rotation (a source change), then quiet again.
+      const old = yield* readTarget(options)
+      yield* changeSource(options, `${source}\n# rotated\n`)
+      yield* until(readTarget(options), (s) => hashOf(s) !== hashOf(old), "rotated")
+      yield* until(condition(options), (c) => c.reason === "ManagedKubeconfigUpdated", "condition updated")
+      yield* Effect.sleep("5 seconds")
+      assert.deepStrictEqual(yield* requests(managed, issuerAgent, before.managed), ["create serviceaccounts/token"])
+      assert.deepStrictEqual([...(yield* requests(hosting, agent, before.hosting))].sort(), ["create events", "update secrets"])
+      const hubRequests = yield* requests(hub, agent, before.hub)
+      assert.isAtMost(hubRequests.length, 1, hubRequests.join(", "))
+      for (const r of hubRequests) assert.strictEqual(r, "update managedclusteraddons/status")
+    }), { timeout: 120_000 })
+
+  it.live("the managed apiserver away across a refresh: the token keeps serving, no hammering, and the refresh follows its return within seconds", () =>
+    Effect.gen(function*() {
+      const proxy = yield* FaultProxy.make({ host: managed.host, port: managed.port })
+      // The default 5-minute resync, so that only the probe can bring the refresh forward.
+      const { options, source } = yield* setUp("q-away", proxy.server, Duration.minutes(5))
+      const probes = yield* start(options)
+      const good = yield* eventually(readTarget(options))
+      yield* ready(probes)
+
+      proxy.setMode("reset")
+      const acceptedBefore = proxy.accepted()
+      const tokenRequestsBefore = yield* count(managed, issuerAgent)
+      yield* changeSource(options, `${source}\n# while away\n`)
+      const pending = yield* until(condition(options), (c) => c.reason === "ManagedKubeconfigRefreshPending", "refresh pending")
+      assert.strictEqual(pending.status, "True")
+      yield* Effect.sleep("30 seconds")
+      // Still serving the old token, still ready (it is valid), and knocked on at most once a second on average.
+      assert.strictEqual((yield* readTarget(options)).metadata?.resourceVersion, good.metadata?.resourceVersion)
+      assert.deepStrictEqual(yield* probes.readiness, [])
+      const knocks = proxy.accepted() - acceptedBefore
+      assert.isAtMost(knocks, 30, `${knocks} connections in 30 s while away`)
+      assert.strictEqual(yield* count(managed, issuerAgent), tokenRequestsBefore)
+
+      proxy.setMode("pass")
+      const back = Date.now()
+      yield* until(readTarget(options), (s) => hashOf(s) !== hashOf(good), "refreshed after the return", { timeout: "20 seconds", interval: "50 millis" })
+      const after = Date.now() - back
+      assert.isBelow(after, 5_000, `refreshed ${after} ms after the managed apiserver came back`)
+      yield* until(condition(options), (c) => c.reason === "ManagedKubeconfigUpdated", "condition updated")
+      assert.strictEqual((yield* requests(managed, issuerAgent, tokenRequestsBefore)).length, 1)
+    }), { timeout: 120_000 })
+
+  it.live("a deletion storm of the generated Secret mints no token: it is re-created from the token in hand", () =>
+    Effect.gen(function*() {
+      const { options } = yield* setUp("q-storm", managed.server)
+      yield* start(options)
+      const first = yield* eventually(readTarget(options))
+      const token = first.data?.["token"]
+      yield* Effect.sleep("1 second")
+      const before = yield* count(managed, issuerAgent)
+      let uid = first.metadata?.uid
+      for (let i = 0; i < 20; i++) {
+        yield* call(() => core(hosting).deleteNamespacedSecret(options.target))
+        const again = yield* until(readTarget(options), (s) => s.metadata?.uid !== uid, `re-created after deletion ${i + 1}`, { interval: "20 millis" })
+        uid = again.metadata?.uid
+        assert.strictEqual(again.data?.["token"], token)
+      }
+      assert.deepStrictEqual(yield* requests(managed, issuerAgent, before), [], "TokenRequests during the storm")
+    }), { timeout: 120_000 })
+
+  it.live("the hosting apiserver away and back: readiness drops, the watches re-list, readiness returns and a change made meanwhile is acted on", () =>
+    Effect.gen(function*() {
+      const proxy = yield* FaultProxy.make({ host: hosting.host, port: hosting.port })
+      const { options, source } = yield* setUp("q-hosting", managed.server)
+      const probes = yield* start(options, proxy.server)
+      const good = yield* eventually(readTarget(options))
+      yield* ready(probes)
+
+      proxy.setMode("reset")
+      const down = yield* until(probes.readiness, (failures) => failures.some((f) => f.name === "watches"), "watches down", { timeout: "30 seconds" })
+      assert.isAbove(down.length, 0)
+      const listsBefore = (yield* Apiserver.auditEvents(hosting)).filter((e) => e.verb === "list" && (e.userAgent ?? "").startsWith(agent)).length
+      yield* changeSource(options, `${source}\n# while the hosting apiserver was away\n`) // by the test, directly
+      yield* Effect.sleep("3 seconds")
+
+      proxy.setMode("pass")
+      yield* ready(probes)
+      yield* until(readTarget(options), (s) => hashOf(s) !== hashOf(good), "the change made meanwhile acted on", { timeout: "30 seconds" })
+      const listsAfter = (yield* Apiserver.auditEvents(hosting)).filter((e) => e.verb === "list" && (e.userAgent ?? "").startsWith(agent)).length
+      assert.isAtLeast(listsAfter - listsBefore, 2, "both Secret watches re-listed")
+    }), { timeout: 120_000 })
+})
