@@ -596,6 +596,18 @@ subjects: [{kind: ServiceAccount, name: cluster-proxy-agent, namespace: ${cluste
       assert.notStrictEqual(Fs.readlinkSync(Path.join(volume, "..data")), before)
       assert.strictEqual(Fs.readFileSync(Path.join(volume, "token"), "utf8"), secondToken)
       for (const c of agent.containers) assert.isNull(c.child.exitCode, `${c.name} still runs`)
+      // Each container serves its own component's series on its own port.
+      const provisionerPod = yield* hostingNode.pod(provisionerDeployment)
+      const series: ReadonlyArray<readonly [Kubelet.Pod, number, string, Record<string, string>]> = [
+        [provisionerPod, 8000, "cluster_proxy_managed_kubeconfig_refresh_total", { result: "success" }],
+        [agent, 8888, "cluster_proxy_addon_lease_updates_total", { result: "renewed" }],
+        [agent, 8000, "cluster_proxy_service_proxy_requests_total", { mode: "Relay", target: "service", result: "success" }],
+        [agent, 8001, "cluster_proxy_managed_apiserver_relay_connections_total", {}]
+      ]
+      for (const [pod, port, name, labels] of series) {
+        const text = (yield* get(pod.url(port, "/metrics"))).body
+        assert.isAtLeast(sample(text, name, labels) ?? 0, 1, `${name} on :${port}`)
+      }
 
       // Back to the default layout: the provisioner Deployment and its process go.
       const provisioner = (yield* hostingNode.pod(provisionerDeployment)).containers[0]!
