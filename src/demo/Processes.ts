@@ -1,6 +1,5 @@
 /**
- * The demo's child processes: the tether CLI as package.json's `bin` names it (a source file or a
- * bundled build), and the backend. Each writes its output to a log file in the demo's folder, is
+ * The demo's child processes: the tether CLI as package.json's `bin` names it, and the backend. Each writes its output to a log file in the demo's folder, is
  * stopped with the scope (SIGTERM, then SIGKILL after a grace period, waiting until it is gone),
  * and is killed by an exit hook should the demo exit without closing its scope, or by the
  * watchdog should it be killed outright.
@@ -10,24 +9,19 @@
 import { Data, Effect, type Scope } from "effect"
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
-import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
+import { tetherEntry } from "../../test/support/entry.ts"
 import * as Watchdog from "./Watchdog.ts"
 
 /** The repository root (where package.json is). */
 export const root: string = fileURLToPath(new URL("../../", import.meta.url))
 
 /**
- * The command that runs the tether CLI: package.json's `bin.tether`, through this Node when it is
- * a JavaScript or TypeScript file, directly otherwise.
+ * The command that runs the tether CLI as it ships: package.json's `bin` (the production build),
+ * through the repository's shared resolver, which rebuilds the bundle first when it is missing
+ * or older than the sources (a fresh clone after `npm ci` has no build yet).
  */
-export const tetherCommand = (): ReadonlyArray<string> => {
-  const manifest = JSON.parse(Fs.readFileSync(Path.join(root, "package.json"), "utf8")) as { bin?: string | Record<string, string> }
-  const bin = typeof manifest.bin === "string" ? manifest.bin : manifest.bin?.["tether"]
-  if (bin === undefined) throw new Error("package.json has no bin entry for tether")
-  const entry = Path.resolve(root, bin)
-  return /\.(c|m)?(j|t)s$/.test(entry) ? [process.execPath, entry] : [entry]
-}
+export const tetherCommand = (): ReadonlyArray<string> => [process.execPath, tetherEntry()]
 
 export class ProcessFailed extends Data.TaggedError("ProcessFailed")<{ readonly message: string }> {}
 

@@ -175,7 +175,12 @@ const main = Effect.gen(function*() {
   // -------------------------------------------------------------------------------------------
   // 2. the processes, as the chart runs them
 
-  const tether = Processes.tetherCommand()
+  yield* say("tether CLI: package.json's bin (built first if it is missing or older than the sources) ...")
+  const tether = yield* Effect.try({
+    try: Processes.tetherCommand,
+    catch: (error) => new DemoFailed({ message: `cannot find or build the tether CLI (try npm run build): ${error instanceof Error ? error.message : String(error)}` })
+  })
+  yield* say(`tether CLI: ${tether.join(" ")}`)
   const log = (name: string) => Path.join(dir, `${name}.log`)
   let relayProbe: string | undefined
   if (netns !== undefined) {
@@ -481,7 +486,7 @@ const main = Effect.gen(function*() {
     : undefined
   yield* rotationProblem === undefined
     ? check("rotation-under-traffic", "PASS", `${loop.requests} requests through ${paths.length} paths, none failed`)
-    : check("rotation-under-traffic", "FAIL", rotationProblem)
+    : check("rotation-under-traffic", "FAIL", `${rotationProblem}; last lines of ${agent.logPath}:\n${Processes.logTail(agent.logPath)}`)
   yield* observe(true)
 
   const count = (outcome: string) => checks.filter((c) => c.outcome === outcome).length
