@@ -54,14 +54,14 @@ export const proxyFlags = (listenFlag = "listen") => ({
     Flag.withDefault(7444)
   ),
   maxIdleConns: Flag.Int("max-idle-conns").pipe(
-    Flag.withDescription("Idle upstream connections kept per upstream (default 100)"),
+    Flag.withDescription("Accepted for the prototype's flag set and ignored: the upstream pools keep idle connections until --idle-conn-timeout"),
     Flag.withDefault(100)
   ),
   idleConnTimeout: Flags.duration("idle-conn-timeout", "An idle upstream connection is closed after this long", "90s"),
   tlsHandshakeTimeout: Flags.duration("tls-handshake-timeout", "Bound on the TLS handshake with an upstream", "10s"),
   expectContinueTimeout: Flags.duration(
     "expect-continue-timeout",
-    "With Expect: 100-continue, wait this long for the upstream's 100 Continue before sending the body (0 sends at once)",
+    "Accepted for the prototype's flag set and ignored: the proxy answers Expect: 100-continue itself and sends the upstream no Expect",
     "1s"
   ),
   listen: Flags.listen(listenFlag, "Address the proxy serves TLS on", ":7443")
