@@ -10,7 +10,7 @@ import { Data, Effect, type Scope } from "effect"
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import { fileURLToPath } from "node:url"
-import { tetherEntry } from "../../test/support/entry.ts"
+import { tetherEntry } from "../testing/TetherEntry.ts"
 import * as Watchdog from "./Watchdog.ts"
 
 /** The repository root (where package.json is). */

@@ -80,7 +80,7 @@ import { type Doc, splitDocs } from "../support/helm.ts"
 import { until } from "../support/eventually.ts"
 import { selfSigned } from "../support/local.ts"
 import { send } from "../support/send.ts"
-import { tetherEntry } from "../support/entry.ts"
+import { tetherEntry } from "../../src/testing/TetherEntry.ts"
 
 const chartDir = Path.resolve("charts/tether")
 const helmBinary = Path.resolve("node_modules/.bin/helm")

@@ -20,7 +20,7 @@ import { Apiserver } from "../../src/testing/index.ts"
 import { noApiserver } from "../support/apiserver.ts"
 import { until } from "../support/eventually.ts"
 import { prepare } from "../support/hostedInstall.ts"
-import { tetherEntry } from "../support/entry.ts"
+import { tetherEntry } from "../../src/testing/TetherEntry.ts"
 import { freePort, get, kubectl } from "../support/local.ts"
 import { useTrio } from "../support/trio.ts"
 

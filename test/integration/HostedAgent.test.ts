@@ -34,7 +34,7 @@ import { freePort, get, kubectl, selfSigned } from "../support/local.ts"
 import { send } from "../support/send.ts"
 import * as HostedInstall from "../support/hostedInstall.ts"
 import { useTrio } from "../support/trio.ts"
-import { tetherEntry } from "../support/entry.ts"
+import { tetherEntry } from "../../src/testing/TetherEntry.ts"
 
 const b64 = (s: string) => Buffer.from(s).toString("base64")
 const unb64 = (s: string | undefined) => Buffer.from(s ?? "", "base64").toString("utf8")

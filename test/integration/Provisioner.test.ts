@@ -21,7 +21,7 @@ import { Apiserver, Fixtures } from "../../src/testing/index.ts"
 import { eventually, NotYet, until } from "../support/eventually.ts"
 import { useTrio } from "../support/trio.ts"
 import { noApiserver } from "../support/apiserver.ts"
-import { tetherEntry } from "../support/entry.ts"
+import { tetherEntry } from "../../src/testing/TetherEntry.ts"
 
 /** A client-node call; failures keep the HTTP status for assertions. */
 class CallFailed extends Data.TaggedError("CallFailed")<{ readonly code: number | undefined }> {}

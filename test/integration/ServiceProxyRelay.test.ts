@@ -34,7 +34,7 @@ import { Apiserver } from "../../src/testing/index.ts"
 import { send as sendTo } from "../support/send.ts"
 import { noApiserver } from "../support/apiserver.ts"
 import { netnsResource, spawnInNetns } from "../support/netns.ts"
-import { tetherEntry } from "../support/entry.ts"
+import { tetherEntry } from "../../src/testing/TetherEntry.ts"
 
 const addonNamespace = "open-cluster-management-agent-addon"
 const relayName = "cluster-proxy-service-relay"

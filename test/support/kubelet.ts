@@ -12,7 +12,7 @@
  *   (SIGTERM, SIGKILL after `terminationGracePeriodSeconds`) when the Deployment goes; a Job's pod
  *   runs to completion on request, retried as `restartPolicy`/`backoffLimit` say. Each container
  *   runs its command, arguments and environment as a process: `tether` is package.json's bin
- *   (test/support/entry.ts, which builds a missing or stale bundle first);
+ *   (src/testing/TetherEntry.ts, which builds a missing or stale bundle first);
  *   each volume mount path is mapped to the pod's folder (in arguments and in `TMPDIR` for a
  *   `/tmp` mount); the downward-API namespace and name are filled in.
  * - **The pod's identity**: a TokenRequest for the pod's ServiceAccount, written as a kubeconfig
@@ -43,7 +43,7 @@ import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { Apiserver } from "../../src/testing/index.ts"
-import { tetherEntry } from "./entry.ts"
+import { tetherEntry } from "../../src/testing/TetherEntry.ts"
 import { until } from "./eventually.ts"
 import { freePort, get } from "./local.ts"
 import { inNetns, type Netns } from "./netns.ts"

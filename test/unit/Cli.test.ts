@@ -4,7 +4,7 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import * as ChildProcess from "node:child_process"
-import { tetherEntry } from "../support/entry.ts"
+import { tetherEntry } from "../../src/testing/TetherEntry.ts"
 
 const tether = (args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
   ChildProcess.spawnSync(process.execPath, [tetherEntry(), ...args], {

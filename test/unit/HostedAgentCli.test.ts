@@ -14,7 +14,7 @@ import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as HostedAgentCommand from "../../src/cli/commands/HostedAgent.ts"
-import { tetherEntry } from "../support/entry.ts"
+import { tetherEntry } from "../../src/testing/TetherEntry.ts"
 
 const tether = (args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
   ChildProcess.spawnSync(process.execPath, [tetherEntry(), "hosted-agent", ...args], {

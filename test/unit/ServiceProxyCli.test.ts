@@ -8,7 +8,7 @@ import { Duration, Option, Result } from "effect"
 import * as ChildProcess from "node:child_process"
 import * as ServiceProxyLayers from "../../layers/ServiceProxy.ts"
 import * as ServiceProxyCommand from "../../src/cli/commands/ServiceProxy.ts"
-import { tetherEntry } from "../support/entry.ts"
+import { tetherEntry } from "../../src/testing/TetherEntry.ts"
 
 const tether = (args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
   ChildProcess.spawnSync(process.execPath, [tetherEntry(), ...args], {

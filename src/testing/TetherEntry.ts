@@ -1,5 +1,6 @@
 /**
- * The `tether` command as it ships, for tests and benchmarks that run it as a process.
+ * The `tether` command as it ships, for the tests, benchmarks and demo that run it as a process
+ * (not exported by `tether/testing`: it builds this repository's sources).
  *
  * {@link tetherEntry} reads package.json's "bin" (the production build, dist/tether.mjs, made
  * by `npm run build`). When the build is missing or older than a source file under src/ or
