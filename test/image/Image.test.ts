@@ -4,8 +4,8 @@
  * capability dropped, no new privileges, the image's own user. It checks the image's
  * configuration, that it has no shell, that `tether --help` lists the subcommands (through the
  * entry point and through `tether` on the PATH, the chart's command), and that its
- * `managed-kubeconfig-provisioner` turns Ready against a real kube-apiserver on loopback (one
- * apiserver plays hosting and managed cluster).
+ * `hosted-agent`, with all four components, turns Ready against a real kube-apiserver on loopback
+ * (one apiserver plays hosting and managed cluster).
  *
  * The archive is `$TETHER_IMAGE_ARCHIVE`, else `.cache/image/tether-<version>.oci.tar`. The suite
  * skips when the archive, podman or the apiserver is missing, unless `TETHER_REQUIRE_IMAGE=1`
@@ -21,6 +21,7 @@ import * as Os from "node:os"
 import * as Path from "node:path"
 import { Apiserver, EnvtestAssets } from "../../src/testing/index.ts"
 import { NotYet, until } from "../support/eventually.ts"
+import { selfSigned } from "../support/local.ts"
 import * as Podman from "./Podman.ts"
 
 const packageJson = JSON.parse(Fs.readFileSync(Path.resolve("package.json"), "utf8")) as { version: string }
@@ -33,7 +34,7 @@ const missing = [
 ]
 if (missing.length > 0 && !required) console.warn(`[Image.test] skipping the image suite: ${missing.join("; ")}`)
 
-const subcommands = ["managed-kubeconfig-provisioner", "managed-apiserver-proxy", "service-relay", "service-proxy", "addon-agent"]
+const subcommands = ["hosted-agent", "managed-kubeconfig-provisioner", "managed-apiserver-proxy", "service-relay", "service-proxy", "addon-agent", "credential-controller"]
 const imageName = `docker.io/library/tether:${packageJson.version}`
 
 class CallFailed extends Data.TaggedError("CallFailed")<{ readonly message: string }> {}
@@ -134,7 +135,7 @@ describe.skipIf(missing.length > 0 && !required)("the container image (podman, r
       }
     }))
 
-  it.live("runs managed-kubeconfig-provisioner to Ready against a real apiserver, as uid 65532 with no capabilities on a read-only root", () =>
+  it.live("runs hosted-agent (all four components) to Ready against a real apiserver, as uid 65532 with no capabilities on a read-only root", () =>
     Effect.gen(function*() {
       const core = Apiserver.kubeConfig(apiserver).makeApiClient(CoreV1Api)
       const authn = Apiserver.kubeConfig(apiserver).makeApiClient(AuthenticationV1Api)
@@ -152,33 +153,44 @@ describe.skipIf(missing.length > 0 && !required)("the container image (podman, r
           }
         }))
 
-      // The hosting kubeconfig, readable by the container's user only, mounted read-only.
+      // The hosting kubeconfig and the service proxy's serving pair, readable by the container's
+      // user only, mounted read-only.
       const mountDir = yield* Effect.acquireRelease(
         Effect.sync(() => Fs.mkdtempSync(Path.join(Os.tmpdir(), "tether-image-kubeconfig-"))),
         (dir) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
       )
       const kubeconfigFile = Path.join(mountDir, "kubeconfig")
       Fs.writeFileSync(kubeconfigFile, apiserver.kubeconfigYaml, { mode: 0o600 })
-      Fs.chownSync(kubeconfigFile, 65532, 65532)
+      selfSigned(mountDir, "serving", ["127.0.0.1"])
+      for (const file of [kubeconfigFile, Path.join(mountDir, "serving.crt"), Path.join(mountDir, "serving.key")]) {
+        Fs.chmodSync(file, 0o600)
+        Fs.chownSync(file, 65532, 65532)
+      }
       Fs.chmodSync(mountDir, 0o755)
 
-      const port = yield* Effect.promise(freePort)
-      const name = `tether-provisioner-${process.pid}`
+      const [port, relayPort, proxyPort] = [yield* Effect.promise(freePort), yield* Effect.promise(freePort), yield* Effect.promise(freePort)]
+      const name = `tether-hosted-agent-${process.pid}`
       yield* Effect.acquireRelease(
         podman.ok([
           "run",
           "--detach",
           `--name=${name}`,
           ...podman.hardened,
-          `--volume=${kubeconfigFile}:/etc/tether/kubeconfig:ro`,
+          `--volume=${mountDir}:/etc/tether:ro`,
           imageName,
-          "managed-kubeconfig-provisioner",
+          "hosted-agent",
           "--cluster-name=image",
           "--target-namespace=agent-image",
+          "--lease-namespace=agent-image",
           "--kubeconfig=/etc/tether/kubeconfig",
           "--token-expiration=1h",
           "--refresh-before=10m",
-          `--health-probe-bind-address=127.0.0.1:${port}`
+          `--health-probe-bind-address=127.0.0.1:${port}`,
+          `--apiserver-proxy-listen=127.0.0.1:${relayPort}`,
+          `--service-proxy-listen=127.0.0.1:${proxyPort}`,
+          "--cert=/etc/tether/serving.crt",
+          "--key=/etc/tether/serving.key",
+          "--enable-proxy-agent-health-check=false"
         ]),
         () => podman.exec(["rm", "--force", "--time=0", name]).pipe(Effect.asVoid)
       )
@@ -188,6 +200,10 @@ describe.skipIf(missing.length > 0 && !required)("the container image (podman, r
         Effect.catchTag("NotYet", (e) => logs().pipe(Effect.flatMap((l) => Effect.fail(new NotYet({ what: `${e.what}; container log:\n${l.slice(-4000)}` })))))
       )
       assert.strictEqual(ready.status, 200)
+      const checks = (yield* get(`${base}/readyz?verbose`)).body
+      for (const component of ["provisioner", "apiserver-proxy", "service-proxy", "addon-lease"]) {
+        assert.include(checks, `${component}/`, `/readyz?verbose lists ${component}'s checks`)
+      }
       const metrics = (yield* get(`${base}/metrics`)).body
       assert.include(metrics, 'cluster_proxy_managed_kubeconfig_refresh_total{result="success"} 1')
 
