@@ -23,6 +23,7 @@ import type { V1Secret } from "@kubernetes/client-node"
 import { Clock, Duration, Effect, Metric, Option, Queue, Random, Ref, Stream } from "effect"
 import * as RefreshPolicy from "../domain/RefreshPolicy.ts"
 import * as Controller from "../kube/Controller.ts"
+import * as OwnWrites from "../kube/OwnWrites.ts"
 import { EventRecorder } from "../kube/EventRecorder.ts"
 import { type CustomObject, HostingCluster, HubCluster } from "../kube/KubeClient.ts"
 import type * as KubeWatch from "../kube/Watch.ts"
@@ -52,25 +53,6 @@ interface Cached<A> {
   object: A | undefined
 }
 
-type Versioned = { readonly metadata?: { readonly resourceVersion?: string | undefined } | undefined }
-
-/** Resource versions this provisioner wrote itself, newest last (a few suffice: events follow writes closely). */
-const ownVersions = () => {
-  const versions: Array<string> = []
-  return {
-    add: (object: Versioned | undefined) => {
-      const version = object?.metadata?.resourceVersion
-      if (version === undefined) return
-      versions.push(version)
-      if (versions.length > 32) versions.shift()
-    },
-    has: (object: Versioned) => {
-      const version = object.metadata?.resourceVersion
-      return version !== undefined && versions.includes(version)
-    }
-  }
-}
-
 /**
  * Run the provisioner until interrupted.
  *
@@ -85,12 +67,12 @@ export const run = Effect.fn("Provisioner.run")(function*(options: Options) {
   const reachability = Option.getOrElse(yield* Effect.serviceOption(Reachability), () => Reachability.live)
   const key = options.clusterName
   const memory = Reconciler.makeMemory(options.mintLimit)
-  const own = ownVersions()
+  const own = OwnWrites.make()
   const pokes = yield* Queue.unbounded<string>()
 
   // Liveness per watch: false from a Broken event until the next successful event.
   const alive = yield* Ref.make<ReadonlyMap<string, boolean>>(new Map())
-  const track = <A extends Versioned>(name: string, cache: Cached<A>, events: Stream.Stream<KubeWatch.WatchEvent<A>>) =>
+  const track = <A extends OwnWrites.Versioned>(name: string, cache: Cached<A>, events: Stream.Stream<KubeWatch.WatchEvent<A>>) =>
     events.pipe(
       Stream.tap((event) =>
         Effect.andThen(

@@ -54,7 +54,7 @@ export const proxyFlags = (listenFlag = "listen") => ({
     Flag.withDefault(7444)
   ),
   maxIdleConns: Flag.Int("max-idle-conns").pipe(
-    Flag.withDescription("Accepted for the prototype's flag set and ignored: the upstream pools keep idle connections until --idle-conn-timeout"),
+    Flag.withDescription("Accepted for the prototype's flag set and ignored: the upstream pools keep idle connections until --idle-conn-timeout (default 100)"),
     Flag.withDefault(100)
   ),
   idleConnTimeout: Flags.duration("idle-conn-timeout", "An idle upstream connection is closed after this long", "90s"),
