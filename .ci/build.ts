@@ -19,9 +19,10 @@
  * Usage: node .ci/build.ts [--out DIR] [--clean]      (default DIR: dist)
  */
 import * as Fs from "node:fs"
+import { createRequire } from "node:module"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
-import { build } from "rolldown"
+import { build, type Plugin } from "rolldown"
 
 const repo = Path.resolve(Path.dirname(fileURLToPath(import.meta.url)), "..")
 const argv = process.argv.slice(2)
@@ -37,8 +38,47 @@ for (let i = 0; i < argv.length; i++) {
   }
 }
 
+/**
+ * Built-in modules whose ESM facade costs more than the module: Node builds the namespace of an
+ * `import ... from "node:http"` by reading every export, and http's lazy `WebSocket`,
+ * `CloseEvent` and `MessageEvent` getters then load Node's own copy of undici (~17 MiB resident
+ * in a bare process, for a WebSocket client nothing here uses); util's lazy getters load the
+ * abort-controller internals. `require` reads no export, so these imports are rewritten to a
+ * module that requires the built-in and re-exports its plain values; the lazy getters are not
+ * exported (a build that imports one fails with a missing-export error), the cheap ones are.
+ */
+const viaRequire: Record<string, ReadonlyArray<string>> = {
+  http: ["maxHeaderSize", "globalAgent"],
+  util: []
+}
+const builtinPrefix = "\0tether-builtin:"
+const builtinsViaRequire: Plugin = {
+  name: "tether:builtins-via-require",
+  resolveId(source, _importer, extra) {
+    const name = source.startsWith("node:") ? source.slice(5) : source
+    if (!Object.hasOwn(viaRequire, name) || (extra.kind !== "import-statement" && extra.kind !== "dynamic-import")) return null
+    return { id: builtinPrefix + name, moduleSideEffects: false }
+  },
+  load(id) {
+    if (!id.startsWith(builtinPrefix)) return null
+    const name = id.slice(builtinPrefix.length)
+    const exported = createRequire(import.meta.url)(`node:${name}`) as object
+    const names = Object.getOwnPropertyNames(exported).filter((key) =>
+      /^[A-Za-z_$][\w$]*$/.test(key) && key !== "default" &&
+      (Object.getOwnPropertyDescriptor(exported, key)?.get === undefined || viaRequire[name]!.includes(key))
+    )
+    return [
+      `import { createRequire } from "node:module"`,
+      `const m = createRequire(import.meta.url)("node:${name}")`,
+      "export default m",
+      ...names.map((key) => `export const ${key} = m.${key}`)
+    ].join("\n")
+  }
+}
+
 const start = performance.now()
 const result = await build({
+  plugins: [builtinsViaRequire],
   input: { tether: Path.join(repo, "src/cli/bin.ts") },
   cwd: repo,
   platform: "node",
