@@ -14,13 +14,18 @@
  * the generated Secret; then the key and its client are dropped. In hubless mode nothing tracks
  * the add-on, so the Secret stays (a deleted source means no new tokens, not a deleted credential).
  *
+ * With membership, a run registers itself before asking whether its key is ours, and membership
+ * stops the runs of the keys a new view takes away (interrupting them) before it publishes that
+ * view; only keys handed over by a view change are queued again, so a renewal round costs no
+ * reconcile.
+ *
  * Not yet (see the README): reads from shared caches (each reconcile reads its source and target
  * Secret and the add-on), idle closing of managed clients, the periodic identity check, and the
  * `tokenFile` kubeconfig.
  *
  * @since 0.1.0
  */
-import { type Context, Effect, Exit, Layer, Metric, Option, Scope, Stream } from "effect"
+import { Cause, type Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Option, Scope, Stream } from "effect"
 import type * as Discovery from "../domain/Discovery.ts"
 import type * as RefreshPolicy from "../domain/RefreshPolicy.ts"
 import * as Controller from "../kube/Controller.ts"
@@ -32,7 +37,7 @@ import { AddonStatus } from "../provisioner/AddonStatus.ts"
 import * as Reconciler from "../provisioner/Reconciler.ts"
 import { SecretStore } from "../provisioner/SecretStore.ts"
 import { TokenIssuer } from "../provisioner/TokenIssuer.ts"
-import type { Membership } from "./Membership.ts"
+import * as Membership from "./Membership.ts"
 import * as PairSource from "./PairSource.ts"
 
 /** @category models */
@@ -43,8 +48,14 @@ export interface Options {
   readonly concurrency?: number | undefined
   /** Global limit on reconcile starts; default 20 per second, bursts of 40. */
   readonly rateLimit?: WorkQueue.Options<never, never>["rateLimit"]
-  /** Share keys with other replicas; every key is ours when absent. */
-  readonly membership?: Membership["Service"] | undefined
+  /**
+   * Share keys with the other replicas of the group through member Leases (the controller
+   * supplies `quiesce`); every key is ours when absent.
+   */
+  readonly membership?: {
+    readonly options: Omit<Membership.Options, "quiesce">
+    readonly store: Membership.MemberStore
+  } | undefined
 }
 
 const controller = "credential-controller"
@@ -65,6 +76,13 @@ const specFor = Effect.fnUntraced(function*(pair: Discovery.Pair, settings: Refr
   return { clusterName: pair.key, source, target: pair.target, serviceAccount: pair.serviceAccount, settings } satisfies Reconciler.ClusterSpec
 })
 
+/** A reconcile in flight, so that membership can stop it before giving its key away. */
+interface Run {
+  fiber: Fiber.Fiber<Controller.Action, unknown> | undefined
+  stop: boolean
+  readonly done: Deferred.Deferred<void>
+}
+
 interface Entry {
   pair: Discovery.Pair
   readonly memory: Reconciler.Memory
@@ -81,7 +99,7 @@ export const run = Effect.fnUntraced(function*(options: Options) {
   const hub = yield* Effect.serviceOption(HubCluster)
   const source = yield* PairSource.make(options.source)
   const entries = new Map<string, Entry>()
-  const membership = options.membership
+  const running = new Map<string, Run>()
 
   const entryFor = Effect.fnUntraced(function*(pair: Discovery.Pair) {
     const existing = entries.get(pair.key)
@@ -106,17 +124,49 @@ export const run = Effect.fnUntraced(function*(options: Options) {
       return entry === undefined ? Effect.void : Scope.close(entry.scope, Exit.void)
     })
 
-  const ownedGauge = Metric.withAttributes(Metrics.controllerOwnedKeys, { controller })
-  const publishOwned = Effect.gen(function*() {
-    const state = yield* source.current
-    let owned = 0
-    for (const pair of state.discovered.pairs) if (membership === undefined || (yield* membership.allows(pair.key))) owned++
-    yield* Metric.update(ownedGauge, owned)
-  })
+  /**
+   * Stop the runs of every key `keep` rejects and wait until they have ended; forget those keys'
+   * clients and memory (their new owner reads the world afresh). A run registers itself before it
+   * asks membership, and membership narrows what may run before it calls this, so a run that is
+   * not seen here will be refused.
+   */
+  const quiesce = (keep: (key: string) => boolean) =>
+    Effect.gen(function*() {
+      const stopping = [...running].filter(([key]) => !keep(key))
+      for (const [, run] of stopping) {
+        run.stop = true
+        if (run.fiber !== undefined) yield* Fiber.interrupt(run.fiber)
+      }
+      yield* Effect.forEach(stopping, ([, run]) => Deferred.await(run.done), { discard: true })
+      yield* Effect.forEach([...entries.keys()].filter((key) => !keep(key)), drop, { discard: true })
+    })
 
-  // Readiness: the first list has been seen and each of its keys reconciled once.
+  // Readiness: the first list has been seen, membership has published a view, and each key of
+  // the first list that this replica owns has been reconciled once. Registered before anything
+  // that waits on the network, so /readyz never answers 200 with no check yet.
   let initial: Set<string> | undefined
-  const reconcile = (key: string) => reconcileKey(key).pipe(Effect.ensuring(Effect.sync(() => void initial?.delete(key))))
+  const settle = (key: string) => Effect.sync(() => void initial?.delete(key))
+  let membership: Membership.Membership["Service"] | undefined
+  const published = () =>
+    membership === undefined
+      ? Effect.succeed(options.membership === undefined)
+      : Effect.map(membership.snapshot, (snapshot) => snapshot.published !== undefined)
+  const probes = yield* Effect.serviceOption(Probes)
+  if (Option.isSome(probes)) {
+    yield* probes.value.addReadinessCheck("discovery", Effect.gen(function*() {
+      const state = yield* source.current
+      if (!state.synced) return yield* Effect.fail("discovery has not listed yet")
+      if (state.broken) return yield* Effect.fail("the discovery watch is failing")
+      if (!(yield* published())) return yield* Effect.fail("membership has not published a view yet")
+      if (initial === undefined) return yield* Effect.fail("the first list is not processed yet")
+      let pending = 0
+      for (const key of initial) if (membership === undefined || (yield* membership.allows(key))) pending++
+      if (pending > 0) return yield* Effect.fail(`${pending} discovered pairs not reconciled yet`)
+    }))
+  }
+  membership = options.membership === undefined
+    ? undefined
+    : yield* Membership.make({ ...options.membership.options, quiesce }, options.membership.store)
 
   const reconcileKey = Effect.fnUntraced(function*(key: string) {
     if (membership !== undefined && !(yield* membership.allows(key))) return Controller.awaitChange
@@ -131,12 +181,34 @@ export const run = Effect.fnUntraced(function*(options: Options) {
         yield* Reconciler.reconcile(spec, last.memory).pipe(Effect.provide(last.services), Effect.ignore)
       }
       yield* drop(key)
+      yield* settle(key)
       return Controller.awaitChange
     }
     const entry = yield* entryFor(pair)
     const spec = yield* specFor(pair, options.settings)
-    return yield* Reconciler.reconcile(spec, entry.memory).pipe(Effect.provide(entry.services))
+    return yield* Reconciler.reconcile(spec, entry.memory).pipe(Effect.provide(entry.services), Effect.ensuring(settle(key)))
   })
+
+  // Each run in its own fiber, registered before it asks membership (see quiesce).
+  const reconcile = (key: string) =>
+    Effect.gen(function*() {
+      const run: Run = { fiber: undefined, stop: false, done: yield* Deferred.make<void>() }
+      running.set(key, run)
+      return yield* Effect.gen(function*() {
+        const fiber = yield* Effect.forkChild(reconcileKey(key))
+        run.fiber = fiber
+        if (run.stop) yield* Fiber.interrupt(fiber)
+        const exit = yield* Fiber.await(fiber)
+        // Stopped because the key moved to another replica: nothing to retry here.
+        if (run.stop && Exit.isFailure(exit) && Cause.hasInterruptsOnly(exit.cause)) return Controller.awaitChange
+        return yield* exit
+      }).pipe(
+        Effect.ensuring(Effect.suspend(() => {
+          if (running.get(key) === run) running.delete(key)
+          return Deferred.succeed(run.done, undefined)
+        }))
+      )
+    })
 
   const queue = yield* WorkQueue.make({
     name: controller,
@@ -145,8 +217,20 @@ export const run = Effect.fnUntraced(function*(options: Options) {
     rateLimit: options.rateLimit ?? { perSecond: 20, burst: 40 }
   })
 
-  // Discovery changes: reconcile the keys whose pair changed (and every key on the first list).
   let seen: Discovery.Discovered = { pairs: [], problems: [] }
+  // The keys this replica may run now, kept to notice the ones membership hands over.
+  let owned = new Set<string>()
+  const ownedGauge = Metric.withAttributes(Metrics.controllerOwnedKeys, { controller })
+  const refreshOwned = Effect.gen(function*() {
+    const next = new Set<string>()
+    for (const pair of seen.pairs) if (membership === undefined || (yield* membership.allows(pair.key))) next.add(pair.key)
+    const before = owned
+    owned = next
+    yield* Metric.update(ownedGauge, next.size)
+    return { gained: [...next].filter((key) => !before.has(key)), lost: [...before].filter((key) => !next.has(key)) }
+  })
+
+  // Discovery changes: reconcile the keys whose pair changed (and every key on the first list).
   yield* source.changes.pipe(
     Stream.filter((state) => state.synced),
     Stream.runForEach((state) =>
@@ -154,41 +238,38 @@ export const run = Effect.fnUntraced(function*(options: Options) {
         if (initial === undefined) initial = new Set(state.discovered.pairs.map((p) => p.key))
         const changed = PairSource.diff(seen, state.discovered)
         seen = state.discovered
+        yield* refreshOwned
         for (const key of changed) yield* queue.add(key)
         for (const problem of state.discovered.problems) {
           yield* Effect.logWarning("a pair cannot be served", { subject: problem.subject, reason: problem.reason, error: problem.message })
         }
-        yield* publishOwned
       })
     ),
     Effect.forkScoped
   )
 
-  // Membership changes: every key may have moved.
+  // Membership changes (each round publishes a snapshot): only keys handed to us need a run;
+  // keys taken away were stopped by quiesce, and their pending deadlines are dropped.
   if (membership !== undefined) {
     yield* membership.changes.pipe(
       Stream.runForEach(() =>
         Effect.gen(function*() {
-          for (const pair of seen.pairs) yield* queue.add(pair.key)
-          yield* publishOwned
+          const { gained, lost } = yield* refreshOwned
+          for (const key of lost) yield* queue.forget(key)
+          for (const key of gained) yield* queue.add(key)
+          if (gained.length > 0 || lost.length > 0) {
+            yield* Effect.logInfo("owned keys changed", { gained: gained.length, lost: lost.length, owned: owned.size })
+          }
         })
       ),
       Effect.forkScoped
     )
   }
 
-  const probes = yield* Effect.serviceOption(Probes)
-  if (Option.isSome(probes)) {
-    yield* probes.value.addReadinessCheck("discovery", Effect.gen(function*() {
-      const state = yield* source.current
-      if (!state.synced) return yield* Effect.fail("discovery has not listed yet")
-      if (state.broken) return yield* Effect.fail("the discovery watch is failing")
-      if (initial === undefined || initial.size > 0) {
-        return yield* Effect.fail(`${initial?.size ?? "all"} discovered pairs not reconciled yet`)
-      }
-    }))
-  }
   yield* Effect.addFinalizer(() => Effect.forEach([...entries.keys()], drop, { discard: true }))
-  yield* Effect.logInfo("credential controller started", { mode: options.source._tag })
+  yield* Effect.logInfo("credential controller started", {
+    mode: options.source._tag,
+    ...(membership === undefined ? {} : { identity: membership.identity })
+  })
   return yield* Effect.never
 }, Effect.scoped)

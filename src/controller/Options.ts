@@ -1,13 +1,14 @@
 /**
  * From command-line values to a validated credential-controller configuration, pure: which
- * discovery mode (a hub, or source Secrets without one), the add-ons served, and the refresh
- * settings' limits (the provisioner's rules).
+ * discovery mode (a hub, or source Secrets without one), the add-ons served, the refresh
+ * settings' limits (the provisioner's rules) and the sharding between replicas.
  *
  * @since 0.1.0
  */
-import { Duration, Result, Schema } from "effect"
+import { Duration, Effect, Result, Schema } from "effect"
 import * as Discovery from "../domain/Discovery.ts"
 import * as RefreshPolicy from "../domain/RefreshPolicy.ts"
+import * as Membership from "./Membership.ts"
 
 /** The flags as given (empty string = not given). @category models */
 export interface Flags {
@@ -19,7 +20,23 @@ export interface Flags {
   readonly refreshBefore: Duration.Duration
   readonly identityCheckInterval: Duration.Duration
   readonly concurrency: number
+  /** Namespace of the member Leases; empty: `$POD_NAMESPACE`; neither: no sharding. */
+  readonly shardLeaseNamespace: string
+  /** This replica's name among the others; empty: `$POD_NAME`, else the host name. */
+  readonly shardIdentity: string
+  readonly shardLeaseDuration: Duration.Duration
+  readonly shardRenewInterval: Duration.Duration
 }
+
+/** What the environment says when flags are silent. @category models */
+export interface Environment {
+  readonly podNamespace?: string | undefined
+  readonly podName?: string | undefined
+  readonly hostname?: string | undefined
+}
+
+/** The Lease group of the controller's replicas. @category constants */
+export const shardGroup = "credential-controller"
 
 /** @category models */
 export interface Resolved {
@@ -29,6 +46,8 @@ export interface Resolved {
   readonly settings: RefreshPolicy.ValidatedSettings
   readonly identityCheckInterval: Duration.Duration
   readonly concurrency: number
+  /** Membership of the replicas' group; undefined: this process serves every key alone. */
+  readonly sharding: Omit<Membership.Options, "quiesce"> | undefined
 }
 
 /** @category errors */
@@ -43,7 +62,7 @@ const fail = (message: string) => Result.fail(new InvalidOptions({ message }))
  *
  * @category constructors
  */
-export const resolve = (flags: Flags): Result.Result<Resolved, InvalidOptions> => {
+export const resolve = (flags: Flags, env: Environment = {}): Result.Result<Resolved, InvalidOptions> => {
   const hub = flags.hubKubeconfig.trim()
   const selector = flags.sourceSecretSelector.trim()
   const addons = flags.addons.split(",").map((a) => a.trim()).filter((a) => a !== "")
@@ -61,6 +80,8 @@ export const resolve = (flags: Flags): Result.Result<Resolved, InvalidOptions> =
   if (hub === "" && addons.length === 0) return fail("--addons must name at least one add-on without a hub")
   if (!Duration.isGreaterThan(flags.identityCheckInterval, Duration.zero)) return fail("--identity-check-interval must be greater than 0")
   if (!Number.isInteger(flags.concurrency) || flags.concurrency < 1) return fail("--concurrency must be a whole number of at least 1")
+  const sharding = resolveSharding(flags, env)
+  if (Result.isFailure(sharding)) return Result.fail(sharding.failure)
   const settings = RefreshPolicy.validateSettings({ tokenExpiration: flags.tokenExpiration, refreshBefore: flags.refreshBefore })
   if (Result.isFailure(settings)) return fail(settings.failure.message)
   return Result.succeed({
@@ -69,6 +90,35 @@ export const resolve = (flags: Flags): Result.Result<Resolved, InvalidOptions> =
       : { _tag: "Hubless", selector, config: { addons } },
     settings: settings.success,
     identityCheckInterval: flags.identityCheckInterval,
-    concurrency: flags.concurrency
+    concurrency: flags.concurrency,
+    sharding: sharding.success
   })
+}
+
+const resolveSharding = (
+  flags: Flags,
+  env: Environment
+): Result.Result<Omit<Membership.Options, "quiesce"> | undefined, InvalidOptions> => {
+  const namespace = flags.shardLeaseNamespace.trim() || (env.podNamespace ?? "").trim()
+  if (namespace === "") return Result.succeed(undefined)
+  if (!Discovery.isNamespace(namespace)) return fail(`--shard-lease-namespace: ${JSON.stringify(namespace)} is not a namespace name`)
+  const identity = flags.shardIdentity.trim() || (env.podName ?? "").trim() || (env.hostname ?? "").trim().toLowerCase()
+  if (identity === "") return fail("--shard-identity is required when neither POD_NAME nor a host name is known")
+  if (!Duration.isGreaterThan(flags.shardLeaseDuration, Duration.zero)) return fail("--shard-lease-duration must be greater than 0")
+  if (!Duration.isGreaterThan(flags.shardRenewInterval, Duration.zero)) return fail("--shard-renew-interval must be greater than 0")
+  const options = {
+    namespace,
+    group: shardGroup,
+    identity,
+    leaseDuration: flags.shardLeaseDuration,
+    renewInterval: flags.shardRenewInterval
+  }
+  const checked = Membership.validate({ ...options, quiesce: () => Effect.void })
+  if (Result.isFailure(checked)) {
+    return fail(checked.failure.message.replace(/^membership: identity/, "--shard-identity").replace(
+      /^membership: the renew interval/,
+      "--shard-renew-interval"
+    ))
+  }
+  return Result.succeed(options)
 }

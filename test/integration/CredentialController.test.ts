@@ -2,7 +2,10 @@
  * The credential controller on real hub, hosting and managed apiservers: it discovers the
  * add-ons hosted on this cluster and makes each pair's generated Secret with a working token
  * and a True condition; a pair with a bad source is False with its reason while the others are
- * Ready; deleting one add-on removes its Secret and leaves the others untouched.
+ * Ready; deleting one add-on removes its Secret and leaves the others untouched. Two real
+ * processes share the pairs through member Leases: a second replica takes its share, a killed one's
+ * pairs move to the survivor within a lease duration, and no pair is ever minted for twice
+ * (TokenRequests counted from the managed apiserver's audit log).
  */
 import { assert, describe, it } from "@effect/vitest"
 import { NodeServices } from "@effect/platform-node"
@@ -10,6 +13,7 @@ import * as ChildProcess from "node:child_process"
 import { Duration, Effect, Layer, Result } from "effect"
 import * as CredentialController from "../../src/controller/CredentialController.ts"
 import * as Discovery from "../../src/domain/Discovery.ts"
+import * as Sharding from "../../src/domain/Sharding.ts"
 import * as RefreshPolicy from "../../src/domain/RefreshPolicy.ts"
 import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
 import { EventRecorder } from "../../src/kube/EventRecorder.ts"
@@ -132,4 +136,114 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
       assert.match(metrics.body, /tether_controller_owned_keys\{controller="credential-controller"\} 2\b/)
       assert.notInclude(output, "eyJ", "no token in the logs")
     }), 180_000)
+
+  it.live("two replicas split the pairs; a killed replica's pairs move to the other within a lease duration; no pair minted twice", () =>
+    Effect.gen(function*() {
+      // A managed apiserver of its own, audited, so TokenRequests are counted by the server.
+      const managed = yield* Apiserver.make({ name: "managed-audited", auditLog: true })
+      const clusters = { hub: trio.hub, hosting: trio.hosting, managed }
+      const names = Array.from({ length: 8 }, (_, i) => `s${i}`)
+      for (const cluster of names) {
+        yield* prepare(clusters, cluster, `addon-${cluster}`)
+        const run = yield* kubectl(trio.hub.kubeconfigPath, [
+          "annotate", "managedclusteraddon", "-n", cluster, "cluster-proxy", `${Discovery.hostingClusterAnnotation}=hosting-3`
+        ])
+        assert.strictEqual(run.code, 0, run.stderr)
+      }
+      yield* Apiserver.createNamespace(trio.hosting, "tether-shards")
+      const keys = names.map((cluster) => `${cluster}/cluster-proxy`)
+      const hosting = ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(trio.hosting) })
+
+      const replica = (identity: string) =>
+        Effect.gen(function*() {
+          const port = yield* freePort
+          const child = ChildProcess.spawn(process.execPath, [
+            tetherEntry(), "credential-controller",
+            `--kubeconfig=${trio.hosting.kubeconfigPath}`, `--hub-kubeconfig=${trio.hub.kubeconfigPath}`,
+            "--hosting-cluster-name=hosting-3", "--token-expiration=1h", "--refresh-before=10m",
+            "--shard-lease-namespace=tether-shards", `--shard-identity=${identity}`,
+            "--shard-lease-duration=6s", "--shard-renew-interval=1s",
+            `--health-probe-bind-address=127.0.0.1:${port}`
+          ], { stdio: ["ignore", "pipe", "pipe"] })
+          const log = { text: "" }
+          child.stdout.on("data", (chunk: Buffer) => (log.text += chunk.toString()))
+          child.stderr.on("data", (chunk: Buffer) => (log.text += chunk.toString()))
+          yield* Effect.addFinalizer(() => Effect.sync(() => child.kill("SIGKILL")))
+          const owned = Effect.map(get(`http://127.0.0.1:${port}/metrics`), (r) => {
+            const match = /tether_controller_owned_keys\{controller="credential-controller"\} (\d+)/.exec(r.body)
+            return match === null ? -1 : Number(match[1])
+          })
+          return { child, log, port, owned }
+        })
+      const tokenRequests = Effect.map(Apiserver.auditEvents(managed), (events) => {
+        const counts = new Map<string, number>()
+        for (const e of events) {
+          if (e.stage !== "ResponseComplete" || e.verb !== "create" || e.objectRef?.subresource !== "token") continue
+          if (!(e.userAgent ?? "").startsWith("tether-managed-kubeconfig-provisioner")) continue
+          const sa = `${e.objectRef.namespace}/${e.objectRef.name}`
+          counts.set(sa, (counts.get(sa) ?? 0) + 1)
+        }
+        return counts
+      })
+      const expectMintedOnce = (except?: string) =>
+        Effect.gen(function*() {
+          const counts = yield* tokenRequests
+          for (const cluster of names) {
+            const sa = `addon-${cluster}/cluster-proxy`
+            assert.strictEqual(counts.get(sa) ?? 0, sa === except ? 2 : 1, `TokenRequests for ${sa}`)
+          }
+        })
+
+      // One replica alone serves every pair.
+      const a = yield* replica("replica-a")
+      yield* until(get(`http://127.0.0.1:${a.port}/readyz`), (r) => r.status === 200, "replica-a ready", { timeout: "90 seconds" }).pipe(
+        Effect.tapError(() => Effect.sync(() => console.log(a.log.text.slice(-3000))))
+      )
+      yield* until(a.owned, (n) => n === keys.length, "replica-a owns every pair", { timeout: "20 seconds" })
+      const before = new Map<string, string | undefined>()
+      for (const cluster of names) {
+        const secret = yield* hosting.getSecret(`addon-${cluster}`, "cluster-proxy-managed-kubeconfig").pipe(
+          Effect.tapError(() => Effect.sync(() => console.log(a.log.text.slice(-6000))))
+        )
+        before.set(cluster, secret.metadata?.resourceVersion)
+      }
+
+      // A second replica takes the share rendezvous hashing gives it.
+      const b = yield* replica("replica-b")
+      const split = Sharding.assign(keys, ["replica-a", "replica-b"])
+      assert.isAbove(split.get("replica-b")!.length, 0)
+      assert.isAbove(split.get("replica-a")!.length, 0)
+      yield* until(
+        Effect.all([a.owned, b.owned]),
+        ([na, nb]) => na === split.get("replica-a")!.length && nb === split.get("replica-b")!.length,
+        "the pairs split between the replicas",
+        { timeout: "90 seconds" }
+      ).pipe(Effect.tapError(() => Effect.sync(() => console.log(b.log.text.slice(-3000)))))
+      yield* until(get(`http://127.0.0.1:${b.port}/readyz`), (r) => r.status === 200, "replica-b ready", { timeout: "30 seconds" })
+      // Handing pairs over costs no new token: the new owner finds the Secrets fresh.
+      yield* expectMintedOnce()
+      for (const cluster of names) {
+        const secret = yield* hosting.getSecret(`addon-${cluster}`, "cluster-proxy-managed-kubeconfig")
+        assert.strictEqual(secret.metadata?.resourceVersion, before.get(cluster), `${cluster} not rewritten by the handover`)
+      }
+
+      // Killed without a goodbye: its Lease stays held until it expires (6 s), then replica-a
+      // serves its pairs. One of them loses its Secret meanwhile, so serving it shows.
+      const moved = split.get("replica-b")![0]!.split("/")[0]!
+      b.child.kill("SIGKILL")
+      const killedAt = Date.now()
+      const removed = yield* kubectl(trio.hosting.kubeconfigPath, ["delete", "secret", "-n", `addon-${moved}`, "cluster-proxy-managed-kubeconfig"])
+      assert.strictEqual(removed.code, 0, removed.stderr)
+      yield* until(a.owned, (n) => n === keys.length, "replica-a owns every pair again", { timeout: "12 seconds" })
+      const takeover = Date.now() - killedAt
+      console.log(`takeover after SIGKILL: ${takeover} ms (lease duration 6 s, renew interval 1 s)`)
+      yield* until(
+        Effect.map(Effect.result(hosting.getSecret(`addon-${moved}`, "cluster-proxy-managed-kubeconfig")), Result.isSuccess),
+        (back) => back,
+        `${moved}'s Secret made again by replica-a`,
+        { timeout: "30 seconds" }
+      )
+      yield* expectMintedOnce(`addon-${moved}/cluster-proxy`)
+      assert.notInclude(a.log.text + b.log.text, "eyJ", "no token in the logs")
+    }), 240_000)
 })

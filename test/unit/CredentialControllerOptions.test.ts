@@ -11,11 +11,15 @@ const base: Options.Flags = {
   tokenExpiration: Duration.hours(24),
   refreshBefore: Duration.hours(1),
   identityCheckInterval: Duration.minutes(10),
-  concurrency: 8
+  concurrency: 8,
+  shardLeaseNamespace: "",
+  shardIdentity: "",
+  shardLeaseDuration: Duration.seconds(15),
+  shardRenewInterval: Duration.seconds(5)
 }
 
-const message = (flags: Partial<Options.Flags>) => {
-  const result = Options.resolve({ ...base, ...flags })
+const message = (flags: Partial<Options.Flags>, env: Options.Environment = {}) => {
+  const result = Options.resolve({ ...base, ...flags }, env)
   return Result.isFailure(result) ? result.failure.message : "ok"
 }
 
@@ -43,6 +47,29 @@ describe("credential-controller options", () => {
       [{ sourceSecretSelector: "a=b", identityCheckInterval: Duration.zero }, /--identity-check-interval/],
       [{ sourceSecretSelector: "a=b", concurrency: 0 }, /--concurrency/],
       [{ sourceSecretSelector: "a=b", tokenExpiration: Duration.minutes(5) }, /token-expiration/]
+    ]
+    for (const [flags, expected] of table) assert.match(message(flags), expected, JSON.stringify(flags))
+  })
+
+  it("sharding: off without a Lease namespace; the flag or POD_NAMESPACE turns it on, named by POD_NAME or the host name", () => {
+    const hubless = { ...base, sourceSecretSelector: "a=b" }
+    assert.isUndefined(Result.getOrThrow(Options.resolve(hubless)).sharding)
+    const fromEnv = Result.getOrThrow(Options.resolve(hubless, { podNamespace: "tether", podName: "cc-0", hostname: "Node-1" })).sharding
+    assert.deepStrictEqual(fromEnv && [fromEnv.namespace, fromEnv.group, fromEnv.identity], ["tether", Options.shardGroup, "cc-0"])
+    const byHost = Result.getOrThrow(Options.resolve({ ...hubless, shardLeaseNamespace: "ns" }, { hostname: "Node-1" })).sharding
+    assert.deepStrictEqual(byHost && [byHost.namespace, byHost.identity], ["ns", "node-1"])
+    const byFlag = Result.getOrThrow(Options.resolve({ ...hubless, shardIdentity: "r-2" }, { podNamespace: "tether", podName: "cc-0" })).sharding
+    assert.strictEqual(byFlag?.identity, "r-2")
+  })
+
+  it("sharding: bad values name their flag", () => {
+    const on = { sourceSecretSelector: "a=b", shardLeaseNamespace: "tether", shardIdentity: "r-1" }
+    const table: Array<[Partial<Options.Flags>, RegExp]> = [
+      [{ ...on, shardLeaseNamespace: "Bad_Ns" }, /--shard-lease-namespace/],
+      [{ ...on, shardIdentity: "" }, /--shard-identity is required/],
+      [{ ...on, shardIdentity: "Not A Name" }, /--shard-identity "Not A Name"/],
+      [{ ...on, shardLeaseDuration: Duration.zero }, /--shard-lease-duration/],
+      [{ ...on, shardRenewInterval: Duration.seconds(10) }, /--shard-renew-interval .*twice/]
     ]
     for (const [flags, expected] of table) assert.match(message(flags), expected, JSON.stringify(flags))
   })

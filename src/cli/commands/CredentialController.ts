@@ -5,6 +5,7 @@
  * @since 0.1.0
  */
 import { Effect, Layer, Result } from "effect"
+import * as Os from "node:os"
 import { Command, Flag } from "effect/cli"
 import * as ControllerLayers from "../../../layers/CredentialController.ts"
 import * as Observability from "../../../layers/Observability.ts"
@@ -22,12 +23,20 @@ export const flags = {
   tokenExpiration: Flags.duration("token-expiration", "Requested token lifetime (TokenRequest expirationSeconds; at least 10m)", "24h"),
   refreshBefore: Flags.duration("refresh-before", "Refresh at least this long before expiry (and at the latest at 80% of the lifetime)", "1h"),
   concurrency: Flag.Int("concurrency").pipe(Flag.withDescription("Reconciles running at once (default 8)"), Flag.withDefault(8)),
+  shardLeaseNamespace: Flags.string("shard-lease-namespace", "Namespace of the replicas' member Leases; replicas share the pairs through them (default: $POD_NAMESPACE; neither: one replica serves every pair)"),
+  shardIdentity: Flags.string("shard-identity", "This replica's name in its member Lease (default: $POD_NAME, else the host name)"),
+  shardLeaseDuration: Flags.duration("shard-lease-duration", "A replica that stops renewing loses its pairs to the others after this long", "15s"),
+  shardRenewInterval: Flags.duration("shard-renew-interval", "How often each replica renews its member Lease and reads the others' (with up to 20% jitter)", "5s"),
   healthProbeBindAddress: Flags.listen("health-probe-bind-address", "Address of /healthz, /readyz and /metrics", ":8000")
 }
 
 export const command = Command.make("credential-controller", flags, (given) =>
   Effect.gen(function*() {
-    const options = Options.resolve(given)
+    const options = Options.resolve(given, {
+      podNamespace: process.env["POD_NAMESPACE"],
+      podName: process.env["POD_NAME"],
+      hostname: Os.hostname()
+    })
     if (Result.isFailure(options)) return yield* new UsageError({ message: options.failure.message })
     const hostingKubeconfig = given.kubeconfig === "" ? undefined : given.kubeconfig
     return yield* Layer.launch(
