@@ -105,6 +105,8 @@ export type RequestTarget =
   | { readonly _tag: "KubeApiserver" }
   | { readonly _tag: "Service"; readonly target: ServiceRouting.Target }
 
+const kubeApiserver: RequestTarget = { _tag: "KubeApiserver" }
+
 /**
  * Read the routing headers. All four must be present once; `kubernetes` in `default` is the
  * kube-apiserver whatever the letter case, proto or port; any other target must be a valid
@@ -114,9 +116,9 @@ export type RequestTarget =
  * @category routing
  */
 export const classify = (headers: HttpHeaders.Headers): Result.Result<RequestTarget, ServiceRouting.RoutingError> => {
-  const routed = ServiceRouting.route(headers)
-  if (Result.isSuccess(routed)) return Result.succeed({ _tag: "Service", target: routed.success })
-  return routed.failure.reason === "KubeApiserver" ? Result.succeed({ _tag: "KubeApiserver" }) : Result.fail(routed.failure)
+  const routed = ServiceRouting.routeOrApiserver(headers)
+  if (Result.isFailure(routed)) return Result.fail(routed.failure)
+  return Result.succeed(routed.success === "KubeApiserver" ? kubeApiserver : { _tag: "Service", target: routed.success })
 }
 
 /**

@@ -137,6 +137,21 @@ export const metricScheme = (proto: string | undefined): MetricScheme => {
  * @category routing
  */
 export const route = (headers: HttpHeaders.Headers): Result.Result<Target, RoutingError> => {
+  const routed = routeOrApiserver(headers)
+  return routed._tag === "Success" && routed.success === "KubeApiserver"
+    ? Result.fail(new RoutingError({ reason: "KubeApiserver", message: "service relay does not proxy kube-apiserver requests" }))
+    : (routed as Result.Result<Target, RoutingError>)
+}
+
+/**
+ * {@link route}, except that the kube-apiserver is an answer (`"KubeApiserver"`) rather than a
+ * refusal: the service proxy's reading of the same headers. The kube-apiserver is its most
+ * common target, and an error object (with its stack) per request showed in its profile.
+ *
+ * @since 0.1.0
+ * @category routing
+ */
+export const routeOrApiserver = (headers: HttpHeaders.Headers): Result.Result<Target | "KubeApiserver", RoutingError> => {
   const fail = (reason: RoutingError["reason"], message: string) => Result.fail(new RoutingError({ reason, message }))
   const raw = {
     proto: HttpHeaders.single(headers, headerNames.proto),
@@ -162,9 +177,7 @@ export const route = (headers: HttpHeaders.Headers): Result.Result<Target, Routi
   if (proto !== "http" && proto !== "https") {
     return fail("UnsupportedScheme", `unsupported target scheme ${quote(rawProto)}`)
   }
-  if (isKubeApiserver(namespace, service)) {
-    return fail("KubeApiserver", "service relay does not proxy kube-apiserver requests")
-  }
+  if (isKubeApiserver(namespace, service)) return Result.succeed("KubeApiserver")
   if (!KubeNames.isNamespaceName(namespace)) {
     return fail("InvalidNamespace", `invalid ${headerNames.namespace} ${quote(namespace)}: must be a lower-case DNS label (RFC 1123)`)
   }

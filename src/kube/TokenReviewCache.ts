@@ -13,10 +13,16 @@
  *   caller may wipe its `Redacted` once it stops waiting.
  * - {@link Cached.known} answers synchronously from the cache, so a request path can skip the
  *   fiber (and the `Redacted`) when the answer is already there (the common case by far).
+ * - A token in use is reviewed again ahead of expiry: a lookup in the last quarter of an
+ *   answer's TTL starts one review in the background, and its answer replaces the old one when
+ *   it comes. Without this, every request of a busy caller waited on the one review at each
+ *   expiry (the service proxy's tail). No answer is used past its TTL, counted from when its
+ *   review was asked; a refresh that fails outright keeps the old answer until then and is
+ *   tried again a tenth of a TTL later.
  *
  * @since 0.1.0
  */
-import { Clock, Deferred, Duration, Effect, Exit, Option, Redacted, type Scope } from "effect"
+import { Clock, Deferred, Duration, Effect, Exit, FiberSet, Option, Redacted, type Scope } from "effect"
 import { hash } from "node:crypto"
 
 /** @category models */
@@ -48,8 +54,9 @@ export interface Cached<A, E> {
   /** The answer for `token`: cached, or reviewed now (shared with concurrent callers). */
   readonly review: (token: Redacted.Redacted<string>) => Effect.Effect<A, E>
   /**
-   * The cached answer for a token if there is a settled, unexpired one; never reviews. Takes
-   * the token's text: a lookup only hashes it, and request paths call this on every request.
+   * The cached answer for a token if there is a settled, unexpired one; never waits for a
+   * review (near expiry it starts one in the background). Takes the token's text: a lookup
+   * only hashes it, and request paths call this on every request.
    */
   readonly known: (tokenText: string) => Exit.Exit<A, E> | undefined
 }
@@ -59,6 +66,10 @@ interface Entry<A, E> {
   readonly outcome: Deferred.Deferred<A, E>
   /** Set once the review has finished. */
   settled?: Exit.Exit<A, E>
+  /** From then on a lookup starts a background review ({@link Cached.known}). */
+  refreshAt: number
+  /** A background review is running. */
+  refreshing?: boolean
 }
 
 /**
@@ -75,6 +86,9 @@ export const make = Effect.fnUntraced(function*<A, E>(
   const ttl = Duration.toMillis(Duration.fromInputUnsafe(options.ttl))
   const maxEntries = Math.max(1, options.maxEntries ?? 4096)
   const entries = new Map<string, Entry<A, E>>()
+  const refreshAhead = ttl / 4
+  const fibers = yield* FiberSet.make<void, never>()
+  const runInBackground = yield* FiberSet.runtime(fibers)<never>()
 
   const makeRoom = (now: number) => {
     if (entries.size < maxEntries) return
@@ -94,7 +108,7 @@ export const make = Effect.fnUntraced(function*<A, E>(
     if (cached !== undefined) entries.delete(key)
 
     const outcome = yield* Deferred.make<A, E>()
-    const entry: Entry<A, E> = { expiresAt: now + ttl, outcome }
+    const entry: Entry<A, E> = { expiresAt: now + ttl, refreshAt: now + ttl - refreshAhead, outcome }
     if (ttl > 0) {
       makeRoom(now)
       entries.set(key, entry)
@@ -118,9 +132,40 @@ export const make = Effect.fnUntraced(function*<A, E>(
     return yield* Deferred.await(outcome)
   })
 
+  /** Review a token in use again, in the background; its answer replaces `entry`'s when it comes. */
+  const refresh = (key: string, entry: Entry<A, E>, tokenText: string, askedAt: number) => {
+    entry.refreshing = true
+    const own = Redacted.make(tokenText)
+    runInBackground(review(own).pipe(
+      Effect.ensuring(Effect.sync(() => Redacted.wipeUnsafe(own))),
+      Effect.exit,
+      Effect.flatMap((exit) =>
+        Effect.sync(() => {
+          entry.refreshing = false
+          const error = Exit.findErrorOption(exit)
+          if (Option.isSome(error) && options.isTransient(error.value)) {
+            entry.refreshAt = clock.currentTimeMillisUnsafe() + ttl / 10
+            return
+          }
+          // Evicted or replaced meanwhile: the newer state stands.
+          if (entries.get(key) !== entry) return
+          const outcome = Deferred.makeUnsafe<A, E>()
+          Deferred.doneUnsafe(outcome, exit)
+          entries.delete(key)
+          entries.set(key, { expiresAt: askedAt + ttl, refreshAt: askedAt + ttl - refreshAhead, outcome, settled: exit })
+        })
+      )
+    ))
+  }
+
   const known = (tokenText: string): Exit.Exit<A, E> | undefined => {
-    const entry = entries.get(fingerprint(tokenText))
-    return entry !== undefined && entry.expiresAt > clock.currentTimeMillisUnsafe() ? entry.settled : undefined
+    const key = fingerprint(tokenText)
+    const entry = entries.get(key)
+    if (entry === undefined) return undefined
+    const now = clock.currentTimeMillisUnsafe()
+    if (entry.expiresAt <= now) return undefined
+    if (entry.settled !== undefined && entry.refreshing !== true && now >= entry.refreshAt) refresh(key, entry, tokenText, now)
+    return entry.settled
   }
 
   return { review: cachedReview, known }

@@ -227,7 +227,7 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
     trust: { key: current.endpointKey, ca: current.tls.ca, rejectUnauthorized: !current.tls.insecure }
   })
 
-  const toApiserverAs = (path: string, headers: HttpHeaders.OutgoingHeaders, current: Snapshot) =>
+  const toApiserverAs = (path: string, headers: Forwarder.HeaderList, current: Snapshot) =>
     Admission.admitted<Label>({
       label: "kube-apiserver",
       destination: apiserver(current),
@@ -236,17 +236,28 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
       upstream: { target: "kube-apiserver", upstream: current.serverUrl }
     })
 
+  // A caller's impersonation headers, built once per cached review answer (the same object
+  // until the answer expires) rather than checked and built on every request.
+  const impersonations = new WeakMap<Authenticated, ReturnType<typeof Impersonation.impersonationHeaders>>()
+
   /** The authenticated caller, impersonated with the proxy's current token. */
-  const impersonate = (req: Http.IncomingMessage, path: string, caller: Authenticated): Admission.Admission<Label> => {
-    const impersonation = Impersonation.impersonationHeaders(caller.source, caller.user)
+  const impersonate = (req: Http.IncomingMessage, path: string, caller: Authenticated, upgrade: boolean): Admission.Admission<Label> => {
+    let impersonation = impersonations.get(caller)
+    if (impersonation === undefined) {
+      impersonation = Impersonation.impersonationHeaders(caller.source, caller.user)
+      impersonations.set(caller, impersonation)
+    }
     if (Result.isFailure(impersonation)) return Admission.refusal(401, impersonation.failure.message, "kube-apiserver")
     const current = credentials.currentUnsafe()
-    const headers = ServiceProxyHeaders.impersonatingHeaders(req.headers, impersonation.success, current.token, current.server.authority)
+    const { authority } = current.server
+    const headers = upgrade
+      ? ServiceProxyHeaders.impersonatingHeaders(req.headers, impersonation.success, current.token, authority)
+      : ServiceProxyHeaders.impersonatingRawHeaders(req.headers, req.rawHeaders, impersonation.success, current.token, authority)
     return toApiserverAs(path, headers, current)
   }
 
   /** The kube-apiserver: authenticate, then impersonate with the proxy's token. */
-  const toApiserver = (req: Http.IncomingMessage, path: string): Admission.Admission<Label> => {
+  const toApiserver = (req: Http.IncomingMessage, path: string, upgrade: boolean): Admission.Admission<Label> => {
     if (RequestPath.hasDotSegment(path)) return Admission.refusal(400, "invalid request path", "kube-apiserver")
     if (!enableImpersonation) {
       const current = credentials.currentUnsafe()
@@ -255,7 +266,7 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
     const tokenText = ServiceProxyHeaders.callerTokenText(req.headers)
     const known = chain.known(tokenText)
     if (known !== undefined) {
-      if (Exit.isSuccess(known)) return impersonate(req, path, known.value)
+      if (Exit.isSuccess(known)) return impersonate(req, path, known.value, upgrade)
       const error = Exit.findErrorOption(known)
       return Admission.refusal(401, error._tag === "Some" ? error.value.message : "authentication failed", "kube-apiserver")
     }
@@ -263,12 +274,12 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
     return chain.authenticate(token).pipe(
       Effect.ensuring(Effect.sync(() => HttpHeaders.forgetToken(token))),
       Effect.mapError((error) => Admission.refusal<Label>(401, error.message, "kube-apiserver")),
-      Effect.flatMap((caller) => Admission.awaitAdmission(impersonate(req, path, caller)))
+      Effect.flatMap((caller) => Admission.awaitAdmission(impersonate(req, path, caller, upgrade)))
     )
   }
 
   /** A Service through the relay, via the managed apiserver's `services/proxy`. */
-  const toRelay = (req: Http.IncomingMessage, path: string, target: ServiceRouting.Target): Admission.Admission<Label> => {
+  const toRelay = (req: Http.IncomingMessage, path: string, target: ServiceRouting.Target, upgrade: boolean): Admission.Admission<Label> => {
     if (RequestPath.hasDotSegment(path)) return Admission.refusal(400, "invalid request path", "service")
     if (relay === undefined) return Admission.refusal(503, "service relay is not configured", "service")
     const current = credentials.currentUnsafe()
@@ -277,7 +288,9 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
       label: "service",
       destination: apiserver(current),
       path: ApiserverUrl.relayPath(server, relay, path),
-      headers: ServiceProxyHeaders.relayHeaders(req.headers, target, current.token, server.authority),
+      headers: upgrade
+        ? ServiceProxyHeaders.relayHeaders(req.headers, target, current.token, server.authority)
+        : ServiceProxyHeaders.relayRawHeaders(req.headers, req.rawHeaders, target, current.token, server.authority),
       upstream: { target: "service", upstream: `${current.serverUrl} (relay for ${target.authority})` }
     })
   }
@@ -310,7 +323,7 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
   }
 
   /** Everything that happens before a byte goes upstream ({@link ServiceProxyMode.decide}). */
-  const admit = (req: Http.IncomingMessage): Admission.Admission<Label> => {
+  const admit = (req: Http.IncomingMessage, upgrade: boolean): Admission.Admission<Label> => {
     const classified = ServiceProxyMode.classify(req.headers)
     if (Result.isFailure(classified)) return Admission.refusal(400, classified.failure.message, "unknown")
     const label = ServiceProxyMode.metricTarget(classified.success)
@@ -321,9 +334,9 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
       case "Refuse":
         return Admission.refusal(decision.status, decision.message, label)
       case "Apiserver":
-        return toApiserver(req, path)
+        return toApiserver(req, path, upgrade)
       case "Relay":
-        return toRelay(req, path, decision.target)
+        return toRelay(req, path, decision.target, upgrade)
       case "Service":
         return toService(req, path, decision.target)
     }

@@ -397,6 +397,84 @@ describe("ServiceProxyRouting", () => {
       assert.strictEqual(out["host"], "hello.default.svc:8080")
     })
 
+    describe("the fast path's flat forms send what the record forms send", () => {
+      const target = { proto: "http", namespace: "default", service: "hello", port: 8080, hostname: "hello.default.svc", authority: "hello.default.svc:8080", origin: "http://hello.default.svc:8080" } as const
+      const impersonation = Result.getOrThrow(Impersonation.impersonationHeaders("hub", {
+        username: "system:serviceaccount:team:reader",
+        groups: ["system:serviceaccounts", "system:serviceaccounts:team"],
+        extra: { scopes: ["a", "b"] }
+      }))
+      /** Node's header record for these raw pairs: names lower-cased, the first Authorization and Host kept, other repeats joined. */
+      const nodeRecord = (raw: ReadonlyArray<string>): HttpHeaders.Headers => {
+        const out: Record<string, string> = {}
+        for (let i = 0; i < raw.length; i += 2) {
+          const name = raw[i]!.toLowerCase()
+          const previous = out[name]
+          if (previous === undefined) out[name] = raw[i + 1]!
+          else if (name !== "authorization" && name !== "host") out[name] = `${previous}, ${raw[i + 1]!}`
+        }
+        return out
+      }
+      /** What an upstream reads: each name (lower-cased) with its values joined in order. */
+      const received = (headers: ReadonlyArray<string> | HttpHeaders.OutgoingHeaders): Record<string, string> => {
+        const flat: Array<string> = Array.isArray(headers)
+          ? [...headers]
+          : Object.entries(headers as HttpHeaders.OutgoingHeaders).flatMap(([name, value]) =>
+            typeof value === "string" ? [name, value] : value.flatMap((one) => [name, one])
+          )
+        const out: Record<string, string> = {}
+        for (let i = 0; i < flat.length; i += 2) {
+          const name = flat[i]!.toLowerCase()
+          out[name] = out[name] === undefined ? flat[i + 1]! : `${out[name]}, ${flat[i + 1]!}`
+        }
+        return out
+      }
+      const agree = (raw: ReadonlyArray<string>) => {
+        const record = nodeRecord(raw)
+        const { expect: _expect, ...impersonating } = ServiceProxyHeaders.impersonatingHeaders(record, impersonation, token, "10.0.0.1:6443")
+        assert.deepStrictEqual(
+          received(ServiceProxyHeaders.impersonatingRawHeaders(record, raw, impersonation, token, "10.0.0.1:6443")),
+          received(impersonating),
+          JSON.stringify(raw)
+        )
+        const { expect: _expected, ...relayed } = ServiceProxyHeaders.relayHeaders(record, target, token, "managed.example.com:6443")
+        assert.deepStrictEqual(
+          received(ServiceProxyHeaders.relayRawHeaders(record, raw, target, token, "managed.example.com:6443")),
+          received(relayed),
+          JSON.stringify(raw)
+        )
+      }
+
+      it("on hand-picked requests", () => {
+        const cases: ReadonlyArray<ReadonlyArray<string>> = [
+          ["Host", "proxy:7443", "Authorization", "Bearer caller", "Accept", "*/*", "Cluster-Proxy-Proto", "https"],
+          ["authorization", "Bearer a", "Authorization", "Bearer b", "X-Many", "1", "x-many", "2", "Expect", "100-continue"],
+          ["Impersonate-User", "admin", "impersonate-group", "system:masters", "Cluster-Proxy-Authorization", "Bearer spoofed"],
+          ["Connection", "keep-alive, X-Hop", "X-Hop", "1", "Keep-Alive", "timeout=5", "TE", "trailers", "Content-Length", "3"],
+          ["X-Early", "1", "Connection", "x-early", "Proxy-Authorization", "Basic x", "Transfer-Encoding", "chunked"],
+          ["Connection", "Upgrade", "Upgrade", "websocket", "Sec-WebSocket-Key", "k"],
+          []
+        ]
+        for (const raw of cases) agree(raw)
+      })
+
+      it.prop(
+        "on generated requests",
+        {
+          pairs: Schema.Array(Schema.Tuple([
+            Schema.Literals([
+              "Authorization", "Host", "Accept", "Connection", "Upgrade", "Expect", "Keep-Alive", "Transfer-Encoding",
+              "Cluster-Proxy-Authorization", "Cluster-Proxy-Relay-Authorization", "Cluster-Proxy-Port", "Impersonate-User",
+              "Impersonate-Extra-Scopes", "X-Hop", "X-Other", "Content-Type"
+            ]),
+            Schema.Literals(["Bearer t", "", "x-hop", "keep-alive, Upgrade", "websocket", "close", "1"]),
+            Schema.Array(Schema.Boolean)
+          ]))
+        },
+        ({ pairs }) => agree(pairs.flatMap(([name, value, mask]) => [recase(name, mask), value]))
+      )
+    })
+
     it("reads the caller's bearer token from Authorization only", () => {
       assert.strictEqual(Redacted.value(ServiceProxyHeaders.callerToken({ Authorization: "bearer abc" })!), "abc")
       assert.isUndefined(ServiceProxyHeaders.callerToken({ authorization: "Basic abc" }))

@@ -6,7 +6,7 @@
  */
 import type { V1TokenReview } from "@kubernetes/client-node"
 import { assert, describe, it } from "@effect/vitest"
-import { Deferred, Effect, Fiber, Redacted } from "effect"
+import { Deferred, Effect, Exit, Fiber, Redacted } from "effect"
 import { TestClock } from "effect/testing"
 import * as HttpHeaders from "../../src/domain/HttpHeaders.ts"
 import type * as Impersonation from "../../src/domain/Impersonation.ts"
@@ -145,6 +145,67 @@ describe("TokenReviewChain", () => {
       yield* Deferred.succeed(gate, undefined)
       assert.strictEqual((yield* Fiber.join(staying)).user.username, "u")
       assert.deepStrictEqual([...managed.calls, ...hub.calls], ["shared", "shared"])
+    }))
+
+  it.effect("reviews a token in use again ahead of expiry, in the background, and never answers past the TTL", () =>
+    Effect.gen(function*() {
+      let gate = yield* Deferred.make<void>()
+      let answer: Script = () => Effect.succeed(user("u"))
+      const managed = cluster("managed", (t) => Effect.andThen(Deferred.await(gate), answer(t)))
+      const chain = yield* TokenReviewChain.make([managed.provider], { cacheTtl: "10 seconds" })
+      yield* Deferred.succeed(gate, undefined)
+      yield* chain.authenticate(token("t"))
+      /** Let the background review run until `done` holds (bounded: it must hold within a few turns). */
+      const settled = (done: () => boolean) =>
+        Effect.gen(function*() {
+          for (let turn = 0; turn < 50 && !done(); turn++) yield* Effect.yieldNow
+          assert.isTrue(done())
+        })
+      const known = () => chain.known("t")
+
+      // Before the last quarter of the TTL a lookup only reads.
+      yield* TestClock.adjust("7 seconds")
+      assert.isTrue(known() !== undefined && Exit.isSuccess(known()!))
+      assert.strictEqual(managed.calls.length, 1)
+      // In it, a lookup starts one review and keeps answering meanwhile; further lookups start no other.
+      gate = yield* Deferred.make<void>()
+      yield* TestClock.adjust("1 second")
+      assert.isTrue(Exit.isSuccess(known()!))
+      yield* settled(() => managed.calls.length === 2)
+      assert.isTrue(Exit.isSuccess(known()!))
+      assert.strictEqual(managed.calls.length, 2)
+      // Its answer counts from when it was asked (8 s): valid past the first answer's expiry (10 s), not past 18 s.
+      yield* Deferred.succeed(gate, undefined)
+      yield* TestClock.adjust("3 seconds")
+      yield* settled(() => known() !== undefined)
+      yield* TestClock.adjust("7 seconds")
+      assert.isUndefined(known())
+      assert.strictEqual(managed.calls.length, 2)
+
+      // A refresh that fails outright keeps the answer until its TTL ends and is retried a tenth of a TTL later, not per lookup.
+      yield* chain.authenticate(token("t"))
+      assert.strictEqual(managed.calls.length, 3)
+      answer = () => Effect.fail(transportError("managed"))
+      yield* TestClock.adjust("8 seconds")
+      known()
+      yield* settled(() => managed.calls.length === 4)
+      for (let i = 0; i < 3; i++) assert.isTrue(Exit.isSuccess(known()!))
+      yield* Effect.yieldNow
+      assert.strictEqual(managed.calls.length, 4)
+      yield* TestClock.adjust("1 second")
+      known()
+      yield* settled(() => managed.calls.length === 5)
+      yield* TestClock.adjust("1 second")
+      assert.isUndefined(known())
+
+      // A refusal from the refresh replaces the answer as soon as it comes.
+      answer = () => Effect.succeed(user("u"))
+      yield* chain.authenticate(token("t"))
+      answer = () => Effect.succeed(rejected)
+      yield* TestClock.adjust("8 seconds")
+      known()
+      yield* settled(() => known() !== undefined && Exit.isFailure(known()!))
+      assert.strictEqual(Exit.isFailure(known()!) ? "refused" : "accepted", "refused")
     }))
 
   it.effect("bounds a review in time and never puts the token in a message", () =>
