@@ -32,7 +32,7 @@ export interface Measured {
   readonly readyMs: number
   readonly rssReadyMiB: number
   readonly rssIdleMiB: number
-  /** After the relay load; undefined for processes without a relay. */
+  /** After the relay load (TCP relay and service proxy); undefined for processes with neither. */
   readonly rssLoadMiB: number | undefined
   /** VmHWM at the end. */
   readonly peakMiB: number
@@ -44,7 +44,10 @@ export interface Options {
   readonly repo: string
   readonly work: string
   readonly idle: Duration.Duration
-  /** Requests per connection of the relay load (64 connections, keep-alive GET /version over TLS). */
+  /**
+   * Requests per connection of the relay load: 64 keep-alive TLS connections GET /version through
+   * the TCP relay; 16 through the service proxy, each request reviewed and impersonated.
+   */
   readonly loadRequests: number
   readonly say: (line: string) => Effect.Effect<void>
 }
@@ -76,34 +79,56 @@ const cpuMillis = (pid: number) =>
     catch: () => new BenchError({ message: `cannot read /proc/${pid}/stat` })
   })
 
-/** 64 keep-alive TLS connections, `requests` GET /version each, through a relay at `port` to `managed`. */
-const relayLoad = (port: number, managed: Apiserver.ApiserverInfo, requests: number) =>
+/**
+ * `connections` keep-alive TLS connections, `requests` GETs of `path` each, to `port` trusting
+ * `ca`; every answer must have status `expect`.
+ */
+const tlsLoad = (
+  what: string,
+  load: { readonly port: number; readonly ca: string; readonly path: string; readonly headers?: Record<string, string>; readonly connections: number; readonly requests: number; readonly expect: number }
+) =>
   Effect.tryPromise({
     try: async () => {
-      const agent = new Https.Agent({ keepAlive: true, maxSockets: 64, ca: managed.caPem })
+      const agent = new Https.Agent({ keepAlive: true, maxSockets: load.connections, ca: load.ca })
       const one = () =>
         new Promise<void>((resolve, reject) => {
-          const req = Https.get({ host: "127.0.0.1", port, path: "/version", agent, servername: "127.0.0.1" }, (res) => {
+          const req = Https.get({ host: "127.0.0.1", port: load.port, path: load.path, headers: load.headers, agent }, (res) => {
             res.resume()
-            res.on("end", () => (res.statusCode === 200 || res.statusCode === 401 || res.statusCode === 403 ? resolve() : reject(new Error(`status ${res.statusCode}`))))
+            res.on("end", () => (res.statusCode === load.expect ? resolve() : reject(new Error(`status ${res.statusCode}`))))
           })
           req.setTimeout(20_000, () => req.destroy(new Error("timeout")))
           req.on("error", reject)
         })
-      await Promise.all(Array.from({ length: 64 }, async () => {
-        for (let i = 0; i < requests; i++) await one()
+      await Promise.all(Array.from({ length: load.connections }, async () => {
+        for (let i = 0; i < load.requests; i++) await one()
       }))
       agent.destroy()
     },
-    catch: (error) => new BenchError({ message: `relay load failed: ${String(error)}` })
+    catch: (error) => new BenchError({ message: `${what} load failed: ${String(error)}` })
   })
 
 interface Spec {
   readonly name: string
   readonly args: (ports: { readonly probe: number; readonly relay: number; readonly proxy: number }) => ReadonlyArray<string>
+  /** Runs the managed-apiserver TCP relay. */
   readonly relay: boolean
+  /** Runs the service proxy: the reader token of its install, for reviewed and impersonated requests. */
+  readonly proxyCaller?: string
   readonly env?: NodeJS.ProcessEnv
+  /** Node flags before the entry (a variant of what ships, measured next to it). */
+  readonly nodeFlags?: ReadonlyArray<string>
 }
+
+/**
+ * Node flags measured as variants of hosted-agent, next to what ships (rows named
+ * `hosted-agent (node <flags>)`, left out of the targets' ratios):
+ * - `--max-semi-space-size=1`: V8 grows each semi-space to 8 MiB under the start's allocation
+ *   burst; the cap was the candidate fix for idle memory;
+ * - `--max-opt=1`: no Maglev or TurboFan, so what the optimizing compilers cost in memory (their
+ *   code pages in the Node binary, optimized code, compiler zones) shows. Not a candidate to ship:
+ *   the relays' JavaScript would run unoptimized.
+ */
+export const variants: ReadonlyArray<ReadonlyArray<string>> = [["--max-semi-space-size=1"], ["--max-opt=1"]]
 
 /**
  * Measure every process once; run inside a scope (apiservers and processes stop with it).
@@ -123,11 +148,11 @@ export const measure = Effect.fn("bench.footprint")(function*(options: Options) 
   const install = Effect.fn(function*(name: string) {
     const cluster = `fp-${name}`
     const agentNamespace = `fp-${name}-agent`
-    yield* HostedInstall.prepare(clusters, cluster, agentNamespace)
+    const { readerToken } = yield* HostedInstall.prepare(clusters, cluster, agentNamespace)
     const token = yield* Apiserver.serviceAccountToken(managed, agentNamespace, "cluster-proxy", 3600)
     const kubeconfig = Path.join(work, `${cluster}.kubeconfig`)
     Fs.writeFileSync(kubeconfig, Apiserver.kubeconfigForToken(managed, token), { mode: 0o600 })
-    return { cluster, agentNamespace, kubeconfig }
+    return { cluster, agentNamespace, kubeconfig, readerToken }
   }, Effect.mapError((error) => new BenchError({ message: error.message })))
 
   const cert = [`--cert=${tls.certFile}`, `--key=${tls.keyFile}`]
@@ -150,6 +175,7 @@ export const measure = Effect.fn("bench.footprint")(function*(options: Options) 
   specs.push({
     name: "service-proxy",
     relay: false,
+    proxyCaller: s.readerToken,
     env: { POD_NAMESPACE: s.agentNamespace },
     args: ({ probe, proxy }) => ["service-proxy", ...cert, `--managed-kubeconfig=${s.kubeconfig}`, `--hub-kubeconfig=${hub.kubeconfigPath}`, `--listen=127.0.0.1:${proxy}`, probeAt(probe)]
   })
@@ -160,24 +186,37 @@ export const measure = Effect.fn("bench.footprint")(function*(options: Options) 
     args: ({ probe }) => ["addon-agent", `--spoke-kubeconfig=${a.kubeconfig}`, `--cluster-name=${a.cluster}`, `--lease-namespace=${a.agentNamespace}`, `--kubeconfig=${hosting.kubeconfigPath}`, "--enable-proxy-agent-health-check=false", probeAt(probe)]
   })
   const h = yield* install("hosted")
+  const hostedArgs = (install: typeof h) => (ports: { readonly probe: number; readonly relay: number; readonly proxy: number }) => [
+    "hosted-agent", `--cluster-name=${install.cluster}`, `--target-namespace=${install.agentNamespace}`, `--lease-namespace=${install.agentNamespace}`,
+    `--kubeconfig=${hosting.kubeconfigPath}`, `--hub-kubeconfig=${hub.kubeconfigPath}`, "--enable-proxy-agent-health-check=false",
+    `--apiserver-proxy-listen=127.0.0.1:${ports.relay}`, `--service-proxy-listen=127.0.0.1:${ports.proxy}`, ...cert, probeAt(ports.probe)
+  ]
   specs.push({
     name: "hosted-agent",
     relay: true,
+    proxyCaller: h.readerToken,
     env: { POD_NAMESPACE: h.agentNamespace },
-    args: ({ probe, proxy, relay }) => [
-      "hosted-agent", `--cluster-name=${h.cluster}`, `--target-namespace=${h.agentNamespace}`, `--lease-namespace=${h.agentNamespace}`,
-      `--kubeconfig=${hosting.kubeconfigPath}`, `--hub-kubeconfig=${hub.kubeconfigPath}`, "--enable-proxy-agent-health-check=false",
-      `--apiserver-proxy-listen=127.0.0.1:${relay}`, `--service-proxy-listen=127.0.0.1:${proxy}`, ...cert, probeAt(probe)
-    ]
+    args: hostedArgs(h)
   })
+  for (const [i, flags] of variants.entries()) {
+    const v = yield* install(`hosted-v${i + 1}`)
+    specs.push({
+      name: `hosted-agent (node ${flags.join(" ")})`,
+      relay: true,
+      proxyCaller: v.readerToken,
+      env: { POD_NAMESPACE: v.agentNamespace },
+      nodeFlags: flags,
+      args: hostedArgs(v)
+    })
+  }
 
   // Start each alone and time it to ready, from what ships (package.json "bin").
   const entry = tetherEntry()
-  const started: Array<{ readonly spec: Spec; readonly pid: number; readonly relayPort: number; readonly readyMs: number; readonly rssReady: number }> = []
+  const started: Array<{ readonly spec: Spec; readonly pid: number; readonly relayPort: number; readonly proxyPort: number; readonly readyMs: number; readonly rssReady: number }> = []
   for (const spec of specs) {
     const ports = { probe: yield* Children.freePort, relay: yield* Children.freePort, proxy: yield* Children.freePort }
     const bare = spec.name.startsWith("bare")
-    const args = bare ? spec.args(ports) : [entry, ...spec.args(ports)]
+    const args = bare ? spec.args(ports) : [...(spec.nodeFlags ?? []), entry, ...spec.args(ports)]
     const begin = yield* Clock.currentTimeMillis
     const server = yield* Children.server(
       spec.name,
@@ -189,7 +228,7 @@ export const measure = Effect.fn("bench.footprint")(function*(options: Options) 
     const readyMs = bare ? Number.NaN : (yield* Clock.currentTimeMillis) - begin
     // The floor has nothing to get ready for; its figures are the idle ones.
     const { rss } = bare ? { rss: Number.NaN } : yield* memory(server.pid)
-    started.push({ spec, pid: server.pid, relayPort: ports.relay, readyMs, rssReady: rss })
+    started.push({ spec, pid: server.pid, relayPort: ports.relay, proxyPort: ports.proxy, readyMs, rssReady: rss })
     if (!bare) yield* say(`footprint: ${spec.name} ready in ${readyMs} ms, ${mib(rss).toFixed(0)} MiB`)
   }
 
@@ -205,8 +244,28 @@ export const measure = Effect.fn("bench.footprint")(function*(options: Options) 
   for (const [i, one] of started.entries()) {
     let rssLoad: number | undefined
     if (one.spec.relay) {
-      yield* say(`footprint: relay load through ${one.spec.name}`)
-      yield* relayLoad(one.relayPort, managed, options.loadRequests)
+      yield* say(`footprint: TCP relay load through ${one.spec.name}`)
+      yield* tlsLoad("TCP relay", { port: one.relayPort, ca: managed.caPem, path: "/version", connections: 64, requests: options.loadRequests, expect: 200 })
+      rssLoad = (yield* memory(one.pid)).rss
+    }
+    if (one.spec.proxyCaller !== undefined) {
+      // A kube-apiserver request: the caller's token reviewed, the request impersonated, RBAC allows it.
+      yield* say(`footprint: service proxy load through ${one.spec.name}`)
+      yield* tlsLoad("service proxy", {
+        port: one.proxyPort,
+        ca: tls.cert,
+        path: "/api/v1/namespaces/default/pods",
+        headers: {
+          "cluster-proxy-proto": "https",
+          "cluster-proxy-namespace": "default",
+          "cluster-proxy-service": "kubernetes",
+          "cluster-proxy-port": "443",
+          authorization: `Bearer ${one.spec.proxyCaller}`
+        },
+        connections: 16,
+        requests: options.loadRequests,
+        expect: 200
+      })
       rssLoad = (yield* memory(one.pid)).rss
     }
     const end = yield* memory(one.pid)

@@ -822,9 +822,12 @@ const main = Effect.gen(function*() {
       ...(footprint === undefined ? [] : [
         `Footprint: ${footprint.length} round(s), medians; each process serves its own managed cluster on real hub, hosting and ` +
         "managed apiservers (already answering), started alone and timed from spawn to its /readyz answering 200; then all idle " +
-        `together for ${Duration.format(footprintIdle)} (RSS idle, CPU per idle minute); then each relay carries 64 keep-alive TLS ` +
-        `connections × ${quick ? 5 : 50} GET /version to the managed apiserver. RSS and peak from /proc/<pid>/status ` +
-        "(VmRSS, VmHWM); the floor is `node -e 'setInterval(() => {}, 1 << 30)'` on the same Node binary."
+        `together for ${Duration.format(footprintIdle)} (RSS idle, CPU per idle minute); then each TCP relay carries 64 keep-alive TLS ` +
+        `connections × ${quick ? 5 : 50} GET /version to the managed apiserver, and each service proxy 16 keep-alive TLS connections × ` +
+        `${quick ? 5 : 50} GET /api/v1/namespaces/default/pods as a ServiceAccount of the managed cluster (token reviewed, request ` +
+        "impersonated; RSS after relay load is after both). RSS and peak from /proc/<pid>/status " +
+        "(VmRSS, VmHWM); the floor is `node -e 'setInterval(() => {}, 1 << 30)'` on the same Node binary. Rows " +
+        "`hosted-agent (node <flags>)` are hosted-agent started with those Node flags, measured next to what ships (test/bench/Footprint.ts `variants`)."
       ])
     ]
   })
