@@ -17,28 +17,16 @@
  * @since 0.1.0
  */
 import { NodeServices } from "@effect/platform-node"
-import { type Duration, Effect, Layer } from "effect"
+import { Effect, Layer } from "effect"
 import { FetchHttpClient } from "effect/http"
 import { AddonLease } from "../src/addonagent/AddonLease.ts"
 import { HealthChecks } from "../src/addonagent/HealthChecks.ts"
+import type * as AddonAgentOptions from "../src/addonagent/Options.ts"
 import * as ClientNodeKube from "../src/kube/ClientNodeKube.ts"
 import * as LeaseStore from "../src/kube/LeaseStore.ts"
 
-/** @category models */
-export interface Options {
-  /** The managed cluster's name, for logs. */
-  readonly clusterName: string | undefined
-  /** The add-on name, which is also the Lease name. */
-  readonly addonName: string
-  readonly leaseNamespace: string
-  readonly leaseDuration: Duration.Duration
-  readonly renewInterval: Duration.Duration
-  /** The managed cluster's kubeconfig; set means hosted mode. */
-  readonly spokeKubeconfig: string | undefined
-  /** Undefined turns the proxy-agent check off. */
-  readonly proxyAgentReadinessUrl: string | undefined
-  readonly tokenFreshnessMargin: Duration.Duration
-}
+/** Checked by {@link AddonAgentOptions.resolve}. @category models */
+export type Options = AddonAgentOptions.Options
 
 /** @category models */
 export type Mode = "Hosted" | "Default"

@@ -10,24 +10,12 @@
  */
 import { NodeServices } from "@effect/platform-node"
 import { Layer } from "effect"
-import type { Duration } from "effect"
-import type * as ListenAddress from "../src/domain/ListenAddress.ts"
 import * as TcpRelay from "../src/relay/TcpRelay.ts"
+import type * as TcpRelayOptions from "../src/relay/TcpRelayOptions.ts"
 import { TargetWatcher } from "../src/relay/TargetWatcher.ts"
 
-/** @category models */
-export interface Options {
-  /** The managed kubeconfig; the relay dials its current context's cluster `server`. */
-  readonly managedKubeconfig: string
-  readonly listen: ListenAddress.ListenAddress
-  readonly dialTimeout: Duration.Duration
-  readonly reloadInterval: Duration.Duration
-  readonly drainTimeout: Duration.Duration
-  /** 0 = unlimited. */
-  readonly maxConnections: number
-  /** Zero = off. */
-  readonly idleTimeout: Duration.Duration
-}
+/** Checked by {@link TcpRelayOptions.resolve}. @category models */
+export type Options = TcpRelayOptions.Options
 
 /**
  * The running relay (exposes {@link TcpRelay.TcpRelay} and {@link TargetWatcher}); needs

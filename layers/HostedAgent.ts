@@ -15,10 +15,11 @@
  * @since 0.1.0
  */
 import { NodeServices } from "@effect/platform-node"
-import { Context, type Duration, Effect, FileSystem, Layer, Option, type Scope } from "effect"
+import { Context, Effect, FileSystem, Layer, Option, type Scope } from "effect"
 import { FetchHttpClient, type HttpClient } from "effect/http"
 import { AddonLease } from "../src/addonagent/AddonLease.ts"
 import * as HealthChecks from "../src/addonagent/HealthChecks.ts"
+import * as HostedAgentOptions from "../src/agent/Options.ts"
 import * as Supervisor from "../src/agent/Supervisor.ts"
 import * as ClientNodeKube from "../src/kube/ClientNodeKube.ts"
 import { EventRecorder } from "../src/kube/EventRecorder.ts"
@@ -37,43 +38,17 @@ import { TargetWatcher } from "../src/relay/TargetWatcher.ts"
 import { ServiceResolver } from "../src/relay/ServiceResolver.ts"
 import { type CredentialsError, ManagedCredentials } from "../src/serviceproxy/ManagedCredentials.ts"
 import { ServiceProxy } from "../src/serviceproxy/ServiceProxy.ts"
-import type * as ServiceProxyModule from "../src/serviceproxy/ServiceProxy.ts"
 import { TokenReviewChain } from "../src/serviceproxy/TokenReviewChain.ts"
-import type * as ApiServerRelay from "./ApiServerRelay.ts"
 import * as ServiceProxyLayers from "./ServiceProxy.ts"
 
-/** The names `--components` accepts, in start order (they stop in reverse). @category models */
-export const componentNames = ["provisioner", "addon-lease", "apiserver-proxy", "service-proxy"] as const
+/** @category models */
+export const componentNames = HostedAgentOptions.componentNames
 
 /** @category models */
-export type ComponentName = typeof componentNames[number]
+export type ComponentName = HostedAgentOptions.ComponentName
 
-/** @category models */
-export interface Options {
-  /** Hosting cluster kubeconfig; undefined means in-cluster. */
-  readonly hostingKubeconfig: string | undefined
-  /** Hub kubeconfig: the add-on condition and the second TokenReview; undefined means no hub. */
-  readonly hubKubeconfig: string | undefined
-  /** Where the consumers get the managed kubeconfig: the provisioner (set) or this file. */
-  readonly provisioner: Provisioner.Options | undefined
-  readonly managedKubeconfig: string | undefined
-  readonly apiserverProxy: Omit<ApiServerRelay.Options, "managedKubeconfig"> | undefined
-  readonly serviceProxy: {
-    readonly proxy: ServiceProxyModule.Options
-    readonly tokenReviewCacheTtl: Duration.Input
-    readonly tokenReviewErrorPatterns: ReadonlyArray<string>
-  } | undefined
-  readonly addonLease: {
-    readonly clusterName: string | undefined
-    readonly addonName: string
-    readonly leaseNamespace: string
-    readonly leaseDuration: Duration.Duration
-    readonly renewInterval: Duration.Duration
-    readonly proxyAgentReadinessUrl: string | undefined
-    readonly tokenFreshnessMargin: Duration.Duration
-  } | undefined
-  readonly supervisor?: Supervisor.Options
-}
+/** Checked by {@link HostedAgentOptions.resolve}. @category models */
+export type Options = HostedAgentOptions.Options
 
 const userAgent = "tether-hosted-agent"
 
@@ -105,11 +80,11 @@ export const run = (options: Options): Effect.Effect<never, Supervisor.Component
   Effect.gen(function*() {
     const hub = Option.getOrUndefined(yield* Effect.serviceOption(HubCluster))
     const hosting = yield* HostingCluster
-    const generated = options.provisioner !== undefined
+    const managed = options.managedKubeconfig
     const components: Array<Supervisor.Component<Shared>> = []
 
-    if (options.provisioner !== undefined) {
-      const provisioner = options.provisioner
+    if (managed._tag === "InProcess") {
+      const provisioner = managed.provisioner
       const addon = hub === undefined || provisioner.addon === undefined
         ? AddonStatus.layerUntracked
         : AddonStatus.layer(provisioner.addon).pipe(Layer.provide(Layer.succeed(HubCluster, hub)))
@@ -136,9 +111,9 @@ export const run = (options: Options): Effect.Effect<never, Supervisor.Component
       const checks: Array<Effect.Effect<HealthChecks.HealthCheck, never, Shared>> = []
       if (lease.proxyAgentReadinessUrl !== undefined) checks.push(HealthChecks.httpReadiness("proxy-agent", lease.proxyAgentReadinessUrl))
       checks.push(
-        generated
+        managed._tag === "InProcess"
           ? HealthChecks.generatedTokenFreshness("managed-token", lease.tokenFreshnessMargin)
-          : HealthChecks.managedTokenFreshness("managed-token", options.managedKubeconfig!, lease.tokenFreshnessMargin)
+          : HealthChecks.managedTokenFreshness("managed-token", managed.path, lease.tokenFreshnessMargin)
       )
       const healthChecks = Layer.effect(
         HealthChecks.HealthChecks,
@@ -153,7 +128,7 @@ export const run = (options: Options): Effect.Effect<never, Supervisor.Component
       // With the provisioner in process, the first heartbeat waits for its first kubeconfig
       // (started just before, usually a moment away) instead of failing the token check and
       // writing the Lease one renew interval late.
-      const heartbeat = generated
+      const heartbeat = managed._tag === "InProcess"
         ? Layer.unwrap(Effect.map(GeneratedKubeconfig, (handOff) => AddonLease.layer({ ...leaseOptions, firstPeriodAfter: handOff.latest })))
         : AddonLease.layer(leaseOptions)
       components.push(fromLayer(
@@ -165,9 +140,10 @@ export const run = (options: Options): Effect.Effect<never, Supervisor.Component
 
     if (options.apiserverProxy !== undefined) {
       const relay = options.apiserverProxy
-      const target: Layer.Layer<TargetWatcher, ManagedTarget.TargetError, GeneratedKubeconfig | FileSystem.FileSystem> = generated
-        ? TargetWatcher.layerGenerated
-        : TargetWatcher.layer({ path: options.managedKubeconfig!, reloadInterval: relay.reloadInterval })
+      const target: Layer.Layer<TargetWatcher, ManagedTarget.TargetError, GeneratedKubeconfig | FileSystem.FileSystem> =
+        managed._tag === "InProcess"
+          ? TargetWatcher.layerGenerated
+          : TargetWatcher.layer({ path: managed.path, reloadInterval: relay.reloadInterval })
       components.push(fromLayer(
         "apiserver-proxy",
         Layer.merge(TcpRelay.TcpRelay.layer({ ...relay, shutdownDrain: relay.drainTimeout }), TcpRelay.layerReadiness()).pipe(
@@ -179,13 +155,11 @@ export const run = (options: Options): Effect.Effect<never, Supervisor.Component
 
     if (options.serviceProxy !== undefined) {
       const { proxy, tokenReviewCacheTtl, tokenReviewErrorPatterns } = options.serviceProxy
-      const credentials: Layer.Layer<ManagedCredentials, CredentialsError, GeneratedKubeconfig | FileSystem.FileSystem> = generated
-        ? ManagedCredentials.layerGenerated({ cluster: "managed", userAgent })
-        : ManagedCredentials.layer({ source: { _tag: "Kubeconfig", path: options.managedKubeconfig! }, cluster: "managed", userAgent })
-      const chain = TokenReviewChain.layer({
-        cacheTtl: tokenReviewCacheTtl,
-        errorPatterns: ServiceProxyLayers.errorPatterns(tokenReviewErrorPatterns)
-      }).pipe(Layer.provide(ServiceProxyLayers.layerManagedCluster), Layer.provide(hub === undefined ? Layer.empty : Layer.succeed(HubCluster, hub)))
+      const credentials: Layer.Layer<ManagedCredentials, CredentialsError, GeneratedKubeconfig | FileSystem.FileSystem> =
+        managed._tag === "InProcess"
+          ? ManagedCredentials.layerGenerated({ cluster: "managed", userAgent })
+          : ManagedCredentials.layer({ source: { _tag: "Kubeconfig", path: managed.path }, cluster: "managed", userAgent })
+      const chain = TokenReviewChain.layer({ cacheTtl: tokenReviewCacheTtl, errorPatterns: tokenReviewErrorPatterns }).pipe(Layer.provide(ServiceProxyLayers.layerManagedCluster), Layer.provide(hub === undefined ? Layer.empty : Layer.succeed(HubCluster, hub)))
       components.push(fromLayer(
         "service-proxy",
         ServiceProxyLayers.layerNoDeps(proxy).pipe(
@@ -199,7 +173,7 @@ export const run = (options: Options): Effect.Effect<never, Supervisor.Component
 
     yield* Effect.logInfo("hosted agent starting", {
       components: components.map((c) => c.name).join(","),
-      managedKubeconfig: generated ? "from the provisioner, in process" : options.managedKubeconfig
+      managedKubeconfig: managed._tag === "InProcess" ? "from the provisioner, in process" : managed.path
     })
     return yield* Supervisor.run(components, options.supervisor)
   }).pipe(

@@ -13,67 +13,42 @@
  *
  * @since 0.1.0
  */
-import { type Duration, Effect, Layer } from "effect"
-import type * as ListenAddress from "../src/domain/ListenAddress.ts"
+import { Effect, Layer } from "effect"
 import * as ClientNodeKube from "../src/kube/ClientNodeKube.ts"
 import { ManagedCluster } from "../src/kube/KubeClient.ts"
 import { Probes } from "../src/observability/Probes.ts"
 import { CallerAuthenticator } from "../src/relay/CallerAuthenticator.ts"
-import { ServiceRelay, ServiceRelayError, type Options as RelayOptions } from "../src/relay/ServiceRelay.ts"
+import { ServiceRelay, ServiceRelayError } from "../src/relay/ServiceRelay.ts"
+import * as ServiceRelayOptions from "../src/relay/ServiceRelayOptions.ts"
 import { ServiceResolver } from "../src/relay/ServiceResolver.ts"
 
-/** @category models */
-export interface Options {
-  readonly listen: ListenAddress.ListenAddress
-  /** PEM file of extra CAs for https Services; a missing file is skipped. */
-  readonly additionalServiceCa: string | undefined
-  /** Usernames whose tokens may use the relay; at least one. */
-  readonly trustedCallerUsernames: ReadonlyArray<string>
-  readonly tokenReviewCacheTtl: Duration.Input
-  /** Kubeconfig of the managed cluster; undefined means the in-cluster configuration. */
-  readonly kubeconfig: string | undefined
-  /** Server tuning (timeouts, header size, pools); the defaults suit a pod. */
-  readonly tuning?: Omit<RelayOptions, "listen" | "additionalServiceCa">
-}
+/** Checked by {@link ServiceRelayOptions.resolve}. @category models */
+export type Options = ServiceRelayOptions.Options
 
 const component = "tether-service-relay"
 
-/**
- * Split repeated and comma-separated `--trusted-caller-username` values, dropping blanks and
- * duplicates.
- *
- * @category options
- */
-export const trustedUsernames = (given: ReadonlyArray<string>): ReadonlyArray<string> => [
-  ...new Set(given.flatMap((value) => value.split(",")).map((name) => name.trim()).filter((name) => name !== ""))
-]
-
-const requireTrusted = (options: Options) =>
-  trustedUsernames(options.trustedCallerUsernames).length > 0
-    ? Effect.void
-    : Effect.fail(
-      new ServiceRelayError({
-        reason: "Config",
-        message: "at least one trusted caller username is required (--trusted-caller-username, e.g. " +
-          "system:serviceaccount:<addon namespace>:cluster-proxy); the relay does not run open"
-      })
-    )
+/** @category options */
+export const trustedUsernames = ServiceRelayOptions.trustedUsernames
 
 /**
  * The relay and its caller authenticator. Needs {@link ManagedCluster} and {@link ServiceResolver}.
+ * Fails to build when the options do not hold ({@link ServiceRelayOptions.resolve}).
  *
  * @category layers
  */
 export const layerNoDeps = (options: Options) =>
   Layer.unwrap(
-    Effect.as(
-      requireTrusted(options),
-      ServiceRelay.layer({ ...options.tuning, listen: options.listen, additionalServiceCa: options.additionalServiceCa }).pipe(
-        Layer.provide(CallerAuthenticator.layer({
-          trustedUsernames: trustedUsernames(options.trustedCallerUsernames),
-          cacheTtl: options.tokenReviewCacheTtl
-        }))
-      )
+    Effect.map(
+      Effect.fromResult(ServiceRelayOptions.resolve(options)).pipe(
+        Effect.mapError((error) => new ServiceRelayError({ reason: "Config", message: error.message }))
+      ),
+      (checked) =>
+        ServiceRelay.layer({ ...checked.tuning, listen: checked.listen, additionalServiceCa: checked.additionalServiceCa }).pipe(
+          Layer.provide(CallerAuthenticator.layer({
+            trustedUsernames: checked.trustedCallerUsernames,
+            cacheTtl: checked.tokenReviewCacheTtl
+          }))
+        )
     )
   )
 

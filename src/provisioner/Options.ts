@@ -5,7 +5,8 @@
  *
  * @since 0.1.0
  */
-import { Duration, Result, Schema } from "effect"
+import { Duration, Result } from "effect"
+import { fail, InvalidOptions } from "../domain/InvalidOptions.ts"
 import * as RefreshPolicy from "../domain/RefreshPolicy.ts"
 import type * as Provisioner from "./Provisioner.ts"
 
@@ -26,12 +27,7 @@ export interface Flags {
   readonly addonNamespace: string
 }
 
-/** @category errors */
-export class InvalidOptions extends Schema.TaggedError<InvalidOptions>()("InvalidOptions", {
-  message: Schema.String
-}) {}
-
-const fail = (message: string) => Result.fail(new InvalidOptions({ message }))
+export { InvalidOptions }
 
 /**
  * Resolve defaults and validate. `podNamespace` is `$POD_NAMESPACE`.

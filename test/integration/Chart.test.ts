@@ -65,7 +65,6 @@ import type * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import type * as ApiServerRelay from "../../layers/ApiServerRelay.ts"
-import * as ServiceProxyLayers from "../../layers/ServiceProxy.ts"
 import * as ServiceRelayLayers from "../../layers/ServiceRelay.ts"
 import * as AddonAgentCommand from "../../src/cli/commands/AddonAgent.ts"
 import * as HostedAgentCommand from "../../src/cli/commands/HostedAgent.ts"
@@ -972,16 +971,16 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
       const proxy = (yield* parseServiceProxy(args(container(agent, "service-proxy")).slice(1))).options
       assert.deepStrictEqual(
         {
-          mode: proxy.mode,
-          managedKubeconfig: proxy.managedKubeconfig,
+          mode: proxy.proxy.deployment._tag === "Hosted" ? proxy.proxy.deployment.mode : undefined,
+          managedKubeconfig: proxy.managedKubeconfig._tag === "File" ? proxy.managedKubeconfig.path : undefined,
           hubKubeconfig: proxy.hubKubeconfig,
-          serviceRelayName: proxy.serviceRelayName,
-          serviceRelayPort: proxy.serviceRelayPort,
-          relayNamespace: proxy.relayNamespace,
-          enableImpersonation: proxy.enableImpersonation,
+          serviceRelayName: proxy.proxy.relay?.name,
+          serviceRelayPort: proxy.proxy.relay?.port,
+          relayNamespace: proxy.proxy.relay?.namespace,
+          enableImpersonation: proxy.proxy.enableImpersonation,
           tokenReviewErrorPatterns: proxy.tokenReviewErrorPatterns,
-          additionalServiceCa: proxy.additionalServiceCa,
-          listen: proxy.listen.port
+          additionalServiceCa: proxy.proxy.additionalServiceCa,
+          listen: proxy.proxy.listen.port
         },
         {
           mode: "Relay",
@@ -1060,11 +1059,15 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
         const splitAgent = find<V1Deployment>(split, "Deployment", "cluster-proxy-proxy-agent")
         const hostedAgent = container(find<V1Deployment>(rendered(combinedValues), "Deployment", "cluster-proxy-proxy-agent"), "hosted-agent")
         const { options } = yield* parseHostedAgent(args(hostedAgent).slice(1))
-        assert.isUndefined(options.managedKubeconfig, `${what}: the provisioner hands the kubeconfig over in process`)
+        assert.strictEqual(options.managedKubeconfig._tag, "InProcess", `${what}: the provisioner hands the kubeconfig over in process`)
         assert.isUndefined(options.hostingKubeconfig, `${what}: in-cluster configuration`)
 
         const provisioner = container(find<V1Deployment>(split, "Deployment", "cluster-proxy-managed-kubeconfig-provisioner"), "managed-kubeconfig-provisioner")
-        assert.deepStrictEqual(options.provisioner, (yield* parseProvisioner(args(provisioner).slice(1))).options, `${what}: provisioner`)
+        assert.deepStrictEqual(
+          options.managedKubeconfig._tag === "InProcess" ? options.managedKubeconfig.provisioner : undefined,
+          (yield* parseProvisioner(args(provisioner).slice(1))).options,
+          `${what}: provisioner`
+        )
 
         const lease = (yield* parseAddonAgent(args(container(splitAgent, "addon-agent")).slice(1))).options
         assert.deepStrictEqual({ ...options.addonLease, spokeKubeconfig: undefined }, { ...lease, spokeKubeconfig: undefined }, `${what}: add-on Lease`)
@@ -1087,9 +1090,7 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
 
         if (hasContainer("service-proxy")) {
           const cli = (yield* parseServiceProxy(args(container(splitAgent, "service-proxy")).slice(1))).options
-          const proxy = ServiceProxyLayers.proxyOptions(cli)
-          assert.isTrue(Result.isSuccess(proxy), `${what}: the split service-proxy's options`)
-          assert.deepStrictEqual(options.serviceProxy?.proxy, Result.isSuccess(proxy) ? proxy.success : undefined, `${what}: service proxy`)
+          assert.deepStrictEqual(options.serviceProxy?.proxy, cli.proxy, `${what}: service proxy`)
           assert.deepStrictEqual(options.serviceProxy?.tokenReviewCacheTtl, cli.tokenReviewCacheTtl)
           assert.deepStrictEqual(options.serviceProxy?.tokenReviewErrorPatterns, cli.tokenReviewErrorPatterns)
           assert.strictEqual(options.hubKubeconfig, cli.hubKubeconfig, `${what}: hub kubeconfig`)
@@ -1105,8 +1106,9 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
       assert.strictEqual(tuned.spec?.template.spec?.volumes?.find((v) => v.name === "hub-kubeconfig")?.secret?.secretName, "hub-kubeconfig")
       assert.strictEqual(tuned.spec?.template.spec?.volumes?.find((v) => v.name === "service-proxy-certs")?.secret?.secretName, "proxy-certs")
       assert.strictEqual(tuned.spec?.template.spec?.volumes?.find((v) => v.name === "service-ca")?.configMap?.name, "service-ca")
-      assert.deepStrictEqual(options.provisioner?.addon, { namespace: clusterName, name: "cluster-proxy" })
-      assert.deepStrictEqual(options.provisioner?.target, { namespace, name: "generated-kubeconfig" })
+      const provisioner = options.managedKubeconfig._tag === "InProcess" ? options.managedKubeconfig.provisioner : undefined
+      assert.deepStrictEqual(provisioner?.addon, { namespace: clusterName, name: "cluster-proxy" })
+      assert.deepStrictEqual(provisioner?.target, { namespace, name: "generated-kubeconfig" })
       assert.strictEqual(options.serviceProxy?.proxy.relay?.name, "relay-x")
       assert.strictEqual(options.serviceProxy?.proxy.relay?.port, 9444)
       assert.strictEqual(millis(options.apiserverProxy?.drainTimeout ?? Duration.zero), 60_000)

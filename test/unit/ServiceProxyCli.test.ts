@@ -6,8 +6,8 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Option, Result } from "effect"
 import * as ChildProcess from "node:child_process"
-import * as ServiceProxyLayers from "../../layers/ServiceProxy.ts"
 import * as ServiceProxyCommand from "../../src/cli/commands/ServiceProxy.ts"
+import * as ServiceProxyOptions from "../../src/serviceproxy/Options.ts"
 import { tetherEntry } from "../../src/testing/TetherEntry.ts"
 
 const tether = (args: ReadonlyArray<string>, env: Record<string, string> = {}) =>
@@ -71,13 +71,13 @@ describe("tether service-proxy", () => {
 
   it("resolves flags into options: Disabled by default when hosted, Direct otherwise, patterns defaulted", () => {
     const direct = Result.getOrThrow(ServiceProxyCommand.resolve(given, {}))
-    assert.isUndefined(direct.managedKubeconfig)
-    assert.deepStrictEqual(Result.getOrThrow(ServiceProxyLayers.deployment(direct)), { _tag: "Direct" })
+    assert.deepStrictEqual(direct.managedKubeconfig, { _tag: "NotHosted" })
+    assert.deepStrictEqual(direct.proxy.deployment, { _tag: "Direct" })
     assert.deepStrictEqual(direct.tokenReviewErrorPatterns, ["invalid bearer token"])
 
     const hosted = Result.getOrThrow(ServiceProxyCommand.resolve({ ...given, managedKubeconfig: " /etc/managed/kubeconfig " }, {}))
-    assert.strictEqual(hosted.managedKubeconfig, "/etc/managed/kubeconfig")
-    assert.deepStrictEqual(Result.getOrThrow(ServiceProxyLayers.deployment(hosted)), { _tag: "Hosted", mode: "Disabled" })
+    assert.deepStrictEqual(hosted.managedKubeconfig, { _tag: "File", path: "/etc/managed/kubeconfig" })
+    assert.deepStrictEqual(hosted.proxy.deployment, { _tag: "Hosted", mode: "Disabled" })
 
     const relay = Result.getOrThrow(ServiceProxyCommand.resolve({
       ...given,
@@ -86,8 +86,17 @@ describe("tether service-proxy", () => {
       tokenReviewErrorPattern: ["invalid bearer token", " token has expired ", ""]
     }, { POD_NAMESPACE: "addon-ns" }))
     assert.deepStrictEqual(relay.tokenReviewErrorPatterns, ["invalid bearer token", "token has expired"])
-    const options = Result.getOrThrow(ServiceProxyLayers.proxyOptions(relay))
-    assert.deepStrictEqual(options.deployment, { _tag: "Hosted", mode: "Relay" })
-    assert.deepStrictEqual(options.relay, { namespace: "addon-ns", name: "cluster-proxy-service-relay", port: 7444 })
+    assert.deepStrictEqual(relay.proxy.deployment, { _tag: "Hosted", mode: "Relay" })
+    assert.deepStrictEqual(relay.proxy.relay, { namespace: "addon-ns", name: "cluster-proxy-service-relay", port: 7444 })
+  })
+
+  it("holds the Relay-mode rule in one place, for a file or an in-process managed kubeconfig", () => {
+    const input = ServiceProxyCommand.input({ ...given, hostedServiceProxyMode: Option.some("Relay") }, { POD_NAMESPACE: "addon-ns" })
+    const refused = ServiceProxyOptions.resolve(input)
+    assert.isTrue(Result.isFailure(refused))
+    assert.include(Result.isFailure(refused) ? refused.failure.message : "", "managed-kubeconfig is required when hosted-service-proxy-mode=Relay")
+    const inProcess = Result.getOrThrow(ServiceProxyOptions.resolve({ ...input, managedKubeconfig: { _tag: "InProcess" } }))
+    assert.deepStrictEqual(inProcess.managedKubeconfig, { _tag: "InProcess" })
+    assert.deepStrictEqual(inProcess.proxy.deployment, { _tag: "Hosted", mode: "Relay" })
   })
 })

@@ -5,12 +5,13 @@
  *
  * @since 0.1.0
  */
-import { Duration, Effect, Layer, Result } from "effect"
+import { Effect, Layer } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as AddonAgent from "../../../layers/AddonAgent.ts"
 import * as Observability from "../../../layers/Observability.ts"
+import * as AddonAgentOptions from "../../addonagent/Options.ts"
 import * as Flags from "../Flags.ts"
-import { UsageError } from "../UsageError.ts"
+import { checked } from "../UsageError.ts"
 
 export const flags = {
   spokeKubeconfig: Flags.string(
@@ -43,59 +44,22 @@ export const flags = {
 const orUndefined = (s: string) => (s.trim() === "" ? undefined : s.trim())
 
 /** The flags as given, before validation. @category models */
-export interface Given {
-  readonly spokeKubeconfig: string
-  readonly clusterName: string
-  readonly addonName: string
-  readonly leaseNamespace: string
-  readonly leaseDuration: Duration.Duration
-  readonly renewInterval: Duration.Duration
-  readonly proxyAgentReadinessUrl: string
-  readonly enableProxyAgentHealthCheck: boolean
-  readonly tokenFreshnessMargin: Duration.Duration
-}
+export type Given = AddonAgentOptions.Input
 
 /**
- * Validate the flags into the agent's options; `podNamespace` is `$POD_NAMESPACE`.
+ * The flags as the agent's checked options ({@link AddonAgentOptions.resolve}); `podNamespace`
+ * is `$POD_NAMESPACE`.
  *
  * @category constructors
  */
-export const resolve = (given: Given, podNamespace: string | undefined): Result.Result<AddonAgent.Options, UsageError> => {
-  const fail = (message: string) => Result.fail(new UsageError({ message }))
-  const addonName = given.addonName.trim()
-  if (addonName === "") return fail("--addon-name must not be empty")
-  const leaseNamespace = orUndefined(given.leaseNamespace) ?? orUndefined(podNamespace ?? "")
-  if (leaseNamespace === undefined) return fail("--lease-namespace is required when POD_NAMESPACE is not set")
-  if (!Duration.isGreaterThan(given.leaseDuration, Duration.zero)) return fail("--lease-duration must be greater than 0")
-  if (!Duration.isGreaterThan(given.renewInterval, Duration.zero)) return fail("--renew-interval must be greater than 0")
-  if (Duration.isLessThan(given.tokenFreshnessMargin, Duration.zero)) return fail("--token-freshness-margin must not be negative")
-  const url = given.enableProxyAgentHealthCheck ? orUndefined(given.proxyAgentReadinessUrl) : undefined
-  if (url !== undefined) {
-    const parsed = URL.canParse(url) ? new URL(url) : undefined
-    if (parsed === undefined || (parsed.protocol !== "http:" && parsed.protocol !== "https:")) {
-      return fail(`--proxy-agent-readiness-url ${JSON.stringify(url)} is not an http(s) URL`)
-    }
-  }
-  const spokeKubeconfig = orUndefined(given.spokeKubeconfig)
-  return Result.succeed({
-    clusterName: orUndefined(given.clusterName),
-    addonName,
-    leaseNamespace,
-    leaseDuration: given.leaseDuration,
-    renewInterval: given.renewInterval,
-    spokeKubeconfig,
-    proxyAgentReadinessUrl: url,
-    tokenFreshnessMargin: given.tokenFreshnessMargin
-  })
-}
+export const resolve = (given: Given, podNamespace: string | undefined) => AddonAgentOptions.resolve(given, podNamespace)
 
 export const command = Command.make("addon-agent", flags, (given) =>
   Effect.gen(function*() {
     const { healthProbeBindAddress, kubeconfig, ...rest } = given
-    const options = resolve(rest, process.env["POD_NAMESPACE"])
-    if (Result.isFailure(options)) return yield* options.failure
+    const options = yield* checked(resolve(rest, process.env["POD_NAMESPACE"]))
     return yield* Layer.launch(
-      AddonAgent.layer(options.success, { kubeconfig: orUndefined(kubeconfig) }).pipe(
+      AddonAgent.layer(options, { kubeconfig: orUndefined(kubeconfig) }).pipe(
         Layer.provideMerge(Observability.layer(healthProbeBindAddress))
       )
     )

@@ -4,12 +4,13 @@
  *
  * @since 0.1.0
  */
-import { Duration, Effect, Layer, Result } from "effect"
+import { Effect, Layer } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as ApiServerRelay from "../../../layers/ApiServerRelay.ts"
 import * as Observability from "../../../layers/Observability.ts"
+import * as TcpRelayOptions from "../../relay/TcpRelayOptions.ts"
 import * as Flags from "../Flags.ts"
-import { UsageError } from "../UsageError.ts"
+import { checked } from "../UsageError.ts"
 
 /** The default of `--max-connections`: two file descriptors each, far below usual limits. */
 export const defaultMaxConnections = 1024
@@ -54,46 +55,19 @@ const flags = {
   healthProbeBindAddress: Flags.listen("health-probe-bind-address", "Address of /healthz, /readyz and /metrics", ":8001")
 }
 
-/** The relay flags as given. @category models */
-export type RelayFlags = Omit<ApiServerRelay.Options, "managedKubeconfig">
-
 /**
- * Validate the relay's own flags; messages name them with `prefix`.
+ * The flags as the relay's options, checked ({@link TcpRelayOptions.resolve}).
  *
  * @category constructors
  */
-export const resolveRelay = (given: RelayFlags, prefix = ""): Result.Result<RelayFlags, UsageError> => {
-  const fail = (message: string) => Result.fail(new UsageError({ message }))
-  if (!Duration.isGreaterThan(given.dialTimeout, Duration.zero)) return fail(`--${prefix}dial-timeout must be greater than 0`)
-  if (!Duration.isGreaterThan(given.reloadInterval, Duration.zero)) return fail(`--${prefix}reload-interval must be greater than 0`)
-  if (!Number.isSafeInteger(given.maxConnections) || given.maxConnections < 0) {
-    return fail(`--${prefix}max-connections must be 0 (unlimited) or a positive number`)
-  }
-  return Result.succeed(given)
-}
-
-/**
- * Validate the flags into the relay's options.
- *
- * @category constructors
- */
-export const resolve = (given: Omit<ApiServerRelay.Options, "managedKubeconfig"> & { readonly managedKubeconfig: string }) => {
-  const managedKubeconfig = given.managedKubeconfig.trim()
-  if (managedKubeconfig === "") {
-    return Result.fail(
-      new UsageError({ message: "--managed-kubeconfig is required: the path of the managed cluster's kubeconfig (e.g. /etc/managed/kubeconfig)" })
-    )
-  }
-  return Result.map(resolveRelay(given), (relay): ApiServerRelay.Options => ({ ...relay, managedKubeconfig }))
-}
+export const resolve = (given: TcpRelayOptions.Relay & { readonly managedKubeconfig: string }) => TcpRelayOptions.resolve(given)
 
 export const command = Command.make("managed-apiserver-proxy", flags, (given) =>
   Effect.gen(function*() {
     const { healthProbeBindAddress, ...relay } = given
-    const options = resolve(relay)
-    if (Result.isFailure(options)) return yield* options.failure
+    const options = yield* checked(resolve(relay))
     return yield* Layer.launch(
-      ApiServerRelay.layer(options.success).pipe(Layer.provideMerge(Observability.layer(healthProbeBindAddress)))
+      ApiServerRelay.layer(options).pipe(Layer.provideMerge(Observability.layer(healthProbeBindAddress)))
     )
   })).pipe(
     Command.withDescription(

@@ -5,13 +5,13 @@
  *
  * @since 0.1.0
  */
-import { Effect, Layer, Option, Result } from "effect"
+import { Effect, Layer, Option } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Observability from "../../../layers/Observability.ts"
 import * as ServiceProxyLayers from "../../../layers/ServiceProxy.ts"
-import * as ServiceProxyMode from "../../domain/ServiceProxyMode.ts"
+import * as ServiceProxyOptions from "../../serviceproxy/Options.ts"
 import * as Flags from "../Flags.ts"
-import { UsageError } from "../UsageError.ts"
+import { checked } from "../UsageError.ts"
 
 /**
  * The proxy's own flags; `hosted-agent` names the listen address `--service-proxy-listen`.
@@ -83,67 +83,51 @@ const flags = {
 type Given = Command.Command.Config.Infer<typeof flags>
 
 /**
- * Validate the flags (and `POD_NAMESPACE`, the add-on namespace the relay Service lives in)
- * into the layer's options.
+ * The flags (and `POD_NAMESPACE`, the add-on namespace the relay Service lives in) as the
+ * proxy's options as given.
  *
  * @category constructors
  */
-export const resolve = (
+export const input = (
   given: Omit<Given, "healthProbeBindAddress">,
   env: Readonly<Record<string, string | undefined>> = process.env
-): Result.Result<ServiceProxyLayers.Options, UsageError> =>
-  Result.gen(function*() {
-    const fail = (message: string) => Result.fail(new UsageError({ message }))
-    const cert = given.cert.trim()
-    const key = given.key.trim()
-    if (cert === "" || key === "") return yield* fail("--cert and --key are required: the serving certificate and its key (PEM files)")
-    let mode: ServiceProxyMode.Mode | undefined
-    if (Option.isSome(given.hostedServiceProxyMode)) {
-      const parsed = ServiceProxyMode.parseMode(given.hostedServiceProxyMode.value)
-      if (Result.isFailure(parsed)) return yield* fail(parsed.failure.message)
-      mode = parsed.success
-    }
-    const managedKubeconfig = given.managedKubeconfig.trim() === "" ? undefined : given.managedKubeconfig.trim()
-    if (mode === "Relay" && managedKubeconfig === undefined) {
-      return yield* fail("managed-kubeconfig is required when hosted-service-proxy-mode=Relay")
-    }
-    if (!Number.isSafeInteger(given.maxIdleConns) || given.maxIdleConns < 0) return yield* fail("--max-idle-conns must be 0 or more")
-    if (!Number.isInteger(given.serviceRelayPort) || given.serviceRelayPort < 1 || given.serviceRelayPort > 65535) {
-      return yield* fail("--service-relay-port must be between 1 and 65535")
-    }
-    return {
-      listen: given.listen,
-      certFile: cert,
-      keyFile: key,
-      additionalServiceCa: given.additionalServiceCa.trim() === "" ? undefined : given.additionalServiceCa.trim(),
-      hubKubeconfig: given.hubKubeconfig.trim() === "" ? undefined : given.hubKubeconfig.trim(),
-      managedKubeconfig,
-      mode,
-      enableImpersonation: given.enableImpersonation,
-      tokenReviewCacheTtl: given.tokenReviewCacheTtl,
-      tokenReviewErrorPatterns: ServiceProxyLayers.errorPatterns(given.tokenReviewErrorPattern),
-      serviceRelayName: given.serviceRelayName.trim(),
-      serviceRelayPort: given.serviceRelayPort,
-      relayNamespace: env["POD_NAMESPACE"]?.trim() || undefined,
-      maxIdleConnections: given.maxIdleConns,
-      idleConnectionTimeout: given.idleConnTimeout,
-      tlsHandshakeTimeout: given.tlsHandshakeTimeout,
-      expectContinueTimeout: given.expectContinueTimeout
-    } satisfies ServiceProxyLayers.Options
-  })
+): ServiceProxyOptions.Input => ({
+  listen: given.listen,
+  certFile: given.cert,
+  keyFile: given.key,
+  additionalServiceCa: given.additionalServiceCa,
+  hubKubeconfig: given.hubKubeconfig,
+  managedKubeconfig: given.managedKubeconfig,
+  mode: Option.getOrUndefined(given.hostedServiceProxyMode),
+  enableImpersonation: given.enableImpersonation,
+  tokenReviewCacheTtl: given.tokenReviewCacheTtl,
+  tokenReviewErrorPatterns: given.tokenReviewErrorPattern,
+  serviceRelayName: given.serviceRelayName,
+  serviceRelayPort: given.serviceRelayPort,
+  relayNamespace: env["POD_NAMESPACE"],
+  maxIdleConnections: given.maxIdleConns,
+  idleConnectionTimeout: given.idleConnTimeout,
+  tlsHandshakeTimeout: given.tlsHandshakeTimeout,
+  expectContinueTimeout: given.expectContinueTimeout
+})
+
+/**
+ * The flags as the proxy's checked options ({@link ServiceProxyOptions.resolve}).
+ *
+ * @category constructors
+ */
+export const resolve = (given: Omit<Given, "healthProbeBindAddress">, env: Readonly<Record<string, string | undefined>> = process.env) =>
+  ServiceProxyOptions.resolve(input(given, env))
 
 export const command = Command.make("service-proxy", flags, (given) =>
   Effect.gen(function*() {
     const { healthProbeBindAddress, ...rest } = given
-    const options = resolve(rest)
-    if (Result.isFailure(options)) return yield* options.failure
-    const proxy = ServiceProxyLayers.proxyOptions(options.success)
-    if (Result.isFailure(proxy)) return yield* new UsageError({ message: proxy.failure.message })
-    if (options.success.managedKubeconfig === undefined && options.success.mode !== undefined) {
+    const options = yield* checked(resolve(rest))
+    if (options.proxy.deployment._tag === "Direct" && Option.isSome(rest.hostedServiceProxyMode)) {
       yield* Effect.logWarning("--hosted-service-proxy-mode only applies with --managed-kubeconfig; Services are dialled directly")
     }
     return yield* Layer.launch(
-      ServiceProxyLayers.layer(options.success).pipe(Layer.provideMerge(Observability.layer(healthProbeBindAddress)))
+      ServiceProxyLayers.layerChecked(options).pipe(Layer.provideMerge(Observability.layer(healthProbeBindAddress)))
     )
   })).pipe(
     Command.withDescription(

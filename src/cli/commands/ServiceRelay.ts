@@ -8,8 +8,9 @@ import { Effect, Layer } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Observability from "../../../layers/Observability.ts"
 import * as ServiceRelayLayers from "../../../layers/ServiceRelay.ts"
+import * as ServiceRelayOptions from "../../relay/ServiceRelayOptions.ts"
 import * as Flags from "../Flags.ts"
-import { UsageError } from "../UsageError.ts"
+import { checked } from "../UsageError.ts"
 
 const flags = {
   listen: Flags.listen("listen", "Address the relay serves plain HTTP on", ":7444"),
@@ -35,21 +36,15 @@ const flags = {
 
 export const command = Command.make("service-relay", flags, (given) =>
   Effect.gen(function*() {
-    const trusted = ServiceRelayLayers.trustedUsernames(given.trustedCallerUsername)
-    if (trusted.length === 0) {
-      return yield* new UsageError({
-        message: "--trusted-caller-username is required: the relay only serves callers whose token TokenReview " +
-          "authenticates as one of these users (e.g. system:serviceaccount:open-cluster-management-agent-addon:cluster-proxy)"
-      })
-    }
+    const options = yield* checked(ServiceRelayOptions.resolve({
+      listen: given.listen,
+      additionalServiceCa: given.additionalServiceCa === "" ? undefined : given.additionalServiceCa,
+      trustedCallerUsernames: given.trustedCallerUsername,
+      tokenReviewCacheTtl: given.tokenReviewCacheTtl,
+      kubeconfig: given.kubeconfig === "" ? undefined : given.kubeconfig
+    }))
     return yield* Layer.launch(
-      ServiceRelayLayers.layer({
-        listen: given.listen,
-        additionalServiceCa: given.additionalServiceCa === "" ? undefined : given.additionalServiceCa,
-        trustedCallerUsernames: trusted,
-        tokenReviewCacheTtl: given.tokenReviewCacheTtl,
-        kubeconfig: given.kubeconfig === "" ? undefined : given.kubeconfig
-      }).pipe(Layer.provideMerge(Observability.layer(given.healthProbeBindAddress)))
+      ServiceRelayLayers.layer(options).pipe(Layer.provideMerge(Observability.layer(given.healthProbeBindAddress)))
     )
   })).pipe(
     Command.withDescription(
