@@ -41,3 +41,7 @@ export const until = <A, E, R>(
 /** Fail unless `ok`; for use inside `eventually`. */
 export const expect = (ok: boolean, what: string): Effect.Effect<void, NotYet> =>
   ok ? Effect.void : Effect.fail(new NotYet({ what }))
+
+/** Poll a synchronous condition (a socket's state, a counter) until it holds. */
+export const holds = (check: () => boolean, what: string, options: Options = {}): Effect.Effect<void, NotYet> =>
+  eventually(Effect.suspend(() => expect(check(), what)), options)

@@ -7,17 +7,19 @@
 import { NodeFileSystem } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
 import { Context, Duration, Effect, Exit, Fiber, Layer, Logger, Metric, Result, Scope, SubscriptionRef } from "effect"
+import { TestClock } from "effect/testing"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
-import * as ManagedApiserverProxy from "../../src/cli/commands/ManagedApiserverProxy.ts"
 import * as Metrics from "../../src/observability/Metrics.ts"
 import { Probes } from "../../src/observability/Probes.ts"
 import * as ManagedTarget from "../../src/relay/ManagedTarget.ts"
 import * as TcpRelay from "../../src/relay/TcpRelay.ts"
+import * as TcpRelayOptions from "../../src/relay/TcpRelayOptions.ts"
 import { fromRef, TargetWatcher } from "../../src/relay/TargetWatcher.ts"
+import { holds, type Options as Polling, until } from "../support/eventually.ts"
 
 // ---------------------------------------------------------------------------------------------
 // helpers
@@ -25,21 +27,8 @@ import { fromRef, TargetWatcher } from "../../src/relay/TargetWatcher.ts"
 
 const ignore = () => {}
 
-/** Poll `check` every 10 ms; fail with `what` after `timeout`. */
-const eventually = (what: string, check: () => boolean, timeout: Duration.Input = "5 seconds") =>
-  Effect.gen(function*() {
-    while (!check()) yield* Effect.sleep("10 millis")
-  }).pipe(Effect.timeoutOrElse({ duration: timeout, orElse: () => Effect.die(new Error(`timed out waiting until ${what}`)) }))
-
-/** Like {@link eventually}, for a condition that needs an effect. */
-const eventuallyEffect = <A>(what: string, read: Effect.Effect<A>, check: (a: A) => boolean, timeout: Duration.Input = "5 seconds") =>
-  Effect.gen(function*() {
-    while (true) {
-      const value = yield* read
-      if (check(value)) return value
-      yield* Effect.sleep("10 millis")
-    }
-  }).pipe(Effect.timeoutOrElse({ duration: timeout, orElse: () => Effect.die(new Error(`timed out waiting until ${what}`)) }))
+/** Real sockets answer within milliseconds: poll often. */
+const poll = (timeout: Duration.Input = "5 seconds"): Polling => ({ timeout, interval: "10 millis" })
 
 /** A loopback TCP server for the test's lifetime; `onSocket` handles each connection. */
 const upstreamServer = (onSocket: (socket: Net.Socket) => void) =>
@@ -134,7 +123,7 @@ const counterValue = (metric: Metric.Metric<number, Metric.CounterState<number>>
   Effect.map(Metric.value(metric), (state) => state.count)
 
 const relayIdle = (relay: TcpRelay.TcpRelay["Service"]) =>
-  eventuallyEffect("the relay has no connections", relay.connections, (all) => all.length === 0)
+  until(relay.connections, (all) => all.length === 0, "the relay has no connections", poll())
 
 const kubeconfig = (server: string, token = "relay-test-token-abc123") =>
   [
@@ -201,12 +190,12 @@ describe("TcpRelay", () => {
         const relay = yield* TcpRelay.TcpRelay
         const client = yield* connect(relay.address.port)
         client.socket.write("hello relay")
-        yield* eventually("the echo arrives", () => received(client) === "hello relay")
+        yield* holds(() => received(client) === "hello relay", "the echo arrives", poll())
         const [info] = yield* relay.connections
         assert.strictEqual(info?.target, `127.0.0.1:${upstream.port}`)
         assert.isTrue(info?.connected)
         client.socket.end()
-        yield* eventually("the relay closes the client", () => client.closed)
+        yield* holds(() => client.closed, "the relay closes the client", poll())
         yield* relayIdle(relay)
         assert.strictEqual(yield* counterValue(Metrics.relayConnectionsTotal), 1)
         assert.strictEqual((yield* Metric.value(Metrics.relayConnectionsActive)).value, 0)
@@ -235,7 +224,7 @@ describe("TcpRelay", () => {
         const relay = yield* TcpRelay.TcpRelay
         const client = yield* connect(relay.address.port)
         client.socket.end(payload)
-        yield* eventually("the reply and the FIN arrive", () => client.ended)
+        yield* holds(() => client.ended, "the reply and the FIN arrive", poll())
         assert.strictEqual(received(client), expected)
         yield* relayIdle(relay)
       }).pipe(Effect.provide(relayTo(upstream.port)))
@@ -253,12 +242,12 @@ describe("TcpRelay", () => {
       yield* Effect.gen(function*() {
         const relay = yield* TcpRelay.TcpRelay
         const client = yield* connect(relay.address.port)
-        yield* eventually("the upstream FIN reaches the client", () => client.ended)
+        yield* holds(() => client.ended, "the upstream FIN reaches the client", poll())
         assert.strictEqual(received(client), "bye")
         client.socket.end("still talking")
-        yield* eventually("the late data and FIN reach the upstream", () => upstreamSawEnd)
+        yield* holds(() => upstreamSawEnd, "the late data and FIN reach the upstream", poll())
         assert.strictEqual(lateData, "still talking")
-        yield* eventually("the relay closes the client", () => client.closed)
+        yield* holds(() => client.closed, "the relay closes the client", poll())
         yield* relayIdle(relay)
       }).pipe(Effect.provide(relayTo(upstream.port)))
     }).pipe(isolated))
@@ -271,7 +260,7 @@ describe("TcpRelay", () => {
         const relay = yield* TcpRelay.TcpRelay
         const client = yield* connect(relay.address.port)
         client.socket.write("anyone there?")
-        yield* eventually("the relay closes the client", () => dropped(client))
+        yield* holds(() => dropped(client), "the relay closes the client", poll())
         assert.strictEqual(receivedBytes(client), 0)
         yield* relayIdle(relay)
         assert.strictEqual(yield* counterValue(Metrics.relayDialErrorsTotal), 1)
@@ -290,20 +279,20 @@ describe("TcpRelay", () => {
         const second = yield* connect(relay.address.port)
         first.socket.write("1")
         second.socket.write("2")
-        yield* eventually("both relayed", () => received(first) === "1" && received(second) === "2")
+        yield* holds(() => received(first) === "1" && received(second) === "2", "both relayed", poll())
         const third = yield* connect(relay.address.port)
         third.socket.write("3")
-        yield* eventually("the third is closed", () => dropped(third))
+        yield* holds(() => dropped(third), "the third is closed", poll())
         assert.strictEqual(receivedBytes(third), 0)
         assert.strictEqual(yield* counterValue(Metrics.relayConnectionsRefusedTotal), 1)
         assert.strictEqual(yield* counterValue(Metrics.relayConnectionsTotal), 3)
         assert.strictEqual((yield* relay.connections).length, 2)
 
         first.socket.end()
-        yield* eventuallyEffect("one slot free", relay.connections, (all) => all.length === 1)
+        yield* until(relay.connections, (all) => all.length === 1, "one slot free", poll())
         const fourth = yield* connect(relay.address.port)
         fourth.socket.write("4")
-        yield* eventually("the fourth is relayed", () => received(fourth) === "4")
+        yield* holds(() => received(fourth) === "4", "the fourth is relayed", poll())
         assert.isFalse(dropped(second))
       }).pipe(Effect.provide(relayTo(upstream.port, { maxConnections: 2 })))
     }).pipe(isolated))
@@ -322,11 +311,11 @@ describe("TcpRelay", () => {
           busy.socket.write("y")
           yield* Effect.sleep("100 millis")
         }
-        yield* eventually("the idle connection is closed", () => dropped(idle), "3 seconds")
+        yield* holds(() => dropped(idle), "the idle connection is closed", poll("3 seconds"))
         assert.strictEqual(received(idle), "x")
         assert.isFalse(dropped(busy), "the busy connection is still open")
         assert.strictEqual(received(busy), "y".repeat(12))
-        yield* eventually("the busy one times out once quiet", () => dropped(busy), "3 seconds")
+        yield* holds(() => dropped(busy), "the busy one times out once quiet", poll("3 seconds"))
         assert.isAtLeast(Date.now() - openedAt, 1200 + 500)
         yield* relayIdle(relay)
       }).pipe(Effect.provide(relayTo(upstream.port, { idleTimeout: Duration.millis(600) })))
@@ -355,11 +344,11 @@ describe("TcpRelay", () => {
         const client = yield* connect(relay.address.port, { paused: true })
         // Let the upstream push until every buffer on the way is full.
         let last = -1
-        yield* eventually("the upstream stalls", () => {
+        yield* holds(() => {
           const stalled = written === last
           last = written
           return stalled && written > 0
-        }, "10 seconds").pipe(Effect.andThen(Effect.sleep("300 millis")))
+        }, "the upstream stalls", poll("10 seconds")).pipe(Effect.andThen(Effect.sleep("300 millis")))
         const [info] = yield* relay.connections
         assert.isDefined(info)
         assert.isFalse(finished, "the upstream could not write everything")
@@ -369,7 +358,7 @@ describe("TcpRelay", () => {
         assert.isBelow(info!.bytesDownstream, total / 2)
 
         client.socket.resume()
-        yield* eventually("all 64 MiB arrive", () => client.ended, "30 seconds")
+        yield* holds(() => client.ended, "all 64 MiB arrive", poll("30 seconds"))
         assert.strictEqual(receivedBytes(client), total)
         client.socket.end()
         yield* relayIdle(relay)
@@ -399,7 +388,7 @@ describe("TcpRelay", () => {
           client.socket.write(sent.subarray(offset, offset + 1024 * 1024))
         }
         client.socket.end()
-        yield* eventually("the echo ends", () => client.ended, "30 seconds")
+        yield* holds(() => client.ended, "the echo ends", poll("30 seconds"))
         const back = Buffer.concat(client.chunks)
         assert.strictEqual(back.length, sent.length)
         assert.isTrue(back.equals(sent), "the echoed bytes equal the bytes sent")
@@ -419,22 +408,22 @@ describe("TcpRelay", () => {
         const watcher = yield* TargetWatcher
         const old = yield* connect(relay.address.port)
         old.socket.write("1")
-        yield* eventually("A answers", () => received(old) === "A:1")
+        yield* holds(() => received(old) === "A:1", "A answers", poll())
 
         // Only the folder watch can notice this in time: the reload interval is a minute.
         volume.write(kubeconfig(`https://127.0.0.1:${b.port}`))
-        yield* eventuallyEffect("the target moves to B", watcher.current, (t) => t.port === b.port, "3 seconds")
+        yield* until(watcher.current, (t) => t.port === b.port, "the target moves to B", poll("3 seconds"))
         const changedAt = Date.now()
         assert.isTrue(logs.lines.some((line) => line.includes(`target updated from 127.0.0.1:${a.port} to 127.0.0.1:${b.port}`)))
 
         const fresh = yield* connect(relay.address.port)
         fresh.socket.write("2")
-        yield* eventually("B answers the new connection", () => received(fresh) === "B:2")
+        yield* holds(() => received(fresh) === "B:2", "B answers the new connection", poll())
 
         // The old connection still works during the drain, then is closed.
         old.socket.write("3")
-        yield* eventually("A still answers the old one", () => received(old) === "A:1A:3")
-        yield* eventually("the old connection is closed", () => dropped(old), "5 seconds")
+        yield* holds(() => received(old) === "A:1A:3", "A still answers the old one", poll())
+        yield* holds(() => dropped(old), "the old connection is closed", poll("5 seconds"))
         const closedAfter = Date.now() - changedAt
         assert.isAtLeast(closedAfter, drainMs - 150)
         assert.isFalse(dropped(fresh), "the new connection stays")
@@ -452,22 +441,38 @@ describe("TcpRelay", () => {
       )
     }).pipe(isolated))
 
-  it.live("a target that comes back during the drain keeps its connections", () =>
+  // The drain timer runs on the TestClock; the sockets are real, so waiting for bytes uses the
+  // live clock.
+  it.effect("a target that comes back during the drain keeps its connections; one that stays away loses them at --drain-timeout", () =>
     Effect.gen(function*() {
       const a = yield* upstreamServer(tagged("A"))
       const ref = yield* SubscriptionRef.make(target(a.port))
       yield* Effect.gen(function*() {
         const relay = yield* TcpRelay.TcpRelay
         const client = yield* connect(relay.address.port)
-        client.socket.write("1")
-        yield* eventually("A answers", () => received(client) === "A:1")
+        let sent = ""
+        /** A round trip: only an open connection brings the echo back. */
+        const roundTrip = (text: string) => {
+          client.socket.write(text)
+          sent += `A:${text}`
+          return TestClock.withLive(holds(() => received(client) === sent, `A answers ${text}`, poll()))
+        }
+        yield* roundTrip("1")
         yield* SubscriptionRef.set(ref, target(a.port + 1))
-        yield* Effect.sleep("100 millis")
+        yield* roundTrip("2")
         yield* SubscriptionRef.set(ref, target(a.port))
-        yield* Effect.sleep("600 millis")
+        yield* roundTrip("3")
+        yield* TestClock.adjust("10 seconds")
+        yield* roundTrip("4")
         assert.isFalse(dropped(client))
-        client.socket.write("2")
-        yield* eventually("A still answers", () => received(client) === "A:1A:2")
+
+        // The same connection, its target away for good: open until the drain timeout, closed at it.
+        yield* SubscriptionRef.set(ref, target(a.port + 1))
+        yield* roundTrip("5")
+        yield* TestClock.adjust("299 millis")
+        yield* roundTrip("6")
+        yield* TestClock.adjust("1 millis")
+        yield* TestClock.withLive(holds(() => dropped(client), "the connection is closed at the drain timeout", poll()))
       }).pipe(
         Effect.provide(
           TcpRelay.TcpRelay.layer(relayOptions({ drainTimeout: Duration.millis(300) })).pipe(
@@ -484,9 +489,9 @@ describe("TcpRelay", () => {
       const relay = Context.get(yield* Layer.buildWithScope(relayTo(upstream.port), scope), TcpRelay.TcpRelay)
       const client = yield* connect(relay.address.port)
       client.socket.write("x")
-      yield* eventually("the echo arrives", () => received(client) === "x")
+      yield* holds(() => received(client) === "x", "the echo arrives", poll())
       yield* Scope.close(scope, Exit.void)
-      yield* eventually("the client is closed", () => dropped(client))
+      yield* holds(() => dropped(client), "the client is closed", poll())
       const refused = yield* Effect.callback<boolean>((resume) => {
         const socket = Net.connect({ port: relay.address.port, host: "127.0.0.1" })
         socket.once("connect", () => {
@@ -498,7 +503,7 @@ describe("TcpRelay", () => {
       assert.isTrue(refused, "nothing listens any more")
     }).pipe(isolated))
 
-  it.live("with shutdownDrain, closing the layer stops accepting at once and lets open connections finish until the drain ends", () =>
+  it.effect("with shutdownDrain, closing the layer stops accepting at once and lets open connections finish until the drain ends", () =>
     Effect.gen(function*() {
       const upstream = yield* upstreamServer(echo)
       const scope = yield* Scope.make()
@@ -508,7 +513,7 @@ describe("TcpRelay", () => {
       )
       const client = yield* connect(relay.address.port)
       client.socket.write("a")
-      yield* eventually("the echo arrives", () => received(client) === "a")
+      yield* TestClock.withLive(holds(() => received(client) === "a", "the echo arrives", poll()))
       const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
       const refused = Effect.callback<boolean>((resume) => {
         const socket = Net.connect({ port: relay.address.port, host: "127.0.0.1" })
@@ -518,13 +523,15 @@ describe("TcpRelay", () => {
         })
         socket.once("error", () => resume(Effect.succeed(true)))
       })
-      yield* eventuallyEffect("the listener closes", refused, (isRefused) => isRefused, "1 second")
-      // The open connection still carries bytes during the drain.
+      yield* TestClock.withLive(until(refused, (isRefused) => isRefused, "the listener closes", poll("1 second")))
+      // The open connection still carries bytes until the very end of the drain.
+      yield* TestClock.adjust("1499 millis")
       client.socket.write("b")
-      yield* eventually("the echo arrives during the drain", () => received(client) === "ab")
+      yield* TestClock.withLive(holds(() => received(client) === "ab", "the echo arrives during the drain", poll()))
       assert.isFalse(dropped(client))
+      yield* TestClock.adjust("1 millis")
       yield* Fiber.join(closing)
-      yield* eventually("the client is closed once the drain ends", () => dropped(client))
+      yield* TestClock.withLive(holds(() => dropped(client), "the client is closed once the drain ends", poll()))
     }).pipe(isolated))
 
   it.live("with shutdownDrain, the layer closes as soon as the last connection ends", () =>
@@ -537,7 +544,7 @@ describe("TcpRelay", () => {
       )
       const client = yield* connect(relay.address.port)
       client.socket.write("a")
-      yield* eventually("the echo arrives", () => received(client) === "a")
+      yield* holds(() => received(client) === "a", "the echo arrives", poll())
       const closing = yield* Effect.forkChild(Scope.close(scope, Exit.void))
       client.socket.end()
       const closed = yield* Fiber.join(closing).pipe(Effect.timeoutOption("5 seconds"))
@@ -591,7 +598,7 @@ describe("TargetWatcher", () => {
         assert.isFalse(logs.lines.some((line) => line.includes("leaky-token-value") || line.includes("relay-test-token")))
         // A good file is picked up again by the periodic reload.
         volume.write(kubeconfig("https://[::1]:7443"))
-        yield* eventuallyEffect("the reload interval picks up the fix", watcher.current, (t) => t.port === 7443, "3 seconds")
+        yield* until(watcher.current, (t) => t.port === 7443, "the reload interval picks up the fix", poll("3 seconds"))
         assert.strictEqual(ManagedTarget.format(yield* watcher.current), "[::1]:7443")
       }).pipe(
         Effect.provide(
@@ -691,7 +698,7 @@ describe("managed-apiserver-proxy flags", () => {
     idleTimeout: Duration.zero
   }
   const message = (overrides: Partial<typeof given>) => {
-    const result = ManagedApiserverProxy.resolve({ ...given, ...overrides })
+    const result = TcpRelayOptions.resolve({ ...given, ...overrides })
     return Result.isFailure(result) ? result.failure.message : "(valid)"
   }
 
