@@ -182,12 +182,10 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
   const { deployment, enableImpersonation } = options
   const mode = ServiceProxyMode.metricMode(deployment)
   const relay = options.relay
-  if (deployment._tag === "Hosted" && deployment.mode === "Relay") {
-    if (relay === undefined) {
-      return yield* new ServiceProxyError({ reason: "Config", message: "Relay mode needs the relay Service (namespace, name, port)" })
-    }
-    const valid = ApiserverUrl.validateRelayService(relay)
-    if (Result.isFailure(valid)) return yield* new ServiceProxyError({ reason: "Config", message: valid.failure })
+  // The options were checked by `Options.resolve`; what remains is the one field the type
+  // cannot tie to the mode.
+  if (deployment._tag === "Hosted" && deployment.mode === "Relay" && relay === undefined) {
+    return yield* new ServiceProxyError({ reason: "Config", message: "Relay mode needs the relay Service (namespace, name, port)" })
   }
 
   // Trust for https Services: the cluster CA plus the additional one; the system roots when neither.
