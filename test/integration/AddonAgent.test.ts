@@ -49,15 +49,22 @@ class CallFailed extends Data.TaggedError("CallFailed")<{ readonly code: number 
 
 /** A readiness endpoint whose answer the test switches. */
 const readinessServer = Effect.acquireRelease(
-  Effect.callback<{ readonly url: string; readonly setReady: (ready: boolean) => void; readonly server: Http.Server }>((resume) => {
+  Effect.callback<{
+    readonly url: string
+    readonly setReady: (ready: boolean) => void
+    readonly refusals: () => number
+    readonly server: Http.Server
+  }>((resume) => {
     let ready = true
+    let refused = 0
     const server = Http.createServer((req, res) => {
+      if (!ready) refused++
       res.writeHead(req.url === "/readyz" && ready ? 200 : 503, { "content-type": "text/plain" })
       res.end(ready ? "ok" : "not ready")
     })
     server.listen(0, "127.0.0.1", () => {
       const port = (server.address() as Net.AddressInfo).port
-      resume(Effect.succeed({ url: `http://127.0.0.1:${port}/readyz`, setReady: (r) => void (ready = r), server }))
+      resume(Effect.succeed({ url: `http://127.0.0.1:${port}/readyz`, setReady: (r) => void (ready = r), refusals: () => refused, server }))
     })
   }),
   ({ server }) =>
@@ -157,16 +164,19 @@ describe.skipIf(noApiserver)("addon-agent and leader election (real apiservers)"
       assert.strictEqual(onManaged.code, 404)
 
       readiness.setReady(false)
-      // Let a period that started before the switch finish, then watch renewTime stand still.
-      yield* Effect.sleep("2 seconds")
+      // Periods run one after another: once one has logged the failure, none that saw the agent
+      // ready is still in flight. Then renewTime must stand still across three refused periods.
+      yield* until(Effect.sync(() => logLines.some((line) => line.includes("a health check failed"))), (seen) => seen, "failure logged")
       const frozen = renewTimeOf(yield* readLease(hosting, namespace, "cluster-proxy"))
-      yield* Effect.sleep("4 seconds")
+      const refusedAtFreeze = readiness.refusals()
+      yield* until(Effect.sync(readiness.refusals), (n) => n >= refusedAtFreeze + 3, "three more refused periods", { timeout: "10 seconds" })
       assert.strictEqual(renewTimeOf(yield* readLease(hosting, namespace, "cluster-proxy")), frozen, "no renewal while the proxy-agent is not ready")
 
       readiness.setReady(true)
       yield* until(readLease(hosting, namespace, "cluster-proxy"), (l) => renewTimeOf(l) > frozen, "renewals resumed", { timeout: "5 seconds" })
       assert.isTrue(logLines.some((line) => line.includes("a health check failed") && line.includes("answered 503")))
-      assert.isTrue(logLines.some((line) => line.includes("the health checks pass again")))
+      // The period's log line follows its Lease write, so wait for it rather than read it at once.
+      yield* until(Effect.sync(() => logLines.some((line) => line.includes("the health checks pass again"))), (seen) => seen, "recovery logged", { timeout: "5 seconds" })
     }))
 
   it.live("the token-freshness check: a fresh real token passes; an expired token or a real one inside the margin fails", () =>
