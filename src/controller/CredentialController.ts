@@ -19,17 +19,20 @@
  * view; only keys handed over by a view change are queued again, so a renewal round costs no
  * reconcile.
  *
- * Not yet (see the README): reads from shared caches (each reconcile reads its source and target
- * Secret and the add-on), idle closing of managed clients, the periodic identity check, and the
- * `tokenFile` kubeconfig.
+ * Secrets are read through {@link SecretCache} (one watch of Secrets for all pairs; a change of a
+ * source or generated Secret queues the pairs that name it).
+ *
+ * Not yet (see the README): the add-on read through a cache (each reconcile reads it from the
+ * hub), idle closing of managed clients, the periodic identity check, and the `tokenFile`
+ * kubeconfig.
  *
  * @since 0.1.0
  */
-import { Cause, type Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Option, Scope, Stream } from "effect"
+import { Cause, type Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Option, Queue, Scope, Stream } from "effect"
 import type * as Discovery from "../domain/Discovery.ts"
 import type * as RefreshPolicy from "../domain/RefreshPolicy.ts"
 import * as Controller from "../kube/Controller.ts"
-import { HubCluster } from "../kube/KubeClient.ts"
+import { HostingCluster, HubCluster } from "../kube/KubeClient.ts"
 import * as WorkQueue from "../kube/WorkQueue.ts"
 import * as Metrics from "../observability/Metrics.ts"
 import { Probes } from "../observability/Probes.ts"
@@ -39,6 +42,7 @@ import { SecretStore } from "../provisioner/SecretStore.ts"
 import { TokenIssuer } from "../provisioner/TokenIssuer.ts"
 import * as Membership from "./Membership.ts"
 import * as PairSource from "./PairSource.ts"
+import * as SecretCache from "./SecretCache.ts"
 
 /** @category models */
 export interface Options {
@@ -97,9 +101,14 @@ interface Entry {
  */
 export const run = Effect.fnUntraced(function*(options: Options) {
   const hub = yield* Effect.serviceOption(HubCluster)
+  const hosting = yield* HostingCluster
   const source = yield* PairSource.make(options.source)
   const entries = new Map<string, Entry>()
   const running = new Map<string, Run>()
+  // Source and generated Secrets: one watch, read by every reconcile; a change queues its pairs.
+  const touched = yield* Queue.unbounded<string>()
+  const secrets = yield* SecretCache.make(hosting, (keys) => Effect.sync(() => void Queue.offerAllUnsafe(touched, keys)))
+  const withSecrets = Effect.provideService(SecretStore, secrets.store)
 
   const entryFor = Effect.fnUntraced(function*(pair: Discovery.Pair) {
     const existing = entries.get(pair.key)
@@ -195,7 +204,7 @@ export const run = Effect.fnUntraced(function*(options: Options) {
       const run: Run = { fiber: undefined, stop: false, done: yield* Deferred.make<void>() }
       running.set(key, run)
       return yield* Effect.gen(function*() {
-        const fiber = yield* Effect.forkChild(reconcileKey(key))
+        const fiber = yield* Effect.forkChild(withSecrets(reconcileKey(key)))
         run.fiber = fiber
         if (run.stop) yield* Fiber.interrupt(fiber)
         const exit = yield* Fiber.await(fiber)
@@ -216,6 +225,8 @@ export const run = Effect.fnUntraced(function*(options: Options) {
     concurrency: options.concurrency ?? 8,
     rateLimit: options.rateLimit ?? { perSecond: 20, burst: 40 }
   })
+
+  yield* Queue.take(touched).pipe(Effect.flatMap(queue.add), Effect.forever, Effect.forkScoped)
 
   let seen: Discovery.Discovered = { pairs: [], problems: [] }
   // The keys this replica may run now, kept to notice the ones membership hands over.
@@ -238,6 +249,7 @@ export const run = Effect.fnUntraced(function*(options: Options) {
         if (initial === undefined) initial = new Set(state.discovered.pairs.map((p) => p.key))
         const changed = PairSource.diff(seen, state.discovered)
         seen = state.discovered
+        secrets.track(seen.pairs)
         yield* refreshOwned
         for (const key of changed) yield* queue.add(key)
         for (const problem of state.discovered.problems) {

@@ -2,7 +2,9 @@
  * The credential controller on real hub, hosting and managed apiservers: it discovers the
  * add-ons hosted on this cluster and makes each pair's generated Secret with a working token
  * and a True condition; a pair with a bad source is False with its reason while the others are
- * Ready; deleting one add-on removes its Secret and leaves the others untouched. Two real
+ * Ready; a changed source gets a new token and a deleted generated Secret is put back (both
+ * noticed through the one Secret watch); deleting one add-on removes its Secret and leaves the
+ * others untouched. Two real
  * processes share the pairs through member Leases: a second replica takes its share, a killed one's
  * pairs move to the survivor within a lease duration, and no pair is ever minted for twice
  * (TokenRequests counted from the managed apiserver's audit log).
@@ -88,6 +90,22 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
       }
       const bad = yield* until(condition("c4"), (c) => c?.["status"] === "False", "c4 not Ready", { timeout: "60 seconds" })
       assert.strictEqual(bad?.["reason"], "SourceSecretNotFound")
+
+      // Secrets are watched: a changed source gets a new token, a deleted generated Secret is
+      // put back with the token in hand.
+      const tokenOf = (cluster: string) =>
+        Effect.map(hosting.getSecret(`addon-${cluster}`, "cluster-proxy-managed-kubeconfig"), (s) => s.data?.["token"])
+      const oldToken = yield* tokenOf("c1")
+      const source = yield* hosting.getSecret("c1", "external-managed-kubeconfig")
+      yield* hosting.replaceSecret("c1", {
+        ...source,
+        data: { kubeconfig: Buffer.from(`${trio.managed.kubeconfigYaml}\n# changed\n`).toString("base64") }
+      })
+      yield* until(tokenOf("c1"), (token) => token !== oldToken, "c1 refreshed after its source changed", { timeout: "30 seconds" })
+      const c3Token = yield* tokenOf("c3")
+      yield* hosting.deleteSecret("addon-c3", "cluster-proxy-managed-kubeconfig")
+      const back = yield* until(Effect.result(tokenOf("c3")), Result.isSuccess, "c3's deleted Secret put back", { timeout: "30 seconds" })
+      assert.strictEqual(Result.getOrUndefined(back), c3Token, "put back with the token in hand")
 
       const before = yield* hosting.getSecret("addon-c1", "cluster-proxy-managed-kubeconfig")
       const del = yield* kubectl(trio.hub.kubeconfigPath, ["delete", "managedclusteraddon", "-n", "c2", "cluster-proxy"])
