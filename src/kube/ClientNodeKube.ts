@@ -88,7 +88,9 @@ export const toKubeError = (cluster: string, operation: string) => (error: unkno
 
 /**
  * Authentication that reuses one dispatcher and takes the bearer token from `tokenSource`.
- * It also satisfies what client-node's `Watch` needs from a config.
+ * It also satisfies what client-node's `Watch` needs from a config. `dropConnections` destroys
+ * the dispatcher (the next request opens a new one): all requests share one HTTP/2 connection,
+ * and one that went silent would otherwise carry every later list and watch into the same hole.
  */
 const makeAuthentication = (
   kubeConfig: KubeConfig,
@@ -96,8 +98,16 @@ const makeAuthentication = (
   userAgent: string
 ) => {
   let dispatcher: ReturnType<RequestContext["getDispatcher"]> | undefined
-  const auth: SecurityAuthentication & { getCurrentCluster: () => ReturnType<KubeConfig["getCurrentCluster"]> } = {
+  const auth: SecurityAuthentication & {
+    getCurrentCluster: () => ReturnType<KubeConfig["getCurrentCluster"]>
+    dropConnections: () => Promise<void>
+  } = {
     getName: () => "tether",
+    dropConnections: async () => {
+      const old = dispatcher
+      dispatcher = undefined
+      await old?.destroy().catch(() => undefined)
+    },
     getCurrentCluster: () => kubeConfig.getCurrentCluster(),
     applySecurityAuthentication: async (context: RequestContext) => {
       await kubeConfig.applySecurityAuthentication(context)
@@ -143,19 +153,22 @@ export const make = (options: Options): KubeClient.KubeClient => {
     list: call(`list ${description}`, list).pipe(
       Effect.map((result) => ({ items: result.items, resourceVersion: result.metadata?.resourceVersion ?? "" }))
     ),
-    watch: (resourceVersion, emit) =>
+    describe: { cluster, operation: `watch ${description}` },
+    dropConnections: Effect.promise(() => auth.dropConnections()),
+    watch: (resourceVersion, emit, timeoutSeconds) =>
       Effect.callback<KubeWatch.WatchEnd, KubeError.KubeError>((resume) => {
         let lastVersion = resourceVersion
         let expired = false
         const watcher = new Watch(auth as unknown as KubeConfig)
-        // The server ends each watch after timeoutSeconds; re-watching is cheap and proves liveness.
+        // The server ends each watch after timeoutSeconds (the stream's heartbeat, see Watch.ts),
+        // which also bounds it; this is only a backstop.
         ;(watcher as unknown as { requestTimeoutMs: number }).requestTimeoutMs = 6 * 60_000
         const pending = watcher.watch(
           path,
           {
             resourceVersion,
             allowWatchBookmarks: true,
-            timeoutSeconds: 240 + Math.floor(Math.random() * 60),
+            timeoutSeconds,
             ...query
           },
           (phase: string, object: A & { code?: number }) => {

@@ -10,7 +10,9 @@
  *   hammered, and the refresh follows its return within seconds;
  * - a deletion storm of the generated Secret mints no token;
  * - the hosting apiserver away: readiness drops, and once it is back the watches are re-listed,
- *   readiness returns and a change made meanwhile is acted on.
+ *   readiness returns and a change made meanwhile is acted on;
+ * - a watch that silently stops (the connection kept open, nothing forwarded) is re-listed within
+ *   30 s and the change it missed is acted on.
  */
 import { NodeServices } from "@effect/platform-node"
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
@@ -240,5 +242,30 @@ describe.skipIf(noApiserver)("provisioner under faults (real apiservers, audit l
       yield* until(readTarget(options), (s) => hashOf(s) !== hashOf(good), "the change made meanwhile acted on", { timeout: "30 seconds" })
       const listsAfter = (yield* Apiserver.auditEvents(hosting)).filter((e) => e.verb === "list" && (e.userAgent ?? "").startsWith(agent)).length
       assert.isAtLeast(listsAfter - listsBefore, 2, "both Secret watches re-listed")
+    }), { timeout: 120_000 })
+
+  it.live("a watch that silently stops (connection open, nothing delivered) is re-listed within 30 s and the change it missed is acted on", () =>
+    Effect.gen(function*() {
+      const proxy = yield* FaultProxy.make({ host: hosting.host, port: hosting.port })
+      // The 5-minute resync, so that only the watches can bring the change in.
+      const { options, source } = yield* setUp("q-stall", managed.server, Duration.minutes(5))
+      const probes = yield* start(options, proxy.server)
+      const good = yield* eventually(readTarget(options))
+      yield* ready(probes)
+      const lists = Effect.map(
+        Apiserver.auditEvents(hosting),
+        (events) => events.filter((e) => e.stage === "ResponseComplete" && e.verb === "list" && (e.userAgent ?? "").startsWith(agent)).length
+      )
+      const listsBefore = yield* lists
+
+      // Both Secret watches share one HTTP/2 connection to the hosting apiserver; freeze it.
+      assert.isAtLeast(proxy.stall(), 2, "the watches' connection frozen")
+      const stalledAt = Date.now()
+      yield* changeSource(options, `${source}\n# while the watch was frozen\n`) // by the test, directly
+      yield* until(lists, (n) => n >= listsBefore + 2, "both Secret watches re-listed", { timeout: "45 seconds", interval: "200 millis" })
+      const relisted = Date.now() - stalledAt
+      assert.isBelow(relisted, 30_000, `re-listed ${relisted} ms after the watches froze`)
+      yield* until(readTarget(options), (s) => hashOf(s) !== hashOf(good), "the missed change acted on", { timeout: "10 seconds" })
+      yield* ready(probes)
     }), { timeout: 120_000 })
 })

@@ -7,7 +7,9 @@
  * - `blackhole`: accept connections and swallow everything, answering nothing (open ones go silent
  *   too), as a dropped route or a frozen server does;
  * - `latencyMs`: delay every chunk in both directions;
- * - `readBytesPerSecond`: read from the client no faster than this (a slow server).
+ * - `readBytesPerSecond`: read from the client no faster than this (a slow server);
+ * - `stall()`: the connections open now go silent both ways but stay open (a frozen NAT entry or
+ *   proxy: no reset, no FIN), while new connections pass.
  *
  * It counts the connections it accepted, so a test can bound how hard a client knocks on a server
  * that is away. Closed with its scope.
@@ -25,6 +27,8 @@ export interface FaultProxy {
   readonly setMode: (mode: Mode) => void
   readonly setLatency: (ms: number) => void
   readonly setReadBytesPerSecond: (rate: number | undefined) => void
+  /** Freeze the connections open now (both ways, kept open); returns how many sockets (two per connection) it froze. */
+  readonly stall: () => number
   /** Connections accepted so far (in any mode). */
   readonly accepted: () => number
   /** Connections currently open. */
@@ -39,6 +43,7 @@ export const make = (target: { readonly host: string; readonly port: number }): 
       let rate: number | undefined
       let accepted = 0
       const sockets = new Set<Net.Socket>()
+      const frozen = new WeakSet<Net.Socket>()
       const track = (socket: Net.Socket) => {
         sockets.add(socket)
         socket.once("close", () => sockets.delete(socket))
@@ -46,7 +51,7 @@ export const make = (target: { readonly host: string; readonly port: number }): 
       }
       const relay = (from: Net.Socket, to: Net.Socket, throttle: boolean) => {
         from.on("data", (chunk: Buffer) => {
-          if (mode === "blackhole") return
+          if (mode === "blackhole" || frozen.has(from)) return
           if (throttle && rate !== undefined) {
             from.pause()
             setTimeout(() => from.resume(), Math.ceil((chunk.length / rate) * 1000))
@@ -58,9 +63,11 @@ export const make = (target: { readonly host: string; readonly port: number }): 
           else send()
         })
         from.once("end", () => {
-          if (mode === "pass") to.end()
+          if (mode === "pass" && !frozen.has(from)) to.end()
         })
-        from.once("close", () => to.destroy())
+        from.once("close", () => {
+          if (!frozen.has(from)) to.destroy()
+        })
       }
       const server = Net.createServer((client) => {
         accepted++
@@ -83,6 +90,10 @@ export const make = (target: { readonly host: string; readonly port: number }): 
           },
           setLatency: (ms) => void (latency = ms),
           setReadBytesPerSecond: (next) => void (rate = next),
+          stall: () => {
+            for (const socket of sockets) frozen.add(socket)
+            return sockets.size
+          },
           accepted: () => accepted,
           open: () => sockets.size
         }
