@@ -59,6 +59,40 @@ export const single = (headers: Headers, name: string): string | undefined => {
 }
 
 /**
+ * The first of `names` (lower-cased) that appears more than once in Node's `rawHeaders` (name,
+ * value, name, value, ...), lower-cased; undefined when none does. Node's parsed `headers` cannot
+ * tell: it keeps the first `Authorization` or `Host` and drops the rest, and joins other
+ * repeated headers with `, `.
+ *
+ * @since 0.1.0
+ * @category headers
+ */
+export const repeatedHeader = (raw: ReadonlyArray<string>, names: ReadonlySet<string>): string | undefined => {
+  let seen: Set<string> | undefined
+  const lengths = lengthsOf(names)
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]!
+    // On every request path: only names that could match are lower-cased.
+    if (!lengths.has(name.length)) continue
+    const lower = name.toLowerCase()
+    if (!names.has(lower)) continue
+    if (seen?.has(lower) === true) return lower
+    ;(seen ??= new Set()).add(lower)
+  }
+  return undefined
+}
+
+const nameLengths = new WeakMap<ReadonlySet<string>, ReadonlySet<number>>()
+const lengthsOf = (names: ReadonlySet<string>): ReadonlySet<number> => {
+  let lengths = nameLengths.get(names)
+  if (lengths === undefined) {
+    lengths = new Set([...names].map((name) => name.length))
+    nameLengths.set(names, lengths)
+  }
+  return lengths
+}
+
+/**
  * Headers that describe one connection, never the message (RFC 9110 section 7.6.1, plus the
  * legacy ones proxies still meet).
  *

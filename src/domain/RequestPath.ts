@@ -18,7 +18,8 @@ export const requestPath = (url: string | undefined): string | undefined => {
   if (url.startsWith("/")) return url.startsWith("//") ? undefined : url
   if (!/^https?:\/\//i.test(url)) return undefined
   const parsed = URL.parse(url)
-  return parsed === null ? undefined : `${parsed.pathname}${parsed.search}`
+  // `http://x//a` (or `http://x/..//a`, once normalised) would also read as an authority.
+  return parsed === null || parsed.pathname.startsWith("//") ? undefined : `${parsed.pathname}${parsed.search}`
 }
 
 /**
@@ -42,6 +43,8 @@ export const joinPath = (prefix: string, path: string): string => {
  * @category urls
  */
 export const hasDotSegment = (path: string): boolean => {
+  // Checked on every request; most paths have neither a dot nor an escape.
+  if (!path.includes(".") && !path.includes("%")) return false
   const pathOnly = path.split("?", 1)[0] ?? ""
   const decoded = pathOnly.replace(/%2e/gi, ".").replace(/%2f/gi, "/").replace(/%5c/gi, "\\")
   return decoded.split(/[/\\]/).some((segment) => segment === "." || segment === "..")

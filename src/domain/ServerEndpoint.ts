@@ -57,6 +57,8 @@ export const fromServerUrl = (server: string): Result.Result<ServerEndpoint, Ser
   const host = url.hostname.startsWith("[") && url.hostname.endsWith("]") ? url.hostname.slice(1, -1) : url.hostname
   if (host === "") return fail("server URL has no host")
   const port = url.port === "" ? (scheme === "https" ? 443 : 80) : Number(url.port)
+  // URL accepts port 0, which nothing can dial.
+  if (port < 1) return fail("server URL has an invalid port")
   return Result.succeed({ host, port, scheme })
 }
 

@@ -44,7 +44,8 @@ export const impersonatingHeaders = (
 export const passThroughHeaders = (headers: HttpHeaders.Headers, authority: string): HttpHeaders.OutgoingHeaders => {
   const kept: HttpHeaders.OutgoingHeaders = {}
   for (const [name, value] of Object.entries(HttpHeaders.stripHopByHop(headers))) {
-    if (!name.startsWith("cluster-proxy-")) kept[name] = value
+    // Cluster-Proxy-* look-alikes (`Cluster_Proxy_Port`) go too; Impersonate-* is the client's own.
+    if (!name.replace(/[^a-z0-9]/g, "").startsWith("clusterproxy")) kept[name] = value
   }
   return HttpHeaders.withUpgrade(headers, { ...kept, host: authority })
 }

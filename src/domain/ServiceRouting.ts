@@ -14,8 +14,12 @@
  * - The kube-apiserver (`kubernetes` in `default`, in any letter case, with any proto or port)
  *   is never a Service target: {@link route} refuses it with reason `KubeApiserver`, which the
  *   service proxy reads as "the apiserver" and the relay refuses.
- * - Nothing named `Cluster-Proxy-*` or `Impersonate-*` reaches a backend
- *   ({@link stripInternalHeaders}).
+ * - Nothing named `Cluster-Proxy-*` or `Impersonate-*` reaches a backend, nor a look-alike
+ *   spelt with `_` or `.` (`Impersonate_User`), which frameworks that normalise separators read
+ *   as the real one ({@link stripInternalHeaders}).
+ * - A credential, routing or `Host` header sent more than once is refused, read from the raw
+ *   header list ({@link repeatedHeader}): Node keeps one and drops the rest, so which one counts
+ *   would be a guess.
  * - Error messages quote routing headers only, shortened; never a credential header.
  *
  * @since 0.1.0
@@ -86,7 +90,7 @@ export const headerNames = {
  * @category errors
  */
 export class RoutingError extends Schema.TaggedError<RoutingError>()("RoutingError", {
-  reason: Schema.Literals(["MissingHeader", "UnsupportedScheme", "KubeApiserver", "InvalidNamespace", "InvalidService", "InvalidPort"]),
+  reason: Schema.Literals(["MissingHeader", "RepeatedHeader", "UnsupportedScheme", "KubeApiserver", "InvalidNamespace", "InvalidService", "InvalidPort"]),
   message: Schema.String
 }) {
   /** The HTTP status to answer with. */
@@ -194,18 +198,65 @@ export const routeOrApiserver = (headers: HttpHeaders.Headers): Result.Result<Ta
 }
 
 /**
+ * The headers a request may carry at most once, lower-cased, with their display names: the
+ * credentials, the routing headers and `Host`.
+ *
+ * @since 0.1.0
+ * @category headers
+ */
+export const singleHeaders: ReadonlyMap<string, string> = new Map([
+  ["host", "Host"],
+  ["authorization", "Authorization"],
+  ...Object.values(headerNames).map((name) => [name.toLowerCase(), name] as const)
+])
+
+const singleHeaderNames: ReadonlySet<string> = new Set(singleHeaders.keys())
+
+/**
+ * A refusal when one of {@link singleHeaders} appears more than once in Node's `rawHeaders`;
+ * undefined otherwise. Answered with 400.
+ *
+ * @since 0.1.0
+ * @category routing
+ */
+export const repeatedHeader = (raw: ReadonlyArray<string>): RoutingError | undefined => {
+  const repeated = HttpHeaders.repeatedHeader(raw, singleHeaderNames)
+  return repeated === undefined ? undefined : new RoutingError({
+    reason: "RepeatedHeader",
+    message: `invalid request headers: ${singleHeaders.get(repeated) ?? repeated} is given more than once`
+  })
+}
+
+/**
+ * Whether a header (lower-cased name) is a `Cluster-Proxy-*` or `Impersonate-*` header, or a
+ * look-alike of one: the same letters with `_`, `.` or any other separator, before or between
+ * the words (`Impersonate_User`, `cluster.proxy.port`, `-impersonate-user`), which a backend
+ * that normalises separators would read as the real one.
+ *
+ * @since 0.1.0
+ * @category headers
+ */
+export const isInternalLookalike = (lowerName: string): boolean => {
+  // On every forwarded header: only names with the right words are rewritten.
+  if (!lowerName.includes("impersonate") && !(lowerName.includes("cluster") && lowerName.includes("proxy"))) return false
+  const letters = lowerName.replace(/[^a-z0-9]/g, "")
+  return letters.startsWith("clusterproxy") || letters.startsWith("impersonate")
+}
+
+/**
  * Whether a header (lower-cased name) belongs to tether's hops and never reaches a backend:
- * every `Cluster-Proxy-*` and `Impersonate-*`.
+ * every `Cluster-Proxy-*` and `Impersonate-*`, and their look-alikes
+ * ({@link isInternalLookalike}).
  *
  * @since 0.1.0
  * @category headers
  */
 export const isInternal = (lowerName: string): boolean =>
-  lowerName.startsWith("cluster-proxy-") || lowerName.startsWith("impersonate-")
+  lowerName.startsWith("cluster-proxy-") || lowerName.startsWith("impersonate-") || isInternalLookalike(lowerName)
 
 /**
  * Drop everything a backend must not see: every `Cluster-Proxy-*` and `Impersonate-*` header
- * (the managed apiserver would honour impersonation with the relay's rights) and every
+ * and look-alike (the managed apiserver would honour impersonation with the relay's rights) and every
  * hop-by-hop header, including those named in `Connection`.
  *
  * @since 0.1.0

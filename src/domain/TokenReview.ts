@@ -2,9 +2,9 @@
  * How a TokenReview answer is read, pure: the one interpretation both the service relay's caller
  * check and the service proxy's TokenReview chain use.
  *
- * Invariants: `status.error` is read before `authenticated`; only a recognised rejection is
- * `NotAuthenticated` (the chain may ask the next cluster); anything else, an answer without a
- * status included, is `Failed` (fail closed).
+ * Invariants: `status.error` is read before `authenticated`; only a well-formed, recognised
+ * rejection is `NotAuthenticated` (the chain may ask the next cluster); anything else, an answer
+ * without a status or with a field of the wrong type included, is `Failed` (fail closed).
  *
  * @since 0.1.0
  */
@@ -72,17 +72,20 @@ export const defaultErrorPatterns: ReadonlyArray<string> = ["invalid bearer toke
  * @category tokenreview
  */
 export const classifyReview = (status: ReviewStatus | undefined, patterns: ReadonlyArray<string>): ReviewOutcome => {
-  // An answer without a status is not a rejection: it is not a TokenReview answer at all.
-  if (status === undefined || status === null || typeof status !== "object") {
+  // An answer without a status is not a rejection: it is not a TokenReview answer at all. Nor is
+  // one whose fields have the wrong types (the client does not check them).
+  if (status === undefined || status === null || typeof status !== "object" || Array.isArray(status)) {
     return { _tag: "Failed", detail: "the TokenReview answer has no status" }
   }
+  const malformed = wrongTypes(status as Readonly<Record<string, unknown>>)
+  if (malformed !== undefined) return { _tag: "Failed", detail: `the TokenReview answer is malformed: ${malformed}` }
   const error = status.error?.trim() ?? ""
   if (error !== "") {
     const lower = error.toLowerCase()
     const recognised = patterns.some((pattern) => pattern.trim() !== "" && lower.includes(pattern.trim().toLowerCase()))
     return recognised ? { _tag: "NotAuthenticated", detail: error } : { _tag: "Failed", detail: error }
   }
-  if (status?.authenticated !== true) return { _tag: "NotAuthenticated", detail: "the token is not authenticated" }
+  if (status.authenticated !== true) return { _tag: "NotAuthenticated", detail: "the token is not authenticated" }
   const username = status.user?.username ?? ""
   if (username === "") return { _tag: "Failed", detail: "TokenReview authenticated the token but reported no username" }
   const extra: Record<string, ReadonlyArray<string>> = {}
@@ -96,4 +99,26 @@ export const classifyReview = (status: ReviewStatus | undefined, patterns: Reado
       extra
     }
   }
+}
+
+const absent = (value: unknown): boolean => value === undefined || value === null
+const isRecord = (value: unknown): value is Readonly<Record<string, unknown>> =>
+  typeof value === "object" && value !== null && !Array.isArray(value)
+const isStrings = (value: unknown): boolean => Array.isArray(value) && value.every((item) => typeof item === "string")
+
+/** The first field of a status with a type TokenReview never sends, named; undefined when none. */
+const wrongTypes = (status: Readonly<Record<string, unknown>>): string | undefined => {
+  if (!absent(status["authenticated"]) && typeof status["authenticated"] !== "boolean") return "authenticated is not a boolean"
+  if (!absent(status["error"]) && typeof status["error"] !== "string") return "error is not a string"
+  const user = status["user"]
+  if (absent(user)) return undefined
+  if (!isRecord(user)) return "user is not an object"
+  for (const key of ["username", "uid"] as const) {
+    if (!absent(user[key]) && typeof user[key] !== "string") return `user.${key} is not a string`
+  }
+  if (!absent(user["groups"]) && !isStrings(user["groups"])) return "user.groups is not a list of strings"
+  const extra = user["extra"]
+  if (absent(extra)) return undefined
+  if (!isRecord(extra) || !Object.values(extra).every(isStrings)) return "user.extra is not a map of string lists"
+  return undefined
 }

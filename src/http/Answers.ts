@@ -81,3 +81,39 @@ export const closeSoon = (socket: Duplex): void => {
   linger.unref()
   socket.once("close", () => clearTimeout(linger))
 }
+
+const answered = new WeakSet<Duplex>()
+
+/**
+ * Answer a request Node's parser refused (the server's `clientError`): 431 for a header block
+ * over the limit, 413 for chunk extensions over Node's limit, 408 for headers that took too long, 400 for anything else (a malformed
+ * request line or header, a smuggling shape such as both `Content-Length` and
+ * `Transfer-Encoding`). Node's own answer destroys the socket right after writing it, which
+ * loses the answer over TLS or while the client is still sending; here the answer is ended
+ * gracefully, what the client still sends is read and dropped, and the socket is cut after a
+ * linger. A connection that already has an answer under way is only cut.
+ *
+ * @category answers
+ */
+export const clientError = (error: Error & { readonly code?: string }, socket: Duplex): void => {
+  // Node's own check: a response whose head is out cannot be followed by another answer.
+  const inFlight = (socket as { readonly _httpMessage?: { readonly headersSent?: boolean } | null })._httpMessage
+  // The parser reports each further chunk of an answered connection again; the answer is on its
+  // way and the linger cuts the socket.
+  if (answered.has(socket)) return
+  if (error.code === "ECONNRESET" || !socket.writable || inFlight?.headersSent === true) {
+    socket.destroy()
+    return
+  }
+  answered.add(socket)
+  const [status, text] = error.code === "HPE_HEADER_OVERFLOW"
+    ? [431, "request header fields too large"] as const
+    : error.code === "HPE_CHUNK_EXTENSIONS_OVERFLOW"
+    ? [413, "chunk extensions too large"] as const
+    : error.code === "ERR_HTTP_REQUEST_TIMEOUT"
+    ? [408, "request timeout"] as const
+    : [400, "bad request"] as const
+  socket.on("data", () => {})
+  socket.resume()
+  answerOnSocket(socket, status, text)
+}

@@ -5,6 +5,9 @@
  * closes.
  *
  * Per request:
+ * - `Expect: 100-continue` is answered only once the request is admitted (a refused caller is
+ *   never invited to send its body); a request the parser refuses gets 400, 408 or 431
+ *   ({@link Answers.clientError});
  * - a plain request whose admission is decided at once (the usual case) runs in callbacks from
  *   the request event to the last byte, without a fiber; one that has to wait runs its
  *   admission as an Effect, then takes the same path;
@@ -146,7 +149,12 @@ export const serve = Effect.fnUntraced(function*<L>(options: Options, policy: Ad
     failed: (message) => log(Effect.logWarning("upstream request failed", { ...admitted.upstream, error: message }))
   })
 
+  // Connections whose last answer was a refusal (which closes them): a request pipelined behind
+  // it is not served, as its client will never read the answer.
+  const closing = new WeakSet<Net.Socket>()
+
   const refuse = (req: Http.IncomingMessage, res: Http.ServerResponse, refused: Admission.Refusal<L>, startedAt: number) => {
+    closing.add(req.socket)
     req.resume()
     Answers.answer(res, refused.status, refused.body)
     policy.record(refused.label, refused.status, startedAt, now())
@@ -163,17 +171,26 @@ export const serve = Effect.fnUntraced(function*<L>(options: Options, policy: Ad
       Effect.annotateLogs({ component })
     )
 
-  /** One plain request: without a fiber when admission needs no waiting. */
-  const handleRequest = (req: Http.IncomingMessage, res: Http.ServerResponse) => {
+  /**
+   * One plain request: without a fiber when admission needs no waiting. A client that sent
+   * `Expect: 100-continue` is invited to send its body only once admitted; a refused one gets
+   * its answer without the invitation.
+   */
+  const handleRequest = (req: Http.IncomingMessage, res: Http.ServerResponse, expectsContinue: boolean) => {
+    if (closing.has(req.socket)) return void req.resume()
     const startedAt = now()
     const admission = policy.admit(req, false)
+    const proceed = (admitted: Admission.Admitted<L>) => {
+      if (expectsContinue) res.writeContinue()
+      forward(req, res, admitted, startedAt)
+    }
     if (!Effect.isEffect(admission)) {
-      return admission._tag === "Admitted" ? forward(req, res, admission, startedAt) : refuse(req, res, admission, startedAt)
+      return admission._tag === "Admitted" ? proceed(admission) : refuse(req, res, admission, startedAt)
     }
     run(guarded(
       Effect.match(admission, {
         onFailure: (refused) => refuse(req, res, refused, startedAt),
-        onSuccess: (admitted) => forward(req, res, admitted, startedAt)
+        onSuccess: proceed
       }),
       () => Answers.answer(res, 502, Answers.badGateway)
     ))
@@ -204,14 +221,24 @@ export const serve = Effect.fnUntraced(function*<L>(options: Options, policy: Ad
   const server: Http.Server | Https.Server = options.tls === undefined
     ? Http.createServer(limits)
     : Https.createServer({ ...limits, cert: options.tls.cert, key: options.tls.key, minVersion: "TLSv1.2" })
-  server.on("request", (req: Http.IncomingMessage, res: Http.ServerResponse) => {
+  const onRequest = (expectsContinue: boolean) => (req: Http.IncomingMessage, res: Http.ServerResponse) => {
     try {
-      handleRequest(req, res)
+      handleRequest(req, res, expectsContinue)
     } catch (error) {
       // A defect must still leave the client with an answer and the process alive.
       log(Effect.logError(`${component} request failed unexpectedly`, { cause: Answers.describe(error) }))
       Answers.answer(res, 502, Answers.badGateway)
     }
+  }
+  server.on("request", onRequest(false))
+  // With a listener here Node no longer answers `100 Continue` by itself: admission decides.
+  server.on("checkContinue", onRequest(true))
+  // Requests the parser refuses (oversize headers, smuggling shapes) get an answer, not a cut.
+  server.on("clientError", Answers.clientError)
+  // CONNECT (an authority-form target) is nothing either proxy carries; Node would cut it silently.
+  server.on("connect", (_req: Http.IncomingMessage, socket: Duplex) => {
+    socket.on("error", () => socket.destroy())
+    Answers.answerOnSocket(socket, 405, "method not allowed")
   })
   server.on("upgrade", (req: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
     run(guarded(handleUpgrade(req, socket, head), () => socket.destroy()))

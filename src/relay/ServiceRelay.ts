@@ -4,6 +4,8 @@
  * in-cluster Service named by the `Cluster-Proxy-*` headers.
  *
  * Per request, in this order:
+ * 0. a repeated `Host`, `Authorization` or `Cluster-Proxy-*` routing or credential header is
+ *    400 (read from the raw headers: Node would keep one and drop the rest);
  * 1. authenticate the caller ({@link CallerAuthenticator}); a refusal is 401 `unauthorized` and
  *    nothing is forwarded, not even a DNS lookup;
  * 2. route ({@link ServiceRouting.route}); a refusal is 400 with the reason;
@@ -187,6 +189,9 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
    * at once when the answers are cached.
    */
   const admit = (req: Http.IncomingMessage, upgrade: boolean): Admission.Admission<Label> => {
+    // Node keeps one of a repeated Authorization or routing header; which one counts is a guess.
+    const repeated = ServiceRouting.repeatedHeader(req.rawHeaders)
+    if (repeated !== undefined) return Admission.refusal(400, repeated.message, "unknown")
     const tokenText = RelayHeaders.bearerTokenText(req.headers)
     const known = authenticator.known(tokenText)
     if (known === undefined) {

@@ -45,7 +45,7 @@ import * as ApiserverUrl from "../domain/ApiserverUrl.ts"
 import * as Impersonation from "../domain/Impersonation.ts"
 import * as ServiceProxyHeaders from "../domain/ServiceProxyHeaders.ts"
 import * as ServiceProxyMode from "../domain/ServiceProxyMode.ts"
-import type * as ServiceRouting from "../domain/ServiceRouting.ts"
+import * as ServiceRouting from "../domain/ServiceRouting.ts"
 import * as Admission from "../http/Admission.ts"
 import * as Answers from "../http/Answers.ts"
 import type * as Forwarder from "../http/Forwarder.ts"
@@ -322,6 +322,9 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
 
   /** Everything that happens before a byte goes upstream ({@link ServiceProxyMode.decide}). */
   const admit = (req: Http.IncomingMessage, upgrade: boolean): Admission.Admission<Label> => {
+    // Node keeps one of a repeated Authorization or routing header; which one counts is a guess.
+    const repeated = ServiceRouting.repeatedHeader(req.rawHeaders)
+    if (repeated !== undefined) return Admission.refusal(400, repeated.message, "unknown")
     const classified = ServiceProxyMode.classify(req.headers)
     if (Result.isFailure(classified)) return Admission.refusal(400, classified.failure.message, "unknown")
     const label = ServiceProxyMode.metricTarget(classified.success)
