@@ -241,6 +241,11 @@ type UpgradeAnswer =
  */
 export class Forwarder {
   private readonly pools = new Map<string, Pool>()
+  /**
+   * The pool of a destination object a policy hands over again and again (the service proxy's
+   * apiserver, one per credentials snapshot), without building its key on every request.
+   */
+  private readonly known = new WeakMap<Destination, Pool>()
   private readonly options: Options
   // Upgrades only: an upgraded connection never returns to a pool.
   private readonly agents = { http: new Http.Agent(), https: new Https.Agent({ minVersion: "TLSv1.2" }) }
@@ -250,6 +255,14 @@ export class Forwarder {
   }
 
   private pool(destination: Destination): Pool {
+    const known = this.known.get(destination)
+    if (known !== undefined && !known.closed && !known.destroyed) return known
+    const pool = this.poolFor(destination)
+    this.known.set(destination, pool)
+    return pool
+  }
+
+  private poolFor(destination: Destination): Pool {
     const origin = `${destination.protocol}://${bracketed(destination.host)}:${destination.port}`
     const https = destination.protocol === "https"
     const key = https ? `${origin}/${destination.servername ?? ""}/${destination.trust.key}` : origin

@@ -216,14 +216,25 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
     handle.duration.updateUnsafe((headAt - startedAt) / 1000, context)
   }
 
-  /** Where the managed apiserver is, and how it is trusted, in the snapshot of the moment. */
-  const apiserver = (current: Snapshot): Forwarder.Destination => ({
-    protocol: current.server.scheme,
-    host: current.server.hostname,
-    port: current.server.port,
-    servername: current.tls.servername,
-    trust: { key: current.endpointKey, ca: current.tls.ca, rejectUnauthorized: !current.tls.insecure }
-  })
+  /**
+   * Where the managed apiserver is, and how it is trusted, in the snapshot of the moment: one
+   * object per snapshot, so that the forwarder finds its pool without building a key.
+   */
+  const destinations = new WeakMap<Snapshot, Forwarder.Destination>()
+  const apiserver = (current: Snapshot): Forwarder.Destination => {
+    let destination = destinations.get(current)
+    if (destination === undefined) {
+      destination = {
+        protocol: current.server.scheme,
+        host: current.server.hostname,
+        port: current.server.port,
+        servername: current.tls.servername,
+        trust: { key: current.endpointKey, ca: current.tls.ca, rejectUnauthorized: !current.tls.insecure }
+      }
+      destinations.set(current, destination)
+    }
+    return destination
+  }
 
   const toApiserverAs = (path: string, headers: Forwarder.HeaderList, current: Snapshot) =>
     Admission.admitted<Label>({

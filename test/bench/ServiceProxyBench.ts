@@ -94,6 +94,10 @@ const routing = (scenario: Scenario["key"]): Record<string, string> =>
     ? { "cluster-proxy-proto": "https", "cluster-proxy-namespace": "default", "cluster-proxy-service": "kubernetes", "cluster-proxy-port": "443" }
     : { "cluster-proxy-proto": "http", "cluster-proxy-namespace": "default", "cluster-proxy-service": "bench", "cluster-proxy-port": "8080" }
 
+/** Requests each path and scenario serves before measuring, and the bound on that in seconds. */
+const warmupRequests = 20_000
+const warmupBound = 60
+
 const probe = (port: number, headers: Record<string, string>) =>
   Effect.callback<{ readonly status: number; readonly bytes: number }, Children.BenchError>((resume) => {
     const req = Https.get(
@@ -217,12 +221,20 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
   }
 
   const env = (scenario: Scenario) => ({ BENCH_TOKEN_FILE: callerTokenFile, BENCH_ROUTE: scenario.key })
-  // A longer warm-up than the relay's: a fresh Node process serving TLS on both sides needed some
-  // 10k requests before its CPU per request settled (JIT), where Go is at speed from the start.
-  yield* say("service proxy: warming up every path")
+  // Warm-up by request count, not time: a fresh Node process serving TLS on both sides needs
+  // some 10k requests before its CPU per request settles (JIT), where Go is at speed from the
+  // start. On a busy shared machine a timed warm-up left tether's code cold (a few hundred
+  // requests), so its first measurements ran interpreted at several times the CPU per request,
+  // which slowed it further. Every path gets the same warm-up, bounded in time.
+  yield* say(`service proxy: warming up every path (at least ${warmupRequests} requests each, at most ${warmupBound} s)`)
   for (const scenario of scenarios) {
     for (const endpoint of endpoints) {
-      for (const conns of [32, 1]) yield* deps.wrk(endpoint.port, conns, Math.max(3, deps.warmupSeconds * 2), env(scenario), "https")
+      const started = Date.now()
+      let served = 0
+      while (served < warmupRequests && Date.now() - started < warmupBound * 1000) {
+        served += (yield* deps.wrk(endpoint.port, 32, Math.max(3, deps.warmupSeconds), env(scenario), "https")).requests
+      }
+      yield* deps.wrk(endpoint.port, 1, Math.max(2, deps.warmupSeconds), env(scenario), "https")
     }
   }
 
