@@ -60,8 +60,6 @@ import { Command } from "effect/cli"
 import * as ChildProcess from "node:child_process"
 import * as Crypto from "node:crypto"
 import * as Fs from "node:fs"
-import * as Http from "node:http"
-import type * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import type * as ApiServerRelay from "../../layers/ApiServerRelay.ts"
@@ -77,7 +75,7 @@ import { Apiserver, EnvtestAssets } from "../../src/testing/index.ts"
 import { noApiserver } from "../support/apiserver.ts"
 import { type Doc, splitDocs } from "../support/helm.ts"
 import { until } from "../support/eventually.ts"
-import { selfSigned } from "../support/local.ts"
+import { freePort, selfSigned } from "../support/local.ts"
 import { send } from "../support/send.ts"
 import { tetherEntry } from "../../src/testing/TetherEntry.ts"
 
@@ -1332,13 +1330,6 @@ describe.skipIf(noApiserver)("Helm chart on real kube-apiservers (hosting, manag
   // -------------------------------------------------------------------------------------------
   // the real components, with the rendered arguments and only the rendered RBAC
   // -------------------------------------------------------------------------------------------
-
-  const freePort = Effect.callback<number>((resume) => {
-    const probe = Http.createServer().listen(0, "127.0.0.1", () => {
-      const port = (probe.address() as Net.AddressInfo).port
-      probe.close(() => resume(Effect.succeed(port)))
-    })
-  })
 
   /** The tether CLI as a child process, stopped with the scope; its output for failure messages. */
   const tether = (argv: ReadonlyArray<string>) =>

@@ -27,6 +27,7 @@ import { loadServiceCa } from "../../src/http/Trust.ts"
 import { ServiceRelay, ServiceRelayError } from "../../src/relay/ServiceRelay.ts"
 import { ServiceResolver } from "../../src/relay/ServiceResolver.ts"
 import { Apiserver } from "../../src/testing/index.ts"
+import { holds, type Options as Polling } from "../support/eventually.ts"
 import { send } from "../support/send.ts"
 import { noApiserver } from "../support/apiserver.ts"
 
@@ -160,15 +161,8 @@ const openRaw = (port: number) =>
     ({ socket }) => Effect.sync(() => socket.destroy())
   )
 
-/** Poll `condition` until it holds, failing the test after `within`. */
-const eventually = (what: string, condition: () => boolean, within: Duration.Input = "10 seconds") =>
-  Effect.gen(function*() {
-    const deadline = Date.now() + Duration.toMillis(Duration.fromInputUnsafe(within))
-    while (!condition()) {
-      if (Date.now() > deadline) return yield* Effect.die(new Error(`timed out waiting for ${what}`))
-      yield* Effect.sleep("10 millis")
-    }
-  })
+/** Real sockets answer within milliseconds: poll often. */
+const poll = (timeout: Duration.Input = "10 seconds"): Polling => ({ timeout, interval: "10 millis" })
 
 const routingHeaders = (proto: string, namespace: string, service: string, port: number | string) => ({
   "cluster-proxy-proto": proto,
@@ -598,13 +592,13 @@ describe.skipIf(noApiserver)("ServiceRelay (real kube-apiserver)", () => {
           `Cluster-Proxy-Proto: http\r\nCluster-Proxy-Namespace: default\r\nCluster-Proxy-Service: hello\r\nCluster-Proxy-Port: ${helloPort}\r\n` +
           "Impersonate-User: system:admin\r\nImpersonate-Group: system:masters\r\n\r\nearly"
       )
-      yield* eventually("the 101 and the early bytes echoed", () => conn.received().includes("welcome:EARLY"))
+      yield* holds(() => conn.received().includes("welcome:EARLY"), "the 101 and the early bytes echoed", poll())
       assert.match(conn.received(), /^HTTP\/1\.1 101 Switching Protocols\r\n/)
       assert.match(conn.received(), /\r\nX-Backend: hello\r\n/)
       conn.socket.write("ping")
-      yield* eventually("ping echoed", () => conn.received().endsWith("PING"))
+      yield* holds(() => conn.received().endsWith("PING"), "ping echoed", poll())
       conn.socket.write("second")
-      yield* eventually("second echoed", () => conn.received().endsWith("SECOND"))
+      yield* holds(() => conn.received().endsWith("SECOND"), "second echoed", poll())
 
       const upgrade = seen.find((s) => s.upgrade)
       assert.isDefined(upgrade)
@@ -614,7 +608,7 @@ describe.skipIf(noApiserver)("ServiceRelay (real kube-apiserver)", () => {
       for (const name of Object.keys(upgrade?.headers ?? {})) assert.notMatch(name, /^(impersonate-|cluster-proxy-)/i)
 
       conn.socket.end()
-      yield* eventually("both sides closed", conn.closed)
+      yield* holds(conn.closed, "both sides closed", poll())
 
       // The same through an https Service.
       const secure = yield* openRaw(relayPort)
@@ -623,10 +617,10 @@ describe.skipIf(noApiserver)("ServiceRelay (real kube-apiserver)", () => {
           `Cluster-Proxy-Relay-Authorization: Bearer ${tokens.trusted}\r\n` +
           `Cluster-Proxy-Proto: https\r\nCluster-Proxy-Namespace: default\r\nCluster-Proxy-Service: secure\r\nCluster-Proxy-Port: ${securePort}\r\n\r\n`
       )
-      yield* eventually("the 101 from the https backend", () => secure.received().includes("welcome:"))
+      yield* holds(() => secure.received().includes("welcome:"), "the 101 from the https backend", poll())
       assert.match(secure.received(), /^HTTP\/1\.1 101 [^]*\r\nX-Backend: secure\r\n/)
       secure.socket.write("over tls")
-      yield* eventually("echo over tls", () => secure.received().endsWith("OVER TLS"))
+      yield* holds(() => secure.received().endsWith("OVER TLS"), "echo over tls", poll())
     }).pipe(Effect.scoped))
 
   it.live("refuses an unauthenticated upgrade with 401 and passes a backend's refusal on", () =>
@@ -637,19 +631,19 @@ describe.skipIf(noApiserver)("ServiceRelay (real kube-apiserver)", () => {
 
       const anonymous = yield* openRaw(relayPort)
       anonymous.socket.write(request("/exec", ""))
-      yield* eventually("the 401 and the close", anonymous.closed)
+      yield* holds(anonymous.closed, "the 401 and the close", poll())
       assert.match(anonymous.received(), /^HTTP\/1\.1 401 Unauthorized\r\n/)
       assert.isTrue(anonymous.received().endsWith("\r\n\r\nunauthorized\n"))
 
       const untrusted = yield* openRaw(relayPort)
       untrusted.socket.write(request("/exec", `Authorization: Bearer ${tokens.untrusted}\r\n`))
-      yield* eventually("the 401 and the close", untrusted.closed)
+      yield* holds(untrusted.closed, "the 401 and the close", poll())
       assert.match(untrusted.received(), /^HTTP\/1\.1 401 /)
       assert.strictEqual(seen.length, 0, "the backend must see no upgrade")
 
       const refused = yield* openRaw(relayPort)
       refused.socket.write(request("/ws-refuse", `Authorization: Bearer ${tokens.trusted}\r\n`))
-      yield* eventually("the backend's answer and the close", refused.closed)
+      yield* holds(refused.closed, "the backend's answer and the close", poll())
       assert.match(refused.received(), /^HTTP\/1\.1 403 Forbidden\r\n/)
       assert.isTrue(refused.received().endsWith("refused"))
     }).pipe(Effect.scoped))
@@ -721,7 +715,7 @@ describe.skipIf(noApiserver)("ServiceRelay (real kube-apiserver)", () => {
       const before = foreverClosed
       const first = yield* streaming()
       first.destroy()
-      yield* eventually("the backend's response is closed", () => foreverClosed > before)
+      yield* holds(() => foreverClosed > before, "the backend's response is closed", poll())
     }))
 
   it.live("works for curl as a client, with a body", () =>
@@ -757,7 +751,7 @@ describe.skipIf(noApiserver)("ServiceRelay (real kube-apiserver)", () => {
       const slowloris = yield* openRaw(port)
       const started = Date.now()
       slowloris.socket.write("GET / HTTP/1.1\r\nHost: relay\r\n")
-      yield* eventually("the relay to close the slow connection", slowloris.closed, "5 seconds")
+      yield* holds(slowloris.closed, "the relay to close the slow connection", poll("5 seconds"))
       const took = Date.now() - started
       assert.isAtLeast(took, 900)
       assert.isBelow(took, 4000)
@@ -770,7 +764,7 @@ describe.skipIf(noApiserver)("ServiceRelay (real kube-apiserver)", () => {
       const warm = yield* send(port, { agent, headers })
       assert.strictEqual(warm.status, 200)
       const slow = yield* Effect.forkChild(send(port, { agent, path: "/slow", headers }))
-      yield* eventually("the slow request to reach the backend", () => seen.some((s) => s.url === "/slow"))
+      yield* holds(() => seen.some((s) => s.url === "/slow"), "the slow request to reach the backend", poll())
       const [closing] = yield* Effect.timed(Scope.close(own, Exit.void))
       const reply = yield* Fiber.await(slow)
       assert.isTrue(Exit.isSuccess(reply), "the in-flight request must complete during shutdown")
