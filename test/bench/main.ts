@@ -28,7 +28,7 @@
  * `--rounds=N`, `--out=<file>`, `--profile=<dir>` (tether's processes write V8 CPU profiles
  * there, `node --cpu-prof`, when they stop), `--token-review-cache-ttl=<Go duration>` (the
  * relay's, default 10s as in production), `--paths=direct,tether,...` (measure only these paths; keys:
- * direct, tether, hosted-agent, socat, haproxy, nginx, go-prototype, go-tuned, node), `--conns=1,32` (HTTP: measure only
+ * direct, tether, hosted-agent, hosted-agent-semi1, socat, haproxy, nginx, go-prototype, go-tuned, node), `--conns=1,32` (HTTP: measure only
  * these of the concurrencies 1, 32 and 128).
  *
  * @since 0.1.0
@@ -191,6 +191,7 @@ const paths = {
   direct: { key: "direct", label: "direct" },
   tetherTcp: { key: "tether", label: "tether managed-apiserver-proxy" },
   hostedAgentTcp: { key: "hosted-agent", label: "tether hosted-agent (its TCP relay)" },
+  hostedAgentSemiTcp: { key: "hosted-agent-semi1", label: "tether hosted-agent, node --max-semi-space-size=1 (variant)" },
   socat: { key: "socat", label: "socat" },
   haproxy: { key: "haproxy", label: "haproxy (tcp mode)" },
   tetherHttp: { key: "tether", label: "tether service-relay" },
@@ -276,6 +277,20 @@ const tcpRelays = Effect.fn("bench.tcpRelays")(function*(work: string, name: str
     `--health-probe-bind-address=127.0.0.1:${hostedProbePort}`
   ], { _tag: "Prints", pattern: /relay listening/, port: hostedPort })
 
+  // The same again with the young generation capped (the footprint bench's variant): its cost here.
+  const semiPort = yield* Children.freePort
+  const semiProbePort = yield* Children.freePort
+  const semi = yield* Children.server("tether hosted-agent (semi-space 1)", process.execPath, [
+    ...nodeFlags,
+    "--max-semi-space-size=1",
+    tetherEntry(),
+    "hosted-agent",
+    "--components=apiserver-proxy",
+    `--managed-kubeconfig=${kubeconfig}`,
+    `--apiserver-proxy-listen=127.0.0.1:${semiPort}`,
+    `--health-probe-bind-address=127.0.0.1:${semiProbePort}`
+  ], { _tag: "Prints", pattern: /relay listening/, port: semiPort })
+
   const socatPort = yield* Children.freePort
   const socat = yield* Children.server("socat", "socat", [
     `TCP-LISTEN:${socatPort},bind=127.0.0.1,reuseaddr,fork,backlog=1024,nodelay`,
@@ -315,6 +330,7 @@ const tcpRelays = Effect.fn("bench.tcpRelays")(function*(work: string, name: str
     { path: paths.direct, port: target, groups: [] },
     { path: paths.tetherTcp, port: tetherPort, groups: [tether.pid] },
     { path: paths.hostedAgentTcp, port: hostedPort, groups: [hosted.pid] },
+    { path: paths.hostedAgentSemiTcp, port: semiPort, groups: [semi.pid] },
     { path: paths.socat, port: socatPort, groups: [socat.pid] },
     { path: paths.haproxy, port: haproxyPort, groups: [haproxy.pid] },
     { path: paths.nodeTcp, port: baseline.port, groups: [baseline.pid] }
@@ -790,7 +806,8 @@ const main = Effect.gen(function*() {
         `${seconds.roundTrip} s after 0.5 s warm-up (at most ${roundTripCount(1).toLocaleString("en-US")}/${roundTripCount(16).toLocaleString("en-US")} round trips), Go echo server`,
       "TCP peers: `socat TCP-LISTEN:<p>,fork,nodelay TCP:<target>,nodelay`; haproxy `mode tcp` with default threads; " +
         "tether is `node dist/tether.mjs managed-apiserver-proxy` (package.json \"bin\", the production build) with default flags, and the same relay inside " +
-        "`tether hosted-agent --components=apiserver-proxy --managed-kubeconfig=<the same file>`",
+        "`tether hosted-agent --components=apiserver-proxy --managed-kubeconfig=<the same file>`, also started as " +
+        "`node --max-semi-space-size=1 dist/tether.mjs hosted-agent ...` (a variant, not what ships)",
       `HTTP: \`wrk ${wrkArgs(0, 0, seconds.wrk).join(" ").replace("-c0", "-c<conns>").replace(":0/", ":<port>/").replace(wrkScript, "test/bench/request.lua")}\` ` +
         `after a ${seconds.wrkWarmup} s warm-up at 32 connections; the same request (bearer token and Cluster-Proxy-* routing headers) on every path`,
       `HTTP backend: nginx (1 worker) \`return 200\` with a ${bodyBytes} B body; nginx proxy: Debian defaults (\`worker_processes auto\`), ` +
