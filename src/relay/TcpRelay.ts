@@ -239,16 +239,35 @@ const make = Effect.fnUntraced(function*(options: Options) {
   let refusedSinceLog = 0
   let lastRefusalLog = Number.NEGATIVE_INFINITY
 
-  /** Resolves once the current target has moved away from `target` for `drainTimeout`. */
-  const drained = (target: ManagedTarget.Target) =>
+  // Draining is one subscription for the whole relay, not one per connection: a stream, a queue
+  // and a fiber per connection were most of what a burst of connections left behind for the
+  // garbage collector (the old generation grew with every burst).
+  /** When each target stopped being the current one (absent while it is current). */
+  const leftAt = new Map<string, number>()
+  const sweep = Effect.gen(function*() {
+    const current = yield* watcher.current
+    const now = yield* Clock.currentTimeMillis
+    const due = Duration.toMillis(options.drainTimeout)
+    let closed = 0
+    for (const connection of connections) {
+      if (ManagedTarget.equals(connection.target, current)) continue
+      const since = leftAt.get(ManagedTarget.format(connection.target))
+      if (since === undefined || now - since < due) continue
+      connection.client.destroy()
+      connection.upstream?.destroy()
+      closed++
+    }
+    if (closed > 0) yield* Effect.logDebug("closed connections to previous targets after the drain timeout", { connections: closed })
+  })
+  let previous: ManagedTarget.Target | undefined
+  yield* Effect.forkScoped(Stream.runForEach(watcher.changes, (next) =>
     Effect.gen(function*() {
-      while (true) {
-        yield* watcher.changes.pipe(Stream.filter((next) => !ManagedTarget.equals(next, target)), Stream.runHead)
-        yield* Effect.sleep(options.drainTimeout)
-        // A target that came back during the drain keeps its connections.
-        if (!ManagedTarget.equals(yield* watcher.current, target)) return
-      }
-    })
+      const now = yield* Clock.currentTimeMillis
+      if (previous !== undefined && !ManagedTarget.equals(previous, next)) leftAt.set(ManagedTarget.format(previous), now)
+      leftAt.delete(ManagedTarget.format(next))
+      previous = next
+      yield* Effect.forkScoped(Effect.andThen(Effect.sleep(options.drainTimeout), sweep))
+    })))
 
   const relay = Effect.fnUntraced(function*(client: Net.Socket, up: SocketCopy.Copier, down: SocketCopy.Copier) {
     const startedAt = yield* Clock.currentTimeMillis
@@ -285,15 +304,7 @@ const make = Effect.fnUntraced(function*(options: Options) {
         }
       })
       yield* Metric.update(Metrics.relayDialDuration, ((yield* Clock.currentTimeMillis) - dialStart) / 1000)
-      const outcome = yield* Effect.raceFirst(
-        Effect.as(pump(connection, upstream, options.idleTimeout), "ended" as const),
-        Effect.as(drained(target), "drained" as const)
-      )
-      if (outcome === "drained") {
-        yield* Effect.logDebug("closed a connection to the previous target after the drain timeout", {
-          target: ManagedTarget.format(target)
-        })
-      }
+      yield* pump(connection, upstream, options.idleTimeout)
     }).pipe(
       Effect.catchTag("RelayDialError", (error) =>
         Effect.andThen(
