@@ -8,7 +8,6 @@ import { assert, beforeAll, describe, it } from "@effect/vitest"
 import { AuthenticationV1Api, CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api, type V1Secret } from "@kubernetes/client-node"
 import { Context, Data, Duration, Effect, Exit, Layer, Logger, Scope } from "effect"
 import * as ChildProcess from "node:child_process"
-import * as Net from "node:net"
 import * as ProvisionerLayers from "../../layers/Provisioner.ts"
 import * as Conditions from "../../src/domain/Conditions.ts"
 import * as ManagedKubeconfigSecret from "../../src/domain/ManagedKubeconfigSecret.ts"
@@ -19,6 +18,7 @@ import { AddonStatus } from "../../src/provisioner/AddonStatus.ts"
 import type * as Provisioner from "../../src/provisioner/Provisioner.ts"
 import { Apiserver, Fixtures } from "../../src/testing/index.ts"
 import { eventually, NotYet, until } from "../support/eventually.ts"
+import { freePort, get } from "../support/local.ts"
 import { useTrio } from "../support/trio.ts"
 import { noApiserver } from "../support/apiserver.ts"
 import { tetherEntry } from "../../src/testing/TetherEntry.ts"
@@ -345,22 +345,6 @@ describe.skipIf(noApiserver)("managed-kubeconfig-provisioner (real apiservers)",
       for (const token of seenTokens) assert.notInclude(first.output + second.output, token)
     }))
 
-  const freePort = () =>
-    new Promise<number>((resolve) => {
-      const probe = Net.createServer().listen(0, "127.0.0.1", () => {
-        const port = (probe.address() as Net.AddressInfo).port
-        probe.close(() => resolve(port))
-      })
-    })
-  const get = (url: string) =>
-    Effect.tryPromise({
-      try: async () => {
-        const response = await fetch(url)
-        return { status: response.status, body: await response.text() }
-      },
-      catch: () => new NotYet({ what: `GET ${url}` })
-    })
-
   it.live("serves /healthz, /readyz and /metrics, logs JSON lines without tokens, and stops on SIGTERM", () =>
     Effect.gen(function*() {
       const core = (info: Apiserver.ApiserverInfo) => Apiserver.kubeConfig(info).makeApiClient(CoreV1Api)
@@ -380,7 +364,7 @@ describe.skipIf(noApiserver)("managed-kubeconfig-provisioner (real apiservers)",
           body: { apiVersion: `${group}/${version}`, kind: "ManagedClusterAddOn", metadata: { name: "cluster-proxy" }, spec: {} }
         })
       )
-      const port = yield* Effect.promise(freePort)
+      const port = yield* freePort
       const output: Array<string> = []
       const child = yield* Effect.acquireRelease(
         Effect.sync(() => {
