@@ -6,12 +6,13 @@
  * {@link WorkQueue} (deduplicated keys, one reconcile per key at a time, bounded concurrency,
  * backoff, a global rate limit on starts), optionally {@link Membership} (keys shared between
  * replicas), and per key the single-cluster provisioner's reconcile
- * ({@link Reconciler.reconcile}), reused as it is, with the pair's own add-on status port, token
- * issuer (one managed-cluster client per pair, made on first use) and memory.
+ * ({@link Reconciler.reconcile}), reused as it is, with the pair's own add-on status port and token
+ * issuer (made for each run and closed after it: no managed-cluster client between deadlines) and
+ * memory (the token in hand, kept between runs).
  *
  * Keys are `<cluster>/<addon>`. A key whose pair disappears from discovery gets one last reconcile
  * with its last add-on port: in hub mode that finds the add-on gone (or being deleted) and deletes
- * the generated Secret; then the key and its client are dropped. In hubless mode nothing tracks
+ * the generated Secret; then the key and its memory are dropped. In hubless mode nothing tracks
  * the add-on, so the Secret stays (a deleted source means no new tokens, not a deleted credential).
  *
  * With membership, a run registers itself before asking whether its key is ours, and membership
@@ -23,12 +24,11 @@
  * source or generated Secret queues the pairs that name it).
  *
  * Not yet (see the README): the add-on read through a cache (each reconcile reads it from the
- * hub), idle closing of managed clients, the periodic identity check, and the `tokenFile`
- * kubeconfig.
+ * hub), the periodic identity check, and the `tokenFile` kubeconfig.
  *
  * @since 0.1.0
  */
-import { Cause, type Context, Deferred, Effect, Exit, Fiber, Layer, Metric, Option, Queue, Scope, Stream } from "effect"
+import { Cause, Deferred, Effect, Exit, Fiber, Layer, Metric, Option, Queue, Ref, Stream } from "effect"
 import type * as Discovery from "../domain/Discovery.ts"
 import type * as RefreshPolicy from "../domain/RefreshPolicy.ts"
 import * as Controller from "../kube/Controller.ts"
@@ -87,11 +87,10 @@ interface Run {
   readonly done: Deferred.Deferred<void>
 }
 
+/** What a pair keeps between runs: the token in hand. Its clients live for one run only. */
 interface Entry {
   pair: Discovery.Pair
   readonly memory: Reconciler.Memory
-  readonly services: Context.Context<AddonStatus | TokenIssuer>
-  readonly scope: Scope.Closeable
 }
 
 /**
@@ -110,28 +109,30 @@ export const run = Effect.fnUntraced(function*(options: Options) {
   const secrets = yield* SecretCache.make(hosting, (keys) => Effect.sync(() => void Queue.offerAllUnsafe(touched, keys)))
   const withSecrets = Effect.provideService(SecretStore, secrets.store)
 
-  const entryFor = Effect.fnUntraced(function*(pair: Discovery.Pair) {
+  const entryFor = (pair: Discovery.Pair): Entry => {
     const existing = entries.get(pair.key)
     if (existing !== undefined) {
       existing.pair = pair
       return existing
     }
-    const scope = yield* Scope.make()
+    const entry: Entry = { pair, memory: Reconciler.makeMemory() }
+    entries.set(pair.key, entry)
+    return entry
+  }
+
+  /**
+   * Run `effect` with the pair's add-on status port and token issuer, made for this run and closed
+   * after it: a managed-cluster client exists only while a run may mint, so 1,000 pairs hold no
+   * managed-cluster connection between deadlines.
+   */
+  const withPairServices = (pair: Discovery.Pair) => <A, E, R>(effect: Effect.Effect<A, E, R>) => {
     const addon = pair.addonObject === undefined || Option.isNone(hub)
       ? AddonStatus.layerUntracked
       : AddonStatus.layer(pair.addonObject).pipe(Layer.provide(Layer.succeed(HubCluster, hub.value)))
-    const services = yield* Layer.buildWithScope(Layer.merge(addon, TokenIssuer.layer), scope)
-    const entry: Entry = { pair, memory: Reconciler.makeMemory(), services, scope }
-    entries.set(pair.key, entry)
-    return entry
-  })
+    return Effect.provide(effect, Layer.merge(addon, TokenIssuer.layer))
+  }
 
-  const drop = (key: string) =>
-    Effect.suspend(() => {
-      const entry = entries.get(key)
-      entries.delete(key)
-      return entry === undefined ? Effect.void : Scope.close(entry.scope, Exit.void)
-    })
+  const drop = (key: string) => Effect.sync(() => void entries.delete(key))
 
   /**
    * Stop the runs of every key `keep` rejects and wait until they have ended; forget those keys'
@@ -177,8 +178,22 @@ export const run = Effect.fnUntraced(function*(options: Options) {
     ? undefined
     : yield* Membership.make({ ...options.membership.options, quiesce }, options.membership.store)
 
+  // Per pair, the expiry of the token in place (0: none), labelled `cluster` and `addon`: one
+  // series per pair this replica has served (a pair that leaves keeps its series, at 0).
+  const tokens = yield* Reconciler.TokenState
+  const publishExpiry = (pair: Discovery.Pair) =>
+    Effect.flatMap(Ref.get(tokens), (all) => {
+      const lifetime = all.get(pair.key)
+      return Metric.update(
+        Metric.withAttributes(Metrics.tokenExpirationTimestampSeconds, { cluster: pair.cluster, addon: pair.addon }),
+        lifetime === undefined ? 0 : lifetime.expiresAt / 1000
+      )
+    })
+
   const reconcileKey = Effect.fnUntraced(function*(key: string) {
     if (membership !== undefined && !(yield* membership.allows(key))) return Controller.awaitChange
+    // Reads before the Secret watch's first list would each be a request; wait for it, a while.
+    yield* secrets.synced.pipe(Effect.timeoutOption("30 seconds"))
     const state = yield* source.current
     const pair = state.discovered.pairs.find((p) => p.key === key)
     if (pair === undefined) {
@@ -187,15 +202,19 @@ export const run = Effect.fnUntraced(function*(options: Options) {
       // Gone from discovery: one last look, which removes the Secret of a deleted add-on.
       if (last.pair.addonObject !== undefined) {
         const spec = yield* specFor(last.pair, options.settings)
-        yield* Reconciler.reconcile(spec, last.memory).pipe(Effect.provide(last.services), Effect.ignore)
+        yield* Reconciler.reconcile(spec, last.memory).pipe(withPairServices(last.pair), Effect.ignore)
       }
       yield* drop(key)
       yield* settle(key)
+      yield* publishExpiry(last.pair)
       return Controller.awaitChange
     }
-    const entry = yield* entryFor(pair)
+    const entry = entryFor(pair)
     const spec = yield* specFor(pair, options.settings)
-    return yield* Reconciler.reconcile(spec, entry.memory).pipe(Effect.provide(entry.services), Effect.ensuring(settle(key)))
+    return yield* Reconciler.reconcile(spec, entry.memory).pipe(
+      withPairServices(pair),
+      Effect.ensuring(Effect.andThen(settle(key), publishExpiry(pair)))
+    )
   })
 
   // Each run in its own fiber, registered before it asks membership (see quiesce).
@@ -278,7 +297,6 @@ export const run = Effect.fnUntraced(function*(options: Options) {
     )
   }
 
-  yield* Effect.addFinalizer(() => Effect.forEach([...entries.keys()], drop, { discard: true }))
   yield* Effect.logInfo("credential controller started", {
     mode: options.source._tag,
     ...(membership === undefined ? {} : { identity: membership.identity })

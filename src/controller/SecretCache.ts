@@ -7,7 +7,7 @@
  *   Only the Secrets some pair names (its source candidates and its target) keep their data in
  *   memory; of the others only the name is kept, so that "does not exist" needs no request. A
  *   Secret named by a pair only after it was listed is read once from the apiserver and kept from
- *   then on; so is everything before the first list.
+ *   then on; so is everything before the first list (the controller waits a bounded time for it).
  * - Writes go to the apiserver, and what it returns is kept at once (a reconcile that follows
  *   sees its own write even before the watch event).
  * - Every change of a Secret some pair names, except the controller's own writes coming back
@@ -19,7 +19,7 @@
  * @since 0.1.0
  */
 import type { V1Secret } from "@kubernetes/client-node"
-import { Effect, Stream } from "effect"
+import { Deferred, Effect, Stream } from "effect"
 import type * as Discovery from "../domain/Discovery.ts"
 import type { KubeClient } from "../kube/KubeClient.ts"
 import * as KubeError from "../kube/KubeError.ts"
@@ -33,6 +33,8 @@ export interface SecretCache {
   readonly track: (pairs: ReadonlyArray<Discovery.Pair>) => void
   /** Whether the first list has been seen and the watch is not failing. */
   readonly healthy: () => boolean
+  /** Returns once the first list has been seen. */
+  readonly synced: Effect.Effect<void>
 }
 
 const id = (namespace: string | undefined, name: string | undefined) => `${namespace ?? ""}/${name ?? ""}`
@@ -55,6 +57,7 @@ export const make = Effect.fnUntraced(function*(
   const existing = new Set<string>()
   let synced = false
   let broken = false
+  const firstList = yield* Deferred.make<void>()
   // Many pairs write at once; remember enough versions for a burst of rotations.
   const own = OwnWrites.make(4096)
 
@@ -78,6 +81,7 @@ export const make = Effect.fnUntraced(function*(
             for (const secret of event.items) remember(secret)
             synced = true
             broken = false
+            Deferred.doneUnsafe(firstList, Effect.void)
             // After a re-list, whatever changed while the watch was down.
             const changed = [...named.keys()].filter((key) => {
               const now = kept.get(key)
@@ -158,6 +162,7 @@ export const make = Effect.fnUntraced(function*(
       // Drop data no pair names any more (credentials are not kept longer than needed).
       for (const key of kept.keys()) if (!named.has(key)) kept.delete(key)
     },
-    healthy: () => synced && !broken
+    healthy: () => synced && !broken,
+    synced: Deferred.await(firstList)
   } satisfies SecretCache as SecretCache
 })

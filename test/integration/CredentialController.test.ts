@@ -152,6 +152,15 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
       }
       const metrics = yield* get(`http://127.0.0.1:${probePort}/metrics`)
       assert.match(metrics.body, /tether_controller_owned_keys\{controller="credential-controller"\} 2\b/)
+      // Per pair, labelled by cluster and add-on: the expiry of the token in place (about 1 h ahead).
+      for (const cluster of clusters) {
+        const line = new RegExp(
+          `cluster_proxy_managed_kubeconfig_token_expiration_timestamp_seconds\\{(?=[^}]*cluster="${cluster}")(?=[^}]*addon="cluster-proxy")[^}]*\\} ([0-9.e+]+)`
+        ).exec(metrics.body)
+        assert.isNotNull(line, `${cluster}'s expiry series`)
+        const left = Number(line![1]) - Date.now() / 1000
+        assert.isTrue(left > 50 * 60 && left <= 3600 + 60, `${cluster}'s token expires in ${left} s`)
+      }
       assert.notInclude(output, "eyJ", "no token in the logs")
     }), 180_000)
 
