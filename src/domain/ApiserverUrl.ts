@@ -115,21 +115,37 @@ export const relayUrl = (server: ApiserverUrl, relay: RelayService, path: string
   `${server.scheme}://${server.authority}${relayPath(server, relay, path)}`
 
 /**
+ * The relay Service's settings cannot address a Service; `setting` names which one.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class InvalidRelayService extends Schema.TaggedError<InvalidRelayService>()("InvalidRelayService", {
+  setting: Schema.Literals(["namespace", "name", "port"]),
+  message: Schema.String
+}) {}
+
+/**
  * Check the relay settings: a namespace (RFC 1123 label), a Service name (RFC 1035 label) and
  * a port 1-65535. The error message names the setting.
  *
  * @since 0.1.0
  * @category parsing
  */
-export const validateRelayService = (relay: RelayService): Result.Result<RelayService, string> => {
+export const validateRelayService = (relay: RelayService): Result.Result<RelayService, InvalidRelayService> => {
   if (!KubeNames.isNamespaceName(relay.namespace)) {
-    return Result.fail(`the relay namespace ${JSON.stringify(relay.namespace)} is not a valid namespace name`)
+    return Result.fail(
+      new InvalidRelayService({ setting: "namespace", message: `the relay namespace ${JSON.stringify(relay.namespace)} is not a valid namespace name` })
+    )
   }
   if (!KubeNames.isServiceName(relay.name)) {
-    return Result.fail(`the service relay name ${JSON.stringify(relay.name)} is not a valid Service name (RFC 1035 label)`)
+    return Result.fail(new InvalidRelayService({
+      setting: "name",
+      message: `the service relay name ${JSON.stringify(relay.name)} is not a valid Service name (RFC 1035 label)`
+    }))
   }
   if (!Number.isInteger(relay.port) || relay.port < 1 || relay.port > 65535) {
-    return Result.fail(`the service relay port ${relay.port} is not between 1 and 65535`)
+    return Result.fail(new InvalidRelayService({ setting: "port", message: `the service relay port ${relay.port} is not between 1 and 65535` }))
   }
   return Result.succeed(relay)
 }

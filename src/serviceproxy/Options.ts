@@ -134,7 +134,7 @@ export const resolve = (given: Input): Result.Result<Options, InvalidOptions> =>
       return fail("POD_NAMESPACE must name the add-on namespace in Relay mode (the relay Service lives there on the managed cluster)")
     }
     const checked = ApiserverUrl.validateRelayService({ namespace, name: given.serviceRelayName.trim(), port: given.serviceRelayPort })
-    if (Result.isFailure(checked)) return fail(checked.failure)
+    if (Result.isFailure(checked)) return fail(checked.failure.message)
     relay = checked.success
   }
   return Result.succeed({
