@@ -16,12 +16,11 @@ import { AuthenticationV1Api, CoreV1Api } from "@kubernetes/client-node"
 import { Data, Effect, Exit, Scope } from "effect"
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
-import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { Apiserver, EnvtestAssets } from "../../src/testing/index.ts"
 import { NotYet, until } from "../support/eventually.ts"
-import { selfSigned } from "../support/local.ts"
+import { freePort, selfSigned } from "../support/local.ts"
 import * as Podman from "./Podman.ts"
 
 const packageJson = JSON.parse(Fs.readFileSync(Path.resolve("package.json"), "utf8")) as { version: string }
@@ -40,14 +39,6 @@ const imageName = `docker.io/library/tether:${packageJson.version}`
 class CallFailed extends Data.TaggedError("CallFailed")<{ readonly message: string }> {}
 const call = <A>(what: string, f: () => Promise<A>): Effect.Effect<A, CallFailed> =>
   Effect.tryPromise({ try: f, catch: (e) => new CallFailed({ message: `${what}: ${e instanceof Error ? e.message.split("\n")[0] : String(e)}` }) })
-
-const freePort = () =>
-  new Promise<number>((resolve, reject) => {
-    const probe = Net.createServer().once("error", reject).listen(0, "127.0.0.1", () => {
-      const port = (probe.address() as Net.AddressInfo).port
-      probe.close(() => resolve(port))
-    })
-  })
 
 const get = (url: string) =>
   Effect.tryPromise({
@@ -168,7 +159,7 @@ describe.skipIf(missing.length > 0 && !required)("the container image (podman, r
       }
       Fs.chmodSync(mountDir, 0o755)
 
-      const [port, relayPort, proxyPort] = [yield* Effect.promise(freePort), yield* Effect.promise(freePort), yield* Effect.promise(freePort)]
+      const [port, relayPort, proxyPort] = [yield* freePort, yield* freePort, yield* freePort]
       const name = `tether-hosted-agent-${process.pid}`
       yield* Effect.acquireRelease(
         podman.ok([
