@@ -6,7 +6,9 @@
  * a `system:masters` admin client certificate, a service-account key pair), free loopback ports,
  * RBAC authorization and working TokenRequest/TokenReview. Several instances start in parallel
  * (hub, hosting, managed). There is no controller manager: deleted namespaces stay Terminating,
- * nothing is garbage-collected, and no `default` ServiceAccount appears on its own.
+ * nothing is garbage-collected, and no `default` ServiceAccount appears on its own. Fault tests
+ * kill and restart an instance's kube-apiserver on its etcd ({@link stopApiserver},
+ * {@link startApiserver}).
  *
  * Processes never outlive the test process: they are stopped when the scope closes (also when
  * startup failed half-way), killed by an exit hook if the process exits without closing it, and
@@ -196,6 +198,7 @@ const startInstance = Effect.fnUntraced(function*(input: {
     pids: started.pids,
     ...(options.auditLog === true ? { auditLogPath: Path.join(dir, "audit.log") } : {})
   }
+  controls.set(info, started.control)
   for (const crd of options.crds ?? []) yield* installCrds(info, crd)
   return info
 })
@@ -283,7 +286,39 @@ interface Started {
   readonly port: number
   readonly etcdUrl: string
   readonly pids: { readonly apiserver: number; readonly etcd: number }
+  readonly control: Control
 }
+
+interface Control {
+  readonly stop: (signal: "SIGKILL" | "SIGTERM") => Effect.Effect<void>
+  readonly start: Effect.Effect<void, ApiserverError>
+}
+
+const controls = new WeakMap<ApiserverInfo, Control>()
+
+/**
+ * Stop an instance's kube-apiserver process (etcd keeps running): `SIGKILL` (default) kills it
+ * as a crash would, `SIGTERM` lets it shut down. Resolves once the process is gone.
+ */
+export const stopApiserver = (info: ApiserverInfo, signal: "SIGKILL" | "SIGTERM" = "SIGKILL"): Effect.Effect<void, ApiserverError> =>
+  Effect.suspend(() => {
+    const control = controls.get(info)
+    return control === undefined
+      ? Effect.fail(new ApiserverError({ reason: "InvalidOptions", message: `${info.name}: not an instance of this process` }))
+      : control.stop(signal)
+  })
+
+/**
+ * Start a stopped kube-apiserver again, with the same flags, port, PKI and etcd (the data
+ * survives), and wait for its `/readyz`. {@link ApiserverInfo.pids} keeps the first pid.
+ */
+export const startApiserver = (info: ApiserverInfo): Effect.Effect<void, ApiserverError> =>
+  Effect.suspend(() => {
+    const control = controls.get(info)
+    return control === undefined
+      ? Effect.fail(new ApiserverError({ reason: "InvalidOptions", message: `${info.name}: not an instance of this process` }))
+      : control.start
+  })
 
 interface Proc {
   readonly label: string
@@ -336,7 +371,7 @@ const startProcesses = Effect.fnUntraced(function*(input: {
     deadline
   )
 
-  const apiserver = yield* spawnProcess(`${name} kube-apiserver`, assets.kubeApiserver, [
+  const apiserverArgs = [
     `--etcd-servers=${etcdUrl}`,
     `--bind-address=${input.bindAddress}`,
     `--advertise-address=${isUnspecified(input.bindAddress) ? host : input.bindAddress}`,
@@ -355,17 +390,45 @@ const startProcesses = Effect.fnUntraced(function*(input: {
     "--service-cluster-ip-range=10.0.0.0/24",
     "--allow-privileged=true",
     ...audit
-  ], Path.join(dir, "kube-apiserver.log"), Duration.seconds(10))
-
+  ]
   const tls = { ca: pki.caPem, cert: pki.adminCertPem, key: pki.adminKeyPem }
-  yield* waitFor(
-    `${name}: kube-apiserver /readyz on ${host}:${port}`,
-    [etcd, apiserver],
-    Effect.promise(() => httpsProbe(host, port, "/readyz", tls)),
-    deadline
-  )
-  return { port, etcdUrl, pids: { apiserver: apiserver.pid, etcd: etcd.pid } } satisfies Started
+  // Each start of kube-apiserver (the first, and any restart) gets its own log.
+  let starts = 0
+  const scope = yield* Effect.scope
+  const launch = Effect.gen(function*() {
+    starts++
+    const log = Path.join(dir, starts === 1 ? "kube-apiserver.log" : `kube-apiserver-${starts}.log`)
+    const proc = yield* spawnProcess(`${name} kube-apiserver`, assets.kubeApiserver, apiserverArgs, log, Duration.seconds(10)).pipe(
+      Scope.provide(scope)
+    )
+    yield* waitFor(
+      `${name}: kube-apiserver /readyz on ${host}:${port}`,
+      [etcd, proc],
+      Effect.promise(() => httpsProbe(host, port, "/readyz", tls)),
+      deadline
+    )
+    return proc
+  })
+  let apiserver = yield* launch
+  const control: Control = {
+    stop: (signal) =>
+      Effect.suspend(() => (signal === "SIGKILL" ? kill(apiserver) : terminate(apiserver, Duration.seconds(10)))),
+    start: Effect.suspend(() =>
+      hasExited(apiserver.child)
+        ? Effect.map(launch, (proc) => void (apiserver = proc))
+        : Effect.fail(new ApiserverError({ reason: "InvalidOptions", message: `${name}: kube-apiserver is running; stop it first` }))
+    )
+  }
+  return { port, etcdUrl, pids: { apiserver: apiserver.pid, etcd: etcd.pid }, control } satisfies Started
 })
+
+/** SIGKILL, resolved once the process is gone. */
+const kill = (proc: Proc): Effect.Effect<void> =>
+  Effect.callback<void>((resume) => {
+    if (hasExited(proc.child)) return resume(Effect.void)
+    proc.child.once("exit", () => resume(Effect.void))
+    proc.child.kill("SIGKILL")
+  })
 
 // Logs go to files (no pipe to drain, and they survive for the error message). The environment is
 // minimal so that ETCD_* / KUBE* variables of the developer's shell cannot change the setup.

@@ -15,7 +15,10 @@
  *   30 s and the change it missed is acted on;
  * - a conflict storm: another writer updates the generated Secret and the add-on's status over and
  *   over across a rotation; the provisioner converges, the Secret never lacks a token, both
- *   writers' fields survive, and its requests stay bounded.
+ *   writers' fields survive, and its requests stay bounded;
+ * - the hosting and hub kube-apiserver processes killed (SIGKILL) and started again on their etcd:
+ *   readiness drops, the watches re-list from the restarted servers, readiness returns, and
+ *   nothing is lost (the generated Secret untouched, the condition still True, no TokenRequest).
  */
 import { NodeServices } from "@effect/platform-node"
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
@@ -331,4 +334,40 @@ describe.skipIf(noApiserver)("provisioner under faults (real apiservers, audit l
         .filter((e) => e.stage === "ResponseComplete" && e.verb === "update" && e.responseStatus?.code === 409).length
       console.log(`conflict storm: ${writes} writes by the other writer, ${conflicts} conflicts; provisioner: ${hostingRequests.length} hosting and ${hubRequests.length} hub requests, 1 TokenRequest`)
     }), { timeout: 120_000 })
+
+  it.live("the hosting and hub apiservers killed and restarted: watches re-listed, readiness back, nothing lost", () =>
+    Effect.gen(function*() {
+      const { options } = yield* setUp("q-restart", managed.server, Duration.minutes(5))
+      const probes = yield* start(options)
+      const good = yield* eventually(readTarget(options))
+      const before = yield* until(condition(options), (c) => c.status === "True", "condition True")
+      yield* ready(probes)
+      const tokenRequestsBefore = yield* count(managed, issuerAgent)
+
+      yield* Effect.all([Apiserver.stopApiserver(hosting), Apiserver.stopApiserver(hub)], { concurrency: "unbounded", discard: true })
+      yield* until(probes.readiness, (failures) => failures.some((f) => f.name === "watches"), "watches down", { timeout: "30 seconds" })
+      const restartedAt = new Date()
+      yield* Effect.all([Apiserver.startApiserver(hosting), Apiserver.startApiserver(hub)], { concurrency: "unbounded", discard: true })
+      const up = Date.now()
+      yield* until(probes.readiness, (failures) => failures.length === 0, "ready again", { timeout: "60 seconds", interval: "200 millis" })
+      console.log(`apiservers restarted: the provisioner ready again ${Date.now() - up} ms after both answered`)
+
+      // Re-listed from the restarted servers (audit events received after the restart).
+      const listsSince = (info: Apiserver.ApiserverInfo) =>
+        Effect.map(Apiserver.auditEvents(info), (events) =>
+          events.filter((e) =>
+            e.stage === "ResponseComplete" && e.verb === "list" && (e.userAgent ?? "").startsWith(agent) &&
+            new Date(e.requestReceivedTimestamp) >= restartedAt
+          ).map((e) => e.objectRef?.resource))
+      assert.includeMembers(yield* listsSince(hosting), ["secrets", "secrets"])
+      assert.include(yield* listsSince(hub), "managedclusteraddons")
+      // Nothing lost: the same Secret (not even rewritten), the same condition, no new token.
+      const after = yield* readTarget(options)
+      assert.strictEqual(after.metadata?.resourceVersion, good.metadata?.resourceVersion)
+      assert.strictEqual(after.data?.["token"], good.data?.["token"])
+      const now = yield* condition(options)
+      assert.strictEqual(now.status, "True")
+      assert.strictEqual(now.reason, before.reason)
+      assert.strictEqual(yield* count(managed, issuerAgent), tokenRequestsBefore)
+    }), { timeout: 180_000 })
 })
