@@ -4,13 +4,13 @@
  *
  * @since 0.1.0
  */
-import { Effect, Layer, Result } from "effect"
+import { Effect, Layer } from "effect"
 import { Command } from "effect/cli"
 import * as Observability from "../../../layers/Observability.ts"
 import * as ProvisionerLayers from "../../../layers/Provisioner.ts"
 import * as Options from "../../provisioner/Options.ts"
 import * as Flags from "../Flags.ts"
-import { UsageError } from "../UsageError.ts"
+import { checked } from "../UsageError.ts"
 
 export const flags = {
   clusterName: Flags.string("cluster-name", "Name of the managed cluster (required unless --cleanup)"),
@@ -38,15 +38,13 @@ export const command = Command.make("managed-kubeconfig-provisioner", flags, (gi
     const podNamespace = orUndefined(process.env["POD_NAMESPACE"] ?? "")
     const hostingKubeconfig = orUndefined(given.kubeconfig)
     if (given.cleanup) {
-      const target = Options.resolveCleanupTarget(given, podNamespace)
-      if (Result.isFailure(target)) return yield* new UsageError({ message: target.failure.message })
-      yield* ProvisionerLayers.cleanup(target.success, { hostingKubeconfig }).pipe(Effect.provide(Observability.layerJsonLogger))
+      const target = yield* checked(Options.resolveCleanupTarget(given, podNamespace))
+      yield* ProvisionerLayers.cleanup(target, { hostingKubeconfig }).pipe(Effect.provide(Observability.layerJsonLogger))
       return
     }
-    const options = Options.resolve(given, podNamespace)
-    if (Result.isFailure(options)) return yield* new UsageError({ message: options.failure.message })
+    const options = yield* checked(Options.resolve(given, podNamespace))
     return yield* Layer.launch(
-      ProvisionerLayers.layer(options.success, { hostingKubeconfig, hubKubeconfig: orUndefined(given.hubKubeconfig) }).pipe(
+      ProvisionerLayers.layer(options, { hostingKubeconfig, hubKubeconfig: orUndefined(given.hubKubeconfig) }).pipe(
         Layer.provideMerge(Observability.layer(given.healthProbeBindAddress))
       )
     )
