@@ -23,8 +23,10 @@
  * Secrets are read through {@link SecretCache} (one watch of Secrets for all pairs; a change of a
  * source or generated Secret queues the pairs that name it).
  *
- * Not yet (see the README): the add-on read through a cache (each reconcile reads it from the
- * hub), the periodic identity check, and the `tokenFile` kubeconfig.
+ * The add-on is read from the discovery watch's copy (hub mode), so between deadlines a reconcile
+ * sends no request at all.
+ *
+ * Not yet (see the README): the periodic identity check and the `tokenFile` kubeconfig.
  *
  * @since 0.1.0
  */
@@ -36,7 +38,7 @@ import { HostingCluster, HubCluster } from "../kube/KubeClient.ts"
 import * as WorkQueue from "../kube/WorkQueue.ts"
 import * as Metrics from "../observability/Metrics.ts"
 import { Probes } from "../observability/Probes.ts"
-import { AddonStatus } from "../provisioner/AddonStatus.ts"
+import { AddonStatus, stateOf } from "../provisioner/AddonStatus.ts"
 import * as Reconciler from "../provisioner/Reconciler.ts"
 import { SecretStore } from "../provisioner/SecretStore.ts"
 import { TokenIssuer } from "../provisioner/TokenIssuer.ts"
@@ -121,6 +123,30 @@ export const run = Effect.fnUntraced(function*(options: Options) {
   }
 
   /**
+   * The add-on as the discovery watch last showed it: reading its state costs no request, and a
+   * condition write starts from that copy (a conflict falls back to a fresh read). Unknown to the
+   * watch (just deleted, or not listed yet): read from the hub.
+   */
+  const cachedAddon = (ref: Discovery.ObjectRef) =>
+    Layer.effect(
+      AddonStatus,
+      Effect.gen(function*() {
+        const live = yield* AddonStatus
+        const cached = () => source.addon(ref.namespace, ref.name)
+        return AddonStatus.of({
+          observe: Effect.suspend(() => {
+            const object = cached()
+            return object === undefined ? live.observe : Effect.succeed(stateOf(object))
+          }),
+          setCondition: (desired, basis) =>
+            live.setCondition(desired, basis ?? cached()).pipe(
+              Effect.tap((written) => Effect.sync(() => written === undefined ? undefined : source.wrote(written)))
+            )
+        })
+      })
+    )
+
+  /**
    * Run `effect` with the pair's add-on status port and token issuer, made for this run and closed
    * after it: a managed-cluster client exists only while a run may mint, so 1,000 pairs hold no
    * managed-cluster connection between deadlines.
@@ -128,7 +154,10 @@ export const run = Effect.fnUntraced(function*(options: Options) {
   const withPairServices = (pair: Discovery.Pair) => <A, E, R>(effect: Effect.Effect<A, E, R>) => {
     const addon = pair.addonObject === undefined || Option.isNone(hub)
       ? AddonStatus.layerUntracked
-      : AddonStatus.layer(pair.addonObject).pipe(Layer.provide(Layer.succeed(HubCluster, hub.value)))
+      : cachedAddon(pair.addonObject).pipe(
+        Layer.provide(AddonStatus.layer(pair.addonObject)),
+        Layer.provide(Layer.succeed(HubCluster, hub.value))
+      )
     return Effect.provide(effect, Layer.merge(addon, TokenIssuer.layer))
   }
 

@@ -4,7 +4,8 @@
  * selected by `--source-secret-selector` in every namespace), never one watch per object, fed
  * through the pure {@link Discovery} core.
  *
- * The source keeps the objects the watch has shown (a small cache of the fields discovery reads)
+ * The source keeps the objects the watch has shown (a small cache of the fields discovery reads;
+ * in hub mode also the add-ons in full, so reconciles read them from here, not from the hub)
  * and, after each change, the pairs and problems discovered from all of them. Consumers follow
  * {@link PairSource.changes} and compare with {@link diff} to learn which keys to reconcile.
  *
@@ -16,6 +17,7 @@
 import { Effect, Stream, SubscriptionRef } from "effect"
 import * as Discovery from "../domain/Discovery.ts"
 import type * as KubeClient from "../kube/KubeClient.ts"
+import type { CustomObject } from "../kube/KubeClient.ts"
 import type * as Watch from "../kube/Watch.ts"
 import { managedClusterAddOns } from "../provisioner/AddonStatus.ts"
 
@@ -41,6 +43,13 @@ export interface State {
 
 /** @category models */
 export interface PairSource {
+  /**
+   * Hub mode: the ManagedClusterAddOn as last seen by the watch (status included; add-ons hold
+   * no credentials), or undefined when it is not known. Always undefined without a hub.
+   */
+  readonly addon: (namespace: string, name: string) => CustomObject | undefined
+  /** Keep a newer copy of an add-on we wrote ourselves (its watch event follows). */
+  readonly wrote: (object: CustomObject) => void
   readonly current: Effect.Effect<State>
   /** The current state, then each change. */
   readonly changes: Stream.Stream<State>
@@ -58,6 +67,12 @@ export const diff = (before: Discovery.Discovered, after: Discovery.Discovered):
   for (const [key, value] of a) if (b.get(key) !== value) changed.add(key)
   for (const key of b.keys()) if (!a.has(key)) changed.add(key)
   return [...changed].sort()
+}
+
+/** Whether `a` has a later resourceVersion than `b` (within one etcd they are increasing integers). */
+const newer = (a: CustomObject, b: CustomObject): boolean => {
+  const [x, y] = [Number(a.metadata?.resourceVersion), Number(b.metadata?.resourceVersion)]
+  return Number.isFinite(x) && Number.isFinite(y) && x > y
 }
 
 const empty: State = { discovered: { pairs: [], problems: [] }, synced: false, broken: false }
@@ -88,6 +103,17 @@ type Slim = ReturnType<typeof slim>
 export const make = Effect.fnUntraced(function*(mode: Mode) {
   const state = yield* SubscriptionRef.make<State>(empty)
   const objects = new Map<string, Slim>()
+  /** Hub mode: the add-ons in full, by `namespace/name`. */
+  const addons = new Map<string, CustomObject>()
+  const keepAddon = (object: unknown) => {
+    if (mode._tag !== "Hub") return
+    const o = object as CustomObject
+    const key = `${o.metadata?.namespace ?? ""}/${o.metadata?.name ?? ""}`
+    const known = addons.get(key)
+    // Our own write may already be newer than an event still in flight.
+    if (known !== undefined && known.metadata?.uid === o.metadata?.uid && newer(known, o)) return
+    addons.set(key, o)
+  }
   const id = (o: Slim) => `${o.metadata.namespace ?? ""}/${o.metadata.name ?? ""}`
   const discover = (): Discovery.Discovered => {
     const all = [...objects.values()]
@@ -101,16 +127,21 @@ export const make = Effect.fnUntraced(function*(mode: Mode) {
           return yield* SubscriptionRef.update(state, (s) => ({ ...s, broken: true }))
         case "Synced":
           objects.clear()
+          addons.clear()
+          for (const item of event.items) keepAddon(item)
           for (const item of event.items) {
             const o = slim(item as Parameters<typeof slim>[0])
             objects.set(id(o), o)
           }
           break
         case "Deleted": {
-          objects.delete(id(slim(event.object as Parameters<typeof slim>[0])))
+          const o = slim(event.object as Parameters<typeof slim>[0])
+          objects.delete(id(o))
+          addons.delete(id(o))
           break
         }
         default: {
+          keepAddon(event.object)
           const o = slim(event.object as Parameters<typeof slim>[0])
           objects.set(id(o), o)
         }
@@ -124,6 +155,8 @@ export const make = Effect.fnUntraced(function*(mode: Mode) {
   yield* Stream.runForEach(events, apply).pipe(Effect.forkScoped)
 
   return {
+    addon: (namespace, name) => addons.get(`${namespace}/${name}`),
+    wrote: keepAddon,
     current: SubscriptionRef.get(state),
     changes: SubscriptionRef.changes(state)
   } satisfies PairSource as PairSource

@@ -61,10 +61,13 @@ export const make = Effect.fnUntraced(function*(
   // Many pairs write at once; remember enough versions for a burst of rotations.
   const own = OwnWrites.make(4096)
 
+  /** Until discovery first says which Secrets pairs name, keep them all (a list that arrives first would otherwise be read again one by one). */
+  let tracking = false
+
   const remember = (secret: V1Secret) => {
     const key = idOf(secret)
     existing.add(key)
-    if (named.has(key)) kept.set(key, secret)
+    if (!tracking || named.has(key)) kept.set(key, secret)
   }
 
   yield* hosting.watchAllSecrets().pipe(
@@ -83,7 +86,7 @@ export const make = Effect.fnUntraced(function*(
             broken = false
             Deferred.doneUnsafe(firstList, Effect.void)
             // After a re-list, whatever changed while the watch was down.
-            const changed = [...named.keys()].filter((key) => {
+            const changed = !tracking ? [] : [...named.keys()].filter((key) => {
               const now = kept.get(key)
               const then = before.get(key)
               return now?.metadata?.resourceVersion !== then?.metadata?.resourceVersion
@@ -159,6 +162,7 @@ export const make = Effect.fnUntraced(function*(
         }
       }
       named = next
+      tracking = true
       // Drop data no pair names any more (credentials are not kept longer than needed).
       for (const key of kept.keys()) if (!named.has(key)) kept.delete(key)
     },
