@@ -11,10 +11,12 @@ import { Result, Schema } from "effect"
 import * as Yaml from "js-yaml"
 import * as ApiserverUrl from "../../src/domain/ApiserverUrl.ts"
 import * as HttpHeaders from "../../src/domain/HttpHeaders.ts"
+import * as Impersonation from "../../src/domain/Impersonation.ts"
 import * as Kubeconfig from "../../src/domain/Kubeconfig.ts"
 import * as RelayHeaders from "../../src/domain/RelayHeaders.ts"
 import * as RequestPath from "../../src/domain/RequestPath.ts"
 import * as ServerEndpoint from "../../src/domain/ServerEndpoint.ts"
+import * as ServiceProxyMode from "../../src/domain/ServiceProxyMode.ts"
 import * as ServiceRouting from "../../src/domain/ServiceRouting.ts"
 import * as TokenReview from "../../src/domain/TokenReview.ts"
 
@@ -122,6 +124,56 @@ describe("routing parsers under fuzzing", () => {
         assert.notStrictEqual(endpoint.success.host, "")
       }
       if (Result.isSuccess(url)) assert.isFalse(url.success.pathPrefix.endsWith("/"))
+    },
+    runs
+  )
+})
+
+describe("service proxy decisions under fuzzing", () => {
+  it.prop(
+    "classify never throws; kubernetes in default is the apiserver in any letter case and with any port, never a Service",
+    {
+      namespace: Schema.Literals(["default", "DEFAULT", "Default", "kube-system", "defau1t"]),
+      service: Schema.Literals(["kubernetes", "KUBERNETES", "Kubernetes", "kubernetes-x"]),
+      proto: fragments(["http", "HTTPS", "https", " ", "ftp", "s"], 3),
+      port: routingValue
+    },
+    ({ namespace, port, proto, service }) => {
+      const classified = ServiceProxyMode.classify({
+        "cluster-proxy-proto": join(proto),
+        "cluster-proxy-namespace": namespace,
+        "cluster-proxy-service": service,
+        "cluster-proxy-port": join(port)
+      })
+      const apiserver = namespace.toLowerCase() === "default" && service.toLowerCase() === "kubernetes"
+      // Any port; the proto must still be http or https (a garbage proto is refused first).
+      const usable = ["http", "https"].includes(join(proto).trim().toLowerCase()) && join(port).trim() !== ""
+      if (apiserver && usable) assert.deepStrictEqual(classified, Result.succeed({ _tag: "KubeApiserver" }))
+      if (Result.isSuccess(classified) && classified.success._tag === "Service") assert.isFalse(apiserver)
+    },
+    runs
+  )
+
+  const text = fragments(["a", "system:serviceaccount:users:mallory", "system:serviceaccounts", ":users", "system:", "serviceaccount", ":", "\r", "\n", "\r\nImpersonate-User: admin", "\u0000", "\t", " ", "é", "\u2028", "%", "/", "=", "cluster:hub:"], 6)
+  it.prop(
+    "impersonation headers never carry a control character or a bad header name, and a hub ServiceAccount never keeps a managed group",
+    { source: Schema.Literals(["managed", "hub"]), username: text, groups: Schema.Array(text).check(Schema.isMaxLength(4)), extraKey: text, extraValue: text },
+    ({ extraKey, extraValue, groups, source, username }) => {
+      const user = { username: join(username), groups: groups.map(join), extra: { [join(extraKey)]: [join(extraValue)] } }
+      const result = Impersonation.impersonationHeaders(source, user)
+      if (Result.isFailure(result)) {
+        assert.strictEqual(result.failure._tag, "ImpersonationError")
+        return
+      }
+      for (const [name, value] of Object.entries(result.success)) {
+        assert.match(name, /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/, `header name ${JSON.stringify(name)}`)
+        for (const one of typeof value === "string" ? [value] : value) assert.notMatch(one, /[\u0000-\u0008\u000a-\u001f\u007f\u0100-\uffff]/)
+      }
+      const sent = result.success["impersonate-group"]
+      const sentGroups = typeof sent === "string" ? [sent] : sent ?? []
+      if (source === "hub" && user.username.startsWith("system:serviceaccount:")) {
+        assert.isFalse(sentGroups.some((group) => group === "system:serviceaccounts" || group.startsWith("system:serviceaccounts:")))
+      }
     },
     runs
   )
