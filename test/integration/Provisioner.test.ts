@@ -6,13 +6,14 @@
 import { NodeServices } from "@effect/platform-node"
 import { assert, beforeAll, describe, it } from "@effect/vitest"
 import { AuthenticationV1Api, CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api, type V1Secret } from "@kubernetes/client-node"
-import { Context, Data, Duration, Effect, Exit, Layer, Logger, Scope } from "effect"
+import { Context, Data, Duration, Effect, Exit, Layer, Logger, Metric, Scope } from "effect"
 import * as ChildProcess from "node:child_process"
 import * as ProvisionerLayers from "../../layers/Provisioner.ts"
 import * as Conditions from "../../src/domain/Conditions.ts"
 import * as ManagedKubeconfigSecret from "../../src/domain/ManagedKubeconfigSecret.ts"
 import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
 import { HostingCluster, HubCluster } from "../../src/kube/KubeClient.ts"
+import * as Metrics from "../../src/observability/Metrics.ts"
 import { Probes } from "../../src/observability/Probes.ts"
 import { AddonStatus } from "../../src/provisioner/AddonStatus.ts"
 import type * as Provisioner from "../../src/provisioner/Provisioner.ts"
@@ -107,6 +108,13 @@ describe.skipIf(noApiserver)("managed-kubeconfig-provisioner (real apiservers)",
     const context = yield* Layer.build(stack)
     return Context.get(context, Probes)
   })
+
+  /** Reconciles the provisioner has finished so far (whatever their result), from its metric. */
+  const reconciles = Effect.map(
+    Effect.forEach(["success", "requeue_after", "error"] as const, (result) =>
+      Metric.value(Metric.withAttributes(Metrics.reconcileTotal, { controller: "managed-kubeconfig-provisioner", result }))),
+    (states) => states.reduce((sum, state) => sum + state.count, 0)
+  )
 
   const readTarget = (options: Provisioner.Options) =>
     call(() => api.hostingCore().readNamespacedSecret(options.target))
@@ -296,9 +304,11 @@ describe.skipIf(noApiserver)("managed-kubeconfig-provisioner (real apiservers)",
       remember(yield* targetReady(options))
       yield* call(() => api.hubCustom().deleteNamespacedCustomObject({ group, version, plural, namespace: options.addon!.namespace, name: options.addon!.name }))
       yield* until(Effect.flip(readTarget(options)), (e) => e.code === 404, "secret gone")
-      // A source change would normally rotate; now it must not bring the Secret back.
+      // A source change would normally rotate; now it must not bring the Secret back, checked
+      // once the provisioner has reconciled after the change.
+      const before = yield* reconciles
       yield* writeSource(options.clusterName, `${managed.kubeconfigYaml}\n# after deletion\n`, "replace")
-      yield* Effect.sleep("1500 millis")
+      yield* until(reconciles, (count) => count > before, "a reconcile after the source change")
       const stillGone = yield* Effect.flip(readTarget(options))
       assert.strictEqual((stillGone as { code?: number }).code, 404)
     }))
