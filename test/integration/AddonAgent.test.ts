@@ -284,8 +284,11 @@ describe.skipIf(noApiserver)("addon-agent and leader election (real apiservers)"
     renewInterval: "500 millis"
   })
 
-  /** A candidate in its own scope over the hosting cluster; `cut` makes every call fail. */
-  const candidate = Effect.fn(function*(options: LeaderElection.Options, cut?: Ref.Ref<boolean>) {
+  /**
+   * A candidate in its own scope over the hosting cluster; `cut` makes every call fail, and
+   * `answered` counts the calls that reached the apiserver.
+   */
+  const candidate = Effect.fn(function*(options: LeaderElection.Options, cut?: Ref.Ref<boolean>, answered?: Ref.Ref<number>) {
     const client = ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(hosting) })
     const real = LeaseStore.fromClient(client)
     const guard = <A>(call: Effect.Effect<A, KubeError.KubeError>) =>
@@ -294,7 +297,7 @@ describe.skipIf(noApiserver)("addon-agent and leader election (real apiservers)"
         : Effect.flatMap(Ref.get(cut), (isCut) =>
           isCut
             ? Effect.fail(new KubeError.KubeError({ cluster: "hosting", operation: "lease call", reason: "Transport", detail: "partitioned" }))
-            : call)
+            : Effect.tap(call, () => (answered === undefined ? Effect.void : Ref.update(answered, (n) => n + 1))))
     const store = LeaseStore.LeaseStore.of({
       cluster: real.cluster,
       get: (key) => guard(real.get(key)),
@@ -359,7 +362,8 @@ describe.skipIf(noApiserver)("addon-agent and leader election (real apiservers)"
     Effect.gen(function*() {
       yield* Apiserver.createNamespace(hosting, "election")
       const cut = yield* Ref.make(false)
-      const a = yield* candidate(electionOptions("partition", "candidate-a"), cut)
+      const answered = yield* Ref.make(0)
+      const a = yield* candidate(electionOptions("partition", "candidate-a"), cut, answered)
       yield* until(a.election.isLeader, (x) => x, "a leads")
       const b = yield* candidate(electionOptions("partition", "candidate-b"))
       yield* neverTwo([a.election, b.election], 1500)
@@ -388,8 +392,11 @@ describe.skipIf(noApiserver)("addon-agent and leader election (real apiservers)"
       assert.isDefined(stored)
       assert.isBelow(Math.abs(stored! - (yield* Clock.currentTimeMillis)), 5000)
 
+      // Back in touch, a reads b's lease and stays a follower: checked once three of its calls
+      // have been answered again, so a whole round has ended after its first read.
+      const answeredBefore = yield* Ref.get(answered)
       yield* Ref.set(cut, false)
-      yield* Effect.sleep("1500 millis")
+      yield* until(Ref.get(answered), (n) => n >= answeredBefore + 3, "a talks to the apiserver again", { timeout: "10 seconds", interval: "20 millis" })
       assert.deepStrictEqual(yield* leaders([a.election, b.election]), ["candidate-b"])
       yield* Scope.close(a.scope, Exit.void)
       yield* Scope.close(b.scope, Exit.void)
