@@ -17,7 +17,9 @@
  *   and an expired one does so before the next TokenRequest is even tried (it may hang).
  * - A deleted generated Secret is re-created from the token the provisioner still holds (its
  *   {@link Memory}) while that token is not due and the source is unchanged: no new credential.
- * - Minting is rate-limited ({@link RefreshPolicy.defaultMintLimit}).
+ * - Minting is rate-limited ({@link RefreshPolicy.defaultMintLimit}), and after a TokenRequest the
+ *   apiserver refused (429, 5xx, 403) the next waits for its Retry-After or the backoff, whatever
+ *   triggers a reconcile meanwhile.
  *
  * Only the generated Secret's own annotations and data keys are written: labels, annotations
  * and keys that others added survive every write.
@@ -27,6 +29,7 @@
 import type { V1Secret } from "@kubernetes/client-node"
 import { Clock, Context, Duration, Effect, Fiber, FileSystem, Layer, Metric, Option, Redacted, Ref, Result, Schema } from "effect"
 import { createHash } from "node:crypto"
+import * as Backoff from "../domain/Backoff.ts"
 import * as Kubeconfig from "../domain/Kubeconfig.ts"
 import * as ManagedKubeconfigSecret from "../domain/ManagedKubeconfigSecret.ts"
 import * as RefreshPolicy from "../domain/RefreshPolicy.ts"
@@ -93,6 +96,8 @@ export interface Memory {
   readonly mintLimit: RefreshPolicy.MintLimit
   /** Set while a refresh waits on a managed apiserver that gave no answer at all; probed for its return. */
   unreachable: Kubeconfig.ClusterEntry | undefined
+  /** After TokenRequests the apiserver refused: no other one for the same source before `notBefore`. */
+  refused: { readonly sourceHash: string; readonly failures: number; readonly notBefore: number; readonly problem: Problem } | undefined
 }
 
 /** @category constructors */
@@ -100,7 +105,8 @@ export const makeMemory = (mintLimit: RefreshPolicy.MintLimit = RefreshPolicy.de
   held: undefined,
   mints: [],
   mintLimit,
-  unreachable: undefined
+  unreachable: undefined,
+  refused: undefined
 })
 
 /** What one reconcile found and did. @category models */
@@ -118,6 +124,8 @@ export type Outcome =
   }
   | { readonly _tag: "Stale"; readonly lifetime: RefreshPolicy.TokenLifetime; readonly problem: Problem; readonly kubeconfig: Redacted.Redacted<string> }
   | { readonly _tag: "Failed"; readonly problem: Problem }
+  /** A refresh is due but held back after a refused TokenRequest; nothing to report until `until`. */
+  | { readonly _tag: "Held"; readonly lifetime: RefreshPolicy.TokenLifetime | undefined; readonly until: number }
 
 /** Why there is no usable kubeconfig; `reason` is the condition reason. @category models */
 export interface Problem {
@@ -138,6 +146,9 @@ export interface Problem {
 
 /** Condition reason when the token in place expired and no new one is in place yet. @category constants */
 export const expiredReason = "ManagedKubeconfigExpired"
+
+/** The controller's retry backoff (its defaults); the gate after a refused TokenRequest waits its lower bound. */
+const refusedBackoff = Backoff.policy("2 seconds", "5 minutes")
 
 const secretRef = (target: ObjectName): ObjectReference => ({ apiVersion: "v1", kind: "Secret", ...target })
 
@@ -346,6 +357,18 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
     : Effect.void
   if (!stillValid) yield* reportExpired
 
+  // After a TokenRequest the apiserver refused (429, 5xx, 403 ...), the next one waits for the
+  // backoff's lower bound or its Retry-After, whatever triggers a reconcile meanwhile: a watch
+  // event (our own condition write coming back among them) would otherwise send it at once. A
+  // changed source is tried at once; a silent apiserver is the probe's business.
+  const refused = memory.refused
+  if (refused !== undefined && refused.sourceHash === hash && now < refused.notBefore) {
+    // Not another failure: the condition and the Event of the refusal stand, and the backoff does not grow.
+    // Back by the token's expiry too, which the condition must follow.
+    const until = stillValid ? Math.min(refused.notBefore, current.lifetime.expiresAt) : refused.notBefore
+    return { _tag: "Held", lifetime: current?.lifetime, until } satisfies Outcome
+  }
+
   const allowedAt = RefreshPolicy.nextMintAllowedAt(memory.mints, now, memory.mintLimit)
   if (allowedAt > now) {
     return yield* pending({
@@ -373,7 +396,15 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
   if (Result.isSuccess(issued)) {
     memory.mints = [...memory.mints.filter((at) => at > now - Duration.toMillis(memory.mintLimit.window)), now]
   }
-  if (Result.isFailure(issued)) return yield* pending(kubeProblem(spec, issued.failure))
+  if (Result.isFailure(issued)) {
+    const problem = kubeProblem(spec, issued.failure)
+    const failures = (memory.refused?.sourceHash === hash ? memory.refused.failures : 0) + 1
+    const at = yield* Clock.currentTimeMillis
+    const wait = Math.max((problem.retryAfterSeconds ?? 0) * 1000, Backoff.bounds(refusedBackoff, failures - 1).min)
+    memory.refused = issued.failure.reason === "Transport" ? undefined : { sourceHash: hash, failures, notBefore: at + wait, problem }
+    return yield* pending(problem)
+  }
+  memory.refused = undefined
   const lifetime = { issuedAt: issued.success.issuedAt, expiresAt: issued.success.expiresAt }
 
   // The add-on may have been deleted while we asked for the token: look again before writing.
@@ -440,6 +471,8 @@ export const conditionFor = (spec: ClusterSpec, outcome: Outcome, current: { sta
       }
     case "Failed":
       return { status: "False", reason: outcome.problem.reason, message: outcome.problem.message }
+    case "Held":
+      return undefined
   }
 }
 
@@ -521,6 +554,10 @@ export const report = Effect.fn("Provisioner.report")(function*(
       yield* events.record({ type: "Warning", reason: "ManagedKubeconfigRefreshFailed", message: outcome.problem.message, regarding })
       // Whatever the backoff says, be back when the token expires: the condition must turn then.
       return yield* failed(spec, outcome.problem, outcome.lifetime.expiresAt)
+    }
+    case "Held": {
+      yield* setToken(outcome.lifetime)
+      return waitUntil(outcome.until)
     }
     case "Failed": {
       yield* count("error")

@@ -18,7 +18,10 @@
  *   writers' fields survive, and its requests stay bounded;
  * - the hosting and hub kube-apiserver processes killed (SIGKILL) and started again on their etcd:
  *   readiness drops, the watches re-list from the restarted servers, readiness returns, and
- *   nothing is lost (the generated Secret untouched, the condition still True, no TokenRequest).
+ *   nothing is lost (the generated Secret untouched, the condition still True, no TokenRequest);
+ * - 429 (with Retry-After) and 5xx answers to TokenRequest, injected by an HTTP fault proxy:
+ *   retried no sooner than Retry-After and then with a growing backoff, the token in place kept
+ *   until the refresh succeeds.
  */
 import { NodeServices } from "@effect/platform-node"
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
@@ -370,4 +373,42 @@ describe.skipIf(noApiserver)("provisioner under faults (real apiservers, audit l
       assert.strictEqual(now.reason, before.reason)
       assert.strictEqual(yield* count(managed, issuerAgent), tokenRequestsBefore)
     }), { timeout: 180_000 })
+
+  it.live("429 and 5xx answers to TokenRequest: Retry-After honoured, then a growing backoff, no tight loop, the token in place kept", () =>
+    Effect.gen(function*() {
+      const proxy = yield* FaultProxy.makeHttp(managed)
+      const { options, source } = yield* setUp("q-429", proxy.server, Duration.minutes(5))
+      yield* start(options)
+      const good = yield* eventually(readTarget(options))
+      const isTokenRequest = (method: string, path: string) => method === "POST" && path.includes("/serviceaccounts/cluster-proxy/token")
+      proxy.inject(
+        { match: isTokenRequest, status: 429, retryAfterSeconds: 3, times: 1 },
+        { match: isTokenRequest, status: 500, times: 1 },
+        { match: isTokenRequest, status: 503, times: 1 }
+      )
+      const tokenRequestsBefore = yield* count(managed, issuerAgent)
+      const from = proxy.seen().length // the first token went through before the faults
+      const attemptsSince = () => proxy.seen().slice(from).filter((r) => isTokenRequest(r.method, r.path))
+      yield* changeSource(options, `${source}\n# rotated into faults\n`)
+      // While the faults last, the Secret keeps the good token.
+      yield* until(Effect.sync(() => attemptsSince().length), (n) => n >= 2, "two attempts", { timeout: "20 seconds" })
+      assert.strictEqual((yield* readTarget(options)).data?.["token"], good.data?.["token"])
+      const rotated = yield* until(readTarget(options), (s) => hashOf(s) !== hashOf(good), "rotated once the faults are used up", { timeout: "60 seconds", interval: "200 millis" })
+      assert.notStrictEqual(rotated.data?.["token"], good.data?.["token"])
+
+      const attempts = attemptsSince()
+      assert.deepStrictEqual(attempts.map((r) => r.injected), [429, 500, 503, undefined])
+      const gaps = attempts.slice(1).map((r, i) => r.at - attempts[i]!.at)
+      console.log(`TokenRequest answered 429 (Retry-After 3), 500, 503, then passed; gaps ${gaps.join(", ")} ms`)
+      // Retry-After is a floor; after the 5xx answers the backoff (2 s, 4 s ... ±20%) grows.
+      assert.isAtLeast(gaps[0]!, 2_900)
+      assert.isAtLeast(gaps[1]!, 3_000)
+      assert.isAtLeast(gaps[2]!, 6_000)
+      // ... and no slower than that needs (with the jitter and a busy machine's slack).
+      assert.isAtMost(gaps[0]!, 10_000)
+      assert.isAtMost(gaps[1]!, 10_000)
+      assert.isAtMost(gaps[2]!, 20_000)
+      // Only the one that passed reached the apiserver.
+      assert.deepStrictEqual(yield* requests(managed, issuerAgent, tokenRequestsBefore), ["create serviceaccounts/token"])
+    }), { timeout: 120_000 })
 })

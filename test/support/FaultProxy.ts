@@ -15,7 +15,10 @@
  * that is away. Closed with its scope.
  */
 import { Effect, Scope } from "effect"
+import * as Fs from "node:fs"
+import * as Https from "node:https"
 import * as Net from "node:net"
+import * as Path from "node:path"
 
 export type Mode = "pass" | "reset" | "blackhole"
 
@@ -109,3 +112,92 @@ export const make = (target: { readonly host: string; readonly port: number }): 
 
 /** The kubeconfig `yaml` with its server address replaced by the proxy's. */
 export const throughProxy = (yaml: string, server: string, proxy: FaultProxy): string => yaml.split(server).join(proxy.server)
+
+/** One request the HTTP fault proxy saw: forwarded, or answered by an injected fault. */
+export interface Seen {
+  readonly method: string
+  readonly path: string
+  /** Epoch ms when it arrived. */
+  readonly at: number
+  /** The injected status, or undefined when it was forwarded. */
+  readonly injected: number | undefined
+}
+
+/** Answer the next `times` requests that `match` with `status` (a Kubernetes Status body) instead of forwarding them. */
+export interface Fault {
+  readonly match: (method: string, path: string) => boolean
+  readonly status: number
+  readonly retryAfterSeconds?: number
+  readonly times: number
+}
+
+export interface HttpFaultProxy {
+  /** `https://127.0.0.1:<port>`, to put in a kubeconfig instead of the apiserver's address. */
+  readonly server: string
+  /** Queue faults; each is used up by `times` matching requests, in order. */
+  readonly inject: (...faults: ReadonlyArray<Fault>) => void
+  readonly seen: () => ReadonlyArray<Seen>
+}
+
+/**
+ * An HTTP-aware fault proxy in front of a test apiserver: it terminates TLS with the apiserver's
+ * own serving certificate (so the apiserver's CA in a kubeconfig still verifies it), speaks
+ * HTTP/1.1 (clients fall back from HTTP/2 through ALPN), and forwards each request over TLS with
+ * the instance's admin client certificate, except those an injected {@link Fault} answers (429,
+ * 5xx, with Retry-After). It records every request, so a test can read retry spacing from what
+ * the proxy passed and refused. Only for kubeconfigs that authenticate as the admin anyway.
+ */
+export const makeHttp = (
+  target: { readonly host: string; readonly port: number; readonly dir: string }
+): Effect.Effect<HttpFaultProxy, never, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.callback<{ proxy: HttpFaultProxy; server: Https.Server }>((resume) => {
+      const pki = (file: string) => Fs.readFileSync(Path.join(target.dir, "pki", file), "utf8")
+      const upstreamTls = { ca: pki("ca.crt"), cert: pki("admin.crt"), key: pki("admin.key") }
+      const agent = new Https.Agent({ ...upstreamTls, keepAlive: true })
+      const faults: Array<{ fault: Fault; left: number }> = []
+      const seen: Array<Seen> = []
+      const server = Https.createServer({ cert: pki("serving.crt"), key: pki("serving.key"), ALPNProtocols: ["http/1.1"] }, (request, response) => {
+        const method = request.method ?? "GET"
+        const path = request.url ?? "/"
+        const entry = faults.find((f) => f.left > 0 && f.fault.match(method, path))
+        if (entry !== undefined) {
+          entry.left--
+          seen.push({ method, path, at: Date.now(), injected: entry.fault.status })
+          request.resume()
+          const body = JSON.stringify({ kind: "Status", apiVersion: "v1", status: "Failure", message: "injected by the fault proxy", code: entry.fault.status })
+          response.writeHead(entry.fault.status, {
+            "content-type": "application/json",
+            ...(entry.fault.retryAfterSeconds === undefined ? {} : { "retry-after": String(entry.fault.retryAfterSeconds) })
+          })
+          return void response.end(body)
+        }
+        seen.push({ method, path, at: Date.now(), injected: undefined })
+        const headers = { ...request.headers }
+        delete headers["connection"]
+        const upstream = Https.request({ host: target.host, port: target.port, method, path, headers, agent }, (answer) => {
+          response.writeHead(answer.statusCode ?? 502, answer.headers)
+          answer.pipe(response)
+        })
+        upstream.on("error", () => response.destroy())
+        response.on("close", () => upstream.destroy())
+        request.pipe(upstream)
+      })
+      server.listen(0, "127.0.0.1", () => {
+        const port = (server.address() as Net.AddressInfo).port
+        resume(Effect.succeed({
+          server,
+          proxy: {
+            server: `https://127.0.0.1:${port}`,
+            inject: (...next) => void faults.push(...next.map((fault) => ({ fault, left: fault.times }))),
+            seen: () => [...seen]
+          }
+        }))
+      })
+    }),
+    ({ server }) =>
+      Effect.callback<void>((resume) => {
+        server.closeAllConnections()
+        server.close(() => resume(Effect.void))
+      })
+  ).pipe(Effect.map(({ proxy }) => proxy))
