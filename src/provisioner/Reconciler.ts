@@ -116,7 +116,7 @@ export type Outcome =
   | {
     readonly _tag: "Written"
     readonly created: boolean
-    /** Re-created from the token in hand; no TokenRequest. */
+    /** Written from the token in hand; no TokenRequest. */
     readonly reused?: boolean
     readonly lifetime: RefreshPolicy.TokenLifetime
     readonly until: number
@@ -307,9 +307,10 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
     }
   }
 
-  // Deleted while the token in hand is good for the same source: put it back, mint nothing.
+  // Deleted, or not holding the token in hand for this source (a write of it that lost a race
+  // with another writer), while that token is good: write it, mint nothing.
   const held = memory.held
-  if (observed._tag === "Missing" && held !== undefined && held.sourceHash === hash) {
+  if ((observed._tag !== "Present" || observed.sourceHash !== hash) && held !== undefined && held.sourceHash === hash) {
     const decision = decideFor(held.lifetime)
     if (decision._tag === "Wait") {
       const contents = ManagedKubeconfigSecret.desired({
@@ -318,18 +319,22 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
         lifetime: held.lifetime,
         sourceHash: hash
       })
-      const restored = yield* Effect.result(store.create(spec.target.namespace, targetSecret(spec, Option.none(), contents)))
+      const restored = yield* Effect.result(
+        Option.isSome(existing.success)
+          ? store.replace(spec.target.namespace, targetSecret(spec, existing.success, contents))
+          : store.create(spec.target.namespace, targetSecret(spec, Option.none(), contents))
+      )
       if (Result.isSuccess(restored)) {
         return {
           _tag: "Written",
-          created: true,
+          created: Option.isNone(existing.success),
           reused: true,
           lifetime: held.lifetime,
           until: decision.until,
           kubeconfig: held.kubeconfig
         } satisfies Outcome
       }
-      // A create that lost a race (409) or failed: fall through to the normal path on the next run.
+      // A write that lost a race (409) or failed: the next run tries again, with the same token.
       return { _tag: "Failed", problem: { reason: "TargetWriteFailed", retryable: true, message: restored.failure.message } } satisfies Outcome
     }
   }
@@ -417,11 +422,13 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
   const write = Option.isSome(existing.success)
     ? store.replace(spec.target.namespace, secret)
     : store.create(spec.target.namespace, secret)
+  // Held before the write: a write that fails (a conflict with another writer) is retried with
+  // this token on the next run, not with a new one.
+  memory.held = { sourceHash: hash, lifetime, token: issued.success.token, kubeconfig: Redacted.make(kubeconfig) }
   const written = yield* Effect.result(write)
   if (Result.isFailure(written)) {
     return yield* pending({ reason: "TargetWriteFailed", retryable: true, message: written.failure.message })
   }
-  memory.held = { sourceHash: hash, lifetime, token: issued.success.token, kubeconfig: Redacted.make(kubeconfig) }
   return {
     _tag: "Written",
     created: Option.isNone(existing.success),
@@ -541,7 +548,7 @@ export const report = Effect.fn("Provisioner.report")(function*(
       yield* events.record({
         type: "Normal",
         reason: outcome.created ? "ManagedKubeconfigCreated" : "ManagedKubeconfigUpdated",
-        message: `${outcome.reused === true ? "Re-created" : outcome.created ? "Created" : "Updated"} generated managed kubeconfig secret ${
+        message: `${outcome.reused === true && outcome.created ? "Re-created" : outcome.created ? "Created" : "Updated"} generated managed kubeconfig secret ${
           describe(spec.target)
         }${outcome.reused === true ? " from the token in hand" : ""}; token expires at ${expiresText(outcome.lifetime)}`,
         regarding
