@@ -64,10 +64,25 @@ export const make = Effect.fnUntraced(function*(
   /** Until discovery first says which Secrets pairs name, keep them all (a list that arrives first would otherwise be read again one by one). */
   let tracking = false
 
+  /**
+   * A count of what the watch has told: a read or write answered after the watch said something
+   * newer about its Secret must not replace it (a GET sent before a change can return after the
+   * change's event, and the next reconcile would then read the old source).
+   */
+  let told = 0
+  const toldAt = new Map<string, number>()
+  let listedAt = 0
+  const heard = (key: string) => toldAt.set(key, ++told)
+  const newerSince = (key: string, since: number) => listedAt > since || (toldAt.get(key) ?? 0) > since
+
   const remember = (secret: V1Secret) => {
     const key = idOf(secret)
     existing.add(key)
     if (!tracking || named.has(key)) kept.set(key, secret)
+  }
+  /** Keep what a request answered, unless the watch has said something newer since it was sent. */
+  const rememberAnswer = (secret: V1Secret, sentAt: number) => {
+    if (!newerSince(idOf(secret), sentAt)) remember(secret)
   }
 
   yield* hosting.watchAllSecrets().pipe(
@@ -79,6 +94,8 @@ export const make = Effect.fnUntraced(function*(
             return Effect.logWarning("the Secret watch is failing; retrying", { error: event.error.message })
           case "Synced": {
             const before = new Map(kept)
+            listedAt = ++told
+            toldAt.clear()
             existing.clear()
             kept.clear()
             for (const secret of event.items) remember(secret)
@@ -96,6 +113,7 @@ export const make = Effect.fnUntraced(function*(
           case "Deleted": {
             broken = false
             const key = idOf(event.object)
+            heard(key)
             existing.delete(key)
             kept.delete(key)
             const keys = named.get(key)
@@ -104,6 +122,7 @@ export const make = Effect.fnUntraced(function*(
           default: {
             broken = false
             const key = idOf(event.object)
+            heard(key)
             remember(event.object)
             const keys = named.get(key)
             return keys === undefined || own.has(event.object) ? Effect.void : onChange(keys)
@@ -114,11 +133,15 @@ export const make = Effect.fnUntraced(function*(
     Effect.forkScoped
   )
 
-  const wrote = (secret: V1Secret) =>
-    Effect.sync(() => {
-      own.add(secret)
-      remember(secret)
-      return secret
+  /** A write, its answer kept (see rememberAnswer) and its own watch event recognised. */
+  const write = (send: Effect.Effect<V1Secret, KubeError.KubeError>) =>
+    Effect.suspend(() => {
+      const sentAt = told
+      return Effect.tap(send, (secret) =>
+        Effect.sync(() => {
+          own.add(secret)
+          rememberAnswer(secret, sentAt)
+        }))
     })
 
   const store: SecretStore["Service"] = {
@@ -128,14 +151,15 @@ export const make = Effect.fnUntraced(function*(
         const cached = kept.get(key)
         if (cached !== undefined) return Effect.succeedSome(cached)
         if (synced && !broken && !existing.has(key)) return Effect.succeedNone
+        const sentAt = told
         return hosting.getSecret(namespace, name).pipe(
-          Effect.tap((secret) => Effect.sync(() => remember(secret))),
+          Effect.tap((secret) => Effect.sync(() => rememberAnswer(secret, sentAt))),
           Effect.asSome,
           Effect.catchIf(KubeError.isReason("NotFound"), () => Effect.succeedNone)
         )
       }),
-    create: (namespace, secret) => Effect.flatMap(hosting.createSecret(namespace, secret), wrote),
-    replace: (namespace, secret) => Effect.flatMap(hosting.replaceSecret(namespace, secret), wrote),
+    create: (namespace, secret) => write(hosting.createSecret(namespace, secret)),
+    replace: (namespace, secret) => write(hosting.replaceSecret(namespace, secret)),
     delete: (namespace, name) =>
       hosting.deleteSecret(namespace, name).pipe(
         Effect.as(true),

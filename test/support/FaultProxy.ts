@@ -131,11 +131,29 @@ export interface Fault {
   readonly times: number
 }
 
+/** A request whose answer the proxy holds back (see {@link HttpFaultProxy.hold}). */
+export interface Held {
+  /** Succeeds once the apiserver has answered the held request (the answer is then kept back). */
+  readonly answered: Effect.Effect<void>
+  /** Deliver the held answer to the client. */
+  readonly release: Effect.Effect<void>
+}
+
 export interface HttpFaultProxy {
   /** `https://127.0.0.1:<port>`, to put in a kubeconfig instead of the apiserver's address. */
   readonly server: string
   /** Queue faults; each is used up by `times` matching requests, in order. */
   readonly inject: (...faults: ReadonlyArray<Fault>) => void
+  /**
+   * Forward the next request that `match` at once, but keep its answer back until released: a
+   * read the apiserver answered before a change that reaches the client after it.
+   */
+  readonly hold: (match: (method: string, path: string) => boolean) => Held
+  /**
+   * Succeeds once an answer forwarded to the client after this call (a watch stream among them)
+   * has carried `text`.
+   */
+  readonly passed: (text: string) => Effect.Effect<void>
   readonly seen: () => ReadonlyArray<Seen>
 }
 
@@ -156,7 +174,20 @@ export const makeHttp = (
       const upstreamTls = { ca: pki("ca.crt"), cert: pki("admin.crt"), key: pki("admin.key") }
       const agent = new Https.Agent({ ...upstreamTls, keepAlive: true })
       const faults: Array<{ fault: Fault; left: number }> = []
+      const holds: Array<{ match: (method: string, path: string) => boolean; answered: () => void; released: Promise<void> }> = []
       const seen: Array<Seen> = []
+      const waiters: Array<{ text: string; done: () => void }> = []
+      /** Check forwarded bytes against the waiters; `tail` keeps a text split across chunks findable. */
+      const watchBytes = (stream: NodeJS.ReadableStream) => {
+        let tail = ""
+        stream.on("data", (chunk: Buffer) => {
+          const text = tail + chunk.toString("utf8")
+          for (let i = waiters.length - 1; i >= 0; i--) {
+            if (text.includes(waiters[i]!.text)) waiters.splice(i, 1)[0]!.done()
+          }
+          tail = text.slice(-512)
+        })
+      }
       const server = Https.createServer({ cert: pki("serving.crt"), key: pki("serving.key"), ALPNProtocols: ["http/1.1"] }, (request, response) => {
         const method = request.method ?? "GET"
         const path = request.url ?? "/"
@@ -173,11 +204,26 @@ export const makeHttp = (
           return void response.end(body)
         }
         seen.push({ method, path, at: Date.now(), injected: undefined })
+        const holdAt = holds.findIndex((h) => h.match(method, path))
+        const held = holdAt === -1 ? undefined : holds.splice(holdAt, 1)[0]
         const headers = { ...request.headers }
         delete headers["connection"]
         const upstream = Https.request({ host: target.host, port: target.port, method, path, headers, agent }, (answer) => {
-          response.writeHead(answer.statusCode ?? 502, answer.headers)
-          answer.pipe(response)
+          if (held === undefined) {
+            response.writeHead(answer.statusCode ?? 502, answer.headers)
+            watchBytes(answer)
+            return void answer.pipe(response)
+          }
+          // Read the whole answer now (the apiserver's view at this moment), hand it over later.
+          const chunks: Array<Buffer> = []
+          answer.on("data", (chunk: Buffer) => chunks.push(chunk))
+          answer.on("end", () => {
+            held.answered()
+            void held.released.then(() => {
+              response.writeHead(answer.statusCode ?? 502, answer.headers)
+              response.end(Buffer.concat(chunks))
+            })
+          })
         })
         upstream.on("error", () => response.destroy())
         response.on("close", () => upstream.destroy())
@@ -190,6 +236,18 @@ export const makeHttp = (
           proxy: {
             server: `https://127.0.0.1:${port}`,
             inject: (...next) => void faults.push(...next.map((fault) => ({ fault, left: fault.times }))),
+            hold: (match) => {
+              let answered!: () => void
+              let release!: () => void
+              const answeredPromise = new Promise<void>((resolve) => (answered = resolve))
+              const released = new Promise<void>((resolve) => (release = resolve))
+              holds.push({ match, answered, released })
+              return { answered: Effect.promise(() => answeredPromise), release: Effect.sync(release) }
+            },
+            passed: (text) => {
+              const carried = new Promise<void>((done) => void waiters.push({ text, done }))
+              return Effect.promise(() => carried)
+            },
             seen: () => [...seen]
           }
         }))
