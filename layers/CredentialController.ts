@@ -26,7 +26,7 @@ const component = "tether-credential-controller"
  */
 export const layer = (options: Options.Resolved, clusters: { readonly hostingKubeconfig: string | undefined }) => {
   const hosting = ClientNodeKube.layer(HostingCluster, { cluster: "hosting", path: clusters.hostingKubeconfig, userAgent: component })
-  const { concurrency, mode, settings, sharding } = options
+  const { concurrency, mode, settings, sharding, tokenFile } = options
   const membership = (client: KubeClient) =>
     sharding === undefined ? undefined : { options: sharding, store: Membership.fromClient(client) }
   const run = mode._tag === "Hub"
@@ -34,6 +34,7 @@ export const layer = (options: Options.Resolved, clusters: { readonly hostingKub
       CredentialController.run({
         source: { _tag: "Hub", hub, config: mode.config },
         settings,
+        tokenFile,
         concurrency,
         membership: membership(hosting)
       })).pipe(
@@ -43,6 +44,7 @@ export const layer = (options: Options.Resolved, clusters: { readonly hostingKub
       CredentialController.run({
         source: { _tag: "Hubless", hosting, selector: mode.selector, config: mode.config },
         settings,
+        tokenFile,
         concurrency,
         membership: membership(hosting)
       }))

@@ -127,9 +127,13 @@ export const managedTokenFreshness = Effect.fnUntraced(function*(name: string, p
     const bearer = yield* Effect.fromResult(Kubeconfig.readBearerToken(text)).pipe(
       Effect.mapError((error) => `the managed kubeconfig ${path}: ${error.message}`)
     )
-    return bearer._tag === "Inline"
-      ? bearer.token
-      : Redacted.make((yield* read(Kubeconfig.resolveReference(path, bearer.path), "the managed token file")).trim())
+    if (bearer._tag === "Inline") return bearer.token
+    // The file wins; the inline token beside it serves while the file cannot be read (client-go).
+    const file = read(Kubeconfig.resolveReference(path, bearer.path), "the managed token file")
+    const inline = bearer.inline
+    return Redacted.make(
+      (yield* inline === undefined ? file : Effect.orElseSucceed(file, () => Redacted.value(inline))).trim()
+    )
   })
   return tokenFreshness(name, token, margin, `the managed kubeconfig ${path}`)
 })
@@ -148,8 +152,10 @@ export const generatedTokenFreshness = Effect.fnUntraced(function*(name: string,
     const bearer = yield* Effect.fromResult(Kubeconfig.readBearerToken(Redacted.value(current.value))).pipe(
       Effect.mapError((error) => `the generated managed kubeconfig: ${error.message}`)
     )
-    if (bearer._tag === "File") return yield* Effect.fail("the generated managed kubeconfig refers to a token file")
-    return bearer.token
+    if (bearer._tag === "Inline") return bearer.token
+    // In process there is no mounted file: the inline token beside a tokenFile is the one.
+    if (bearer.inline !== undefined) return bearer.inline
+    return yield* Effect.fail("the generated managed kubeconfig refers to a token file")
   })
   return tokenFreshness(name, token, margin, "the generated managed kubeconfig")
 })

@@ -107,6 +107,8 @@ export const resolve = (
         )
       }
       managedKubeconfig = { _tag: "InProcess", provisioner: yield* ProvisionerOptions.resolve(given.provisioner, podNamespace) }
+    } else if ((given.provisioner.tokenFilePath ?? "") !== "") {
+      return yield* fail("--token-file-path shapes the kubeconfig the provisioner writes; it needs provisioner among --components")
     } else if (file === undefined) {
       return yield* fail(`--managed-kubeconfig is required when --components leaves out provisioner (${consumers.join(", ")} need it)`)
     } else {

@@ -26,12 +26,13 @@
  * The add-on is read from the discovery watch's copy (hub mode), so between deadlines a reconcile
  * sends no request at all.
  *
- * Not yet (see the README): the periodic identity check and the `tokenFile` kubeconfig.
+ * Not yet (see the README): the periodic identity check.
  *
  * @since 0.1.0
  */
 import { Cause, Deferred, Effect, Exit, Fiber, Layer, Metric, Option, Queue, Ref, Stream } from "effect"
 import type * as Discovery from "../domain/Discovery.ts"
+import type * as Kubeconfig from "../domain/Kubeconfig.ts"
 import type * as RefreshPolicy from "../domain/RefreshPolicy.ts"
 import * as Controller from "../kube/Controller.ts"
 import { HostingCluster, HubCluster } from "../kube/KubeClient.ts"
@@ -50,6 +51,8 @@ import * as SecretCache from "./SecretCache.ts"
 export interface Options {
   readonly source: PairSource.Mode
   readonly settings: RefreshPolicy.ValidatedSettings
+  /** `tokenFile` beside the token in every generated kubeconfig; absent: the token alone. */
+  readonly tokenFile?: Kubeconfig.TokenFilePath | undefined
   /** Reconciles at once; default 8. */
   readonly concurrency?: number | undefined
   /** Global limit on reconcile starts; default 20 per second, bursts of 40. */
@@ -67,7 +70,7 @@ export interface Options {
 const controller = "credential-controller"
 
 /** The pair's reconcile spec: the first source candidate that exists, else the first. */
-const specFor = Effect.fnUntraced(function*(pair: Discovery.Pair, settings: RefreshPolicy.ValidatedSettings) {
+const specFor = Effect.fnUntraced(function*(pair: Discovery.Pair, options: Pick<Options, "settings" | "tokenFile">) {
   const store = yield* SecretStore
   let source = pair.sources[0]!
   if (pair.sources.length > 1) {
@@ -79,7 +82,8 @@ const specFor = Effect.fnUntraced(function*(pair: Discovery.Pair, settings: Refr
       }
     }
   }
-  return { clusterName: pair.key, source, target: pair.target, serviceAccount: pair.serviceAccount, settings } satisfies Reconciler.ClusterSpec
+  const { settings, tokenFile } = options
+  return { clusterName: pair.key, source, target: pair.target, serviceAccount: pair.serviceAccount, settings, tokenFile } satisfies Reconciler.ClusterSpec
 })
 
 /** A reconcile in flight, so that membership can stop it before giving its key away. */
@@ -230,7 +234,7 @@ export const run = Effect.fnUntraced(function*(options: Options) {
       if (last === undefined) return Controller.awaitChange
       // Gone from discovery: one last look, which removes the Secret of a deleted add-on.
       if (last.pair.addonObject !== undefined) {
-        const spec = yield* specFor(last.pair, options.settings)
+        const spec = yield* specFor(last.pair, options)
         yield* Reconciler.reconcile(spec, last.memory).pipe(withPairServices(last.pair), Effect.ignore)
       }
       yield* drop(key)
@@ -239,7 +243,7 @@ export const run = Effect.fnUntraced(function*(options: Options) {
       return Controller.awaitChange
     }
     const entry = entryFor(pair)
-    const spec = yield* specFor(pair, options.settings)
+    const spec = yield* specFor(pair, options)
     return yield* Reconciler.reconcile(spec, entry.memory).pipe(
       withPairServices(pair),
       Effect.ensuring(Effect.andThen(settle(key), publishExpiry(pair)))

@@ -7,6 +7,7 @@
  */
 import { Duration, Effect, Result, Schema } from "effect"
 import * as Discovery from "../domain/Discovery.ts"
+import * as Kubeconfig from "../domain/Kubeconfig.ts"
 import * as RefreshPolicy from "../domain/RefreshPolicy.ts"
 import * as Membership from "./Membership.ts"
 
@@ -26,6 +27,8 @@ export interface Flags {
   readonly shardIdentity: string
   readonly shardLeaseDuration: Duration.Duration
   readonly shardRenewInterval: Duration.Duration
+  /** Where consumers mount the generated Secret's `token` key; empty: no `tokenFile` in the kubeconfig. */
+  readonly tokenFilePath?: string
 }
 
 /** What the environment says when flags are silent. @category models */
@@ -48,6 +51,8 @@ export interface Resolved {
   readonly concurrency: number
   /** Membership of the replicas' group; undefined: this process serves every key alone. */
   readonly sharding: Omit<Membership.Options, "quiesce"> | undefined
+  /** `tokenFile` beside the token in every generated kubeconfig; absent: the token alone. */
+  readonly tokenFile?: Kubeconfig.TokenFilePath
 }
 
 /** @category errors */
@@ -80,6 +85,8 @@ export const resolve = (flags: Flags, env: Environment = {}): Result.Result<Reso
   if (hub === "" && addons.length === 0) return fail("--addons must name at least one add-on without a hub")
   if (!Duration.isGreaterThan(flags.identityCheckInterval, Duration.zero)) return fail("--identity-check-interval must be greater than 0")
   if (!Number.isInteger(flags.concurrency) || flags.concurrency < 1) return fail("--concurrency must be a whole number of at least 1")
+  const tokenFile = Kubeconfig.optionalTokenFilePath(flags.tokenFilePath)
+  if (Result.isFailure(tokenFile)) return fail(`--token-file-path: ${tokenFile.failure.message}`)
   const sharding = resolveSharding(flags, env)
   if (Result.isFailure(sharding)) return Result.fail(sharding.failure)
   const settings = RefreshPolicy.validateSettings({ tokenExpiration: flags.tokenExpiration, refreshBefore: flags.refreshBefore })
@@ -91,7 +98,8 @@ export const resolve = (flags: Flags, env: Environment = {}): Result.Result<Reso
     settings: settings.success,
     identityCheckInterval: flags.identityCheckInterval,
     concurrency: flags.concurrency,
-    sharding: sharding.success
+    sharding: sharding.success,
+    ...(tokenFile.success === undefined ? {} : { tokenFile: tokenFile.success })
   })
 }
 

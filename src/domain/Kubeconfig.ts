@@ -183,6 +183,37 @@ export class KubeconfigError extends Schema.TaggedError<KubeconfigError>()("Kube
   }
 }
 
+/**
+ * A `--token-file-path` that a generated kubeconfig cannot carry. The path is the consumer's
+ * mount point, not a secret, so the message quotes it (escaped: control characters show as
+ * `\\u....`).
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class InvalidTokenFilePath extends Schema.TaggedError<InvalidTokenFilePath>()("InvalidTokenFilePath", {
+  path: Schema.String,
+  reason: Schema.Literals(["Empty", "Relative", "ControlCharacter", "Directory", "DotSegment", "TooLong"])
+}) {
+  override get message(): string {
+    const shown = q(this.path.length > 256 ? `${this.path.slice(0, 256)}...` : this.path)
+    switch (this.reason) {
+      case "Empty":
+        return "the token file path is empty"
+      case "Relative":
+        return `the token file path ${shown} must be absolute: consumers resolve a relative one against their own kubeconfig's folder`
+      case "ControlCharacter":
+        return `the token file path ${shown} contains a control character`
+      case "Directory":
+        return `the token file path ${shown} ends with "/": it must name the file the Secret's token key is mounted as`
+      case "DotSegment":
+        return `the token file path ${shown} has an empty, "." or ".." segment; give the plain path`
+      case "TooLong":
+        return `the token file path is longer than ${maxTokenFilePath} characters`
+    }
+  }
+}
+
 const failWith = (reason: KubeconfigError["reason"]) => Result.fail(new KubeconfigError({ reason }))
 const malformed = (detail: string) => failWith(new Malformed({ detail }))
 
@@ -232,14 +263,27 @@ export interface SourceKubeconfig {
 }
 
 /**
- * How a consumer of the generated kubeconfig finds its bearer token.
+ * How a consumer of the generated kubeconfig finds its bearer token. A `File` is read (and re-read:
+ * the file changes when the Secret volume updates) in preference to an `inline` token beside it,
+ * which serves only while the file cannot be read, as in client-go.
  *
  * @since 0.1.0
  * @category models
  */
 export type BearerToken =
   | { readonly _tag: "Inline"; readonly token: Redacted.Redacted<string> }
-  | { readonly _tag: "File"; readonly path: string }
+  | { readonly _tag: "File"; readonly path: string; readonly inline: Redacted.Redacted<string> | undefined }
+
+declare const TokenFilePathBrand: unique symbol
+
+/**
+ * Where the consumers of a generated kubeconfig find the Secret's `token` key as a file: an
+ * absolute, plain path, checked by {@link parseTokenFilePath}.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type TokenFilePath = string & { readonly [TokenFilePathBrand]: "TokenFilePath" }
 
 // ---------------------------------------------------------------------------------------------
 // structural reading
@@ -485,6 +529,40 @@ export const inlineCertificateAuthority = (cluster: ClusterEntry, caPem: string)
   return { ...rest, certificateAuthorityData: Buffer.from(caPem, "utf8").toString("base64") }
 }
 
+/** PATH_MAX on Linux. */
+const maxTokenFilePath = 4096
+
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/
+
+/**
+ * Checks a token file path for {@link buildManaged}: absolute (a relative path would be resolved
+ * against each consumer's kubeconfig folder, which differs per mount), no control characters, not
+ * a folder, no empty, `.` or `..` segment, at most 4096 characters.
+ *
+ * @since 0.1.0
+ * @category parsing
+ */
+export const parseTokenFilePath = (path: string): Result.Result<TokenFilePath, InvalidTokenFilePath> => {
+  const fail = (reason: InvalidTokenFilePath["reason"]) => Result.fail(new InvalidTokenFilePath({ path, reason }))
+  if (path === "") return fail("Empty")
+  if (CONTROL.test(path)) return fail("ControlCharacter")
+  if (path.length > maxTokenFilePath) return fail("TooLong")
+  if (!path.startsWith("/")) return fail("Relative")
+  if (path.endsWith("/")) return fail("Directory")
+  if (path.slice(1).split("/").some((segment) => segment === "" || segment === "." || segment === "..")) return fail("DotSegment")
+  return Result.succeed(path as TokenFilePath)
+}
+
+/**
+ * The `--token-file-path` flag's value: empty or absent keeps the inline-token kubeconfig.
+ *
+ * @since 0.1.0
+ * @category parsing
+ */
+export const optionalTokenFilePath = (flag: string | undefined): Result.Result<TokenFilePath | undefined, InvalidTokenFilePath> =>
+  flag === undefined || flag === "" ? Result.succeed(undefined) : parseTokenFilePath(flag)
+
 /**
  * Names in the generated kubeconfig.
  *
@@ -499,6 +577,10 @@ export const managedNames = { cluster: "managed", user: "cluster-proxy", context
  * with the token, context and current-context `managed`. The only place a token is
  * unwrapped in this module.
  *
+ * With `tokenFile`, the user also carries `tokenFile: <path>` beside `token`: client-go re-reads
+ * that file and prefers it to the inline token, so a consumer that mounts the Secret's `token` key
+ * there follows rotations without a restart, and one that does not still has the inline token.
+ *
  * **Gotchas**
  *
  * - Throws when `cluster.caFile` is still set: writing the path would hand pods a file they
@@ -511,6 +593,7 @@ export const managedNames = { cluster: "managed", user: "cluster-proxy", context
 export const buildManaged = (input: {
   readonly cluster: ClusterEntry
   readonly token: Redacted.Redacted<string>
+  readonly tokenFile?: TokenFilePath | undefined
 }): string => {
   const { cluster } = input
   if (cluster.caFile !== undefined) {
@@ -527,7 +610,12 @@ export const buildManaged = (input: {
     apiVersion: "v1",
     kind: "Config",
     clusters: [{ name: managedNames.cluster, cluster: clusterBody }],
-    users: [{ name: managedNames.user, user: { token: Redacted.value(input.token) } }],
+    users: [{
+      name: managedNames.user,
+      user: input.tokenFile === undefined
+        ? { token: Redacted.value(input.token) }
+        : { token: Redacted.value(input.token), tokenFile: input.tokenFile }
+    }],
     contexts: [{ name: managedNames.context, context: { cluster: managedNames.cluster, user: managedNames.user } }],
     "current-context": managedNames.context
   }, { lineWidth: -1, noRefs: true })
@@ -536,7 +624,8 @@ export const buildManaged = (input: {
 /**
  * The bearer token of the current context's user, for consumers of the generated
  * kubeconfig. A `tokenFile` is returned as a path for the edge to read (and re-read: the
- * file changes when the Secret volume updates).
+ * file changes when the Secret volume updates), with the inline `token`, if any, as the
+ * fallback while the file cannot be read (client-go's precedence: the file wins).
  *
  * @since 0.1.0
  * @category parsing
@@ -548,9 +637,10 @@ export const readBearerToken = (text: string): Result.Result<BearerToken, Kubeco
     yield* checkAuthKind(user)
     const where = `user ${q(user.name)}`
     const token = yield* optionalString(user.body, "token", where)
-    if (token !== undefined) return { _tag: "Inline", token: Redacted.make(token) } as const
+    const inline = token === undefined ? undefined : Redacted.make(token)
     const path = yield* optionalString(user.body, "tokenFile", where)
-    if (path !== undefined) return { _tag: "File", path } as const
+    if (path !== undefined) return { _tag: "File", path, inline } as const
+    if (inline !== undefined) return { _tag: "Inline", token: inline } as const
     return yield* failWith(new NoCredentials({ user: user.name, detail: "a bearer token is required" }))
   })
 

@@ -7,6 +7,7 @@
  */
 import { Duration, Result } from "effect"
 import { fail, InvalidOptions } from "../domain/InvalidOptions.ts"
+import * as Kubeconfig from "../domain/Kubeconfig.ts"
 import * as RefreshPolicy from "../domain/RefreshPolicy.ts"
 import type * as Provisioner from "./Provisioner.ts"
 
@@ -25,6 +26,8 @@ export interface Flags {
   readonly hubKubeconfig: string
   readonly addonName: string
   readonly addonNamespace: string
+  /** Where consumers mount the generated Secret's `token` key; empty: no `tokenFile` in the kubeconfig. */
+  readonly tokenFilePath?: string
 }
 
 export { InvalidOptions }
@@ -43,6 +46,8 @@ export const resolve = (flags: Flags, podNamespace: string | undefined): Result.
   if (flags.sourceName === "") return fail("--source-name must not be empty")
   if (flags.serviceAccountName === "") return fail("--managed-service-account-name must not be empty")
   if (!Duration.isGreaterThan(flags.syncInterval, Duration.zero)) return fail("--sync-interval must be greater than 0")
+  const tokenFile = Kubeconfig.optionalTokenFilePath(flags.tokenFilePath)
+  if (Result.isFailure(tokenFile)) return fail(`--token-file-path: ${tokenFile.failure.message}`)
   const settings = RefreshPolicy.validateSettings({ tokenExpiration: flags.tokenExpiration, refreshBefore: flags.refreshBefore })
   if (Result.isFailure(settings)) return fail(settings.failure.message)
   if (flags.hubKubeconfig === "" && (flags.addonNamespace !== "")) {
@@ -57,7 +62,8 @@ export const resolve = (flags: Flags, podNamespace: string | undefined): Result.
     syncInterval: flags.syncInterval,
     addon: flags.hubKubeconfig === "" || flags.addonName === ""
       ? undefined
-      : { namespace: flags.addonNamespace || clusterName, name: flags.addonName }
+      : { namespace: flags.addonNamespace || clusterName, name: flags.addonName },
+    ...(tokenFile.success === undefined ? {} : { tokenFile: tokenFile.success })
   })
 }
 

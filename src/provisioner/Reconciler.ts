@@ -55,6 +55,8 @@ export interface ClusterSpec {
   readonly target: ObjectName
   readonly serviceAccount: ObjectName
   readonly settings: RefreshPolicy.ValidatedSettings
+  /** `tokenFile` written beside the token in the generated kubeconfig (`--token-file-path`). */
+  readonly tokenFile?: Kubeconfig.TokenFilePath | undefined
 }
 
 /** The last token the provisioner knows to be in place, per cluster (gauges and readiness). @category services */
@@ -299,10 +301,15 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
   const current = observed._tag === "Present" ? observed : undefined
   const decideFor = (lifetime: RefreshPolicy.TokenLifetime) =>
     RefreshPolicy.decide({ now, lifetime, settings: spec.settings, jitterFraction: jitterFraction(hash, lifetime) })
+  // The kubeconfig this token should be in: it differs from the Secret's when --token-file-path changed.
+  const wanted = current === undefined
+    ? undefined
+    : Kubeconfig.buildManaged({ cluster: source.cluster, token: current.token, tokenFile: spec.tokenFile })
+  const relayout = current !== undefined && current.sourceHash === hash && wanted !== Redacted.value(current.kubeconfig)
   if (current !== undefined && current.sourceHash === hash) {
-    memory.held = { sourceHash: hash, lifetime: current.lifetime, token: current.token, kubeconfig: current.kubeconfig }
+    memory.held = { sourceHash: hash, lifetime: current.lifetime, token: current.token, kubeconfig: Redacted.make(wanted!) }
     const decision = decideFor(current.lifetime)
-    if (decision._tag === "Wait") {
+    if (decision._tag === "Wait" && !relayout) {
       return { _tag: "Fresh", lifetime: current.lifetime, until: decision.until, kubeconfig: current.kubeconfig } satisfies Outcome
     }
   }
@@ -310,7 +317,7 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
   // Deleted, or not holding the token in hand for this source (a write of it that lost a race
   // with another writer), while that token is good: write it, mint nothing.
   const held = memory.held
-  if ((observed._tag !== "Present" || observed.sourceHash !== hash) && held !== undefined && held.sourceHash === hash) {
+  if ((observed._tag !== "Present" || observed.sourceHash !== hash || relayout) && held !== undefined && held.sourceHash === hash) {
     const decision = decideFor(held.lifetime)
     if (decision._tag === "Wait") {
       const contents = ManagedKubeconfigSecret.desired({
@@ -416,7 +423,7 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
   const goneNow = goneReason(yield* observeAddon(addon))
   if (goneNow !== undefined) return yield* remove(goneNow)
 
-  const kubeconfig = Kubeconfig.buildManaged({ cluster: source.cluster, token: issued.success.token })
+  const kubeconfig = Kubeconfig.buildManaged({ cluster: source.cluster, token: issued.success.token, tokenFile: spec.tokenFile })
   const contents = ManagedKubeconfigSecret.desired({ kubeconfig, token: issued.success.token, lifetime, sourceHash: hash })
   const secret = targetSecret(spec, existing.success, contents)
   const write = Option.isSome(existing.success)

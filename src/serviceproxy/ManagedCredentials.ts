@@ -221,9 +221,16 @@ const parseKubeconfig = Effect.fnUntraced(function*<R>(
   if (bearer._tag === "Inline") {
     token = Redacted.value(bearer.token).trim()
   } else {
-    const read = yield* readFile(bearer.path, "managed token file")
-    files.push(read.path)
-    token = read.content.trim()
+    // The file wins; the inline token beside it serves while the file cannot be read (client-go).
+    const read = yield* Effect.result(readFile(bearer.path, "managed token file"))
+    if (read._tag === "Success") {
+      files.push(read.success.path)
+      token = read.success.content.trim()
+    } else if (bearer.inline !== undefined) {
+      token = Redacted.value(bearer.inline).trim()
+    } else {
+      return yield* read.failure
+    }
   }
   if (token === "") return yield* fail("managed kubeconfig token is empty")
   return snapshot({

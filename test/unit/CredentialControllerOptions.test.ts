@@ -31,6 +31,12 @@ describe("credential-controller options", () => {
     assert.deepStrictEqual(narrowed.mode._tag === "Hub" && narrowed.mode.config.addons, ["a", "b"])
   })
 
+  it("--token-file-path: off unless given, then every generated kubeconfig carries it", () => {
+    assert.isFalse("tokenFile" in Result.getOrThrow(Options.resolve({ ...base, sourceSecretSelector: "a=b" })))
+    const resolved = Result.getOrThrow(Options.resolve({ ...base, sourceSecretSelector: "a=b", tokenFilePath: "/var/run/managed/token" }))
+    assert.strictEqual(resolved.tokenFile, "/var/run/managed/token")
+  })
+
   it("hubless mode: a selector and at least one add-on", () => {
     const resolved = Result.getOrThrow(Options.resolve({ ...base, sourceSecretSelector: "tether/source=yes" }))
     assert.deepStrictEqual(resolved.mode, { _tag: "Hubless", selector: "tether/source=yes", config: { addons: ["cluster-proxy"] } })
@@ -46,7 +52,9 @@ describe("credential-controller options", () => {
       [{ sourceSecretSelector: "a=b", addons: "ok,Not_Ok" }, /--addons: "Not_Ok"/],
       [{ sourceSecretSelector: "a=b", identityCheckInterval: Duration.zero }, /--identity-check-interval/],
       [{ sourceSecretSelector: "a=b", concurrency: 0 }, /--concurrency/],
-      [{ sourceSecretSelector: "a=b", tokenExpiration: Duration.minutes(5) }, /token-expiration/]
+      [{ sourceSecretSelector: "a=b", tokenExpiration: Duration.minutes(5) }, /token-expiration/],
+      [{ sourceSecretSelector: "a=b", tokenFilePath: "token" }, /^--token-file-path: the token file path "token" must be absolute/],
+      [{ sourceSecretSelector: "a=b", tokenFilePath: "/a/../token" }, /^--token-file-path: .*segment/]
     ]
     for (const [flags, expected] of table) assert.match(message(flags), expected, JSON.stringify(flags))
   })

@@ -97,6 +97,14 @@ describe("hosted-agent options", () => {
     assert.isUndefined(options.apiserverProxy)
   })
 
+  it("--token-file-path reaches the in-process provisioner; empty leaves it out", () => {
+    const options = Result.getOrThrow(Options.resolve(input({ provisioner: { ...input().provisioner, tokenFilePath: "/var/run/managed/token" } }), env))
+    const provisioner = options.managedKubeconfig._tag === "InProcess" ? options.managedKubeconfig.provisioner : undefined
+    assert.strictEqual<string | undefined>(provisioner?.tokenFile, "/var/run/managed/token")
+    const plain = Result.getOrThrow(Options.resolve(input(), env))
+    assert.isFalse(plain.managedKubeconfig._tag === "InProcess" && "tokenFile" in plain.managedKubeconfig.provisioner)
+  })
+
   it("Relay mode is allowed in process and still needs POD_NAMESPACE, by the service proxy's own rule", () => {
     // The other components are told their namespaces, so only the relay needs POD_NAMESPACE.
     const relay = input({
@@ -112,6 +120,12 @@ describe("hosted-agent options", () => {
   it.each([
     { name: "a file next to the provisioner", patch: { managedKubeconfig: "/m" }, expected: "--managed-kubeconfig conflicts with the provisioner component" },
     { name: "no file without the provisioner", patch: { components: "apiserver-proxy" }, expected: "--managed-kubeconfig is required when --components leaves out provisioner (apiserver-proxy need it)" },
+    {
+      name: "a token file path without the provisioner",
+      patch: { components: "addon-lease", managedKubeconfig: "/m", provisioner: { ...input().provisioner, tokenFilePath: "/etc/managed/token" } },
+      expected: "--token-file-path shapes the kubeconfig the provisioner writes; it needs provisioner among --components"
+    },
+    { name: "a relative token file path", patch: { provisioner: { ...input().provisioner, tokenFilePath: "token" } }, expected: '--token-file-path: the token file path "token" must be absolute' },
     { name: "an unknown component", patch: { components: "provisioner,relay" }, expected: '--components: unknown component "relay"' },
     { name: "a relay flag out of range", patch: { apiserverProxy: { ...input().apiserverProxy, maxConnections: -1 } }, expected: "--apiserver-proxy-max-connections" },
     { name: "two listeners on one port", patch: { healthProbeBindAddress: { host: undefined, port: 7443 } }, expected: "--health-probe-bind-address and --service-proxy-listen both listen on port 7443" }

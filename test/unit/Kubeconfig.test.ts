@@ -9,6 +9,8 @@ const KEY_DATA = Buffer.from("-----BEGIN PRIVATE KEY-----\nSECRET-KEY\n-----END 
 const CERT_DATA = Buffer.from("-----BEGIN CERTIFICATE-----\nCERT\n-----END CERTIFICATE-----\n").toString("base64")
 const CA_DATA = Buffer.from("-----BEGIN CERTIFICATE-----\nCA\n-----END CERTIFICATE-----\n").toString("base64")
 
+const tokenFile = (path: string) => Result.getOrThrow(Kubeconfig.parseTokenFilePath(path))
+
 const secretsIn = (text: string): ReadonlyArray<string> =>
   [TOKEN, KEY_DATA, "SECRET-TOKEN", "SECRET-KEY"].filter((secret) => text.includes(secret))
 
@@ -220,6 +222,20 @@ describe("Kubeconfig", () => {
       assert.notInclude(text, "certificate-authority:")
     })
 
+    it("writes tokenFile beside the token when asked, and nothing else changes", () => {
+      const cluster = { server: "https://api:6443", certificateAuthorityData: CA_DATA }
+      const plain = loadYaml<{ users: Array<{ name: string; user: Record<string, string> }> }>(Kubeconfig.buildManaged({ cluster, token: Redacted.make(TOKEN) }))
+      const withFile = loadYaml<{ users: Array<{ name: string; user: Record<string, string> }> }>(
+        Kubeconfig.buildManaged({ cluster, token: Redacted.make(TOKEN), tokenFile: tokenFile("/var/run/secrets/managed/token") })
+      )
+      assert.deepStrictEqual(withFile.users, [{ name: "cluster-proxy", user: { token: TOKEN, tokenFile: "/var/run/secrets/managed/token" } }])
+      assert.deepStrictEqual({ ...withFile, users: plain.users }, plain)
+      // A path YAML would otherwise read as something else stays a string.
+      const odd = Kubeconfig.buildManaged({ cluster, token: Redacted.make(TOKEN), tokenFile: tokenFile("/x: y/#z/'\"/true") })
+      const read = Result.getOrThrow(Kubeconfig.readBearerToken(odd))
+      assert.strictEqual(read._tag === "File" && read.path, "/x: y/#z/'\"/true")
+    })
+
     it("refuses to build with a CA file still pending", () => {
       assert.throws(() => Kubeconfig.buildManaged({ cluster: { server: "https://api", caFile: "/etc/ca.crt" }, token: Redacted.make(TOKEN) }), /inlineCertificateAuthority/)
     })
@@ -234,7 +250,16 @@ describe("Kubeconfig", () => {
 
     it("returns a tokenFile as a path to resolve", () => {
       const token = Result.getOrThrow(Kubeconfig.readBearerToken(kubeconfig({ user: "tokenFile: /var/run/secrets/token" })))
-      assert.deepStrictEqual(token, { _tag: "File", path: "/var/run/secrets/token" })
+      assert.deepStrictEqual(token, { _tag: "File", path: "/var/run/secrets/token", inline: undefined })
+    })
+
+    it("prefers a tokenFile to the inline token beside it, which stays the fallback (client-go's order)", () => {
+      const text = Kubeconfig.buildManaged({ cluster: { server: "https://api" }, token: Redacted.make(TOKEN), tokenFile: tokenFile("/etc/managed/token") })
+      const token = Result.getOrThrow(Kubeconfig.readBearerToken(text))
+      assert.strictEqual(token._tag, "File")
+      if (token._tag !== "File") return
+      assert.strictEqual(token.path, "/etc/managed/token")
+      assert.strictEqual(token.inline === undefined ? undefined : Redacted.value(token.inline), TOKEN)
     })
 
     it.each([
@@ -242,6 +267,37 @@ describe("Kubeconfig", () => {
       { name: "a client certificate", user: `client-certificate-data: ${CERT_DATA}\n    client-key-data: ${KEY_DATA}`, tag: "NoCredentials" }
     ])("refuses $name", ({ tag, user }) => {
       assert.strictEqual(reasonOf(Kubeconfig.readBearerToken(kubeconfig({ user })))._tag, tag)
+    })
+  })
+
+  describe("parseTokenFilePath", () => {
+    it.each(["/t", "/var/run/secrets/managed-kubeconfig/token", "/etc/a b/ü/token.txt", "/..hidden/.token"])("accepts %j", (path) => {
+      assert.strictEqual(Result.getOrThrow(Kubeconfig.parseTokenFilePath(path)), path)
+    })
+
+    it.each([
+      { path: "", reason: "Empty", message: "the token file path is empty" },
+      { path: "token", reason: "Relative", message: "the token file path \"token\" must be absolute: consumers resolve a relative one against their own kubeconfig's folder" },
+      { path: "./etc/token", reason: "Relative" },
+      { path: " /etc/token", reason: "Relative" },
+      { path: "/etc/tok\nen", reason: "ControlCharacter", message: "the token file path \"/etc/tok\\nen\" contains a control character" },
+      { path: "/etc/\u0000token", reason: "ControlCharacter" },
+      { path: "/etc/\u2028token", reason: "ControlCharacter" },
+      { path: "/etc/\u007ftoken", reason: "ControlCharacter" },
+      { path: "/etc/managed/", reason: "Directory", message: "the token file path \"/etc/managed/\" ends with \"/\": it must name the file the Secret's token key is mounted as" },
+      { path: "/", reason: "Directory" },
+      { path: "/etc//token", reason: "DotSegment" },
+      { path: "/etc/../token", reason: "DotSegment", message: "the token file path \"/etc/../token\" has an empty, \".\" or \"..\" segment; give the plain path" },
+      { path: "/etc/./token", reason: "DotSegment" },
+      { path: `/${"a".repeat(4096)}`, reason: "TooLong", message: "the token file path is longer than 4096 characters" }
+    ])("refuses $reason: $path", ({ message, path, reason }) => {
+      const result = Kubeconfig.parseTokenFilePath(path)
+      assert.isTrue(Result.isFailure(result))
+      if (!Result.isFailure(result)) return
+      assert.strictEqual(result.failure._tag, "InvalidTokenFilePath")
+      assert.strictEqual(result.failure.reason, reason)
+      if (message !== undefined) assert.strictEqual(result.failure.message, message)
+      assert.notMatch(result.failure.message, /[\u0000-\u001f]/)
     })
   })
 

@@ -42,9 +42,18 @@ describe("provisioner options", () => {
     { name: "refresh-before not shorter", given: { refreshBefore: Duration.hours(24) }, pod: "a", expected: "--refresh-before (24h) must be shorter than --token-expiration (24h)" },
     { name: "token below the TokenRequest minimum", given: { tokenExpiration: Duration.minutes(5), refreshBefore: Duration.minutes(1) }, pod: "a", expected: "--token-expiration (5m) must be at least 10m" },
     { name: "zero sync interval", given: { syncInterval: Duration.zero }, pod: "a", expected: "--sync-interval must be greater than 0" },
-    { name: "add-on namespace without a hub", given: { addonNamespace: "x" }, pod: "a", expected: "--addon-namespace needs --hub-kubeconfig" }
+    { name: "add-on namespace without a hub", given: { addonNamespace: "x" }, pod: "a", expected: "--addon-namespace needs --hub-kubeconfig" },
+    { name: "a relative token file", given: { tokenFilePath: "managed/token" }, pod: "a", expected: '--token-file-path: the token file path "managed/token" must be absolute' },
+    { name: "a token file path naming a folder", given: { tokenFilePath: "/etc/managed/" }, pod: "a", expected: '--token-file-path: the token file path "/etc/managed/" ends with "/"' },
+    { name: "a control character in the token file path", given: { tokenFilePath: "/etc/\rtoken" }, pod: "a", expected: '--token-file-path: the token file path "/etc/\\rtoken" contains a control character' }
   ])("refuses $name", ({ expected, given, pod }) => {
     assert.include(message(Options.resolve(flags(given), pod)), expected)
+  })
+
+  it("--token-file-path: absent or empty writes the token alone, a path adds tokenFile", () => {
+    assert.isFalse("tokenFile" in Result.getOrThrow(Options.resolve(flags(), "a")))
+    assert.isFalse("tokenFile" in Result.getOrThrow(Options.resolve(flags({ tokenFilePath: "" }), "a")))
+    assert.strictEqual(Result.getOrThrow(Options.resolve(flags({ tokenFilePath: "/etc/managed/token" }), "a")).tokenFile, "/etc/managed/token")
   })
 
   it("--cleanup needs only the target", () => {

@@ -22,6 +22,7 @@ export const flags = {
   identityCheckInterval: Flags.duration("identity-check-interval", "Bound on the periodic ServiceAccount and connection check per pair (accepted and validated; the check itself is not implemented yet)", "10m"),
   tokenExpiration: Flags.duration("token-expiration", "Requested token lifetime (TokenRequest expirationSeconds; at least 10m)", "24h"),
   refreshBefore: Flags.duration("refresh-before", "Refresh at least this long before expiry (and at the latest at 80% of the lifetime)", "1h"),
+  tokenFilePath: Flags.string("token-file-path", "Where the consumers mount the generated Secret's token key: written as tokenFile beside the token in the generated kubeconfig, so clients that re-read it (client-go) follow rotations without a restart; an absolute path (default: the inline token only)"),
   concurrency: Flag.Int("concurrency").pipe(Flag.withDescription("Reconciles running at once (default 8)"), Flag.withDefault(8)),
   shardLeaseNamespace: Flags.string("shard-lease-namespace", "Namespace of the replicas' member Leases; replicas share the pairs through them (default: $POD_NAMESPACE; neither: one replica serves every pair)"),
   shardIdentity: Flags.string("shard-identity", "This replica's name in its member Lease (default: $POD_NAME, else the host name)"),

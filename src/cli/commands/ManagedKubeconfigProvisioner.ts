@@ -22,6 +22,7 @@ export const flags = {
   serviceAccountName: Flags.string("managed-service-account-name", "ServiceAccount on the managed cluster whose tokens are minted", "cluster-proxy"),
   tokenExpiration: Flags.duration("token-expiration", "Requested token lifetime (TokenRequest expirationSeconds; at least 10m)", "24h"),
   refreshBefore: Flags.duration("refresh-before", "Refresh at least this long before expiry (and at the latest at 80% of the lifetime)", "1h"),
+  tokenFilePath: Flags.string("token-file-path", "Where the consumers mount the generated Secret's token key: written as tokenFile beside the token in the generated kubeconfig, so clients that re-read it (client-go) follow rotations without a restart; an absolute path (default: the inline token only)"),
   syncInterval: Flags.duration("sync-interval", "Fail-safe resync period; refreshes are scheduled, not polled", "5m"),
   hubKubeconfig: Flags.string("hub-kubeconfig", "Kubeconfig of the hub; enables the ManagedKubeconfigReady condition and add-on deletion tracking"),
   addonName: Flags.string("addon-name", "Name of the ManagedClusterAddOn on the hub", "cluster-proxy"),
