@@ -38,7 +38,7 @@ import { useTrio } from "../support/trio.ts"
 describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
   const trio = useTrio()
 
-  /** Run the controller in this scope for the add-ons hosted on `hostingClusterName`; its readiness checks are returned. */
+  /** Run the controller in this scope for the add-ons hosted on `hostingClusterName`; returns its failing readiness checks. */
   const startController = (hosting: KubeClient, hostingClusterName: string) =>
     Effect.gen(function*() {
       const hub = ClientNodeKube.make({ cluster: "hub", kubeConfig: Apiserver.kubeConfig(trio.hub) })
@@ -56,7 +56,7 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
         yield* CredentialController.run({ source: { _tag: "Hub", hub, config: { hostingClusterName } }, settings }).pipe(Effect.forkScoped)
         return probes
       }).pipe(Effect.provide(ports))
-      return probes.readiness
+      return { readiness: probes.readiness }
     })
 
   it.live("serves every hosted pair; a bad source fails alone; a deleted add-on loses only its Secret", () =>
@@ -143,7 +143,7 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
       const kubeConfig = new KubeConfig()
       kubeConfig.loadFromString(trio.hosting.kubeconfigYaml.split(trio.hosting.server).join(proxy.server))
       const hosting = ClientNodeKube.make({ cluster: "hosting", kubeConfig })
-      const readiness = yield* startController(hosting, "hosting-4")
+      const { readiness } = yield* startController(hosting, "hosting-4")
       // Ready with no pair: discovery has listed, so r1's source (listed, named by no pair) is not kept.
       yield* until(readiness, (failing) => failing.length === 0, "ready with no pair", { timeout: "60 seconds" })
 
