@@ -15,6 +15,7 @@
  *   from when the last retry was due. A key that alternates failure and success keeps backing off.
  * - Delayed re-adds keep the earliest deadline. A run supersedes the deadline pending when it
  *   starts: the run reads the world and returns the next one ({@link Controller.Action}).
+ * - Waiting keys cost no fiber or timer each: one heap of deadlines and one timer for the earliest.
  *
  * Keys are strings, safe to log (names, never credentials). Reconcile reads no event payload.
  *
@@ -72,8 +73,14 @@ interface Entry {
   failures: number
   /** When the last retry was due (epoch ms); the quiet period counts from here. */
   retryDueAt: number
-  timer: Fiber.Fiber<void> | undefined
+  /** The pending deadline (epoch ms), 0 when none. */
   deadline: number
+}
+
+/** A deadline in the heap; stale once its entry's deadline is no longer `at`. */
+interface Due {
+  readonly at: number
+  readonly key: string
 }
 
 /**
@@ -103,7 +110,7 @@ export const make = Effect.fnUntraced(function*<E, R>(options: Options<E, R>) {
   const entry = (key: string): Entry => {
     let found = entries.get(key)
     if (found === undefined) {
-      found = { phase: "idle", dirty: false, forgotten: false, failures: 0, retryDueAt: 0, timer: undefined, deadline: 0 }
+      found = { phase: "idle", dirty: false, forgotten: false, failures: 0, retryDueAt: 0, deadline: 0 }
       entries.set(key, found)
     }
     return found
@@ -132,12 +139,69 @@ export const make = Effect.fnUntraced(function*<E, R>(options: Options<E, R>) {
       }
     })
 
-  const cancelTimer = (e: Entry) =>
-    Effect.suspend(() => {
-      const timer = e.timer
-      e.timer = undefined
-      return timer === undefined ? Effect.void : Fiber.interrupt(timer)
-    })
+  // Deadlines: one min-heap and one timer fiber for all keys, armed for the earliest, so that
+  // 1,000 keys waiting for their refresh hold no fiber or timer each. Superseded deadlines stay
+  // in the heap and are skipped when they come up (their entry's deadline has moved).
+  const heap: Array<Due> = []
+  const push = (due: Due) => {
+    heap.push(due)
+    let i = heap.length - 1
+    while (i > 0) {
+      const parent = (i - 1) >> 1
+      if (heap[parent]!.at <= due.at) break
+      heap[i] = heap[parent]!
+      i = parent
+    }
+    heap[i] = due
+  }
+  const pop = (): Due | undefined => {
+    const top = heap[0]
+    const last = heap.pop()
+    if (top === undefined || last === undefined || heap.length === 0) return top
+    let i = 0
+    while (true) {
+      const left = 2 * i + 1
+      if (left >= heap.length) break
+      const child = left + 1 < heap.length && heap[left + 1]!.at < heap[left]!.at ? left + 1 : left
+      if (heap[child]!.at >= last.at) break
+      heap[i] = heap[child]!
+      i = child
+    }
+    heap[i] = last
+    return top
+  }
+  const live = (due: Due) => entries.get(due.key)?.deadline === due.at
+  /** Drop superseded deadlines once they outnumber the live ones (a key re-armed earlier many times). */
+  const compact = () => {
+    if (heap.length < 64 || heap.length < 2 * entries.size) return
+    const kept = heap.filter(live)
+    heap.length = 0
+    for (const due of kept) push(due)
+  }
+
+  let armed: { readonly at: number; readonly fiber: Fiber.Fiber<void> } | undefined
+  const arm: Effect.Effect<void> = Effect.gen(function*() {
+    while (heap.length > 0 && !live(heap[0]!)) pop()
+    const next = heap[0]
+    if (next === undefined || (armed !== undefined && armed.at <= next.at)) return
+    const previous = armed
+    const now = yield* Clock.currentTimeMillis
+    armed = { at: next.at, fiber: yield* Effect.forkIn(Effect.andThen(Effect.sleep(Duration.millis(Math.max(0, next.at - now))), fire), scope) }
+    if (previous !== undefined) yield* Fiber.interrupt(previous.fiber)
+  })
+  const fire: Effect.Effect<void> = Effect.gen(function*() {
+    armed = undefined
+    const now = yield* Clock.currentTimeMillis
+    while (heap.length > 0 && heap[0]!.at <= now) {
+      const due = pop()!
+      if (!live(due)) continue
+      entries.get(due.key)!.deadline = 0
+      yield* add(due.key)
+    }
+    yield* arm
+  })
+
+  const cancelTimer = (e: Entry) => Effect.sync(() => void (e.deadline = 0))
 
   const addAfter = (key: string, after: Duration.Input) =>
     Effect.gen(function*() {
@@ -145,14 +209,12 @@ export const make = Effect.fnUntraced(function*<E, R>(options: Options<E, R>) {
       const now = yield* Clock.currentTimeMillis
       const e = entry(key)
       e.forgotten = false
-      if (e.timer !== undefined && e.deadline <= now + delay) return
-      yield* cancelTimer(e)
-      e.deadline = now + delay
-      const fire = Effect.suspend(() => {
-        e.timer = undefined
-        return add(key)
-      })
-      e.timer = yield* Effect.sleep(Duration.millis(delay)).pipe(Effect.andThen(fire), Effect.forkIn(scope))
+      if (e.deadline !== 0 && e.deadline <= now + delay) return
+      // Never 0: that means "none".
+      e.deadline = Math.max(1, now + delay)
+      compact()
+      push({ at: e.deadline, key })
+      yield* arm
     })
 
   const forget = (key: string) =>

@@ -161,6 +161,44 @@ describe("WorkQueue", () => {
     )
 
     it.effect.prop(
+      "delayed adds of many keys (one timer for all): each key runs at its earliest pending deadline, never before, never late",
+      {
+        steps: Schema.Array(Schema.Struct({ at: int(0, 3000), key: int(0, 40), delay: int(0, 2000) })).check(
+          Schema.isMinLength(1),
+          Schema.isMaxLength(60)
+        )
+      },
+      ({ steps }) =>
+        Effect.gen(function*() {
+          const { log, reconcile } = world([0], [])
+          // A worker for every key and no rate limit: a due key starts at once.
+          const queue = yield* WorkQueue.make({ name: "deadlines", reconcile, concurrency: 41 })
+          yield* play(queue, steps, log, 10_000)
+          // The model: per key, the earliest pending deadline; a deadline at or before a step fires first.
+          const sorted = [...steps].sort((a, b) => a.at - b.at)
+          const pending = new Map<string, number>()
+          const expected: Array<string> = []
+          const fireUntil = (t: number) => {
+            for (const [key, at] of [...pending].sort((a, b) => a[1] - b[1])) {
+              if (at > t) continue
+              expected.push(`${key}@${at}`)
+              pending.delete(key)
+            }
+          }
+          for (const step of sorted) {
+            fireUntil(step.at)
+            const key = `k${step.key}`
+            const due = step.at + step.delay
+            if (!pending.has(key) || due < pending.get(key)!) pending.set(key, due)
+          }
+          fireUntil(Number.POSITIVE_INFINITY)
+          const actual = log.filter((e) => e._tag === "start").map((e) => `${e.key}@${e.at}`)
+          assert.deepStrictEqual([...actual].sort(), [...expected].sort())
+        }),
+      { arbitrary: { runs: 60 } }
+    )
+
+    it.effect.prop(
       "retries of a failing key come within the backoff bounds of each attempt",
       {
         initial: int(50, 2000),
