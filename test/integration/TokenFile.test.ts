@@ -11,7 +11,8 @@
  * and the controller mints for the new one. So a consumer that used the kubeconfig's inline token
  * would fail after the rotation (checked, as the control); kubectl and a long-lived
  * `tether hosted-agent --components=service-proxy` (the per-cluster release of the chart's
- * controller layout) keep working.
+ * controller layout) keep working. Restarted without the flag, the controller rewrites the
+ * kubeconfig without `tokenFile` around the token in hand (no new token).
  */
 import { assert, describe, it } from "@effect/vitest"
 import { CoreV1Api, loadYaml } from "@kubernetes/client-node"
@@ -177,8 +178,27 @@ describe.skipIf(noApiserver)("tokenFile kubeconfig (real apiservers)", () => {
       assert.isNull(consumer.child.exitCode, "the consumer was not restarted")
       assert.isNull(consumer.child.signalCode)
 
+      // Turned off: a restarted controller puts the token in hand back into an inline-only
+      // kubeconfig at once, without a TokenRequest (the token and its lifetime stay).
+      controller.child.kill("SIGTERM")
+      yield* until(Effect.sync(() => controller.child.exitCode !== null || controller.child.signalCode !== null), (exited) => exited, "the controller stopped")
+      const plain = yield* spawnTether([
+        "credential-controller",
+        `--kubeconfig=${trio.hosting.kubeconfigPath}`,
+        `--hub-kubeconfig=${trio.hub.kubeconfigPath}`,
+        "--hosting-cluster-name=hosting-1",
+        "--token-expiration=1h",
+        "--refresh-before=10m",
+        `--health-probe-bind-address=127.0.0.1:${yield* freePort}`
+      ])
+      const relaid = yield* until(readSecret, (s) => !unb64(s?.data?.["kubeconfig"]).includes("tokenFile"), "the kubeconfig without tokenFile", { timeout: "60 seconds" })
+      assert.strictEqual(unb64(relaid!.data?.["token"]), secondToken)
+      assert.strictEqual(unb64(relaid!.data?.["kubeconfig"]), generated.replace(firstToken, secondToken).replace(/^\s*tokenFile: .*\n/m, ""))
+      assert.deepStrictEqual(relaid!.metadata?.annotations, rotated!.metadata?.annotations)
+
       for (const token of [firstToken, secondToken]) {
         assert.notInclude(controller.output.text, token)
+        assert.notInclude(plain.output.text, token)
         assert.notInclude(consumer.output.text, token)
       }
     }).pipe(Effect.scoped), 240_000)
