@@ -112,7 +112,11 @@ export const make = Effect.fnUntraced(function*(mode: Mode) {
     const known = addons.get(key)
     // Our own write may already be newer than an event still in flight.
     if (known !== undefined && known.metadata?.uid === o.metadata?.uid && newer(known, o)) return
-    addons.set(key, o)
+    // managedFields: read by no reconcile, often half the object (a status update without them keeps the server's).
+    if (o.metadata?.managedFields === undefined) return void addons.set(key, o)
+    const metadata = { ...o.metadata }
+    delete metadata.managedFields
+    addons.set(key, { ...o, metadata })
   }
   const id = (o: Slim) => `${o.metadata.namespace ?? ""}/${o.metadata.name ?? ""}`
   const discover = (): Discovery.Discovered => {
@@ -120,10 +124,13 @@ export const make = Effect.fnUntraced(function*(mode: Mode) {
     return mode._tag === "Hub" ? Discovery.fromHub(all, mode.config) : Discovery.fromSources(all, mode.config)
   }
 
+  /** Synced and not broken: the published state needs no refresh for its flags. */
+  let healthy = false
   const apply = (event: Watch.WatchEvent<{ metadata?: unknown; spec?: unknown }>) =>
     Effect.gen(function*() {
       switch (event._tag) {
         case "Broken":
+          healthy = false
           return yield* SubscriptionRef.update(state, (s) => ({ ...s, broken: true }))
         case "Synced":
           objects.clear()
@@ -136,16 +143,21 @@ export const make = Effect.fnUntraced(function*(mode: Mode) {
           break
         case "Deleted": {
           const o = slim(event.object as Parameters<typeof slim>[0])
-          objects.delete(id(o))
           addons.delete(id(o))
+          if (!objects.delete(id(o)) && healthy) return
           break
         }
         default: {
           keepAddon(event.object)
           const o = slim(event.object as Parameters<typeof slim>[0])
+          const before = objects.get(id(o))
           objects.set(id(o), o)
+          // Most events change nothing discovery reads (an add-on's status, a source's data): no
+          // new discovery, so 1,000 condition writes coming back do not cost 1,000 full passes.
+          if (healthy && before !== undefined && JSON.stringify(before) === JSON.stringify(o)) return
         }
       }
+      healthy = true
       yield* SubscriptionRef.set(state, { discovered: discover(), synced: true, broken: false })
     })
 

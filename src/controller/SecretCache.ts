@@ -41,6 +41,17 @@ const id = (namespace: string | undefined, name: string | undefined) => `${names
 const idOf = (secret: V1Secret) => id(secret.metadata?.namespace, secret.metadata?.name)
 
 /**
+ * The Secret without its managedFields, which no reconcile reads and which are often larger than
+ * the rest of the metadata (an update that omits them keeps the server's).
+ */
+const lean = (secret: V1Secret): V1Secret => {
+  if (secret.metadata?.managedFields === undefined) return secret
+  const metadata = { ...secret.metadata }
+  delete metadata.managedFields
+  return { ...secret, metadata }
+}
+
+/**
  * Start the watch in the current scope.
  *
  * @category constructors
@@ -78,7 +89,7 @@ export const make = Effect.fnUntraced(function*(
   const remember = (secret: V1Secret) => {
     const key = idOf(secret)
     existing.add(key)
-    if (!tracking || named.has(key)) kept.set(key, secret)
+    if (!tracking || named.has(key)) kept.set(key, lean(secret))
   }
   /** Keep what a request answered, unless the watch has said something newer since it was sent. */
   const rememberAnswer = (secret: V1Secret, sentAt: number) => {
