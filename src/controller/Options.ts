@@ -8,6 +8,7 @@
 import { Duration, Effect, Result, Schema } from "effect"
 import * as Discovery from "../domain/Discovery.ts"
 import * as Kubeconfig from "../domain/Kubeconfig.ts"
+import * as LabelSelector from "../domain/LabelSelector.ts"
 import * as RefreshPolicy from "../domain/RefreshPolicy.ts"
 import * as Membership from "./Membership.ts"
 
@@ -77,6 +78,10 @@ export const resolve = (flags: Flags, env: Environment = {}): Result.Result<Reso
     return fail("--hub-kubeconfig and --source-secret-selector exclude each other: discover from the hub or from source Secrets")
   }
   if (hub === "" && selector === "") return fail("one of --hub-kubeconfig or --source-secret-selector is required")
+  if (selector !== "") {
+    const parsed = LabelSelector.parse(selector)
+    if (Result.isFailure(parsed)) return fail(`--source-secret-selector: ${parsed.failure.message}`)
+  }
   const hostingClusterName = flags.hostingClusterName.trim()
   if (hub !== "" && hostingClusterName === "") return fail("--hosting-cluster-name is required with --hub-kubeconfig")
   if (hub !== "" && !Discovery.isNamespace(hostingClusterName)) {

@@ -209,8 +209,13 @@ export const make = (options: Options): KubeClient.KubeClient => {
     replaceSecret: (namespace, secret) =>
       call(`update secret ${namespace}/${secret.metadata?.name}`, () =>
         core.replaceNamespacedSecret({ namespace, name: secret.metadata?.name ?? "", body: secret })),
-    deleteSecret: (namespace, name) =>
-      Effect.asVoid(call(`delete secret ${namespace}/${name}`, () => core.deleteNamespacedSecret({ namespace, name }))),
+    deleteSecret: (namespace, name, expect) =>
+      Effect.asVoid(call(`delete secret ${namespace}/${name}`, () =>
+        core.deleteNamespacedSecret({
+          namespace,
+          name,
+          ...(expect === undefined ? {} : { body: { preconditions: { uid: expect.uid } } })
+        }))),
     watchSecrets: (namespace, options = {}) =>
       KubeWatch.stream(watchTransport(
         `secrets in ${namespace}`,
@@ -233,6 +238,8 @@ export const make = (options: Options): KubeClient.KubeClient => {
     createServiceAccountToken: (namespace, name, request) =>
       call(`create token for serviceaccount ${namespace}/${name}`, () =>
         core.createNamespacedServiceAccountToken({ namespace, name, body: request })),
+    getServiceAccount: (namespace, name) =>
+      call(`get serviceaccount ${namespace}/${name}`, () => core.readNamespacedServiceAccount({ namespace, name })),
     createTokenReview: (review) => call("create tokenreview", () => authn.createTokenReview({ body: review })),
 
     getCustomObject: (resource, namespace, name) =>
@@ -296,8 +303,14 @@ export const loadKubeConfig = (cluster: string, path: string | undefined): Effec
   Effect.try({
     try: () => {
       const kubeConfig = new KubeConfig()
-      if (path === undefined) kubeConfig.loadFromCluster()
-      else kubeConfig.loadFromFile(path)
+      if (path === undefined) {
+        // Outside a pod client-node would build "https://undefined:undefined" and every call
+        // would fail with "Invalid URL", forever: refuse at start instead.
+        if (!process.env["KUBERNETES_SERVICE_HOST"] || !process.env["KUBERNETES_SERVICE_PORT"]) {
+          throw new Error("not running in a cluster (KUBERNETES_SERVICE_HOST/PORT unset): pass --kubeconfig")
+        }
+        kubeConfig.loadFromCluster()
+      } else kubeConfig.loadFromFile(path)
       if (kubeConfig.getCurrentCluster() === null) throw new Error("it has no current cluster")
       return kubeConfig
     },

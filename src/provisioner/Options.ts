@@ -8,6 +8,7 @@
 import { Duration, Result } from "effect"
 import { fail, InvalidOptions } from "../domain/InvalidOptions.ts"
 import * as Kubeconfig from "../domain/Kubeconfig.ts"
+import * as KubeNames from "../domain/KubeNames.ts"
 import * as RefreshPolicy from "../domain/RefreshPolicy.ts"
 import type * as Provisioner from "./Provisioner.ts"
 
@@ -45,6 +46,21 @@ export const resolve = (flags: Flags, podNamespace: string | undefined): Result.
   if (flags.targetName === "") return fail("--target-name must not be empty")
   if (flags.sourceName === "") return fail("--source-name must not be empty")
   if (flags.serviceAccountName === "") return fail("--managed-service-account-name must not be empty")
+  // Names the apiserver would refuse fail here, once, rather than on every reconcile.
+  const badName = firstBadName([
+    ["--cluster-name", "label", clusterName],
+    ["--source-namespace", "label", flags.sourceNamespace || clusterName],
+    ["--source-name", "subdomain", flags.sourceName],
+    ["--target-namespace", "label", targetNamespace],
+    ["--target-name", "subdomain", flags.targetName],
+    ["--managed-service-account-namespace", "label", flags.serviceAccountNamespace || targetNamespace],
+    ["--managed-service-account-name", "subdomain", flags.serviceAccountName],
+    ...(flags.hubKubeconfig === "" || flags.addonName === "" ? [] : [
+      ["--addon-name", "subdomain", flags.addonName],
+      ["--addon-namespace", "label", flags.addonNamespace || clusterName]
+    ] as const)
+  ])
+  if (badName !== undefined) return fail(badName)
   if (!Duration.isGreaterThan(flags.syncInterval, Duration.zero)) return fail("--sync-interval must be greater than 0")
   const tokenFile = Kubeconfig.optionalTokenFilePath(flags.tokenFilePath)
   if (Result.isFailure(tokenFile)) return fail(`--token-file-path: ${tokenFile.failure.message}`)
@@ -67,6 +83,16 @@ export const resolve = (flags: Flags, podNamespace: string | undefined): Result.
   })
 }
 
+const firstBadName = (
+  names: ReadonlyArray<readonly [flag: string, kind: "label" | "subdomain", name: string]>
+): string | undefined => {
+  for (const [flag, kind, name] of names) {
+    const problem = KubeNames.invalidName(flag, kind, name)
+    if (problem !== undefined) return problem
+  }
+  return undefined
+}
+
 /** Target of `--cleanup`: only the target flags matter. @category constructors */
 export const resolveCleanupTarget = (
   flags: Pick<Flags, "targetNamespace" | "targetName">,
@@ -75,5 +101,7 @@ export const resolveCleanupTarget = (
   const namespace = flags.targetNamespace || podNamespace || ""
   if (namespace === "") return fail("--target-namespace is required (or set POD_NAMESPACE)")
   if (flags.targetName === "") return fail("--target-name must not be empty")
+  const badName = firstBadName([["--target-namespace", "label", namespace], ["--target-name", "subdomain", flags.targetName]])
+  if (badName !== undefined) return fail(badName)
   return Result.succeed({ namespace, name: flags.targetName })
 }
