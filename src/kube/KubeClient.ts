@@ -18,6 +18,7 @@ import type {
   KubernetesObject,
   V1Lease,
   V1Secret,
+  V1ServiceAccount,
   V1TokenReview
 } from "@kubernetes/client-node"
 import { Context, type Effect, type Redacted, type Stream } from "effect"
@@ -61,7 +62,11 @@ export interface KubeClient {
   readonly createSecret: (namespace: string, secret: V1Secret) => Effect.Effect<V1Secret, KubeError>
   /** Full replace guarded by `secret.metadata.resourceVersion` (409 Conflict when stale). */
   readonly replaceSecret: (namespace: string, secret: V1Secret) => Effect.Effect<V1Secret, KubeError>
-  readonly deleteSecret: (namespace: string, name: string) => Effect.Effect<void, KubeError>
+  /**
+   * Delete; with `expect`, only the object with that UID (a DeleteOptions precondition): a
+   * same-named object re-created by someone else is refused with 409 Conflict, never deleted.
+   */
+  readonly deleteSecret: (namespace: string, name: string, expect?: { readonly uid: string }) => Effect.Effect<void, KubeError>
   readonly watchSecrets: (namespace: string, options?: WatchOptions) => Stream.Stream<WatchEvent<V1Secret>>
   /** One list+watch of Secrets in every namespace (shared by many keys; never one per object). */
   readonly watchAllSecrets: (options?: WatchOptions) => Stream.Stream<WatchEvent<V1Secret>>
@@ -73,6 +78,7 @@ export interface KubeClient {
     name: string,
     request: AuthenticationV1TokenRequest
   ) => Effect.Effect<AuthenticationV1TokenRequest, KubeError>
+  readonly getServiceAccount: (namespace: string, name: string) => Effect.Effect<V1ServiceAccount, KubeError>
   readonly createTokenReview: (review: V1TokenReview) => Effect.Effect<V1TokenReview, KubeError>
 
   readonly getCustomObject: (
