@@ -16,9 +16,15 @@
  * before the entry, so a process started while a build runs sees either the old or the new
  * build, never half of one. Old chunks are left in place unless `--clean`.
  *
- * Usage: node .ci/build.ts [--out DIR] [--clean]      (default DIR: dist)
+ * Then it writes DIR/compile-cache: V8's code cache of every chunk (Node's module compile cache,
+ * portable, so it holds wherever DIR is moved), which the entry enables. Node keeps one cache per
+ * user id; it is written for the user running the build and for each `--cache-uid` (the image's
+ * user), and is only read at run time.
+ *
+ * Usage: node .ci/build.ts [--out DIR] [--clean] [--cache-uid UID]...      (default DIR: dist)
  */
 import * as Fs from "node:fs"
+import * as ChildProcess from "node:child_process"
 import { createRequire } from "node:module"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
@@ -28,12 +34,14 @@ const repo = Path.resolve(Path.dirname(fileURLToPath(import.meta.url)), "..")
 const argv = process.argv.slice(2)
 let out = Path.join(repo, "dist")
 let clean = false
+const cacheUids = new Set<number>()
 for (let i = 0; i < argv.length; i++) {
   const arg = argv[i]!
   if (arg === "--out" && argv[i + 1] !== undefined) out = Path.resolve(argv[++i]!)
   else if (arg === "--clean") clean = true
+  else if (arg === "--cache-uid" && /^\d+$/.test(argv[i + 1] ?? "")) cacheUids.add(Number(argv[++i]!))
   else {
-    process.stderr.write(`build: unknown argument '${arg}' (usage: node .ci/build.ts [--out DIR] [--clean])\n`)
+    process.stderr.write(`build: unknown argument '${arg}' (usage: node .ci/build.ts [--out DIR] [--clean] [--cache-uid UID]...)\n`)
     process.exit(2)
   }
 }
@@ -68,7 +76,8 @@ const builtinsViaRequire: Plugin = {
       (Object.getOwnPropertyDescriptor(exported, key)?.get === undefined || viaRequire[name]!.includes(key))
     )
     return [
-      `import { createRequire } from "node:module"`,
+      `import * as ChildProcess from "node:child_process"
+import { createRequire } from "node:module"`,
       `const m = createRequire(import.meta.url)("node:${name}")`,
       "export default m",
       ...names.map((key) => `export const ${key} = m.${key}`)
@@ -76,9 +85,85 @@ const builtinsViaRequire: Plugin = {
   }
 }
 
+/**
+ * client-node's package entry re-exports every module it has (exec, attach, port-forward, cp,
+ * log, metrics, top, ...), and without a `sideEffects` field in its package.json the bundle has
+ * to keep and evaluate each of them, with the packages they load (tar-fs, ws). Its modules only
+ * define classes and functions, so the ones nothing imports are dropped.
+ */
+const clientNode = /\/node_modules\/@kubernetes\/client-node\//
+
+/**
+ * undici's package entry requires all of undici when it is evaluated (a CommonJS module, so the
+ * bundle cannot drop what it does not use): the mock agents, the cache stores, WebSocket,
+ * EventSource, the cookie helpers. What the bundle uses is the dispatchers tether's HTTP
+ * forwarder and client-node build on, and fetch (client-node's watch). Every `import ... from
+ * "undici"` is pointed at an entry of those alone; one that names anything else fails the build
+ * with a missing-export error instead of loading the rest. (undici's own `fetch` wrapper only
+ * adds the caller's stack to errors.)
+ */
+const undiciEntry = "\0tether-undici"
+const undiciLib = Path.join(repo, "node_modules/undici/lib")
+const slimUndici: Plugin = {
+  name: "tether:slim-undici",
+  resolveId(source, importer) {
+    // Only where the bundle uses it: @effect/platform-node's re-export of all of undici is
+    // dropped as unused and keeps the package's own entry.
+    return source === "undici" && importer !== undefined && (clientNode.test(importer) || importer.startsWith(Path.join(repo, "src") + Path.sep))
+      ? { id: undiciEntry, moduleSideEffects: false }
+      : null
+  },
+  load(id) {
+    if (id !== undiciEntry) return null
+    const lib = (file: string) => JSON.stringify(Path.join(undiciLib, file))
+    return [
+      `import Agent from ${lib("dispatcher/agent.js")}`,
+      `import Pool from ${lib("dispatcher/pool.js")}`,
+      `import ProxyAgent from ${lib("dispatcher/proxy-agent.js")}`,
+      `import { fetch } from ${lib("web/fetch/index.js")}`,
+      "export { Agent, Pool, ProxyAgent, fetch }"
+    ].join("\n")
+  }
+}
+
+/**
+ * Fill DIR/compile-cache by importing every chunk of this build (importing evaluates only module
+ * top levels: the chunks define, the entry runs) in a Node with the compile cache on, then copy
+ * the cache to the other user ids. A new folder replaces the old one, so a process started
+ * meanwhile finds a cache of this build or none. Returns what was cached, for the summary.
+ */
+function compileCache(chunks: ReadonlyArray<string>): string {
+  const target = Path.join(out, "compile-cache")
+  const staged = Fs.mkdtempSync(Path.join(out, ".cache-"))
+  try {
+    const script = [
+      `import { enableCompileCache, flushCompileCache } from "node:module"`,
+      `enableCompileCache({ directory: ${JSON.stringify(staged)}, portable: true })`,
+      `for (const chunk of ${JSON.stringify(chunks.map((name) => Path.join(out, name)))}) await import(chunk)`,
+      "flushCompileCache()"
+    ].join("\n")
+    const { NODE_COMPILE_CACHE: _, NODE_OPTIONS: __, ...env } = process.env
+    ChildProcess.execFileSync(process.execPath, ["--input-type=module", "-e", script], { env, stdio: ["ignore", "ignore", "inherit"], timeout: 120_000 })
+    // Node names the folder <version>-<arch>-<V8 flags hash>-<uid>.
+    const uid = process.getuid?.() ?? 0
+    const own = Fs.readdirSync(staged).filter((name) => name.endsWith(`-${uid}`))
+    if (own.length !== 1) throw new Error(`expected one code cache folder for uid ${uid} in ${staged}, found ${own.join(", ") || "none"}`)
+    for (const other of cacheUids) {
+      if (other !== uid) Fs.cpSync(Path.join(staged, own[0]!), Path.join(staged, own[0]!.replace(/-\d+$/, `-${other}`)), { recursive: true })
+    }
+    Fs.chmodSync(staged, 0o755)
+    Fs.rmSync(target, { recursive: true, force: true })
+    Fs.renameSync(staged, target)
+    return `${chunks.length} chunks (uid ${[uid, ...[...cacheUids].filter((other) => other !== uid)].join(", ")})`
+  } finally {
+    Fs.rmSync(staged, { recursive: true, force: true })
+  }
+}
+
 const start = performance.now()
 const result = await build({
-  plugins: [builtinsViaRequire],
+  plugins: [builtinsViaRequire, slimUndici],
+  treeshake: { moduleSideEffects: (id) => (clientNode.test(id) ? false : undefined) },
   input: { tether: Path.join(repo, "src/cli/bin.ts") },
   cwd: repo,
   platform: "node",
@@ -137,11 +222,12 @@ try {
     Fs.renameSync(staged, target)
     if (file.name.endsWith(".mjs")) bytes += Buffer.byteLength(file.content)
   }
+  const cached = compileCache(files.map((file) => file.name).filter((name) => name.startsWith("chunks/") && name.endsWith(".mjs")))
   const modules = result.output.reduce((n, file) => n + (file.type === "chunk" ? Object.keys(file.modules).length : 0), 0)
   process.stderr.write(
     `build: ${modules} modules into ${Path.relative(process.cwd(), out) || "."}/tether.mjs and ` +
       `${files.filter((f) => f.name.startsWith("chunks/") && f.name.endsWith(".mjs")).length} chunks, ` +
-      `${(bytes / 1048576).toFixed(1)} MiB, in ${Math.round(performance.now() - start)} ms\n`
+      `${(bytes / 1048576).toFixed(1)} MiB, code cache for ${cached}, in ${Math.round(performance.now() - start)} ms\n`
   )
 } finally {
   Fs.rmSync(staging, { recursive: true, force: true })
