@@ -300,10 +300,17 @@ const safeYamlReason = (reason: unknown): string | undefined => {
   return phrase === "" ? undefined : phrase
 }
 
+/**
+ * YAML 1.2's core schema plus merge keys (`<<: *anchor`), which client-go's YAML 1.1 reader
+ * resolves: a kubeconfig kubectl reads the same way must not lose the merged fields here. The
+ * merge work stays bounded (js-yaml counts merged keys, 10,000 at most per document).
+ */
+const schema = Yaml.CORE_SCHEMA.withTags(Yaml.mergeTag)
+
 const loadDocument = (text: string): Result.Result<unknown, KubeconfigError> => {
   if (text.trim() === "") return malformed("the document is empty")
   try {
-    return Result.succeed(Yaml.load(text))
+    return Result.succeed(Yaml.load(text, { schema }))
   } catch (error) {
     const cause = error as { readonly reason?: unknown; readonly mark?: { readonly line?: unknown; readonly column?: unknown } }
     const line = cause.mark?.line

@@ -7,7 +7,8 @@
  *
  * Case fields: `yaml` (the document), or `generate` (`head` + `repeat` x `times`, `{{i}}` numbered,
  * + `tail`) for documents too large to keep; `readers` (parseSource, parseCluster,
- * readBearerToken); `expect`: `{ ok: true }` or `{ tag, message }`.
+ * readBearerToken); `expect`: `{ ok: true }` (with `server`: the server parseSource and parseCluster
+ * must read) or `{ tag, message }`.
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Result } from "effect"
@@ -19,7 +20,7 @@ interface Case {
   readonly yaml?: string
   readonly generate?: { readonly head: string; readonly repeat: string; readonly times: number; readonly tail: string }
   readonly readers?: ReadonlyArray<keyof typeof readers>
-  readonly expect: { readonly ok: true } | { readonly tag: string; readonly message: string }
+  readonly expect: { readonly ok: true; readonly server?: string } | { readonly tag: string; readonly message: string }
 }
 
 const corpus = JSON.parse(Fs.readFileSync(new URL("../corpus/kubeconfigs.json", import.meta.url), "utf8")) as {
@@ -56,6 +57,10 @@ describe("hostile kubeconfigs (corpus)", () => {
       const result = readers[name](text)
       if ("ok" in c.expect) {
         assert.isTrue(Result.isSuccess(result), `${name}: ${Result.isFailure(result) ? result.failure.message : ""}`)
+        if (c.expect.server !== undefined && Result.isSuccess(result) && name !== "readBearerToken") {
+          const read = result.success as Kubeconfig.SourceKubeconfig | Kubeconfig.ClusterEntry
+          assert.strictEqual("cluster" in read ? read.cluster.server : read.server, c.expect.server, name)
+        }
         continue
       }
       assert.isTrue(Result.isFailure(result), `${name} accepted it`)
