@@ -65,13 +65,16 @@ import * as Path from "node:path"
 import type * as ApiServerRelay from "../../layers/ApiServerRelay.ts"
 import * as ServiceRelayLayers from "../../layers/ServiceRelay.ts"
 import * as AddonAgentCommand from "../../src/cli/commands/AddonAgent.ts"
+import * as CredentialControllerCommand from "../../src/cli/commands/CredentialController.ts"
 import * as HostedAgentCommand from "../../src/cli/commands/HostedAgent.ts"
 import * as ManagedApiserverProxyCommand from "../../src/cli/commands/ManagedApiserverProxy.ts"
 import * as ProvisionerCommand from "../../src/cli/commands/ManagedKubeconfigProvisioner.ts"
 import * as ServiceProxyCommand from "../../src/cli/commands/ServiceProxy.ts"
 import * as ServiceRelayCommand from "../../src/cli/commands/ServiceRelay.ts"
+import * as Membership from "../../src/controller/Membership.ts"
+import * as ControllerOptions from "../../src/controller/Options.ts"
 import * as ProvisionerOptions from "../../src/provisioner/Options.ts"
-import { Apiserver, EnvtestAssets } from "../../src/testing/index.ts"
+import { Apiserver, EnvtestAssets, Fixtures } from "../../src/testing/index.ts"
 import { noApiserver } from "../support/apiserver.ts"
 import { type Doc, splitDocs } from "../support/helm.ts"
 import { until } from "../support/eventually.ts"
@@ -138,7 +141,7 @@ const helmTemplate = (flags: ReadonlyArray<string>) =>
 // renderings
 // ---------------------------------------------------------------------------------------------
 
-type Target = "hosting" | "managed" | "all"
+type Target = "hosting" | "managed" | "all" | "controller" | "controller-hub"
 
 interface ValueSet {
   readonly name: string
@@ -243,11 +246,37 @@ const managedBestEffortNoImpersonation: ValueSet = {
 const allRelay: ValueSet = { name: "all, combined, Relay", target: "all", flags: set(`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay", relayCidrs) }
 const allRelaySplit: ValueSet = { name: "all, split, Relay", target: "all", flags: set(`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay", relayCidrs, "layout=split") }
 
+// The credential controller (once per hosting cluster) and the per-cluster releases that leave it the Secret.
+const controllerHub: ValueSet = {
+  name: "controller, hub discovery, every value changed",
+  target: "controller",
+  flags: set(
+    "credentialController.hubKubeConfigSecret=controller-hub-kubeconfig",
+    "credentialController.hostingClusterName=hosting-1",
+    "credentialController.addons={cluster-proxy,other-addon}",
+    "credentialController.tokenFilePath=/var/run/managed/token",
+    "credentialController.replicas=3",
+    "credentialController.identityCheckInterval=5m",
+    "credentialController.concurrency=16",
+    "credentialController.shardLeaseDuration=30s",
+    "credentialController.shardRenewInterval=10s",
+    "managedKubeConfigTokenExpiration=2h",
+    "managedKubeConfigRefreshBefore=20m",
+    "logLevel=debug"
+  )
+}
+const controllerHubless: ValueSet = { name: "controller, source Secrets by label", target: "controller", flags: set("credentialController.sourceSecretSelector=tether.io/source=yes") }
+const controllerHubRbac: ValueSet = { name: "controller-hub", target: "controller-hub", flags: set("credentialController.hub.subject.name=controller", `credentialController.hub.subject.namespace=${namespace}`) }
+const combinedByController = hostingSet("combined", "the credential controller keeps the Secret", set(`clusterName=${clusterName}`, "credentialController.enabled=true", "hostedServiceProxyMode=Relay"))
+const splitByController = hostingSet("split", "the credential controller keeps the Secret", set(`clusterName=${clusterName}`, "credentialController.enabled=true"))
+const combinedByControllerNoCleanup = hostingSet("combined", "the credential controller keeps the Secret, no cleanup Job", set(`clusterName=${clusterName}`, "credentialController.enabled=true", "cleanupJob.enabled=false"))
+const controllerSets = [controllerHub, controllerHubless, controllerHubRbac, combinedByController, splitByController, combinedByControllerNoCleanup]
+
 const splitSets = [splitDefaults, splitBestEffort, splitTuned, splitMinimal, splitProxyAgent, splitInstalled]
 const combinedSets = [combinedDefaults, combinedBestEffort, combinedTuned, combinedMinimal, combinedProxyAgent, combinedInstalled, combinedNoServiceProxy]
 const hostingSets = [...combinedSets, ...splitSets]
 const managedSets = [managedRelay, managedRelayTuned, managedDisabled, managedBestEffortNoImpersonation]
-const valueSets = [...hostingSets, ...managedSets, allRelay, allRelaySplit]
+const valueSets = [...hostingSets, ...managedSets, allRelay, allRelaySplit, ...controllerSets]
 
 const render = (values: ValueSet) =>
   Effect.map(helmTemplate(["--set", `target=${values.target}`, ...values.flags]), (run): Rendering => ({
@@ -374,6 +403,12 @@ const parseHostedAgent = (argv: ReadonlyArray<string>) =>
     return { given, options: yield* accepted(HostedAgentCommand.resolve(given, { POD_NAMESPACE: namespace }), "hosted-agent") }
   })
 
+const parseCredentialController = (argv: ReadonlyArray<string>) =>
+  Effect.gen(function*() {
+    const given = yield* parseWith(CredentialControllerCommand.command, argv)
+    return { given, options: yield* accepted(ControllerOptions.resolve(given, { podNamespace: namespace, podName: "controller-0" }), "credential-controller") }
+  })
+
 const parseServiceRelay = (argv: ReadonlyArray<string>) =>
   Effect.gen(function*() {
     const given = yield* parseWith(ServiceRelayCommand.command, argv)
@@ -398,6 +433,8 @@ const acceptedByCli = (c: V1Container): Effect.Effect<number | undefined, Refuse
       return Effect.map(parseServiceRelay(rest), ({ given }) => given.healthProbeBindAddress.port)
     case "hosted-agent":
       return Effect.map(parseHostedAgent(rest), ({ given }) => given.healthProbeBindAddress.port)
+    case "credential-controller":
+      return Effect.map(parseCredentialController(rest), ({ given }) => given.healthProbeBindAddress.port)
     default:
       return Effect.fail(new Refused({ message: `${c.name}: ${String(subcommand)} is not a tether subcommand` }))
   }
@@ -526,7 +563,10 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
         const flags of [
           set(`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay"),
           set(`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay", "layout=split"),
-          set("target=managed", "hostedServiceProxyMode=Relay", relayCidrs)
+          set("target=managed", "hostedServiceProxyMode=Relay", relayCidrs),
+          set(`clusterName=${clusterName}`, "credentialController.enabled=true"),
+          set("target=controller", "credentialController.sourceSecretSelector=a=b"),
+          set("target=controller-hub")
         ]
       ) {
         const out = succeeded(yield* exec(helmBinary, ["lint", chartDir, "--strict", "--namespace", namespace, ...flags]), `helm lint ${flags.join(" ")}`)
@@ -901,8 +941,9 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
         }
       }
       assert.isAtLeast(checked, 50)
-      // One hosted-agent per combined rendering (the hosting sets and target=all), none in split.
-      assert.strictEqual(hostedAgents, combinedSets.length + 1)
+      // One hosted-agent per combined rendering (the hosting sets, target=all and the two that
+      // leave the Secret to the controller), none in split.
+      assert.strictEqual(hostedAgents, combinedSets.length + 3)
     }))
 
   it.live("the real CLI refuses what the chart must never render (so the check above can fail)", () =>
@@ -1116,6 +1157,125 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
       assertNoManagedKubeconfig(tuned, "generated-kubeconfig")
     }))
 
+  it.live("target=controller: the credential controller once per hosting cluster, its flags one to one, its RBAC and nothing else", () =>
+    Effect.gen(function*() {
+      const tuned = rendered(controllerHub)
+      assert.deepStrictEqual(ids(tuned.docs), [
+        "ClusterRole//tether-credential-controller",
+        "ClusterRoleBinding//tether-credential-controller",
+        `Deployment/${namespace}/tether-credential-controller`,
+        `Role/${namespace}/tether-credential-controller-shards`,
+        `RoleBinding/${namespace}/tether-credential-controller-shards`,
+        `ServiceAccount/${namespace}/tether-credential-controller`
+      ])
+      for (const { object } of tuned.docs) assert.isFalse(isHostingPlaced(object), "not a per-cluster manifest: no placement annotation")
+      assertRestricted(tuned)
+      const deployment = find<V1Deployment>(tuned, "Deployment", "tether-credential-controller")
+      assert.strictEqual(deployment.spec?.replicas, 3)
+      const pod = deployment.spec?.template.spec
+      assert.strictEqual(pod?.serviceAccountName, "tether-credential-controller")
+      const c = container(deployment, "credential-controller")
+      // Sharding: the replicas' Leases in the release namespace, each under its pod's name.
+      assert.deepStrictEqual(c.env?.map((e) => [e.name, e.valueFrom?.fieldRef?.fieldPath]), [["POD_NAMESPACE", "metadata.namespace"], ["POD_NAME", "metadata.name"]])
+      assert.deepStrictEqual(c.ports?.map((p) => [p.name, p.containerPort]), [["metrics", 8000]])
+      assertProbesOn(c, 8000)
+      assert.deepStrictEqual(mounts(c), [{ name: "tmp", path: "/tmp", readOnly: false }, { name: "hub-kubeconfig", path: "/etc/hub", readOnly: true }])
+      assert.strictEqual(pod?.volumes?.find((v) => v.name === "hub-kubeconfig")?.secret?.secretName, "controller-hub-kubeconfig")
+      const { given, options } = yield* parseCredentialController(args(c).slice(1))
+      assert.deepStrictEqual(options.mode, { _tag: "Hub", hubKubeconfig: "/etc/hub/kubeconfig", config: { hostingClusterName: "hosting-1", addons: ["cluster-proxy", "other-addon"] } })
+      assert.strictEqual(options.tokenFile, "/var/run/managed/token")
+      assert.strictEqual(millis(options.settings.tokenExpiration), 2 * 3600_000)
+      assert.strictEqual(millis(options.settings.refreshBefore), 20 * 60_000)
+      assert.strictEqual(millis(options.identityCheckInterval), 5 * 60_000)
+      assert.strictEqual(options.concurrency, 16)
+      assert.deepStrictEqual(
+        options.sharding === undefined ? undefined : {
+          ...options.sharding,
+          leaseDuration: millis(Duration.fromInputUnsafe(options.sharding.leaseDuration)),
+          renewInterval: millis(Duration.fromInputUnsafe(options.sharding.renewInterval))
+        },
+        { namespace, group: ControllerOptions.shardGroup, identity: "controller-0", leaseDuration: 30_000, renewInterval: 10_000 }
+      )
+      assert.strictEqual(flagValue(c, "--log-level"), "debug")
+      assert.strictEqual(given.kubeconfig, "", "in-cluster on the hosting cluster")
+      // Limit at least 1.5x the 1,000-pair resident set of npm run bench:scale (446 MiB).
+      assert.strictEqual(c.resources?.limits?.["memory"], "704Mi")
+
+      // The hosting RBAC: every Secret listed and watched in one watch, the generated ones written,
+      // Events; the member Leases only in the release namespace.
+      assert.deepStrictEqual(rules(find<V1ClusterRole>(tuned, "ClusterRole", "tether-credential-controller")), [
+        { apiGroups: [""], resources: ["secrets"], verbs: ["get", "list", "watch", "create", "update", "delete"] },
+        { apiGroups: [""], resources: ["events"], verbs: ["create"] }
+      ])
+      assertBoundTo(find<V1RoleBinding>(tuned, "ClusterRoleBinding", "tether-credential-controller"), "tether-credential-controller", "tether-credential-controller")
+      assert.deepStrictEqual(rules(find<V1Role>(tuned, "Role", "tether-credential-controller-shards")), [
+        { apiGroups: ["coordination.k8s.io"], resources: ["leases"], verbs: ["list", "create", "update"] }
+      ])
+      assertBoundTo(find<V1RoleBinding>(tuned, "RoleBinding", "tether-credential-controller-shards"), "tether-credential-controller-shards", "tether-credential-controller")
+
+      // Without a hub: the selector, the chart's add-on, no hub volume; token inline only.
+      const hubless = container(find<V1Deployment>(rendered(controllerHubless), "Deployment", "tether-credential-controller"), "credential-controller")
+      const plain = (yield* parseCredentialController(args(hubless).slice(1))).options
+      assert.deepStrictEqual(plain.mode, { _tag: "Hubless", selector: "tether.io/source=yes", config: { addons: ["cluster-proxy"] } })
+      assert.isUndefined(plain.tokenFile)
+      assert.deepStrictEqual(mounts(hubless), [{ name: "tmp", path: "/tmp", readOnly: false }])
+
+      // The hub RBAC, for the hub identity named by the values.
+      const hub = rendered(controllerHubRbac)
+      assert.deepStrictEqual(ids(hub.docs), ["ClusterRole//tether-credential-controller", "ClusterRoleBinding//tether-credential-controller"])
+      assert.deepStrictEqual(rules(find<V1ClusterRole>(hub, "ClusterRole", "tether-credential-controller")), [
+        { apiGroups: ["addon.open-cluster-management.io"], resources: ["managedclusteraddons"], verbs: ["get", "list", "watch"] },
+        { apiGroups: ["addon.open-cluster-management.io"], resources: ["managedclusteraddons/status"], verbs: ["update"] }
+      ])
+      assertBoundTo(find<V1RoleBinding>(hub, "ClusterRoleBinding", "tether-credential-controller"), "tether-credential-controller", "controller")
+    }))
+
+  it.live("credentialController.enabled: the per-cluster release runs no provisioner and reads the Secret the controller keeps", () =>
+    Effect.gen(function*() {
+      const combined = rendered(combinedByController)
+      const agent = find<V1Deployment>(combined, "Deployment", "cluster-proxy-proxy-agent")
+      const c = container(agent, "hosted-agent")
+      assert.strictEqual(flagValue(c, "--components"), "addon-lease,apiserver-proxy,service-proxy")
+      for (const flag of ["--source-namespace", "--source-name", "--target-name", "--token-expiration", "--sync-interval"]) {
+        assert.isUndefined(flagValue(c, flag), `${flag}: a provisioner flag`)
+      }
+      const { options } = yield* parseHostedAgent(args(c).slice(1))
+      assert.deepStrictEqual(options.managedKubeconfig, { _tag: "File", path: "/etc/managed/kubeconfig" })
+      assert.deepStrictEqual(options.serviceProxy?.managedKubeconfig, { _tag: "File", path: "/etc/managed/kubeconfig" })
+      assert.strictEqual(options.hubKubeconfig, "/etc/hub/kubeconfig")
+      assert.strictEqual(options.addonLease?.clusterName, clusterName)
+      assertManagedKubeconfigMounts({ ...agent, spec: { ...agent.spec!, template: { ...agent.spec!.template, spec: { ...agent.spec!.template.spec!, containers: [c] } } } }, "cluster-proxy-managed-kubeconfig")
+
+      // No provisioner anywhere, no access to the source; the writer Role stays for the cleanup Job.
+      const expectedIds = (rendering: Rendering) => ids(rendering.docs.filter(({ object }) =>
+        object.metadata?.name !== "cluster-proxy-managed-kubeconfig-provisioner" && object.metadata?.name !== "cluster-proxy-managed-kubeconfig-source-reader"
+      ).map(({ object }) => ({ raw: "", object })))
+      assert.deepStrictEqual(ids(rendered(splitByController).docs), expectedIds(rendered(splitDefaults)))
+      assert.deepStrictEqual(ids(rendered(combinedByControllerNoCleanup).docs), [
+        `Deployment/${namespace}/cluster-proxy-proxy-agent`,
+        `Role/${namespace}/cluster-proxy-addon-agent-lease`,
+        `RoleBinding/${namespace}/cluster-proxy-addon-agent-lease`,
+        `Service/${namespace}/${clusterName}`,
+        `ServiceAccount/${namespace}/cluster-proxy`
+      ])
+      for (const values of [combinedByController, splitByController, combinedByControllerNoCleanup]) {
+        const rendering = rendered(values)
+        for (const { object } of rendering.docs) {
+          assert.isTrue(isHostingPlaced(object), `${values.name}: ${object.kind}/${object.metadata?.name} placed on the hosting cluster`)
+          assert.notStrictEqual(object.kind, "ClusterRole", values.name)
+          for (const rule of object.kind === "Role" ? (object as V1Role).rules ?? [] : []) {
+            assert.notInclude(rule.resourceNames ?? [], "external-managed-kubeconfig", `${values.name}: no access to the source`)
+          }
+        }
+        for (const { container: each } of containersOf(rendering)) {
+          assert.isFalse(args(each)[0] === "managed-kubeconfig-provisioner" && !args(each).includes("--cleanup"), `${values.name}: no provisioner`)
+          if (args(each)[0] === "hosted-agent") assert.notInclude(flagValue(each, "--components") ?? "", "provisioner")
+        }
+      }
+      assert.isTrue(rendered(combinedByController).docs.some(({ object }) => object.metadata?.name === "cluster-proxy-managed-kubeconfig-writer"), "the cleanup Job's Role")
+      assert.isFalse(rendered(combinedByControllerNoCleanup).docs.some(({ object }) => object.metadata?.name === "cluster-proxy-managed-kubeconfig-writer"), "no cleanup Job, no writer Role")
+    }))
+
   it.live("bad values are refused with a message naming the value", () =>
     Effect.gen(function*() {
       const cases: ReadonlyArray<{ readonly name: string; readonly flags: ReadonlyArray<string>; readonly expected: ReadonlyArray<string> }> = [
@@ -1138,6 +1298,14 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
         { name: "a lifetime under 10m", flags: set(`clusterName=${clusterName}`, "managedKubeConfigTokenExpiration=9m59s", "managedKubeConfigRefreshBefore=1m"), expected: ["managedKubeConfigTokenExpiration", "at least 10m"] },
         { name: "a cluster name that cannot name a Service", flags: set("clusterName=1cluster"), expected: ["clusterName", "DNS-1035"] },
         { name: "Relay on the managed cluster without the apiserver's addresses", flags: set("target=managed", "hostedServiceProxyMode=Relay"), expected: ["serviceRelay.networkPolicy.apiserverCIDRs"] },
+        { name: "a controller without discovery", flags: set("target=controller"), expected: ["credentialController.hubKubeConfigSecret", "credentialController.sourceSecretSelector"] },
+        { name: "a controller with both discoveries", flags: set("target=controller", "credentialController.hubKubeConfigSecret=h", "credentialController.sourceSecretSelector=a=b"), expected: ["exclude each other"] },
+        { name: "a hub controller without the hosting cluster's name", flags: set("target=controller", "credentialController.hubKubeConfigSecret=h"), expected: ["credentialController.hostingClusterName is required"] },
+        { name: "a relative token file path", flags: set("target=controller", "credentialController.sourceSecretSelector=a=b", "credentialController.tokenFilePath=managed/token"), expected: ["credentialController.tokenFilePath"] },
+        { name: "a token file path naming a folder", flags: set("target=controller", "credentialController.sourceSecretSelector=a=b", "credentialController.tokenFilePath=/etc/managed/"), expected: ["credentialController.tokenFilePath"] },
+        { name: "no controller replica", flags: set("target=controller", "credentialController.sourceSecretSelector=a=b", "credentialController.replicas=0"), expected: ["credentialController.replicas"] },
+        { name: "a zero shard renew interval", flags: set("target=controller", "credentialController.sourceSecretSelector=a=b", "credentialController.shardRenewInterval=0"), expected: ["credentialController.shardRenewInterval must be greater than 0"] },
+        { name: "a misspelt controller key", flags: set("target=controller", "credentialController.sourceSecretSelector=a=b", "credentialController.replica=2"), expected: ["credentialController", "replica"] },
         { name: "Relay without the service proxy", flags: set(`clusterName=${clusterName}`, "hostedServiceProxyMode=Relay", "enableServiceProxy=false"), expected: ["enableServiceProxy"] }
       ]
       for (const { expected, flags, name } of cases) {
@@ -1191,10 +1359,16 @@ describe.skipIf(noApiserver)("Helm chart on real kube-apiservers (hosting, manag
     Effect.gen(function*() {
       for (const values of valueSets) {
         const docs = rendered(values).docs
-        const parts: ReadonlyArray<readonly [Apiserver.ApiserverInfo, ReadonlyArray<Doc>]> = [
-          [hosting, docs.filter(({ object }) => isHostingPlaced(object))],
-          [managed, docs.filter(({ object }) => !isHostingPlaced(object))]
-        ]
+        // The controller's manifests go to the hosting cluster; its hub RBAC to any apiserver (this
+        // suite has no hub: RBAC objects only).
+        const parts: ReadonlyArray<readonly [Apiserver.ApiserverInfo, ReadonlyArray<Doc>]> = values.target === "controller"
+          ? [[hosting, docs]]
+          : values.target === "controller-hub"
+          ? [[managed, docs]]
+          : [
+            [hosting, docs.filter(({ object }) => isHostingPlaced(object))],
+            [managed, docs.filter(({ object }) => !isHostingPlaced(object))]
+          ]
         for (const [cluster, part] of parts) {
           if (part.length === 0) continue
           const out = succeeded(yield* dryRun(cluster, part), `${values.name} on ${cluster.name}`)
@@ -1588,5 +1762,92 @@ describe.skipIf(noApiserver)("Helm chart on real kube-apiservers (hosting, manag
           assert.deepStrictEqual(exit, { code: 0, signal: null }, running.output.text.slice(-2000))
         })
       )
+    }), { timeout: 200_000 })
+
+  // -------------------------------------------------------------------------------------------
+  // the credential controller: its rendered RBAC on the hosting cluster and on a hub
+  // -------------------------------------------------------------------------------------------
+
+  it.live("target=controller and controller-hub, applied for real: the real credential-controller, with the rendered arguments as the rendered ServiceAccounts, serves a hosted add-on", () =>
+    Effect.gen(function*() {
+      const dir = Fs.mkdtempSync(Path.join(toolHome, "controller-"))
+      // The managed apiserver stands in for the hub too: it gets the add-on CRD and the hub RBAC.
+      const hub = managed
+      succeeded(yield* kubectl(hub, ["apply", "-f", "-"], Fixtures.managedClusterAddOnCrd), "the ManagedClusterAddOn CRD")
+      succeeded(yield* kubectl(hub, ["wait", "--for=condition=established", "--timeout=60s", "crd/managedclusteraddons.addon.open-cluster-management.io"]), "CRD established")
+      succeeded(yield* kubectl(hosting, ["apply", "-f", "-"], rendered(controllerHub).docs.map((d) => d.raw).join("\n---\n")), "apply the controller")
+      // The hub identity named by controllerHubRbac's values, and its rendered RBAC.
+      const hubToken = yield* Apiserver.serviceAccountToken(hub, namespace, "controller", 3600)
+      succeeded(yield* kubectl(hub, ["apply", "-f", "-"], rendered(controllerHubRbac).docs.map((d) => d.raw).join("\n---\n")), "apply the hub RBAC")
+      const hubKubeconfig = Path.join(dir, "hub-kubeconfig")
+      Fs.writeFileSync(hubKubeconfig, Apiserver.kubeconfigForToken(hub, hubToken))
+      const hostingToken = yield* Apiserver.serviceAccountToken(hosting, namespace, "tether-credential-controller", 3600)
+      const asController = Path.join(dir, "pod-kubeconfig")
+      Fs.writeFileSync(asController, Apiserver.kubeconfigForToken(hosting, hostingToken))
+
+      // One hosted pair: the source where the hosted-mode convention keeps it, the add-on on the hub.
+      const source = succeeded(
+        yield* kubectl(hosting, ["create", "secret", "generic", sourceSecret, "-n", clusterName, `--from-file=kubeconfig=${managed.kubeconfigPath}`, "--dry-run=client", "-o", "yaml"]),
+        "source Secret"
+      )
+      succeeded(yield* kubectl(hosting, ["apply", "-f", "-"], source), "source Secret")
+      succeeded(yield* kubectl(hosting, ["delete", "secret", generatedSecret, "-n", namespace, "--ignore-not-found"]), "no generated Secret")
+      yield* Apiserver.serviceAccountToken(managed, namespace, "cluster-proxy", 600)
+      yield* Apiserver.createNamespace(hub, clusterName)
+      succeeded(
+        yield* kubectl(hub, ["apply", "-f", "-"], JSON.stringify({
+          apiVersion: "addon.open-cluster-management.io/v1alpha1",
+          kind: "ManagedClusterAddOn",
+          metadata: { name: "cluster-proxy", namespace: clusterName, annotations: { "addon.open-cluster-management.io/hosting-cluster-name": "hosting-1" } },
+          spec: { installNamespace: namespace }
+        })),
+        "the add-on"
+      )
+
+      const c = container(find<V1Deployment>(rendered(controllerHub), "Deployment", "tether-credential-controller"), "credential-controller")
+      const port = yield* freePort
+      const argv = localArgs(c, { "--hub-kubeconfig": hubKubeconfig, "--health-probe-bind-address": `127.0.0.1:${port}` }, [`--kubeconfig=${asController}`])
+      yield* Effect.scoped(
+        Effect.gen(function*() {
+          const running = yield* tether(argv)
+          const showOutput = () => Effect.sync(() => console.error(running.output.text))
+          const secret = yield* until(getJson(hosting, ["secret", generatedSecret, "-n", namespace]), (s) => s?.data?.["token"] !== undefined, "the generated Secret", {
+            timeout: "60 seconds"
+          }).pipe(Effect.tapError(showOutput))
+          const kubeconfig = Buffer.from(secret?.data?.["kubeconfig"] ?? "", "base64").toString()
+          assert.include(kubeconfig, "tokenFile: /var/run/managed/token", "credentialController.tokenFilePath reaches the kubeconfig")
+          yield* until(probe(port, "/readyz"), (status) => status === 200, "controller /readyz").pipe(Effect.tapError(showOutput))
+          // The condition on the hub: the status subresource is writable.
+          const condition = yield* until(
+            Effect.map(kubectl(hub, ["get", "managedclusteraddon", "cluster-proxy", "-n", clusterName, "-o", "json"]), (run) =>
+              run.code === 0
+                ? (JSON.parse(run.stdout) as { status?: { conditions?: Array<Record<string, string>> } }).status?.conditions?.find((x) => x["type"] === "ManagedKubeconfigReady")
+                : undefined),
+            (x) => x?.["status"] === "True",
+            "ManagedKubeconfigReady True on the hub"
+          ).pipe(Effect.tapError(showOutput))
+          assert.strictEqual(condition?.["status"], "True")
+          // The member Lease in the release namespace: sharding works with the Role's verbs.
+          const leases = succeeded(yield* kubectl(hosting, ["get", "leases", "-n", namespace, "-l", `${Membership.groupLabel}=${ControllerOptions.shardGroup}`, "-o", "name"]), "member Leases")
+          assert.isAtLeast(leases.trim().split("\n").filter((l) => l !== "").length, 1, "a member Lease")
+          assert.notMatch(running.output.text, /forbidden/i)
+        })
+      )
+
+      // Nothing next to what it needs.
+      const asControllerAccess = (access: Access) => allows(hosting, "tether-credential-controller", access)
+      assert.isTrue(yield* asControllerAccess({ verb: "watch", resource: "secrets" }), "Secrets in every namespace")
+      assert.isTrue(yield* asControllerAccess({ verb: "update", resource: "leases", group: "coordination.k8s.io", name: "x", namespace }))
+      for (
+        const access of [
+          { verb: "patch", resource: "secrets", namespace },
+          { verb: "update", resource: "leases", group: "coordination.k8s.io", name: "x", namespace: clusterName },
+          { verb: "delete", resource: "leases", group: "coordination.k8s.io", name: "x", namespace },
+          { verb: "get", resource: "configmaps", namespace },
+          { verb: "create", resource: "serviceaccounts", subresource: "token", name: "cluster-proxy", namespace }
+        ] satisfies ReadonlyArray<Access>
+      ) {
+        assert.isFalse(yield* asControllerAccess(access), `refused: ${JSON.stringify(access)}`)
+      }
     }), { timeout: 200_000 })
 })

@@ -14,6 +14,21 @@ and the names stay the ones the cluster-proxy add-on uses.
 {{- if has .Values.target (list "managed" "all") }}true{{ end -}}
 {{- end }}
 
+{{/* Render the credential controller of the hosting cluster (target=controller)? */}}
+{{- define "tether.controllerTarget" -}}
+{{- if eq .Values.target "controller" }}true{{ end -}}
+{{- end }}
+
+{{/* Render the credential controller's hub RBAC (target=controller-hub)? */}}
+{{- define "tether.controllerHubTarget" -}}
+{{- if eq .Values.target "controller-hub" }}true{{ end -}}
+{{- end }}
+
+{{/* A per-cluster release whose generated Secret the hosting cluster's credential controller keeps: no provisioner here. */}}
+{{- define "tether.byController" -}}
+{{- if .Values.credentialController.enabled }}true{{ end -}}
+{{- end }}
+
 {{/* The split layout: a provisioner Deployment and an agent Deployment with one container per component. */}}
 {{- define "tether.split" -}}
 {{- if eq .Values.layout "split" }}true{{ end -}}
