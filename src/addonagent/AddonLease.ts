@@ -22,7 +22,7 @@ import * as LeaseState from "../domain/LeaseState.ts"
 import * as KubeError from "../kube/KubeError.ts"
 import { type LeaseKey, LeaseStore } from "../kube/LeaseStore.ts"
 import * as Metrics from "../observability/Metrics.ts"
-import { Probes } from "../observability/Probes.ts"
+import { notReady, Probes } from "../observability/Probes.ts"
 import { type Failure, HealthChecks } from "./HealthChecks.ts"
 
 /** @category models */
@@ -162,7 +162,7 @@ export const make = Effect.fnUntraced(function*(options: Options) {
       "addon-lease",
       Effect.flatMap(Ref.get(last), (outcome) =>
         Option.isSome(outcome) && outcome.value._tag === "Failed"
-          ? Effect.fail(`cannot write the add-on Lease: ${outcome.value.error}`)
+          ? notReady(`cannot write the add-on Lease: ${outcome.value.error}`)
           : Effect.void)
     )
   }

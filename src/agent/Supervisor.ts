@@ -21,7 +21,7 @@
 import { Cause, Clock, Deferred, Duration, Effect, Exit, Fiber, Metric, Random, Schema, type Scope } from "effect"
 import * as Backoff from "../domain/Backoff.ts"
 import * as Metrics from "../observability/Metrics.ts"
-import { Probes } from "../observability/Probes.ts"
+import { notReady, Probes } from "../observability/Probes.ts"
 
 /** @category models */
 export interface Component<R> {
@@ -137,8 +137,8 @@ export const run = <R>(components: ReadonlyArray<Component<R>>, options: Options
     for (const { name } of components) {
       yield* probes.addReadinessCheck(name, Effect.suspend(() => {
         const status = statuses.get(name)
-        if (status === undefined || status._tag === "Starting") return Effect.fail("starting")
-        if (status._tag === "Restarting") return Effect.fail(`restarting after a failure (attempt ${status.attempt}): ${status.reason}`)
+        if (status === undefined || status._tag === "Starting") return notReady("starting")
+        if (status._tag === "Restarting") return notReady(`restarting after a failure (attempt ${status.attempt}): ${status.reason}`)
         return Effect.void
       }))
     }

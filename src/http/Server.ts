@@ -30,6 +30,7 @@ import * as Https from "node:https"
 import type * as Net from "node:net"
 import type { Duplex } from "node:stream"
 import * as ListenAddress from "../domain/ListenAddress.ts"
+import { type NotReady, notReady } from "../observability/Probes.ts"
 import * as Admission from "./Admission.ts"
 import * as Answers from "./Answers.ts"
 import { Forwarder, type Report } from "./Forwarder.ts"
@@ -70,7 +71,7 @@ export interface Served {
   /** The bound address (the real port when `listen` asked for port 0). */
   readonly address: { readonly host: string; readonly port: number }
   /** Succeeds while the server accepts connections. */
-  readonly readiness: Effect.Effect<void, string>
+  readonly readiness: Effect.Effect<void, NotReady>
   /** Whether the scope has started closing the server (a `close` event before that is a failure). */
   readonly stopping: () => boolean
 }
@@ -263,7 +264,7 @@ export const serve = Effect.fnUntraced(function*<L>(options: Options, policy: Ad
   return {
     server,
     address,
-    readiness: Effect.suspend(() => (server.listening ? Effect.void : Effect.fail("not listening"))),
+    readiness: Effect.suspend(() => (server.listening ? Effect.void : notReady("not listening"))),
     stopping: () => stopping
   } satisfies Served
 })

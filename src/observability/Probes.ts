@@ -11,18 +11,45 @@
  * @since 0.1.0
  */
 import { NodeHttpServer } from "@effect/platform-node"
-import { Context, Effect, Layer, type Scope } from "effect"
+import { Context, Effect, Layer, Schema, type Scope } from "effect"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
 import { createServer } from "node:http"
 import type * as ListenAddress from "../domain/ListenAddress.ts"
 
 /**
- * A readiness check: succeeds when ready, fails with a short reason (shown on `/readyz`) when not.
+ * A readiness check failed: `reason` is the short text `/readyz` shows. Not an error to retry
+ * or stop on: the next probe asks again.
+ *
+ * @category errors
+ */
+export class NotReady extends Schema.TaggedError<NotReady>()("NotReady", {
+  reason: Schema.String
+}) {}
+
+/**
+ * Fail a readiness check with `reason`.
+ *
+ * @category constructors
+ */
+export const notReady = (reason: string): Effect.Effect<never, NotReady> => Effect.fail(new NotReady({ reason }))
+
+/**
+ * A readiness check: succeeds when ready, fails with {@link NotReady} when not.
  *
  * @category models
  */
-export type ReadinessCheck = Effect.Effect<void, string>
+export type ReadinessCheck = Effect.Effect<void, NotReady>
+
+/**
+ * What {@link Probes} registers: a {@link ReadinessCheck}, or one that still fails with a bare
+ * reason string (the credential controller and the provisioner, until they move to `NotReady`).
+ *
+ * @category models
+ */
+export type AnyReadinessCheck = Effect.Effect<void, NotReady | string>
+
+const reasonOf = (failure: NotReady | string): string => (typeof failure === "string" ? failure : failure.reason)
 
 /**
  * The result of one readiness check; `reason` is set when it failed.
@@ -41,7 +68,7 @@ export class Probes extends Context.Service<Probes, {
    * only when all pass. A component that is restarted registers its checks again without
    * leaving the old ones behind.
    */
-  readonly addReadinessCheck: (name: string, check: ReadinessCheck) => Effect.Effect<void, never, Scope.Scope>
+  readonly addReadinessCheck: (name: string, check: AnyReadinessCheck) => Effect.Effect<void, never, Scope.Scope>
   /** Run `hook` before every `/metrics` scrape while the calling scope lives (keep it cheap and infallible). */
   readonly addScrapeHook: (hook: Effect.Effect<void>) => Effect.Effect<void, never, Scope.Scope>
   /** Evaluate every readiness check; each by name, in registration order. */
@@ -54,14 +81,17 @@ export class Probes extends Context.Service<Probes, {
   /** The registry alone, without a server (embedders that serve their own routes). */
   static readonly layerNoServer = Layer.sync(Probes, () => {
     // Registrations are keyed by identity, so two components may use the same check name.
-    const checks = new Set<readonly [string, ReadinessCheck]>()
+    const checks = new Set<readonly [string, AnyReadinessCheck]>()
     const hooks = new Set<Effect.Effect<void>>()
     const register = <A>(set: Set<A>, entry: A) =>
       Effect.acquireRelease(Effect.sync(() => void set.add(entry)), () => Effect.sync(() => void set.delete(entry)))
     const allChecks = Effect.suspend(() => Effect.forEach([...checks], ([name, check]) =>
       check.pipe(
-        Effect.timeoutOrElse({ duration: "5 seconds", orElse: () => Effect.fail("check timed out") }),
-        Effect.match({ onSuccess: (): CheckResult => ({ name, reason: undefined }), onFailure: (reason): CheckResult => ({ name, reason }) })
+        Effect.timeoutOrElse({ duration: "5 seconds", orElse: () => notReady("check timed out") }),
+        Effect.match({
+          onSuccess: (): CheckResult => ({ name, reason: undefined }),
+          onFailure: (failure): CheckResult => ({ name, reason: reasonOf(failure) })
+        })
       ), { concurrency: "unbounded" }))
     return Probes.of({
       addReadinessCheck: (name, check) => register(checks, [name, check] as const),

@@ -48,6 +48,7 @@ import type * as Forwarder from "../http/Forwarder.ts"
 import * as Server from "../http/Server.ts"
 import * as Trust from "../http/Trust.ts"
 import * as Metrics from "../observability/Metrics.ts"
+import type { NotReady } from "../observability/Probes.ts"
 import { CallerAuthenticator } from "./CallerAuthenticator.ts"
 import { ServiceResolver } from "./ServiceResolver.ts"
 
@@ -94,7 +95,7 @@ export class ServiceRelay extends Context.Service<ServiceRelay, {
   /** The bound address (the real port when `listen` asked for port 0). */
   readonly address: { readonly host: string; readonly port: number }
   /** Succeeds while the relay accepts connections. */
-  readonly readiness: Effect.Effect<void, string>
+  readonly readiness: Effect.Effect<void, NotReady>
 }>()("tether/relay/ServiceRelay") {
   /** Serve until the layer's scope closes. Needs {@link CallerAuthenticator} and {@link ServiceResolver}. */
   static readonly layer = (options: Options) => Layer.effect(ServiceRelay, make(options))

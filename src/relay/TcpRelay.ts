@@ -21,7 +21,7 @@ import { Clock, Context, Deferred, Duration, Effect, Exit, FiberSet, Layer, Metr
 import * as Net from "node:net"
 import * as ListenAddress from "../domain/ListenAddress.ts"
 import * as Metrics from "../observability/Metrics.ts"
-import { Probes } from "../observability/Probes.ts"
+import { NotReady, notReady, Probes } from "../observability/Probes.ts"
 import * as ManagedTarget from "./ManagedTarget.ts"
 import * as SocketCopy from "./SocketCopy.ts"
 import { TargetWatcher } from "./TargetWatcher.ts"
@@ -448,8 +448,8 @@ export const layerReadiness = (options: { readonly timeout?: Duration.Input; rea
     const timeout = Duration.fromInputUnsafe(options.timeout ?? "2 seconds")
     const check = Effect.gen(function*() {
       const target = yield* watcher.peek
-      if (Option.isNone(target)) return yield* Effect.fail("no managed kubeconfig yet")
-      const socket = yield* dial(target.value, timeout).pipe(Effect.mapError((error) => `cannot connect to ${error.target}: ${error.message}`))
+      if (Option.isNone(target)) return yield* notReady("no managed kubeconfig yet")
+      const socket = yield* dial(target.value, timeout).pipe(Effect.mapError((error) => new NotReady({ reason: `cannot connect to ${error.target}: ${error.message}` })))
       socket.destroy()
     })
     const cached = yield* Effect.cachedWithTTL(check, options.cacheFor ?? "5 seconds")
@@ -457,6 +457,6 @@ export const layerReadiness = (options: { readonly timeout?: Duration.Input; rea
     // (hosted-agent's in-process hand-off) holds the relay unready for a whole cache period.
     yield* probes.addReadinessCheck(
       "managed-apiserver",
-      Effect.flatMap(watcher.peek, (target) => (Option.isNone(target) ? Effect.fail("no managed kubeconfig yet") : cached))
+      Effect.flatMap(watcher.peek, (target) => (Option.isNone(target) ? notReady("no managed kubeconfig yet") : cached))
     )
   }))

@@ -53,6 +53,7 @@ import * as Server from "../http/Server.ts"
 import * as Trust from "../http/Trust.ts"
 import * as FileWatch from "../kube/FileWatch.ts"
 import * as Metrics from "../observability/Metrics.ts"
+import type { NotReady } from "../observability/Probes.ts"
 import { ServiceResolver } from "../relay/ServiceResolver.ts"
 import { ManagedCredentials, type Snapshot } from "./ManagedCredentials.ts"
 import { type Authenticated, TokenReviewChain } from "./TokenReviewChain.ts"
@@ -117,7 +118,7 @@ export class ServiceProxy extends Context.Service<ServiceProxy, {
   /** The bound address (the real port when `listen` asked for port 0). */
   readonly address: { readonly host: string; readonly port: number }
   /** Succeeds while the proxy accepts connections. */
-  readonly readiness: Effect.Effect<void, string>
+  readonly readiness: Effect.Effect<void, NotReady>
   /** Re-read the certificate files now (a bad pair is logged and the old one kept). */
   readonly reloadCertificate: Effect.Effect<void>
   /** Fails when the listening socket closes while the proxy should be serving (a supervisor restarts it). */

@@ -1,0 +1,37 @@
+/**
+ * The readiness registry: a failing check is a typed `NotReady` whose reason `/readyz` shows; a
+ * check that does not answer within 5 s is not ready (virtual time); the bare-string checks of
+ * components not yet moved to `NotReady` still report their reason; a registration ends with its
+ * scope.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Exit, Fiber, Scope } from "effect"
+import { TestClock } from "effect/testing"
+import { NotReady, notReady, Probes } from "../../src/observability/Probes.ts"
+
+describe("Probes", () => {
+  it.effect("reports NotReady reasons, string reasons and timeouts by name, and forgets a closed registration", () =>
+    Effect.gen(function*() {
+      const probes = yield* Probes
+      yield* probes.addReadinessCheck("ok", Effect.void)
+      yield* probes.addReadinessCheck("typed", notReady("no managed kubeconfig yet"))
+      assert.instanceOf(yield* Effect.flip(notReady("x")), NotReady)
+      yield* probes.addReadinessCheck("legacy", Effect.fail("watches not synced"))
+      yield* probes.addReadinessCheck("hung", Effect.never)
+      const scope = yield* Scope.make()
+      yield* probes.addReadinessCheck("scoped", notReady("going away")).pipe(Scope.provide(scope))
+      const fiber = yield* Effect.forkChild(probes.readiness)
+      yield* TestClock.adjust("5 seconds")
+      assert.deepStrictEqual(yield* Fiber.join(fiber), [
+        { name: "typed", reason: "no managed kubeconfig yet" },
+        { name: "legacy", reason: "watches not synced" },
+        { name: "hung", reason: "check timed out" },
+        { name: "scoped", reason: "going away" }
+      ])
+      yield* Scope.close(scope, Exit.void)
+      const after = yield* Effect.forkChild(probes.readiness)
+      yield* TestClock.adjust("5 seconds")
+      assert.deepStrictEqual((yield* Fiber.join(after)).map((f) => f.name), ["typed", "legacy", "hung"])
+    }).pipe(Effect.provide(Probes.layerNoServer)))
+
+})
