@@ -3,7 +3,12 @@
  * floor) in one run: start to ready, resident memory when ready, after an idle period and under
  * relay load, the peak, and CPU per idle minute. The hosting-side processes of the split layout
  * (provisioner, managed-apiserver-proxy, service-proxy, addon-agent) are measured one by one and
- * summed; `hosted-agent` runs the same four components in one process.
+ * summed; `hosted-agent` runs the same four components in one process. The service relay, which
+ * runs on the managed cluster, is measured too (idle only: it is not loaded).
+ *
+ * Every tether process runs as it ships: the production build (`tetherEntry()`) with the chart's
+ * and the image's `runtimeEnv` (`shippedEnv`). The floor is a bare `node` with default settings,
+ * as the issue defines it; a second floor row with the shipped environment is labelled apart.
  *
  * Real apiservers stand in for hub, hosting and managed; every measured process serves its own
  * managed cluster (its own namespaces), so they do not share Secrets or Leases. Each process is
@@ -18,6 +23,7 @@ import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Https from "node:https"
 import * as Path from "node:path"
+import * as Yaml from "js-yaml"
 import * as Apiserver from "../../src/testing/Apiserver.ts"
 import * as Fixtures from "../../src/testing/fixtures/ManagedClusterAddOnCrd.ts"
 import { tetherEntry } from "../../src/testing/TetherEntry.ts"
@@ -117,18 +123,35 @@ interface Spec {
   readonly env?: NodeJS.ProcessEnv
   /** Node flags before the entry (a variant of what ships, measured next to it). */
   readonly nodeFlags?: ReadonlyArray<string>
+  /** Started with the shipped environment (`shippedEnv`): every tether process but the variants that leave it out. */
+  readonly shipped: boolean
 }
 
 /**
- * Node flags measured as variants of hosted-agent, next to what ships (rows named
- * `hosted-agent (node <flags>)`, left out of the targets' ratios):
- * - `--max-semi-space-size=1`: V8 grows each semi-space to 8 MiB under the start's allocation
- *   burst; the cap was the candidate fix for idle memory;
- * - `--max-opt=1`: no Maglev or TurboFan, so what the optimizing compilers cost in memory (their
- *   code pages in the Node binary, optimized code, compiler zones) shows. Not a candidate to ship:
- *   the relays' JavaScript would run unoptimized.
+ * The environment the chart and the image give every tether container (charts/tether/values.yaml
+ * `runtimeEnv`; .ci/image/build sets the same): every tether process here runs with it, so the
+ * bench measures what ships. The floor does not: it is a bare `node` with default settings.
  */
-export const variants: ReadonlyArray<ReadonlyArray<string>> = [["--max-semi-space-size=1"], ["--max-opt=1"]]
+export const shippedEnv = (repo: string): Readonly<Record<string, string>> => {
+  const values = Yaml.load(Fs.readFileSync(Path.join(repo, "charts/tether/values.yaml"), "utf8")) as { readonly runtimeEnv?: Record<string, unknown> }
+  return Object.fromEntries(Object.entries(values.runtimeEnv ?? {}).map(([name, value]) => [name, String(value)]).filter(([, value]) => value !== ""))
+}
+
+/** A process started otherwise than it ships, measured next to it (rows named `<process> (<label>)`). */
+export interface Variant {
+  readonly label: string
+  /** Leave out the shipped environment (`shippedEnv`). */
+  readonly withoutShippedEnv?: boolean
+  readonly nodeFlags?: ReadonlyArray<string>
+  /** Added to (or replacing) the environment it starts with. */
+  readonly env?: NodeJS.ProcessEnv
+}
+
+/**
+ * Variants of hosted-agent, left out of the targets' ratios: without the shipped environment, so
+ * what it saves shows in the same run.
+ */
+export const variants: ReadonlyArray<Variant> = [{ label: "without runtimeEnv", withoutShippedEnv: true }]
 
 /**
  * Measure every process once; run inside a scope (apiservers and processes stop with it).
@@ -158,22 +181,28 @@ export const measure = Effect.fn("bench.footprint")(function*(options: Options) 
   const cert = [`--cert=${tls.certFile}`, `--key=${tls.keyFile}`]
   const probeAt = (port: number) => `--health-probe-bind-address=127.0.0.1:${port}`
   const specs: Array<Spec> = []
-  specs.push({ name: "bare Node (floor)", args: () => ["-e", "setInterval(() => {}, 1 << 30)"], relay: false })
+  const idleNode = () => ["-e", "setInterval(() => {}, 1 << 30)"]
+  specs.push({ name: "bare Node (floor)", args: idleNode, relay: false, shipped: false })
+  // Labelled apart: the floor with the shipped settings, not the floor the target names.
+  specs.push({ name: "bare Node (with runtimeEnv)", args: idleNode, relay: false, shipped: true })
   const p = yield* install("provisioner")
   specs.push({
     name: "managed-kubeconfig-provisioner",
+    shipped: true,
     relay: false,
     args: ({ probe }) => ["managed-kubeconfig-provisioner", `--cluster-name=${p.cluster}`, `--target-namespace=${p.agentNamespace}`, `--kubeconfig=${hosting.kubeconfigPath}`, `--hub-kubeconfig=${hub.kubeconfigPath}`, probeAt(probe)]
   })
   const r = yield* install("relay")
   specs.push({
     name: "managed-apiserver-proxy",
+    shipped: true,
     relay: true,
     args: ({ probe, relay }) => ["managed-apiserver-proxy", `--managed-kubeconfig=${r.kubeconfig}`, `--listen=127.0.0.1:${relay}`, probeAt(probe)]
   })
   const s = yield* install("proxy")
   specs.push({
     name: "service-proxy",
+    shipped: true,
     relay: false,
     proxyCaller: s.readerToken,
     env: { POD_NAMESPACE: s.agentNamespace },
@@ -182,8 +211,21 @@ export const measure = Effect.fn("bench.footprint")(function*(options: Options) 
   const a = yield* install("lease")
   specs.push({
     name: "addon-agent",
+    shipped: true,
     relay: false,
     args: ({ probe }) => ["addon-agent", `--spoke-kubeconfig=${a.kubeconfig}`, `--cluster-name=${a.cluster}`, `--lease-namespace=${a.agentNamespace}`, `--kubeconfig=${hosting.kubeconfigPath}`, "--enable-proxy-agent-health-check=false", probeAt(probe)]
+  })
+  // The service relay runs on the managed cluster; it reviews callers' tokens there (the install's
+  // admin kubeconfig of the managed cluster stands in for its in-cluster identity).
+  const sr = yield* install("service-relay")
+  specs.push({
+    name: "service-relay",
+    shipped: true,
+    relay: false,
+    args: ({ probe, proxy }) => [
+      "service-relay", `--kubeconfig=${managed.kubeconfigPath}`, `--trusted-caller-username=system:serviceaccount:${sr.agentNamespace}:cluster-proxy`,
+      `--listen=127.0.0.1:${proxy}`, probeAt(probe)
+    ]
   })
   const h = yield* install("hosted")
   const hostedArgs = (install: typeof h) => (ports: { readonly probe: number; readonly relay: number; readonly proxy: number }) => [
@@ -193,29 +235,34 @@ export const measure = Effect.fn("bench.footprint")(function*(options: Options) 
   ]
   specs.push({
     name: "hosted-agent",
+    shipped: true,
     relay: true,
     proxyCaller: h.readerToken,
     env: { POD_NAMESPACE: h.agentNamespace },
     args: hostedArgs(h)
   })
-  for (const [i, flags] of variants.entries()) {
+  for (const [i, variant] of variants.entries()) {
     const v = yield* install(`hosted-v${i + 1}`)
     specs.push({
-      name: `hosted-agent (node ${flags.join(" ")})`,
+      name: `hosted-agent (${variant.label})`,
+      shipped: variant.withoutShippedEnv !== true,
       relay: true,
       proxyCaller: v.readerToken,
-      env: { POD_NAMESPACE: v.agentNamespace },
-      nodeFlags: flags,
+      env: { ...variant.env, POD_NAMESPACE: v.agentNamespace },
+      ...(variant.nodeFlags === undefined ? {} : { nodeFlags: variant.nodeFlags }),
       args: hostedArgs(v)
     })
   }
 
   // Start each alone and time it to ready, from what ships (package.json "bin").
   const entry = tetherEntry()
+  const shipped = shippedEnv(options.repo)
+  const bareEnv = Object.fromEntries(Object.entries(process.env).filter(([name]) => !Object.hasOwn(shipped, name)))
+  yield* say(`footprint: shipped environment ${JSON.stringify(shipped)}`)
   const started: Array<{ readonly spec: Spec; readonly pid: number; readonly relayPort: number; readonly proxyPort: number; readonly readyMs: number; readonly rssReady: number }> = []
   for (const spec of specs) {
     const ports = { probe: yield* Children.freePort, relay: yield* Children.freePort, proxy: yield* Children.freePort }
-    const bare = spec.name.startsWith("bare")
+    const bare = spec.name.startsWith("bare Node")
     const args = bare ? spec.args(ports) : [...(spec.nodeFlags ?? []), entry, ...spec.args(ports)]
     const begin = yield* Clock.currentTimeMillis
     const server = yield* Children.server(
@@ -223,7 +270,7 @@ export const measure = Effect.fn("bench.footprint")(function*(options: Options) 
       process.execPath,
       args,
       bare ? { _tag: "Started" } : { _tag: "Answers", url: `http://127.0.0.1:${ports.probe}/readyz`, port: ports.probe },
-      { env: { ...process.env, ...spec.env }, startupTimeout: "60 seconds" }
+      { env: { ...bareEnv, ...(spec.shipped ? shipped : {}), ...spec.env }, startupTimeout: "60 seconds" }
     )
     const readyMs = bare ? Number.NaN : (yield* Clock.currentTimeMillis) - begin
     // The floor has nothing to get ready for; its figures are the idle ones.

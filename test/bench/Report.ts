@@ -382,18 +382,18 @@ export const footprintSection = (rounds: ReadonlyArray<ReadonlyArray<Footprint.M
     ratios.push(`- hosted-agent idle RSS / largest split process: **${(combined / largest).toFixed(2)}×** (target ≤ 1.3×)`)
   }
   // What ships: not the floor, not a variant with Node flags of its own.
-  const shipped = names.filter((name) => !name.startsWith("bare") && !name.includes("(node "))
+  const shipped = names.filter((name) => !name.startsWith("bare") && !name.startsWith("hosted-agent ("))
   if (floor !== undefined) {
     const worst = Math.max(...shipped.map((name) => med(name, (row) => row.rssIdleMiB) ?? 0))
     ratios.push(`- largest idle RSS / bare Node floor: **${(worst / floor).toFixed(2)}×** (target ≤ 2×)`)
   }
   const hostedPeak = med("hosted-agent", (row) => row.peakMiB)
-  for (const name of names.filter((name) => name.startsWith("hosted-agent (node "))) {
+  for (const name of names.filter((name) => name.startsWith("hosted-agent ("))) {
     const idle = med(name, (row) => row.rssIdleMiB)
     const peak = med(name, (row) => row.peakMiB)
     if (idle === undefined || peak === undefined || combined === undefined || hostedPeak === undefined) continue
     ratios.push(
-      `- hosted-agent with \`${name.slice("hosted-agent (node ".length, -1)}\` / without, same run: idle ${(idle / combined).toFixed(2)}×, ` +
+      `- ${name} / hosted-agent as it ships, same run: idle ${(idle / combined).toFixed(2)}×, ` +
         `peak ${(peak / hostedPeak).toFixed(2)}× (a variant, not what ships)`
     )
   }
