@@ -1176,7 +1176,7 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
       assert.strictEqual(pod?.serviceAccountName, "tether-credential-controller")
       const c = container(deployment, "credential-controller")
       // Sharding: the replicas' Leases in the release namespace, each under its pod's name.
-      assert.deepStrictEqual(c.env?.map((e) => [e.name, e.valueFrom?.fieldRef?.fieldPath]), [["POD_NAMESPACE", "metadata.namespace"], ["POD_NAME", "metadata.name"]])
+      assert.deepStrictEqual(c.env?.filter((e) => e.valueFrom !== undefined).map((e) => [e.name, e.valueFrom?.fieldRef?.fieldPath]), [["POD_NAMESPACE", "metadata.namespace"], ["POD_NAME", "metadata.name"]])
       assert.deepStrictEqual(c.ports?.map((p) => [p.name, p.containerPort]), [["metrics", 8000]])
       assertProbesOn(c, 8000)
       assert.deepStrictEqual(mounts(c), [{ name: "tmp", path: "/tmp", readOnly: false }, { name: "hub-kubeconfig", path: "/etc/hub", readOnly: true }])
