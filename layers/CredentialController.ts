@@ -26,7 +26,7 @@ const component = "tether-credential-controller"
  */
 export const layer = (options: Options.Resolved, clusters: { readonly hostingKubeconfig: string | undefined }) => {
   const hosting = ClientNodeKube.layer(HostingCluster, { cluster: "hosting", path: clusters.hostingKubeconfig, userAgent: component })
-  const { concurrency, mode, settings, sharding, tokenFile } = options
+  const { concurrency, identityCheckInterval, mode, settings, sharding, tokenFile } = options
   const membership = (client: KubeClient) =>
     sharding === undefined ? undefined : { options: sharding, store: Membership.fromClient(client) }
   const run = mode._tag === "Hub"
@@ -35,6 +35,7 @@ export const layer = (options: Options.Resolved, clusters: { readonly hostingKub
         source: { _tag: "Hub", hub, config: mode.config },
         settings,
         tokenFile,
+        identityCheckInterval,
         concurrency,
         membership: membership(hosting)
       })).pipe(
@@ -45,6 +46,7 @@ export const layer = (options: Options.Resolved, clusters: { readonly hostingKub
         source: { _tag: "Hubless", hosting, selector: mode.selector, config: mode.config },
         settings,
         tokenFile,
+        identityCheckInterval,
         concurrency,
         membership: membership(hosting)
       }))

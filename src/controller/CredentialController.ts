@@ -26,11 +26,12 @@
  * The add-on is read from the discovery watch's copy (hub mode), so between deadlines a reconcile
  * sends no request at all.
  *
- * Not yet (see the README): the periodic identity check.
+ * Each pair gets the periodic identity check ({@link Options.identityCheckInterval}): between
+ * deadlines, at most one read of its managed ServiceAccount per interval, jittered.
  *
  * @since 0.1.0
  */
-import { Cause, Deferred, Effect, Exit, Fiber, Layer, Metric, Option, Queue, Ref, Stream } from "effect"
+import { Cause, Deferred, type Duration, Effect, Exit, Fiber, Layer, Metric, Option, Queue, Ref, Stream } from "effect"
 import type * as Discovery from "../domain/Discovery.ts"
 import type * as Kubeconfig from "../domain/Kubeconfig.ts"
 import type * as RefreshPolicy from "../domain/RefreshPolicy.ts"
@@ -39,9 +40,10 @@ import { HostingCluster, HubCluster } from "../kube/KubeClient.ts"
 import * as WorkQueue from "../kube/WorkQueue.ts"
 import * as Metrics from "../observability/Metrics.ts"
 import { Probes } from "../observability/Probes.ts"
-import { AddonStatus, stateOf } from "../provisioner/AddonStatus.ts"
+import { AddonStatus, type RelatedObject, relatedSecret, stateOf } from "../provisioner/AddonStatus.ts"
 import * as Reconciler from "../provisioner/Reconciler.ts"
 import { SecretStore } from "../provisioner/SecretStore.ts"
+import { ServiceAccounts } from "../provisioner/ServiceAccounts.ts"
 import { TokenIssuer } from "../provisioner/TokenIssuer.ts"
 import * as Membership from "./Membership.ts"
 import * as PairSource from "./PairSource.ts"
@@ -53,6 +55,11 @@ export interface Options {
   readonly settings: RefreshPolicy.ValidatedSettings
   /** `tokenFile` beside the token in every generated kubeconfig; absent: the token alone. */
   readonly tokenFile?: Kubeconfig.TokenFilePath | undefined
+  /**
+   * Bound on each pair's periodic identity check (one read of the managed ServiceAccount's UID,
+   * jittered); absent: no check.
+   */
+  readonly identityCheckInterval?: Duration.Duration | undefined
   /** Reconciles at once; default 8. */
   readonly concurrency?: number | undefined
   /** Global limit on reconcile starts; default 20 per second, bursts of 40. */
@@ -70,7 +77,7 @@ export interface Options {
 const controller = "credential-controller"
 
 /** The pair's reconcile spec: the first source candidate that exists, else the first. */
-const specFor = Effect.fnUntraced(function*(pair: Discovery.Pair, options: Pick<Options, "settings" | "tokenFile">) {
+const specFor = Effect.fnUntraced(function*(pair: Discovery.Pair, options: Pick<Options, "settings" | "tokenFile" | "identityCheckInterval">) {
   const store = yield* SecretStore
   let source = pair.sources[0]!
   if (pair.sources.length > 1) {
@@ -82,8 +89,16 @@ const specFor = Effect.fnUntraced(function*(pair: Discovery.Pair, options: Pick<
       }
     }
   }
-  const { settings, tokenFile } = options
-  return { clusterName: pair.key, source, target: pair.target, serviceAccount: pair.serviceAccount, settings, tokenFile } satisfies Reconciler.ClusterSpec
+  const { identityCheckInterval, settings, tokenFile } = options
+  return {
+    clusterName: pair.key,
+    source,
+    target: pair.target,
+    serviceAccount: pair.serviceAccount,
+    settings,
+    tokenFile,
+    identityCheckInterval
+  } satisfies Reconciler.ClusterSpec
 })
 
 /** A reconcile in flight, so that membership can stop it before giving its key away. */
@@ -131,7 +146,7 @@ export const run = Effect.fnUntraced(function*(options: Options) {
    * condition write starts from that copy (a conflict falls back to a fresh read). Unknown to the
    * watch (just deleted, or not listed yet): read from the hub.
    */
-  const cachedAddon = (ref: Discovery.ObjectRef) =>
+  const cachedAddon = (ref: Discovery.ObjectRef, related: RelatedObject) =>
     Layer.effect(
       AddonStatus,
       Effect.gen(function*() {
@@ -140,7 +155,7 @@ export const run = Effect.fnUntraced(function*(options: Options) {
         return AddonStatus.of({
           observe: Effect.suspend(() => {
             const object = cached()
-            return object === undefined ? live.observe : Effect.succeed(stateOf(object))
+            return object === undefined ? live.observe : Effect.succeed(stateOf(object, related))
           }),
           setCondition: (desired, basis) =>
             live.setCondition(desired, basis ?? cached()).pipe(
@@ -158,11 +173,11 @@ export const run = Effect.fnUntraced(function*(options: Options) {
   const withPairServices = (pair: Discovery.Pair) => <A, E, R>(effect: Effect.Effect<A, E, R>) => {
     const addon = pair.addonObject === undefined || Option.isNone(hub)
       ? AddonStatus.layerUntracked
-      : cachedAddon(pair.addonObject).pipe(
-        Layer.provide(AddonStatus.layer(pair.addonObject)),
+      : cachedAddon(pair.addonObject, relatedSecret(pair.target)).pipe(
+        Layer.provide(AddonStatus.layer(pair.addonObject, relatedSecret(pair.target))),
         Layer.provide(Layer.succeed(HubCluster, hub.value))
       )
-    return Effect.provide(effect, Layer.merge(addon, TokenIssuer.layer))
+    return Effect.provide(effect, Layer.mergeAll(addon, TokenIssuer.layer, ServiceAccounts.layer))
   }
 
   const drop = (key: string) => Effect.sync(() => void entries.delete(key))

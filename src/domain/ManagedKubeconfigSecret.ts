@@ -10,6 +10,7 @@
  * @since 0.1.0
  */
 import { Redacted, Result } from "effect"
+import { createHash } from "node:crypto"
 import * as Conditions from "./Conditions.ts"
 import * as Kubeconfig from "./Kubeconfig.ts"
 import type * as RefreshPolicy from "./RefreshPolicy.ts"
@@ -37,6 +38,25 @@ export const issuedAtAnnotation = "proxy.open-cluster-management.io/managed-kube
  * @category constants
  */
 export const sourceHashAnnotation = "proxy.open-cluster-management.io/source-kubeconfig-hash"
+
+/**
+ * Annotation: the UID of the managed ServiceAccount the token in place was minted for (from the
+ * token's own claims). The periodic identity check compares it with the ServiceAccount's UID now.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const serviceAccountUidAnnotation = "proxy.open-cluster-management.io/managed-serviceaccount-uid"
+
+/**
+ * Annotation: hex SHA-256 of the connection the token was minted through (server, CA, TLS server
+ * name). Unlike the source hash it ignores the source's own credentials: a rotated source
+ * credential is a plain refresh, a changed connection blanks the token first.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const connectionHashAnnotation = "proxy.open-cluster-management.io/managed-connection-hash"
 
 /**
  * Data key holding the generated kubeconfig.
@@ -75,6 +95,9 @@ export const desired = (input: {
   readonly token: Redacted.Redacted<string>
   readonly lifetime: RefreshPolicy.TokenLifetime
   readonly sourceHash: string
+  /** What the token was minted for; recorded when known. */
+  readonly serviceAccountUid?: string | undefined
+  readonly connectionHash?: string | undefined
 }): { readonly data: Record<string, string>; readonly annotations: Record<string, string> } => ({
   data: {
     [kubeconfigKey]: encode(input.kubeconfig),
@@ -83,9 +106,73 @@ export const desired = (input: {
   annotations: {
     [expirationAnnotation]: Conditions.formatTime(input.lifetime.expiresAt),
     [issuedAtAnnotation]: Conditions.formatTime(input.lifetime.issuedAt),
-    [sourceHashAnnotation]: input.sourceHash
+    [sourceHashAnnotation]: input.sourceHash,
+    ...(input.serviceAccountUid === undefined ? {} : { [serviceAccountUidAnnotation]: input.serviceAccountUid }),
+    ...(input.connectionHash === undefined ? {} : { [connectionHashAnnotation]: input.connectionHash })
   }
 })
+
+/**
+ * The contents that withdraw the token in place (fail closed, before a new one is minted for
+ * another identity): both data keys empty, so neither the kubeconfig nor a `tokenFile` reader
+ * can still present it. The annotations are left as they were; an empty kubeconfig reads back
+ * as {@link ObservedTarget} `Unreadable`, which means "mint".
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const blanked: { readonly data: Record<string, string>; readonly annotations: Record<string, string> } = {
+  data: { [kubeconfigKey]: "", [tokenKey]: "" },
+  annotations: {}
+}
+
+/**
+ * Whether a Secret carries the annotations tether writes: a Secret without them was made by
+ * someone else and is never deleted by the controller.
+ *
+ * @since 0.1.0
+ * @category predicates
+ */
+export const isWrittenByUs = (annotations: Readonly<Record<string, string>> | undefined): boolean =>
+  nonEmpty(annotations?.[sourceHashAnnotation]) !== undefined
+
+/**
+ * The hash of the connection a source kubeconfig names: server, CA, TLS server name, proxy and
+ * the skip-verify flag. Credentials are not part of it.
+ *
+ * @since 0.1.0
+ * @category hashing
+ */
+export const connectionHash = (cluster: Kubeconfig.ClusterEntry): string =>
+  createHash("sha256").update(JSON.stringify([
+    cluster.server,
+    cluster.certificateAuthorityData ?? "",
+    cluster.tlsServerName ?? "",
+    cluster.proxyUrl ?? "",
+    cluster.insecureSkipTlsVerify === true
+  ])).digest("hex")
+
+/**
+ * The ServiceAccount UID a bound ServiceAccount token was minted for, read from its claims
+ * (`kubernetes.io.serviceaccount.uid`) without verifying the signature: the token is one we
+ * were just handed by the apiserver. Undefined when the token is not such a JWT.
+ *
+ * @since 0.1.0
+ * @category parsing
+ */
+export const serviceAccountUidOf = (token: Redacted.Redacted<string>): string | undefined => {
+  const parts = Redacted.value(token).split(".")
+  if (parts.length !== 3) return undefined
+  try {
+    const claims: unknown = JSON.parse(Buffer.from(parts[1]!, "base64url").toString("utf8"))
+    const kube = typeof claims === "object" && claims !== null ? (claims as Record<string, unknown>)["kubernetes.io"] : undefined
+    const sa = typeof kube === "object" && kube !== null ? (kube as Record<string, unknown>)["serviceaccount"] : undefined
+    const uid = typeof sa === "object" && sa !== null ? (sa as Record<string, unknown>)["uid"] : undefined
+    return typeof uid === "string" && uid !== "" ? uid : undefined
+  } catch {
+    return undefined
+  }
+}
 
 /**
  * Our annotations over whatever others put on the Secret; theirs survive our updates.
@@ -127,6 +214,10 @@ export type ObservedTarget =
     readonly token: Redacted.Redacted<string>
     /** The kubeconfig the Secret holds, as consumers read it. */
     readonly kubeconfig: Redacted.Redacted<string>
+    /** The ServiceAccount UID the token was minted for (annotation, else the token's claims). */
+    readonly serviceAccountUid: string | undefined
+    /** The connection the token was minted through; undefined on Secrets written before it was recorded. */
+    readonly connectionHash: string | undefined
   }
 
 const unreadable = (reason: UnreadableReason, message: string): ObservedTarget => ({ _tag: "Unreadable", reason, message })
@@ -191,5 +282,13 @@ export const observe = (
   const sourceHash = nonEmpty(annotations[sourceHashAnnotation])
   if (sourceHash === undefined) return unreadable("MissingAnnotation", `annotation "${sourceHashAnnotation}" is missing`)
 
-  return { _tag: "Present", lifetime: { issuedAt, expiresAt }, sourceHash, token, kubeconfig: Redacted.make(decode(kubeconfig)) }
+  return {
+    _tag: "Present",
+    lifetime: { issuedAt, expiresAt },
+    sourceHash,
+    token,
+    kubeconfig: Redacted.make(decode(kubeconfig)),
+    serviceAccountUid: nonEmpty(annotations[serviceAccountUidAnnotation]) ?? serviceAccountUidOf(token),
+    connectionHash: nonEmpty(annotations[connectionHashAnnotation])
+  }
 }

@@ -35,6 +35,8 @@ export type AddonState =
     readonly _tag: "Present"
     readonly generation: number | undefined
     readonly condition: Conditions.Condition | undefined
+    /** False when `status.relatedObjects` does not name the generated Secret yet (absent: nothing asked). */
+    readonly listsRelated?: boolean
   }
   /** No hub configured: nothing to report to and nothing to watch for deletion. */
   | { readonly _tag: "Untracked" }
@@ -46,12 +48,50 @@ export interface DesiredCondition {
   readonly message: string
 }
 
+/**
+ * An entry of the add-on's `status.relatedObjects` (OCM's ObjectReference: group, resource,
+ * name; the namespace is added for readers, and not used to match, in case a schema prunes it).
+ *
+ * @category models
+ */
+export interface RelatedObject {
+  readonly group: string
+  readonly resource: string
+  readonly name: string
+  readonly namespace?: string
+}
+
+/** The generated Secret as a related object. @category constructors */
+export const relatedSecret = (secret: { readonly namespace: string; readonly name: string }): RelatedObject => ({
+  group: "",
+  resource: "secrets",
+  name: secret.name,
+  namespace: secret.namespace
+})
+
+const sameObject = (a: RelatedObject, b: unknown): boolean => {
+  if (typeof b !== "object" || b === null) return false
+  const r = b as Record<string, unknown>
+  return (r["group"] ?? "") === a.group && r["resource"] === a.resource && r["name"] === a.name
+}
+
+/** The related objects with `related` appended when missing (others' entries untouched); undefined: nothing to add. */
+export const withRelated = (current: unknown, related: RelatedObject): ReadonlyArray<unknown> | undefined => {
+  const list = Array.isArray(current) ? (current as ReadonlyArray<unknown>) : []
+  return list.some((entry) => sameObject(related, entry)) ? undefined : [...list, related]
+}
+
 /** The state an add-on object (undefined: it does not exist) is in. @category models */
-export const stateOf = (object: CustomObject | undefined): AddonState => {
+export const stateOf = (object: CustomObject | undefined, related?: RelatedObject): AddonState => {
   if (object === undefined) return { _tag: "Absent" }
   if (object.metadata?.deletionTimestamp !== undefined) return { _tag: "Deleting" }
   const conditions = (object.status?.conditions ?? []) as ReadonlyArray<Conditions.Condition>
-  return { _tag: "Present", generation: object.metadata?.generation, condition: Conditions.findCondition(conditions, conditionType) }
+  return {
+    _tag: "Present",
+    generation: object.metadata?.generation,
+    condition: Conditions.findCondition(conditions, conditionType),
+    listsRelated: related === undefined || withRelated(object.status?.["relatedObjects"], related) === undefined
+  }
 }
 
 const notWritten: CustomObject | undefined = undefined
@@ -60,9 +100,9 @@ const notWritten: CustomObject | undefined = undefined
 export class AddonStatus extends Context.Service<AddonStatus, {
   readonly observe: Effect.Effect<AddonState, KubeError.KubeError>
   /**
-   * Set our condition; the object as written, or undefined when nothing needed writing. `basis`
-   * is a recent copy of the add-on (from a watch) to start from instead of a GET; a conflict
-   * falls back to a fresh read.
+   * Set our condition (the same one again: keep it) and list the related object the layer was given; the
+   * object as written, or undefined when nothing needed writing. `basis` is a recent copy of the
+   * add-on (from a watch) to start from instead of a GET; a conflict falls back to a fresh read.
    */
   readonly setCondition: (desired: DesiredCondition, basis?: CustomObject) => Effect.Effect<CustomObject | undefined, KubeError.KubeError>
 }>()("tether/provisioner/AddonStatus") {
@@ -72,8 +112,11 @@ export class AddonStatus extends Context.Service<AddonStatus, {
     AddonStatus.of({ observe: Effect.succeed({ _tag: "Untracked" }), setCondition: () => Effect.succeed(notWritten) })
   )
 
-  /** The ManagedClusterAddOn `namespace/name` on the hub. */
-  static readonly layer = (addon: { readonly namespace: string; readonly name: string }) =>
+  /**
+   * The ManagedClusterAddOn `namespace/name` on the hub; with `related`, every status write also
+   * makes sure `status.relatedObjects` lists it (once; others' entries kept).
+   */
+  static readonly layer = (addon: { readonly namespace: string; readonly name: string }, related?: RelatedObject) =>
     Layer.effect(
       AddonStatus,
       Effect.gen(function*() {
@@ -81,7 +124,7 @@ export class AddonStatus extends Context.Service<AddonStatus, {
         const get = hub.getCustomObject(managedClusterAddOns, addon.namespace, addon.name)
 
         const observe = get.pipe(
-          Effect.map(stateOf),
+          Effect.map((object) => stateOf(object, related)),
           Effect.catchIf(KubeError.isReason("NotFound"), () => Effect.succeed<AddonState>({ _tag: "Absent" }))
         )
 
@@ -94,10 +137,11 @@ export class AddonStatus extends Context.Service<AddonStatus, {
             ...desired,
             ...(object.metadata?.generation === undefined ? {} : { observedGeneration: object.metadata.generation })
           }, now)
-          if (!next.changed) return undefined
+          const relatedObjects = related === undefined ? undefined : withRelated(object.status?.["relatedObjects"], related)
+          if (!next.changed && relatedObjects === undefined) return undefined
           return yield* hub.replaceCustomObjectStatus(managedClusterAddOns, {
             ...object,
-            status: { ...object.status, conditions: next.conditions }
+            status: { ...object.status, conditions: next.conditions, ...(relatedObjects === undefined ? {} : { relatedObjects }) }
           })
         })
 

@@ -30,16 +30,18 @@ import type { V1Secret } from "@kubernetes/client-node"
 import { Clock, Context, Duration, Effect, Fiber, FileSystem, Layer, Metric, Option, Redacted, Ref, Result, Schema } from "effect"
 import { createHash } from "node:crypto"
 import * as Backoff from "../domain/Backoff.ts"
+import * as IdentityCheck from "../domain/IdentityCheck.ts"
 import * as Kubeconfig from "../domain/Kubeconfig.ts"
 import * as ManagedKubeconfigSecret from "../domain/ManagedKubeconfigSecret.ts"
 import * as RefreshPolicy from "../domain/RefreshPolicy.ts"
 import * as Controller from "../kube/Controller.ts"
 import { EventRecorder, type ObjectReference } from "../kube/EventRecorder.ts"
 import { GeneratedKubeconfig } from "../kube/GeneratedKubeconfig.ts"
-import type * as KubeError from "../kube/KubeError.ts"
+import * as KubeError from "../kube/KubeError.ts"
 import * as Metrics from "../observability/Metrics.ts"
 import { type AddonState, AddonStatus, type DesiredCondition } from "./AddonStatus.ts"
 import { SecretStore } from "./SecretStore.ts"
+import { ServiceAccounts } from "./ServiceAccounts.ts"
 import { TokenIssuer } from "./TokenIssuer.ts"
 
 /** A namespaced object name. @category models */
@@ -57,6 +59,11 @@ export interface ClusterSpec {
   readonly settings: RefreshPolicy.ValidatedSettings
   /** `tokenFile` written beside the token in the generated kubeconfig (`--token-file-path`). */
   readonly tokenFile?: Kubeconfig.TokenFilePath | undefined
+  /**
+   * Bound on the periodic identity check (the managed ServiceAccount's UID, one read); none
+   * without it, or without a {@link ServiceAccounts} port in the context.
+   */
+  readonly identityCheckInterval?: Duration.Duration | undefined
 }
 
 /** The last token the provisioner knows to be in place, per cluster (gauges and readiness). @category services */
@@ -82,6 +89,8 @@ export interface Held {
   readonly lifetime: RefreshPolicy.TokenLifetime
   readonly token: Redacted.Redacted<string>
   readonly kubeconfig: Redacted.Redacted<string>
+  readonly serviceAccountUid: string | undefined
+  readonly connectionHash: string | undefined
 }
 
 /**
@@ -100,6 +109,10 @@ export interface Memory {
   unreachable: Kubeconfig.ClusterEntry | undefined
   /** After TokenRequests the apiserver refused: no other one for the same source before `notBefore`. */
   refused: { readonly sourceHash: string; readonly failures: number; readonly notBefore: number; readonly problem: Problem } | undefined
+  /** When the next identity check is due (epoch ms); undefined until the first run that may check. */
+  identityCheckAt: number | undefined
+  /** The UID of the generated Secret this memory last wrote or adopted: the only one it deletes. */
+  ownedUid: string | undefined
 }
 
 /** @category constructors */
@@ -108,12 +121,20 @@ export const makeMemory = (mintLimit: RefreshPolicy.MintLimit = RefreshPolicy.de
   mints: [],
   mintLimit,
   unreachable: undefined,
-  refused: undefined
+  refused: undefined,
+  identityCheckAt: undefined,
+  ownedUid: undefined
 })
 
 /** What one reconcile found and did. @category models */
 export type Outcome =
-  | { readonly _tag: "Removed"; readonly deleted: boolean; readonly why: "Absent" | "Deleting" }
+  | {
+    readonly _tag: "Removed"
+    readonly deleted: boolean
+    readonly why: "Absent" | "Deleting"
+    /** A Secret is there but not the one we wrote (another UID, or none of our annotations): left alone. */
+    readonly kept?: { readonly uid: string | undefined }
+  }
   | { readonly _tag: "Fresh"; readonly lifetime: RefreshPolicy.TokenLifetime; readonly until: number; readonly kubeconfig: Redacted.Redacted<string> }
   | {
     readonly _tag: "Written"
@@ -123,11 +144,19 @@ export type Outcome =
     readonly lifetime: RefreshPolicy.TokenLifetime
     readonly until: number
     readonly kubeconfig: Redacted.Redacted<string>
+    /** The token before was blanked because its identity changed; why. */
+    readonly reissued?: Reissue
   }
   | { readonly _tag: "Stale"; readonly lifetime: RefreshPolicy.TokenLifetime; readonly problem: Problem; readonly kubeconfig: Redacted.Redacted<string> }
   | { readonly _tag: "Failed"; readonly problem: Problem }
   /** A refresh is due but held back after a refused TokenRequest; nothing to report until `until`. */
   | { readonly _tag: "Held"; readonly lifetime: RefreshPolicy.TokenLifetime | undefined; readonly until: number }
+
+/** Why the token in place was blanked before a new one was minted; `reason` is the condition reason. @category models */
+export interface Reissue {
+  readonly reason: "ServiceAccountRecreated" | "ManagedClusterConnectionChanged"
+  readonly message: string
+}
 
 /** Why there is no usable kubeconfig; `reason` is the condition reason. @category models */
 export interface Problem {
@@ -185,6 +214,51 @@ const kubeProblem = (spec: ClusterSpec, error: KubeError.KubeError): Problem => 
       }
   }
 }
+
+const identityIntervalMs = (spec: ClusterSpec): number | undefined =>
+  spec.identityCheckInterval === undefined ? undefined : Duration.toMillis(spec.identityCheckInterval)
+
+/** What the identity check found; `Same` also when no check was due, possible or conclusive. */
+type Identity =
+  | { readonly _tag: "Same"; readonly nextAt: number | undefined }
+  | { readonly _tag: "Gone" }
+  | { readonly _tag: "Changed"; readonly was: string; readonly uid: string }
+
+/**
+ * The bounded identity check: when due, one read of the managed ServiceAccount's UID, compared
+ * with the UID the token in place was minted for. A read that fails proves nothing (the token
+ * stays; the next check is an interval away, so a broken managed apiserver costs one request
+ * per interval, not a loop).
+ */
+const identityCheck = Effect.fnUntraced(function*(
+  spec: ClusterSpec,
+  memory: Memory,
+  now: number,
+  source: { readonly source: Kubeconfig.SourceKubeconfig; readonly sourceHash: string },
+  mintedFor: string | undefined
+) {
+  const interval = identityIntervalMs(spec)
+  const port = yield* Effect.serviceOption(ServiceAccounts)
+  if (interval === undefined || Option.isNone(port)) return { _tag: "Same", nextAt: undefined } satisfies Identity
+  if (memory.identityCheckAt === undefined) {
+    memory.identityCheckAt = IdentityCheck.firstCheckAt(now, interval, IdentityCheck.fraction(spec.clusterName, now))
+  }
+  if (now < memory.identityCheckAt) return { _tag: "Same", nextAt: memory.identityCheckAt } satisfies Identity
+  memory.identityCheckAt = IdentityCheck.nextCheckAt(now, interval, IdentityCheck.fraction(spec.clusterName, now))
+  const nextAt = memory.identityCheckAt
+  const found = yield* Effect.result(port.value.uid({ ...source, ...spec.serviceAccount }))
+  if (Result.isFailure(found)) {
+    yield* Effect.logWarning("the identity check cannot read the managed serviceaccount", {
+      cluster: spec.clusterName,
+      error: found.failure.message
+    })
+    return { _tag: "Same", nextAt } satisfies Identity
+  }
+  if (Option.isNone(found.success)) return { _tag: "Gone" } satisfies Identity
+  // A token whose UID is unknown (not a bound token) cannot be compared: left as it is.
+  if (mintedFor === undefined || mintedFor === found.success.value) return { _tag: "Same", nextAt } satisfies Identity
+  return { _tag: "Changed", was: mintedFor, uid: found.success.value } satisfies Identity
+})
 
 /** Read, parse and inline the source kubeconfig; a Problem when it cannot be used. */
 const loadSource = Effect.fnUntraced(function*(spec: ClusterSpec) {
@@ -272,9 +346,22 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
   const addon = yield* AddonStatus
   const issuer = yield* TokenIssuer
 
+  // Only the Secret we wrote, named by its UID (a delete precondition): a same-named Secret that
+  // someone else made, or re-created since we read it, survives.
   const remove = (why: "Absent" | "Deleting") =>
-    store.delete(spec.target.namespace, spec.target.name).pipe(
-      Effect.map((deleted): Outcome => ({ _tag: "Removed", deleted, why })),
+    Effect.gen(function*() {
+      const found = yield* store.get(spec.target.namespace, spec.target.name)
+      if (Option.isNone(found)) return { _tag: "Removed", deleted: false, why } satisfies Outcome
+      const uid = found.value.metadata?.uid
+      const ours = ManagedKubeconfigSecret.isWrittenByUs(found.value.metadata?.annotations) &&
+        (memory.ownedUid === undefined || memory.ownedUid === uid)
+      if (!ours) return { _tag: "Removed", deleted: false, why, kept: { uid } } satisfies Outcome
+      const deleted = yield* store.delete(spec.target.namespace, spec.target.name, uid === undefined ? undefined : { uid }).pipe(
+        Effect.catchIf(KubeError.isReason("Conflict"), () => Effect.succeed("refused" as const))
+      )
+      if (deleted === "refused") return { _tag: "Removed", deleted: false, why, kept: { uid: undefined } } satisfies Outcome
+      return { _tag: "Removed", deleted, why } satisfies Outcome
+    }).pipe(
       Effect.catch((error) =>
         Effect.succeed<Outcome>({ _tag: "Failed", problem: { reason: "HostingClusterUnavailable", retryable: true, message: error.message } })
       )
@@ -291,26 +378,95 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
   if (Result.isFailure(existing)) {
     return { _tag: "Failed", problem: { reason: "HostingClusterUnavailable", retryable: true, message: existing.failure.message } } satisfies Outcome
   }
-  const observed = ManagedKubeconfigSecret.observe(
-    Option.match(existing.success, {
+  let target = existing.success
+  let observed = ManagedKubeconfigSecret.observe(
+    Option.match(target, {
       onNone: () => undefined,
       onSome: (s) => ({ data: s.data ?? {}, annotations: s.metadata?.annotations ?? {} })
     })
   )
   const now = yield* Clock.currentTimeMillis
-  const current = observed._tag === "Present" ? observed : undefined
+  let current = observed._tag === "Present" ? observed : undefined
+  if (current !== undefined && memory.ownedUid === undefined && Option.isSome(target)) memory.ownedUid = target.value.metadata?.uid
+  const connection = ManagedKubeconfigSecret.connectionHash(source.cluster)
   const decideFor = (lifetime: RefreshPolicy.TokenLifetime) =>
     RefreshPolicy.decide({ now, lifetime, settings: spec.settings, jitterFraction: jitterFraction(hash, lifetime) })
+
+  // Fail closed: a token minted for another identity is withdrawn before anything else is tried,
+  // so a failed mint leaves no credential rather than the wrong one.
+  const blank = Effect.fnUntraced(function*() {
+    memory.held = undefined
+    memory.identityCheckAt = undefined
+    current = undefined
+    if (Option.isNone(target)) return undefined
+    const written = yield* Effect.result(store.replace(spec.target.namespace, targetSecret(spec, target, ManagedKubeconfigSecret.blanked)))
+    if (Result.isFailure(written)) {
+      return {
+        reason: "TargetWriteFailed",
+        retryable: true,
+        message: `cannot blank the token in ${describe(spec.target)}: ${written.failure.message}`
+      } satisfies Problem
+    }
+    target = Option.some(written.success)
+    memory.ownedUid = written.success.metadata?.uid
+    observed = ManagedKubeconfigSecret.observe({ data: written.success.data ?? {}, annotations: written.success.metadata?.annotations ?? {} })
+    yield* Effect.logWarning("blanked the token in place: its identity changed", { cluster: spec.clusterName })
+    return undefined
+  })
+
+  let reissued: Reissue | undefined
+  if (current !== undefined && current.connectionHash !== undefined && current.connectionHash !== connection) {
+    const problem = yield* blank()
+    if (problem !== undefined) return { _tag: "Failed", problem } satisfies Outcome
+    reissued = {
+      reason: "ManagedClusterConnectionChanged",
+      message: `The source ${describe(spec.source)} now names another server or certificate authority: the token in ${
+        describe(spec.target)
+      } was blanked and a new one minted through the new connection`
+    }
+  }
   // The kubeconfig this token should be in: it differs from the Secret's when --token-file-path changed.
   const wanted = current === undefined
     ? undefined
     : Kubeconfig.buildManaged({ cluster: source.cluster, token: current.token, tokenFile: spec.tokenFile })
   const relayout = current !== undefined && current.sourceHash === hash && wanted !== Redacted.value(current.kubeconfig)
   if (current !== undefined && current.sourceHash === hash) {
-    memory.held = { sourceHash: hash, lifetime: current.lifetime, token: current.token, kubeconfig: Redacted.make(wanted!) }
+    memory.held = {
+      sourceHash: hash,
+      lifetime: current.lifetime,
+      token: current.token,
+      kubeconfig: Redacted.make(wanted!),
+      serviceAccountUid: current.serviceAccountUid,
+      connectionHash: current.connectionHash ?? connection
+    }
     const decision = decideFor(current.lifetime)
     if (decision._tag === "Wait" && !relayout) {
-      return { _tag: "Fresh", lifetime: current.lifetime, until: decision.until, kubeconfig: current.kubeconfig } satisfies Outcome
+      const checked = yield* identityCheck(spec, memory, now, { source, sourceHash: hash }, current.serviceAccountUid)
+      if (checked._tag === "Same") {
+        const until = checked.nextAt === undefined ? decision.until : Math.min(decision.until, checked.nextAt)
+        return { _tag: "Fresh", lifetime: current.lifetime, until, kubeconfig: current.kubeconfig } satisfies Outcome
+      }
+      const problem = yield* blank()
+      if (problem !== undefined) return { _tag: "Failed", problem } satisfies Outcome
+      const sa = describe(spec.serviceAccount)
+      if (checked._tag === "Gone") {
+        return {
+          _tag: "Failed",
+          problem: {
+            reason: "ServiceAccountNotFound",
+            retryable: true,
+            message: `serviceaccount ${sa} was deleted on the managed cluster: the token in ${
+              describe(spec.target)
+            } was blanked; a new one is minted once the serviceaccount exists again`
+          }
+        } satisfies Outcome
+      }
+      reissued = {
+        reason: "ServiceAccountRecreated",
+        message: `serviceaccount ${sa} was deleted and re-created on the managed cluster (uid ${checked.was} is now ${checked.uid}): the old token in ${
+          describe(spec.target)
+        } was blanked and a new one minted for the new serviceaccount`
+      }
     }
   }
 
@@ -324,17 +480,20 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
         kubeconfig: Redacted.value(held.kubeconfig),
         token: held.token,
         lifetime: held.lifetime,
-        sourceHash: hash
+        sourceHash: hash,
+        serviceAccountUid: held.serviceAccountUid,
+        connectionHash: held.connectionHash
       })
       const restored = yield* Effect.result(
-        Option.isSome(existing.success)
-          ? store.replace(spec.target.namespace, targetSecret(spec, existing.success, contents))
+        Option.isSome(target)
+          ? store.replace(spec.target.namespace, targetSecret(spec, target, contents))
           : store.create(spec.target.namespace, targetSecret(spec, Option.none(), contents))
       )
       if (Result.isSuccess(restored)) {
+        memory.ownedUid = restored.success.metadata?.uid
         return {
           _tag: "Written",
-          created: Option.isNone(existing.success),
+          created: Option.isNone(target),
           reused: true,
           lifetime: held.lifetime,
           until: decision.until,
@@ -377,7 +536,7 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
   if (refused !== undefined && refused.sourceHash === hash && now < refused.notBefore) {
     // Not another failure: the condition and the Event of the refusal stand, and the backoff does not grow.
     // Back by the token's expiry too, which the condition must follow.
-    const until = stillValid ? Math.min(refused.notBefore, current.lifetime.expiresAt) : refused.notBefore
+    const until = stillValid && current !== undefined ? Math.min(refused.notBefore, current.lifetime.expiresAt) : refused.notBefore
     return { _tag: "Held", lifetime: current?.lifetime, until } satisfies Outcome
   }
 
@@ -418,30 +577,53 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
   }
   memory.refused = undefined
   const lifetime = { issuedAt: issued.success.issuedAt, expiresAt: issued.success.expiresAt }
+  // The mint established whom the token is for: the next identity check is an interval away.
+  const serviceAccountUid = ManagedKubeconfigSecret.serviceAccountUidOf(issued.success.token)
+  const interval = identityIntervalMs(spec)
+  if (interval !== undefined) {
+    memory.identityCheckAt = IdentityCheck.nextCheckAt(lifetime.issuedAt, interval, IdentityCheck.fraction(spec.clusterName, lifetime.issuedAt))
+  }
 
   // The add-on may have been deleted while we asked for the token: look again before writing.
   const goneNow = goneReason(yield* observeAddon(addon))
   if (goneNow !== undefined) return yield* remove(goneNow)
 
   const kubeconfig = Kubeconfig.buildManaged({ cluster: source.cluster, token: issued.success.token, tokenFile: spec.tokenFile })
-  const contents = ManagedKubeconfigSecret.desired({ kubeconfig, token: issued.success.token, lifetime, sourceHash: hash })
-  const secret = targetSecret(spec, existing.success, contents)
-  const write = Option.isSome(existing.success)
+  const contents = ManagedKubeconfigSecret.desired({
+    kubeconfig,
+    token: issued.success.token,
+    lifetime,
+    sourceHash: hash,
+    serviceAccountUid,
+    connectionHash: connection
+  })
+  const secret = targetSecret(spec, target, contents)
+  const write = Option.isSome(target)
     ? store.replace(spec.target.namespace, secret)
     : store.create(spec.target.namespace, secret)
   // Held before the write: a write that fails (a conflict with another writer) is retried with
   // this token on the next run, not with a new one.
-  memory.held = { sourceHash: hash, lifetime, token: issued.success.token, kubeconfig: Redacted.make(kubeconfig) }
+  memory.held = {
+    sourceHash: hash,
+    lifetime,
+    token: issued.success.token,
+    kubeconfig: Redacted.make(kubeconfig),
+    serviceAccountUid,
+    connectionHash: connection
+  }
   const written = yield* Effect.result(write)
   if (Result.isFailure(written)) {
     return yield* pending({ reason: "TargetWriteFailed", retryable: true, message: written.failure.message })
   }
+  memory.ownedUid = written.success.metadata?.uid
+  const refreshAt = scheduledAt(spec, hash, lifetime)
   return {
     _tag: "Written",
-    created: Option.isNone(existing.success),
+    created: Option.isNone(target),
     lifetime,
-    until: scheduledAt(spec, hash, lifetime),
-    kubeconfig: Redacted.make(kubeconfig)
+    until: interval === undefined || memory.identityCheckAt === undefined ? refreshAt : Math.min(refreshAt, memory.identityCheckAt),
+    kubeconfig: Redacted.make(kubeconfig),
+    ...(reissued === undefined ? {} : { reissued })
   } satisfies Outcome
 })
 
@@ -455,6 +637,15 @@ const failed = (spec: ClusterSpec, problem: Problem, retryBy?: number) =>
 
 const expiresText = (lifetime: RefreshPolicy.TokenLifetime) => new Date(lifetime.expiresAt).toISOString().replace(/\.\d{3}Z$/, "Z")
 
+/** True reasons that already say the Secret is good; "Fresh" would only add a write. */
+const freshReasons: ReadonlySet<string> = new Set([
+  "ManagedKubeconfigCreated",
+  "ManagedKubeconfigUpdated",
+  "ManagedKubeconfigFresh",
+  "ServiceAccountRecreated",
+  "ManagedClusterConnectionChanged"
+])
+
 /** The condition an outcome should leave on the hub (undefined: leave it as it is). */
 export const conditionFor = (spec: ClusterSpec, outcome: Outcome, current: { status: string; reason: string } | undefined): DesiredCondition | undefined => {
   const target = describe(spec.target)
@@ -462,6 +653,13 @@ export const conditionFor = (spec: ClusterSpec, outcome: Outcome, current: { sta
     case "Removed":
       return undefined
     case "Written":
+      if (outcome.reissued !== undefined) {
+        return {
+          status: "True",
+          reason: outcome.reissued.reason,
+          message: `${outcome.reissued.message}; token expires at ${expiresText(outcome.lifetime)}`
+        }
+      }
       return {
         status: "True",
         reason: outcome.created ? "ManagedKubeconfigCreated" : "ManagedKubeconfigUpdated",
@@ -469,7 +667,7 @@ export const conditionFor = (spec: ClusterSpec, outcome: Outcome, current: { sta
       }
     case "Fresh":
       // Created/Updated already say the Secret is good; rewriting them as "Fresh" would only add a write.
-      if (current?.status === "True" && ["ManagedKubeconfigCreated", "ManagedKubeconfigUpdated", "ManagedKubeconfigFresh"].includes(current.reason)) {
+      if (current?.status === "True" && freshReasons.has(current.reason)) {
         return undefined
       }
       return {
@@ -508,8 +706,12 @@ export const report = Effect.fn("Provisioner.report")(function*(
 
   const current = state?._tag === "Present" ? state.condition : undefined
   const desired = conditionFor(spec, outcome, current)
-  if (desired !== undefined && state?._tag === "Present") {
-    yield* addon.setCondition(desired).pipe(
+  // The same condition again writes only a missing relatedObjects entry.
+  const toWrite = desired ?? (state?._tag === "Present" && state.listsRelated === false && (current?.status === "True" || current?.status === "False")
+    ? { status: current.status === "True" ? "True" as const : "False" as const, reason: current.reason, message: current.message }
+    : undefined)
+  if (toWrite !== undefined && state?._tag === "Present") {
+    yield* addon.setCondition(toWrite).pipe(
       Effect.catch((error) =>
         events.record({ type: "Warning", reason: "ManagedKubeconfigConditionPatchFailed", message: error.message, regarding })
       )
@@ -534,6 +736,16 @@ export const report = Effect.fn("Provisioner.report")(function*(
     case "Removed": {
       yield* setToken(undefined)
       yield* count("skipped")
+      if (outcome.kept !== undefined) {
+        yield* events.record({
+          type: "Normal",
+          reason: "ManagedKubeconfigNotDeleted",
+          message: `Left secret ${describe(spec.target)} in place${
+            outcome.kept.uid === undefined ? "" : ` (uid ${outcome.kept.uid})`
+          }: it is not the one tether wrote, although the add-on is ${outcome.why === "Absent" ? "gone" : "being deleted"}`,
+          regarding
+        })
+      }
       if (outcome.deleted) {
         yield* events.record({
           type: "Normal",

@@ -23,8 +23,12 @@ export class SecretStore extends Context.Service<SecretStore, {
   readonly create: (namespace: string, secret: V1Secret) => Effect.Effect<V1Secret, KubeError.KubeError>
   /** Replace, guarded by `metadata.resourceVersion`. */
   readonly replace: (namespace: string, secret: V1Secret) => Effect.Effect<V1Secret, KubeError.KubeError>
-  /** Delete; true when it existed. */
-  readonly delete: (namespace: string, name: string) => Effect.Effect<boolean, KubeError.KubeError>
+  /**
+   * Delete; true when it existed. With `expect`, only the Secret with that UID (a DeleteOptions
+   * precondition, checked by the apiserver): a same-named Secret someone else re-created is
+   * refused with a `Conflict` KubeError and survives.
+   */
+  readonly delete: (namespace: string, name: string, expect?: { readonly uid: string }) => Effect.Effect<boolean, KubeError.KubeError>
 }>()("tether/provisioner/SecretStore") {
   /** Backed by the hosting cluster. */
   static readonly layer = Layer.effect(
@@ -39,8 +43,8 @@ export class SecretStore extends Context.Service<SecretStore, {
           ),
         create: hosting.createSecret,
         replace: hosting.replaceSecret,
-        delete: (namespace, name) =>
-          hosting.deleteSecret(namespace, name).pipe(
+        delete: (namespace, name, expect) =>
+          hosting.deleteSecret(namespace, name, expect).pipe(
             Effect.as(true),
             Effect.catchIf(KubeError.isReason("NotFound"), () => Effect.succeed(false))
           )
@@ -60,7 +64,7 @@ export class SecretStore extends Context.Service<SecretStore, {
         Effect.fail(new KubeError.KubeError({ cluster: "memory", operation, reason, detail: reason }))
       const stamp = (secret: V1Secret): V1Secret => ({
         ...secret,
-        metadata: { ...secret.metadata, resourceVersion: String(++version) }
+        metadata: { ...secret.metadata, resourceVersion: String(++version), uid: secret.metadata?.uid ?? `uid-${version}` }
       })
       return SecretStore.of({
         get: (namespace, name) => Effect.sync(() => Option.fromNullishOr(secrets.get(`${namespace}/${name}`))),
@@ -82,7 +86,14 @@ export class SecretStore extends Context.Service<SecretStore, {
           secrets.set(key, stored)
           return Effect.succeed(stored)
         },
-        delete: (namespace, name) => Effect.sync(() => secrets.delete(`${namespace}/${name}`))
+        delete: (namespace, name, expect) => {
+          const key = `${namespace}/${name}`
+          const current = secrets.get(key)
+          if (current !== undefined && expect !== undefined && current.metadata?.uid !== expect.uid) {
+            return fail("Conflict", `delete secret ${key}`)
+          }
+          return Effect.sync(() => secrets.delete(key))
+        }
       })
     })
 }

@@ -89,8 +89,8 @@ export class TokenIssuer extends Context.Service<TokenIssuer, {
   })
 }
 
-/** A client-node KubeConfig holding just the source's cluster and credentials. */
-const toKubeConfig = (source: Kubeconfig.SourceKubeconfig): KubeConfig => {
+/** A client-node KubeConfig holding just the source's cluster and credentials. @category constructors */
+export const toKubeConfig = (source: Kubeconfig.SourceKubeconfig): KubeConfig => {
   const { cluster, credentials } = source
   const kubeConfig = new KubeConfig()
   kubeConfig.loadFromOptions({

@@ -19,7 +19,7 @@ export const flags = {
   hostingClusterName: Flags.string("hosting-cluster-name", "This hosting cluster's name on the hub (required with --hub-kubeconfig)"),
   sourceSecretSelector: Flags.string("source-secret-selector", "Without a hub: a label selector for the source kubeconfig Secrets on the hosting cluster"),
   addons: Flags.string("addons", "Add-ons served, comma-separated (hub mode: default every hosted add-on)", "cluster-proxy"),
-  identityCheckInterval: Flags.duration("identity-check-interval", "Bound on the periodic ServiceAccount and connection check per pair (accepted and validated; the check itself is not implemented yet)", "10m"),
+  identityCheckInterval: Flags.duration("identity-check-interval", "Bound on the periodic identity check per pair: at most one read of the managed ServiceAccount's UID per interval (jittered); a re-created ServiceAccount gets its token blanked, then a new one", "10m"),
   tokenExpiration: Flags.duration("token-expiration", "Requested token lifetime (TokenRequest expirationSeconds; at least 10m)", "24h"),
   refreshBefore: Flags.duration("refresh-before", "Refresh at least this long before expiry (and at the latest at 80% of the lifetime)", "1h"),
   tokenFilePath: Flags.string("token-file-path", "Where the consumers mount the generated Secret's token key: written as tokenFile beside the token in the generated kubeconfig, so clients that re-read it (client-go) follow rotations without a restart; an absolute path (default: the inline token only)"),
