@@ -19,7 +19,7 @@ RUN npm ci --ignore-scripts --no-audit --no-fund
 COPY src ./src
 COPY layers ./layers
 COPY .ci/build.ts ./.ci/build.ts
-RUN node .ci/build.ts --out /out/app/dist --clean && find /out/app/dist -name '*.map' -delete \
+RUN node .ci/build.ts --out /out/app/dist --clean --cache-uid 65532 && find /out/app/dist -name '*.map' -delete \
  && cp package.json /out/app/
 
 FROM ${RUNTIME_IMAGE}
@@ -34,6 +34,8 @@ COPY --from=build /out/app /app
 # script, because the image has no shell.
 COPY .ci/image/tether /usr/local/bin/tether
 ENV PATH=/usr/local/bin:/nodejs/bin:/usr/bin:/bin
+# The chart's runtimeEnv (charts/tether/values.yaml), as .ci/image/build sets it.
+ENV NODE_OPTIONS=--max-semi-space-size=1 MALLOC_ARENA_MAX=2
 WORKDIR /app
 USER 65532:65532
 ENTRYPOINT ["/nodejs/bin/node", "/app/dist/tether.mjs"]
