@@ -7,8 +7,9 @@
  * scope, logs why, counts a restart, waits a capped, jittered exponential backoff (reset after
  * the component has run for `resetAfter`) and starts it again. The other components keep
  * running. Only a component that cannot start at all the first time (a port in use, credentials
- * that cannot be read) fails the whole run, after stopping the others, so that the pod restarts
- * with a clear error instead of serving half of its components.
+ * that cannot be read), or whose restart fails with a terminal error (`retryable: false`, such as
+ * its port taken meanwhile), fails the whole run, after stopping the others, so that the pod
+ * restarts with a clear error instead of serving half of its components.
  *
  * Each component shows on `/readyz` under its own name (failing while it starts or waits to
  * restart, with the reason) and in `tether_component_up` and `tether_component_restarts_total`.
@@ -58,6 +59,16 @@ export type Status =
   | { readonly _tag: "Running"; readonly since: number }
   | { readonly _tag: "Restarting"; readonly reason: string; readonly attempt: number; readonly at: number }
 
+/**
+ * Whether a failure says retrying cannot help: its error has `retryable: false` (a port taken
+ * by another process, an address not on this host).
+ */
+export const isTerminal = (cause: Cause.Cause<unknown>): boolean => {
+  if (Cause.hasInterruptsOnly(cause)) return false
+  const error = Cause.squash(cause)
+  return typeof error === "object" && error !== null && (error as { readonly retryable?: unknown }).retryable === false
+}
+
 /** A readable reason from a failure: the error's message, never a stack. */
 export const describeCause = (cause: Cause.Cause<unknown>): string => {
   if (Cause.hasInterruptsOnly(cause)) return "interrupted"
@@ -95,7 +106,9 @@ export const run = <R>(components: ReadonlyArray<Component<R>>, options: Options
       /** One life of the component, in a scope of its own: start, watch, stop; why it ended. */
       const life = Effect.scoped(Effect.gen(function*() {
         const started = yield* Effect.exit(component.start)
-        if (Exit.isFailure(started)) return { _tag: "StartFailed", reason: describeCause(started.cause) } as const
+        if (Exit.isFailure(started)) {
+          return { _tag: "StartFailed", reason: describeCause(started.cause), terminal: isTerminal(started.cause) } as const
+        }
         const since = yield* Clock.currentTimeMillis
         yield* setStatus({ _tag: "Running", since })
         const ended = yield* Effect.exit(started.value)
@@ -110,7 +123,8 @@ export const run = <R>(components: ReadonlyArray<Component<R>>, options: Options
         let attempt = 0
         while (true) {
           const ended = yield* life
-          if (ended._tag === "StartFailed" && !everStarted) {
+          // A restart that fails for good (the port taken meanwhile) ends the run like a first start.
+          if (ended._tag === "StartFailed" && (!everStarted || ended.terminal)) {
             yield* Effect.logError("component cannot start", { component: name, error: ended.reason })
             yield* Deferred.fail(fatal, new ComponentStartError({ component: name, message: ended.reason }))
             return

@@ -40,3 +40,18 @@ export const format = (address: ListenAddress): string => {
   const host = address.host ?? ""
   return `${host.includes(":") ? `[${host}]` : host}:${address.port}`
 }
+
+/**
+ * Why a listen fails the same way however often it is tried: the port is taken, the address is
+ * not this host's, or binding it is not allowed. A supervisor stops restarting on these.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export const terminalListenCodes: ReadonlySet<string> = new Set(["EADDRINUSE", "EADDRNOTAVAIL", "EACCES", "EPERM"])
+
+/** The errno code of a Node error, if it has one. @since 0.1.0 @category errors */
+export const errorCode = (error: unknown): string | undefined => {
+  const code = typeof error === "object" && error !== null ? (error as { readonly code?: unknown }).code : undefined
+  return typeof code === "string" ? code : undefined
+}

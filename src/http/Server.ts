@@ -59,11 +59,19 @@ export interface Options {
 }
 
 /**
- * The port cannot be bound.
+ * The port cannot be bound. `code` is the system's (EADDRINUSE, ...): terminal ones are not
+ * retryable.
  *
  * @category errors
  */
-export class ListenError extends Schema.TaggedError<ListenError>()("ListenError", { message: Schema.String }) {}
+export class ListenError extends Schema.TaggedError<ListenError>()("ListenError", {
+  message: Schema.String,
+  code: Schema.optional(Schema.String)
+}) {
+  get retryable(): boolean {
+    return this.code === undefined || !ListenAddress.terminalListenCodes.has(this.code)
+  }
+}
 
 /** @category models */
 export interface Served {
@@ -84,7 +92,9 @@ export interface Served {
 export const listen = (server: Net.Server, address: ListenAddress.ListenAddress): Effect.Effect<Served["address"], ListenError> =>
   Effect.callback((resume) => {
     const onError = (error: Error) =>
-      resume(Effect.fail(new ListenError({ message: `cannot listen on ${ListenAddress.format(address)}: ${Answers.describe(error)}` })))
+      resume(Effect.fail(
+        new ListenError({ message: `cannot listen on ${ListenAddress.format(address)}: ${Answers.describe(error)}`, code: ListenAddress.errorCode(error) })
+      ))
     server.once("error", onError)
     server.listen({ port: address.port, ...(address.host ? { host: address.host } : {}) }, () => {
       server.off("error", onError)

@@ -45,14 +45,20 @@ export interface Options {
 }
 
 /**
- * The listening socket could not be opened (port in use, address not local).
+ * The listening socket could not be opened (port in use, address not local: terminal, not
+ * retryable), or was lost while serving (retryable: listening again may work).
  *
  * @since 0.1.0
  * @category errors
  */
 export class ListenError extends Schema.TaggedError<ListenError>()("RelayListenError", {
-  message: Schema.String
-}) {}
+  message: Schema.String,
+  code: Schema.optional(Schema.String)
+}) {
+  get retryable(): boolean {
+    return this.code === undefined || !ListenAddress.terminalListenCodes.has(this.code)
+  }
+}
 
 /**
  * The target did not accept a TCP connection in time. Retryable: the client dials again.
@@ -365,7 +371,10 @@ const make = Effect.fnUntraced(function*(options: Options) {
       }, onConnection)
       const onListenError = (error: Error) =>
         resume(Effect.fail(
-          new ListenError({ message: `cannot listen on ${ListenAddress.format(options.listen)}: ${describeError(error)}` })
+          new ListenError({
+            message: `cannot listen on ${ListenAddress.format(options.listen)}: ${describeError(error)}`,
+            code: ListenAddress.errorCode(error)
+          })
         ))
       server.once("error", onListenError)
       server.listen({ port: options.listen.port, ...(options.listen.host === undefined ? {} : { host: options.listen.host }) }, () => {

@@ -5,15 +5,18 @@
  * - `/readyz` names the failing component and why, and passes again once it runs;
  * - a defect counts as a failure like any other, and a restart count shows in the metric;
  * - a component that cannot start the first time fails the run with its name, and the others
- *   are stopped;
+ *   are stopped; so does a restart failing with a terminal error (a real EADDRINUSE);
  * - interruption stops the components in reverse order;
  * - checks registered by a component are withdrawn when it stops, so restarts do not pile them up.
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect, Exit, Fiber, Layer, Logger, Queue, Schema } from "effect"
 import { TestClock } from "effect/testing"
+import * as Http from "node:http"
+import * as Net from "node:net"
 import * as Supervisor from "../../src/agent/Supervisor.ts"
 import * as Backoff from "../../src/domain/Backoff.ts"
+import * as Server from "../../src/http/Server.ts"
 import { Probes } from "../../src/observability/Probes.ts"
 
 class Boom extends Schema.TaggedError<Boom>()("Boom", { message: Schema.String }) {}
@@ -158,6 +161,43 @@ describe("Supervisor", () => {
       assert.strictEqual(lives, 3)
       assert.deepStrictEqual(yield* probes.readiness, [])
       assert.isUndefined(fiber.pollUnsafe())
+    }).pipe(Effect.provide(Layer.merge(Probes.layerNoServer, quiet))))
+
+  it.effect("a restart that fails for good (its port taken meanwhile) ends the run; the listen error says it is terminal", () =>
+    Effect.gen(function*() {
+      // Another process takes the port while the component is down: a real EADDRINUSE.
+      const squatter = Net.createServer()
+      yield* Effect.callback<void>((resume) => void squatter.listen(0, "127.0.0.1", () => resume(Effect.void)))
+      yield* Effect.addFinalizer(() => Effect.sync(() => void squatter.close()))
+      const port = (squatter.address() as Net.AddressInfo).port
+      const taken = yield* Effect.flip(Server.listen(Http.createServer(), { host: "127.0.0.1", port }))
+      assert.strictEqual(taken.code, "EADDRINUSE")
+      assert.isFalse(taken.retryable)
+      assert.isTrue(new Server.ListenError({ message: "the listener closed" }).retryable)
+      let lives = 0
+      const relay: Supervisor.Component<never> = {
+        name: "service-relay",
+        start: Effect.suspend(() => {
+          lives++
+          return lives === 1
+            ? Effect.succeed(Effect.fail(new Server.ListenError({ message: "the listener on :8000 closed" })))
+            : Effect.fail(taken)
+        })
+      }
+      const exit = yield* Effect.exit(Effect.scoped(Effect.gen(function*() {
+        const fiber = yield* Effect.forkScoped(Supervisor.run([relay], { backoff }))
+        yield* advance(Backoff.bounds(backoff, 0).max + 100)
+        return yield* Fiber.join(fiber)
+      })))
+      assert.strictEqual(lives, 2)
+      assert.isTrue(Exit.isFailure(exit))
+      if (Exit.isFailure(exit)) {
+        const error = exit.cause.reasons.find((r) => r._tag === "Fail")
+        assert.deepStrictEqual(
+          error?._tag === "Fail" ? error.error : undefined,
+          new Supervisor.ComponentStartError({ component: "service-relay", message: taken.message })
+        )
+      }
     }).pipe(Effect.provide(Layer.merge(Probes.layerNoServer, quiet))))
 
   it.effect("interruption stops the components in reverse order", () =>
