@@ -772,16 +772,16 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
   })
 
   it("memory limits are at least 1.5x the measured peak of each process, and requests cover the peak", () => {
-    // VmHWM in MiB of the production build, the highest of two footprint bench runs (the chart
-    // README's table); service-relay's is still the one measured on the sources.
+    // VmHWM in MiB of the production build with the chart's runtimeEnv, the highest of two
+    // footprint bench runs (the chart README's table); service-relay's is its idle peak.
     const measuredPeakMiB: Readonly<Record<string, number>> = {
-      "hosted-agent": 135,
-      "managed-kubeconfig-provisioner": 100,
+      "hosted-agent": 118,
+      "managed-kubeconfig-provisioner": 88,
       "managed-kubeconfig-cleanup": 99,
-      "addon-agent": 95,
-      "service-proxy": 122,
-      "managed-apiserver-proxy": 85,
-      "service-relay": 235.1
+      "addon-agent": 85,
+      "service-proxy": 115,
+      "managed-apiserver-proxy": 75,
+      "service-relay": 85
     }
     const mebibytes = (quantity: unknown) => {
       const match = /^(\d+)(Mi|Gi)$/.exec(String(quantity))
@@ -793,6 +793,10 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
         const peak = measuredPeakMiB[c.name] ?? assert.fail(`no measured peak for ${c.name}`)
         assert.isAtLeast(mebibytes(c.resources?.limits?.["memory"]), 1.5 * peak, `${c.name}: memory limit`)
         assert.isAtLeast(mebibytes(c.resources?.requests?.["memory"]), peak, `${c.name}: memory request`)
+        // The peaks were measured with these; every tether container runs with them.
+        for (const [name, value] of [["NODE_OPTIONS", "--max-semi-space-size=1"], ["MALLOC_ARENA_MAX", "2"]]) {
+          assert.strictEqual(c.env?.find((variable) => variable.name === name)?.value, value, `${c.name}: ${name}`)
+        }
         seen.add(c.name)
       }
     }

@@ -118,6 +118,19 @@ affinity:
 {{- end }}
 
 {{/* POD_NAMESPACE from the downward API. */}}
+{{/*
+The runtime settings of every tether container (runtimeEnv: Node's flags, glibc's malloc), the
+same the image sets; an empty value leaves the variable out.
+*/}}
+{{- define "tether.runtimeEnv" -}}
+{{- range $name, $value := .Values.runtimeEnv }}
+{{- if ne (toString $value) "" }}
+- name: {{ $name }}
+  value: {{ toString $value | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
 {{- define "tether.podNamespaceEnv" -}}
 - name: POD_NAMESPACE
   valueFrom:
