@@ -101,3 +101,42 @@ describe("ManagedKubeconfigSecret", () => {
     })
   })
 })
+
+describe("ManagedKubeconfigSecret identity", () => {
+  const claims = (body: unknown) => `e30.${Buffer.from(JSON.stringify(body)).toString("base64url")}.sig`
+
+  it("reads the ServiceAccount UID from a bound token's claims, and nothing from anything else", () => {
+    const uid = "6c9d4f3e-0000-4000-8000-000000000001"
+    assert.strictEqual(ManagedKubeconfigSecret.serviceAccountUidOf(Redacted.make(claims({ "kubernetes.io": { serviceaccount: { uid } } }))), uid)
+    for (const token of ["opaque-token", "a.b.c", claims({ sub: "x" }), claims({ "kubernetes.io": { serviceaccount: { uid: 7 } } }), "a.b"]) {
+      assert.isUndefined(ManagedKubeconfigSecret.serviceAccountUidOf(Redacted.make(token)), token)
+    }
+  })
+
+  it("records the UID and connection, and reads the UID from the token when the annotation is missing", () => {
+    const uid = "uid-1"
+    const token = Redacted.make(claims({ "kubernetes.io": { serviceaccount: { uid } } }))
+    const lifetime = { issuedAt: Date.UTC(2026, 0, 1), expiresAt: Date.UTC(2026, 0, 2) }
+    const connection = ManagedKubeconfigSecret.connectionHash({ server: "https://a:6443" })
+    const contents = ManagedKubeconfigSecret.desired({ kubeconfig: "k", token, lifetime, sourceHash: "h", serviceAccountUid: uid, connectionHash: connection })
+    const read = ManagedKubeconfigSecret.observe(contents)
+    assert.strictEqual(read._tag === "Present" ? read.serviceAccountUid : undefined, uid)
+    assert.strictEqual(read._tag === "Present" ? read.connectionHash : undefined, connection)
+    const { [ManagedKubeconfigSecret.serviceAccountUidAnnotation]: _, ...older } = contents.annotations
+    const legacy = ManagedKubeconfigSecret.observe({ data: contents.data, annotations: older })
+    assert.strictEqual(legacy._tag === "Present" ? legacy.serviceAccountUid : undefined, uid)
+    assert.isTrue(ManagedKubeconfigSecret.isWrittenByUs(contents.annotations))
+    assert.isFalse(ManagedKubeconfigSecret.isWrittenByUs({ other: "x" }))
+  })
+
+  it("the connection hash follows server, CA and TLS name, not the credentials; a blanked Secret reads as Unreadable", () => {
+    const base = { server: "https://a:6443", certificateAuthorityData: "Q0E=" }
+    const hash = ManagedKubeconfigSecret.connectionHash(base)
+    assert.strictEqual(ManagedKubeconfigSecret.connectionHash({ ...base }), hash)
+    assert.notStrictEqual(ManagedKubeconfigSecret.connectionHash({ ...base, server: "https://b:6443" }), hash)
+    assert.notStrictEqual(ManagedKubeconfigSecret.connectionHash({ ...base, certificateAuthorityData: "Q0I=" }), hash)
+    assert.notStrictEqual(ManagedKubeconfigSecret.connectionHash({ ...base, tlsServerName: "x" }), hash)
+    const blank = ManagedKubeconfigSecret.observe({ data: ManagedKubeconfigSecret.blanked.data, annotations: { a: "b" } })
+    assert.strictEqual(blank._tag, "Unreadable")
+  })
+})
