@@ -152,8 +152,15 @@ function compileCache(chunks: ReadonlyArray<string>): string {
       if (other !== uid) Fs.cpSync(Path.join(staged, own[0]!), Path.join(staged, own[0]!.replace(/-\d+$/, `-${other}`)), { recursive: true })
     }
     Fs.chmodSync(staged, 0o755)
+    // Builds of the same sources may run at once (tests call tetherEntry() in parallel): when
+    // another one put its cache in place between the removal and the rename, theirs stays.
     Fs.rmSync(target, { recursive: true, force: true })
-    Fs.renameSync(staged, target)
+    try {
+      Fs.renameSync(staged, target)
+    } catch (error) {
+      const code = (error as { code?: unknown }).code
+      if (code !== "ENOTEMPTY" && code !== "EEXIST") throw error
+    }
     return `${chunks.length} chunks (uid ${[uid, ...[...cacheUids].filter((other) => other !== uid)].join(", ")})`
   } finally {
     Fs.rmSync(staged, { recursive: true, force: true })
