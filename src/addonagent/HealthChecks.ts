@@ -14,17 +14,35 @@
  *
  * @since 0.1.0
  */
-import { Clock, Context, Duration, Effect, FileSystem, Layer, Option, Redacted } from "effect"
+import { Clock, Context, Duration, Effect, FileSystem, Layer, Option, Redacted, Schema } from "effect"
 import { HttpClient } from "effect/http"
 import * as GoDuration from "../domain/GoDuration.ts"
 import * as Kubeconfig from "../domain/Kubeconfig.ts"
 import * as TokenExpiry from "../domain/TokenExpiry.ts"
 import { GeneratedKubeconfig } from "../kube/GeneratedKubeconfig.ts"
 
-/** One named check: succeeds when healthy, fails with a short reason when not. @category models */
+/**
+ * A health check failed: `reason` is the short text the Lease heartbeat logs and the metric's
+ * check stands for. Not retried by itself: the next heartbeat runs the check again.
+ *
+ * @category errors
+ */
+export class Unhealthy extends Schema.TaggedError<Unhealthy>()("Unhealthy", {
+  reason: Schema.String
+}) {}
+
+/** @category constructors */
+export const unhealthy = (reason: string): Effect.Effect<never, Unhealthy> => Effect.fail(new Unhealthy({ reason }))
+
+/**
+ * One named check: succeeds when healthy, fails with {@link Unhealthy} when not (an embedder's
+ * check may still fail with a bare reason string).
+ *
+ * @category models
+ */
 export interface HealthCheck {
   readonly name: string
-  readonly check: Effect.Effect<void, string>
+  readonly check: Effect.Effect<void, Unhealthy | string>
 }
 
 /** A failed check. @category models */
@@ -82,8 +100,11 @@ export const fromChecks = (checks: ReadonlyArray<HealthCheck>, timeout: Duration
     names: checks.map((c) => c.name),
     run: Effect.forEach(checks, ({ check, name }) =>
       check.pipe(
-        Effect.timeoutOrElse({ duration: limit, orElse: () => Effect.fail(`no answer within ${GoDuration.formatShort(limit)}`) }),
-        Effect.match({ onSuccess: () => undefined, onFailure: (reason): Failure => ({ name, reason }) })
+        Effect.timeoutOrElse({ duration: limit, orElse: () => unhealthy(`no answer within ${GoDuration.formatShort(limit)}`) }),
+        Effect.match({
+          onSuccess: () => undefined,
+          onFailure: (failure): Failure => ({ name, reason: typeof failure === "string" ? failure : failure.reason })
+        })
       ), { concurrency: "unbounded" }).pipe(Effect.map((results) => results.filter((r) => r !== undefined)))
   })
 }
@@ -96,12 +117,12 @@ export const fromChecks = (checks: ReadonlyArray<HealthCheck>, timeout: Duration
 export const httpReadiness = Effect.fnUntraced(function*(name: string, url: string) {
   const client = yield* HttpClient.HttpClient
   const check = client.get(url).pipe(
-    Effect.mapError((error) => `GET ${url} failed: ${error.message}`),
+    Effect.mapError((error) => new Unhealthy({ reason: `GET ${url} failed: ${error.message}` })),
     Effect.flatMap((response) =>
       // Drain the body so the connection can be reused.
       Effect.ignore(response.text).pipe(
         Effect.andThen(
-          response.status >= 200 && response.status < 300 ? Effect.void : Effect.fail(`GET ${url} answered ${response.status}`)
+          response.status >= 200 && response.status < 300 ? Effect.void : unhealthy(`GET ${url} answered ${response.status}`)
         )
       )
     )
@@ -121,11 +142,11 @@ const seconds = (millis: number) => GoDuration.formatShort(Duration.seconds(Math
 export const managedTokenFreshness = Effect.fnUntraced(function*(name: string, path: string, margin: Duration.Duration) {
   const fs = yield* FileSystem.FileSystem
   const read = (file: string, what: string) =>
-    fs.readFileString(file).pipe(Effect.mapError((error) => `cannot read ${what} ${file}: ${error.message}`))
+    fs.readFileString(file).pipe(Effect.mapError((error) => new Unhealthy({ reason: `cannot read ${what} ${file}: ${error.message}` })))
   const token = Effect.gen(function*() {
     const text = yield* read(path, "the managed kubeconfig")
     const bearer = yield* Effect.fromResult(Kubeconfig.readBearerToken(text)).pipe(
-      Effect.mapError((error) => `the managed kubeconfig ${path}: ${error.message}`)
+      Effect.mapError((error) => new Unhealthy({ reason: `the managed kubeconfig ${path}: ${error.message}` }))
     )
     if (bearer._tag === "Inline") return bearer.token
     // The file wins; the inline token beside it serves while the file cannot be read (client-go).
@@ -148,14 +169,14 @@ export const generatedTokenFreshness = Effect.fnUntraced(function*(name: string,
   const generated = yield* GeneratedKubeconfig
   const token = Effect.gen(function*() {
     const current = yield* generated.current
-    if (Option.isNone(current)) return yield* Effect.fail("no managed kubeconfig yet")
+    if (Option.isNone(current)) return yield* unhealthy("no managed kubeconfig yet")
     const bearer = yield* Effect.fromResult(Kubeconfig.readBearerToken(Redacted.value(current.value))).pipe(
-      Effect.mapError((error) => `the generated managed kubeconfig: ${error.message}`)
+      Effect.mapError((error) => new Unhealthy({ reason: `the generated managed kubeconfig: ${error.message}` }))
     )
     if (bearer._tag === "Inline") return bearer.token
     // In process there is no mounted file: the inline token beside a tokenFile is the one.
     if (bearer.inline !== undefined) return bearer.inline
-    return yield* Effect.fail("the generated managed kubeconfig refers to a token file")
+    return yield* unhealthy("the generated managed kubeconfig refers to a token file")
   })
   return tokenFreshness(name, token, margin, "the generated managed kubeconfig")
 })
@@ -168,22 +189,22 @@ export const generatedTokenFreshness = Effect.fnUntraced(function*(name: string,
  */
 export const tokenFreshness = (
   name: string,
-  token: Effect.Effect<Redacted.Redacted<string>, string>,
+  token: Effect.Effect<Redacted.Redacted<string>, Unhealthy>,
   margin: Duration.Duration,
   where: string
-): HealthCheck => ({
+): HealthCheck & { readonly check: Effect.Effect<void, Unhealthy> } => ({
   name,
   check: Effect.gen(function*() {
     const expiresAt = yield* Effect.fromResult(TokenExpiry.readExpiry(yield* token)).pipe(
-      Effect.mapError((error) => `${where}: ${error.message}`)
+      Effect.mapError((error) => new Unhealthy({ reason: `${where}: ${error.message}` }))
     )
     const now = yield* Clock.currentTimeMillis
     const state = TokenExpiry.freshness(expiresAt, now, Duration.toMillis(margin))
     switch (state._tag) {
       case "Expired":
-        return yield* Effect.fail(`the managed token expired ${seconds(state.ago)} ago`)
+        return yield* unhealthy(`the managed token expired ${seconds(state.ago)} ago`)
       case "Expiring":
-        return yield* Effect.fail(
+        return yield* unhealthy(
           `the managed token expires in ${seconds(state.remaining)}, within the freshness margin of ${GoDuration.formatShort(margin)}`
         )
       case "Fresh":

@@ -192,11 +192,11 @@ describe.skipIf(noApiserver)("addon-agent and leader election (real apiservers)"
         )
       assert.deepStrictEqual(yield* run(fresh.path, Duration.minutes(5)), Result.succeed(undefined))
       const expired = yield* run(expiredPath, Duration.minutes(5))
-      assert.match(Result.isFailure(expired) ? expired.failure : "", /^the managed token expired (1h|1h\d+s|59m\d+s) ago$/)
+      assert.match(Result.isFailure(expired) ? expired.failure.reason : "", /^the managed token expired (1h|1h\d+s|59m\d+s) ago$/)
       const inside = yield* run(short.path, Duration.minutes(15))
-      assert.match(Result.isFailure(inside) ? inside.failure : "", /^the managed token expires in (9m\d+s|10m), within the freshness margin of 15m$/)
+      assert.match(Result.isFailure(inside) ? inside.failure.reason : "", /^the managed token expires in (9m\d+s|10m), within the freshness margin of 15m$/)
       for (const result of [expired, inside]) {
-        for (const token of tokens) assert.notInclude(Result.isFailure(result) ? result.failure : "", token)
+        for (const token of tokens) assert.notInclude(Result.isFailure(result) ? result.failure.reason : "", token)
       }
     }))
 
