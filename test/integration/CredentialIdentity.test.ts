@@ -195,9 +195,9 @@ describe.skipIf(noApiserver)("CredentialController identity (real audited apiser
       assert.include(Buffer.from((yield* secretOf("i3")).data?.["kubeconfig"] ?? "", "base64").toString(), `https://localhost:${port}`)
 
       // Deletes name the UID they expect. The apiserver refuses a stale UID ...
-      const store = yield* Effect.gen(function*() {
-        return yield* SecretStore
-      }).pipe(Effect.provide(SecretStore.layer.pipe(Layer.provide(Layer.succeed(HostingCluster, hostingTest)))))
+      const store = yield* Effect.service(SecretStore).pipe(
+        Effect.provide(SecretStore.layer.pipe(Layer.provide(Layer.succeed(HostingCluster, hostingTest))))
+      )
       yield* hostingTest.createSecret("addon-i3", { metadata: { name: "scratch" }, data: { a: "Yg==" } })
       const scratch = yield* hostingTest.getSecret("addon-i3", "scratch")
       yield* hostingTest.deleteSecret("addon-i3", "scratch")
