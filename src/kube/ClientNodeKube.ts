@@ -26,6 +26,7 @@ import {
   type SecurityAuthentication
 } from "@kubernetes/client-node"
 import { type Context, Effect, Layer, Redacted } from "effect"
+import type * as Kubeconfig from "../domain/Kubeconfig.ts"
 import * as KubeClient from "./KubeClient.ts"
 import * as KubeError from "./KubeError.ts"
 import * as KubeWatch from "./Watch.ts"
@@ -290,6 +291,41 @@ export const make = (options: Options): KubeClient.KubeClient => {
         Effect.map((list) => list.items)
       )
   }
+}
+
+/**
+ * A client-node configuration for one cluster read by the kubeconfig reader: its server and TLS
+ * settings, and its credentials, or none when a {@link KubeClient.TokenSource} supplies the token
+ * on every request. The one place such a configuration is built (the provisioner's TokenRequest
+ * client, the service proxy's managed client).
+ *
+ * @category constructors
+ */
+export const kubeConfigFor = (
+  cluster: Omit<Kubeconfig.ClusterEntry, "caFile">,
+  credentials?: Kubeconfig.Credentials
+): KubeConfig => {
+  const kubeConfig = new KubeConfig()
+  kubeConfig.loadFromOptions({
+    clusters: [{
+      name: "cluster",
+      server: cluster.server,
+      skipTLSVerify: cluster.insecureSkipTlsVerify ?? false,
+      ...(cluster.certificateAuthorityData === undefined ? {} : { caData: cluster.certificateAuthorityData }),
+      ...(cluster.tlsServerName === undefined ? {} : { tlsServerName: cluster.tlsServerName }),
+      ...(cluster.proxyUrl === undefined ? {} : { proxyUrl: cluster.proxyUrl })
+    }],
+    users: [
+      credentials === undefined
+        ? { name: "user" }
+        : credentials._tag === "Token"
+        ? { name: "user", token: Redacted.value(credentials.token) }
+        : { name: "user", certData: credentials.certData, keyData: Redacted.value(credentials.keyData) }
+    ],
+    contexts: [{ name: "cluster", cluster: "cluster", user: "user" }],
+    currentContext: "cluster"
+  })
+  return kubeConfig
 }
 
 /**

@@ -11,7 +11,7 @@
  *
  * @since 0.1.0
  */
-import { KubeConfig } from "@kubernetes/client-node"
+import type { KubeConfig } from "@kubernetes/client-node"
 import { Clock, Context, Effect, Layer, Metric, Redacted } from "effect"
 import type * as Kubeconfig from "../domain/Kubeconfig.ts"
 import * as ClientNodeKube from "../kube/ClientNodeKube.ts"
@@ -90,25 +90,4 @@ export class TokenIssuer extends Context.Service<TokenIssuer, {
 }
 
 /** A client-node KubeConfig holding just the source's cluster and credentials. @category constructors */
-export const toKubeConfig = (source: Kubeconfig.SourceKubeconfig): KubeConfig => {
-  const { cluster, credentials } = source
-  const kubeConfig = new KubeConfig()
-  kubeConfig.loadFromOptions({
-    clusters: [{
-      name: "managed",
-      server: cluster.server,
-      skipTLSVerify: cluster.insecureSkipTlsVerify ?? false,
-      ...(cluster.certificateAuthorityData === undefined ? {} : { caData: cluster.certificateAuthorityData }),
-      ...(cluster.tlsServerName === undefined ? {} : { tlsServerName: cluster.tlsServerName }),
-      ...(cluster.proxyUrl === undefined ? {} : { proxyUrl: cluster.proxyUrl })
-    }],
-    users: [
-      credentials._tag === "Token"
-        ? { name: "source", token: Redacted.value(credentials.token) }
-        : { name: "source", certData: credentials.certData, keyData: Redacted.value(credentials.keyData) }
-    ],
-    contexts: [{ name: "managed", cluster: "managed", user: "source" }],
-    currentContext: "managed"
-  })
-  return kubeConfig
-}
+export const toKubeConfig = (source: Kubeconfig.SourceKubeconfig): KubeConfig => ClientNodeKube.kubeConfigFor(source.cluster, source.credentials)

@@ -22,7 +22,7 @@
  *
  * @since 0.1.0
  */
-import { KubeConfig } from "@kubernetes/client-node"
+import type { KubeConfig } from "@kubernetes/client-node"
 import { Context, Duration, Effect, FileSystem, Layer, Redacted, Ref, Result, Schema, Stream } from "effect"
 import { createHash } from "node:crypto"
 import * as Net from "node:net"
@@ -283,22 +283,13 @@ export const read = (source: Source): Effect.Effect<Snapshot, CredentialsError, 
 // ---------------------------------------------------------------------------------------------
 
 /** A client-node configuration without credentials: the token comes from the token source. */
-const kubeConfigFor = (current: Snapshot): KubeConfig => {
-  const kubeConfig = new KubeConfig()
-  kubeConfig.loadFromOptions({
-    clusters: [{
-      name: "managed",
-      server: current.serverUrl,
-      skipTLSVerify: current.tls.insecure,
-      ...(current.tls.ca === undefined ? {} : { caData: Buffer.from(current.tls.ca, "utf8").toString("base64") }),
-      ...(current.tls.servername === undefined ? {} : { tlsServerName: current.tls.servername })
-    }],
-    users: [{ name: "managed" }],
-    contexts: [{ name: "managed", cluster: "managed", user: "managed" }],
-    currentContext: "managed"
+const kubeConfigFor = (current: Snapshot): KubeConfig =>
+  ClientNodeKube.kubeConfigFor({
+    server: current.serverUrl,
+    insecureSkipTlsVerify: current.tls.insecure,
+    ...(current.tls.ca === undefined ? {} : { certificateAuthorityData: Buffer.from(current.tls.ca, "utf8").toString("base64") }),
+    ...(current.tls.servername === undefined ? {} : { tlsServerName: current.tls.servername })
   })
-  return kubeConfig
-}
 
 /**
  * Read `options.source`, watch its files, and serve the current snapshot. Needs a
