@@ -33,6 +33,7 @@ import * as Net from "node:net"
 import * as Os from "node:os"
 import { Apiserver, Fixtures } from "../../../src/testing/index.ts"
 import { tetherEntry } from "../../../src/testing/TetherEntry.ts"
+import { shippedEnv } from "../Footprint.ts"
 
 const arg = (name: string, fallback: number) => {
   const given = process.argv.find((a) => a.startsWith(`--${name}=`))
@@ -46,6 +47,9 @@ const settleSeconds = arg("settle", 15)
 const stormSeconds = arg("storm", 75)
 /** `--quick`: the sizes' rows only (no storm, no replicas), for trying a change. */
 const quick = process.argv.includes("--quick")
+/** The chart's and image's runtimeEnv for every controller, unless `--bare` (node's defaults). */
+const bare = process.argv.includes("--bare")
+const controllerEnv = bare ? process.env : { ...process.env, ...shippedEnv(process.cwd()) }
 const changes = arg("changes", 40)
 const out = process.argv.find((a) => a.startsWith("--out="))?.slice(6) ?? "test/bench/scale/RESULTS.md"
 const sizesGiven = process.argv.find((a) => a.startsWith("--sizes="))?.slice(8)
@@ -188,7 +192,7 @@ const main = Effect.gen(function*() {
         `--kubeconfig=${hosting.kubeconfigPath}`, `--hub-kubeconfig=${hub.kubeconfigPath}`,
         `--hosting-cluster-name=${hostingName}`, ...extra,
         `--health-probe-bind-address=127.0.0.1:${port}`, "--log-level=warn"
-      ], { stdio: ["ignore", "pipe", "pipe"] })
+      ], { stdio: ["ignore", "pipe", "pipe"], env: controllerEnv })
       const proc: Proc = { child, port, log: "" }
       process.once("exit", () => child.kill("SIGKILL"))
       const keep = (chunk: Buffer) => void (proc.log = (proc.log + chunk.toString()).slice(-20_000))
@@ -428,6 +432,8 @@ const main = Effect.gen(function*() {
   lines.push("# Credential controller at scale")
   lines.push("")
   lines.push(`Run ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC with \`npm run bench:scale -- --pairs=${pairs} --idle=${idleSeconds} --changes=${changes}\`.`)
+  lines.push("")
+  lines.push(`Controller environment: ${bare ? "node's defaults (--bare)" : `the shipped runtimeEnv (${Object.entries(shippedEnv(process.cwd())).map(([k, v]) => `${k}=${v}`).join(" ")})`}.`)
   lines.push("")
   lines.push(`Machine: ${Os.cpus()[0]?.model ?? "?"}, ${Os.cpus().length} cores, 1-minute load average at the end of each measurement ${loads.join(", ")} (shared with other work: CPU and latency figures move with it, memory little); three kube-apiservers v1.20.2 on the same cores.`)
   lines.push("")
