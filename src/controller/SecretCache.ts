@@ -171,8 +171,8 @@ export const make = Effect.fnUntraced(function*(
       }),
     create: (namespace, secret) => write(hosting.createSecret(namespace, secret)),
     replace: (namespace, secret) => write(hosting.replaceSecret(namespace, secret)),
-    delete: (namespace, name) =>
-      hosting.deleteSecret(namespace, name).pipe(
+    delete: (namespace, name, expect) =>
+      hosting.deleteSecret(namespace, name, expect).pipe(
         Effect.as(true),
         Effect.catchIf(KubeError.isReason("NotFound"), () => Effect.succeed(false)),
         Effect.tap(() =>

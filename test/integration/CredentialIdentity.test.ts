@@ -15,6 +15,7 @@ import { NodeServices } from "@effect/platform-node"
 import type { V1Secret } from "@kubernetes/client-node"
 import { Duration, Effect, Fiber, Layer, Result, Stream } from "effect"
 import * as CredentialController from "../../src/controller/CredentialController.ts"
+import * as SecretCache from "../../src/controller/SecretCache.ts"
 import * as Discovery from "../../src/domain/Discovery.ts"
 import * as ManagedKubeconfigSecret from "../../src/domain/ManagedKubeconfigSecret.ts"
 import * as RefreshPolicy from "../../src/domain/RefreshPolicy.ts"
@@ -204,6 +205,10 @@ describe.skipIf(noApiserver)("CredentialController identity (real audited apiser
       yield* hostingTest.createSecret("addon-i3", { metadata: { name: "scratch" }, data: { a: "Yw==" } })
       const refused = yield* Effect.flip(store.delete("addon-i3", "scratch", { uid: scratch.metadata!.uid! }))
       assert.isTrue(KubeError.isReason("Conflict")(refused), refused.message)
+      // The same through the controller's own Secret port (the watch-backed cache).
+      const cache = yield* SecretCache.make(hostingTest, () => Effect.void)
+      const refusedByCache = yield* Effect.flip(cache.store.delete("addon-i3", "scratch", { uid: scratch.metadata!.uid! }))
+      assert.isTrue(KubeError.isReason("Conflict")(refusedByCache), refusedByCache.message)
       assert.strictEqual((yield* hostingTest.getSecret("addon-i3", "scratch")).data?.["a"], "Yw==", "the re-created Secret survives")
 
       // ... and a Secret someone else re-created (our annotations copied, another UID) survives the add-on's deletion.
