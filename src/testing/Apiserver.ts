@@ -751,7 +751,7 @@ const reqConfig = (subject: string, x509Extensions?: string): string =>
 
 const openssl = (cwd: string, args: ReadonlyArray<string>): Effect.Effect<void, ApiserverError> =>
   Effect.callback<void, ApiserverError>((resume) => {
-    const child = ChildProcess.execFile("openssl", [...args], { cwd, timeout: 30_000 }, (error, _stdout, stderr) => {
+    const child = ChildProcess.execFile("openssl", [...args], { cwd, timeout: 180_000 }, (error, _stdout, stderr) => {
       if (error === null) return resume(Effect.void)
       resume(Effect.fail(
         new ApiserverError({

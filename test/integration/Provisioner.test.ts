@@ -398,7 +398,8 @@ describe.skipIf(noApiserver)("managed-kubeconfig-provisioner (real apiservers)",
       const base = `http://127.0.0.1:${port}`
       assert.strictEqual((yield* eventually(get(`${base}/healthz`))).body, "ok")
       yield* until(get(`${base}/readyz`), (r) => r.status === 200, "ready")
-      const metrics = (yield* get(`${base}/metrics`)).body
+      // Ready comes within the first reconcile; the reconcile counter when it has returned.
+      const metrics = (yield* until(get(`${base}/metrics`), (r) => r.body.includes("tether_reconcile_total"), "first reconcile counted")).body
       assert.include(metrics, 'cluster_proxy_managed_kubeconfig_refresh_total{result="success"} 1')
       const remaining = /^cluster_proxy_managed_kubeconfig_token_expiration_seconds (\S+)$/m.exec(metrics)
       assert.isDefined(remaining?.[1])

@@ -115,6 +115,8 @@ describe("tether hosted-agent", () => {
           const run = tether([
             "--cluster-name=c1",
             "--components=apiserver-proxy",
+            // Outside a pod the hosting client needs a kubeconfig (no component here calls it).
+            `--kubeconfig=${kubeconfig}`,
             `--managed-kubeconfig=${kubeconfig}`,
             `--apiserver-proxy-listen=127.0.0.1:${port}`,
             "--health-probe-bind-address=127.0.0.1:0"
