@@ -39,7 +39,7 @@ import * as Controller from "../kube/Controller.ts"
 import { HostingCluster, HubCluster } from "../kube/KubeClient.ts"
 import * as WorkQueue from "../kube/WorkQueue.ts"
 import * as Metrics from "../observability/Metrics.ts"
-import { Probes } from "../observability/Probes.ts"
+import { notReady, Probes } from "../observability/Probes.ts"
 import { AddonStatus, type RelatedObject, relatedSecret, stateOf } from "../provisioner/AddonStatus.ts"
 import * as Reconciler from "../provisioner/Reconciler.ts"
 import { SecretStore } from "../provisioner/SecretStore.ts"
@@ -213,13 +213,13 @@ export const run = Effect.fnUntraced(function*(options: Options) {
   if (Option.isSome(probes)) {
     yield* probes.value.addReadinessCheck("discovery", Effect.gen(function*() {
       const state = yield* source.current
-      if (!state.synced) return yield* Effect.fail("discovery has not listed yet")
-      if (state.broken) return yield* Effect.fail("the discovery watch is failing")
-      if (!(yield* published())) return yield* Effect.fail("membership has not published a view yet")
-      if (initial === undefined) return yield* Effect.fail("the first list is not processed yet")
+      if (!state.synced) return yield* notReady("discovery has not listed yet")
+      if (state.broken) return yield* notReady("the discovery watch is failing")
+      if (!(yield* published())) return yield* notReady("membership has not published a view yet")
+      if (initial === undefined) return yield* notReady("the first list is not processed yet")
       let pending = 0
       for (const key of initial) if (membership === undefined || (yield* membership.allows(key))) pending++
-      if (pending > 0) return yield* Effect.fail(`${pending} discovered pairs not reconciled yet`)
+      if (pending > 0) return yield* notReady(`${pending} discovered pairs not reconciled yet`)
     }))
   }
   membership = options.membership === undefined

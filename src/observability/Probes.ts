@@ -42,16 +42,6 @@ export const notReady = (reason: string): Effect.Effect<never, NotReady> => Effe
 export type ReadinessCheck = Effect.Effect<void, NotReady>
 
 /**
- * What {@link Probes} registers: a {@link ReadinessCheck}, or one that still fails with a bare
- * reason string (the credential controller and the provisioner, until they move to `NotReady`).
- *
- * @category models
- */
-export type AnyReadinessCheck = Effect.Effect<void, NotReady | string>
-
-const reasonOf = (failure: NotReady | string): string => (typeof failure === "string" ? failure : failure.reason)
-
-/**
  * The result of one readiness check; `reason` is set when it failed.
  *
  * @category models
@@ -68,7 +58,7 @@ export class Probes extends Context.Service<Probes, {
    * only when all pass. A component that is restarted registers its checks again without
    * leaving the old ones behind.
    */
-  readonly addReadinessCheck: (name: string, check: AnyReadinessCheck) => Effect.Effect<void, never, Scope.Scope>
+  readonly addReadinessCheck: (name: string, check: ReadinessCheck) => Effect.Effect<void, never, Scope.Scope>
   /** Run `hook` before every `/metrics` scrape while the calling scope lives (keep it cheap and infallible). */
   readonly addScrapeHook: (hook: Effect.Effect<void>) => Effect.Effect<void, never, Scope.Scope>
   /** Evaluate every readiness check; each by name, in registration order. */
@@ -81,7 +71,7 @@ export class Probes extends Context.Service<Probes, {
   /** The registry alone, without a server (embedders that serve their own routes). */
   static readonly layerNoServer = Layer.sync(Probes, () => {
     // Registrations are keyed by identity, so two components may use the same check name.
-    const checks = new Set<readonly [string, AnyReadinessCheck]>()
+    const checks = new Set<readonly [string, ReadinessCheck]>()
     const hooks = new Set<Effect.Effect<void>>()
     const register = <A>(set: Set<A>, entry: A) =>
       Effect.acquireRelease(Effect.sync(() => void set.add(entry)), () => Effect.sync(() => void set.delete(entry)))
@@ -90,7 +80,7 @@ export class Probes extends Context.Service<Probes, {
         Effect.timeoutOrElse({ duration: "5 seconds", orElse: () => notReady("check timed out") }),
         Effect.match({
           onSuccess: (): CheckResult => ({ name, reason: undefined }),
-          onFailure: (failure): CheckResult => ({ name, reason: reasonOf(failure) })
+          onFailure: (failure): CheckResult => ({ name, reason: failure.reason })
         })
       ), { concurrency: "unbounded" }))
     return Probes.of({

@@ -28,7 +28,7 @@ import { EventRecorder } from "../kube/EventRecorder.ts"
 import { type CustomObject, HostingCluster, HubCluster } from "../kube/KubeClient.ts"
 import type * as KubeWatch from "../kube/Watch.ts"
 import * as Metrics from "../observability/Metrics.ts"
-import { Probes } from "../observability/Probes.ts"
+import { notReady, Probes } from "../observability/Probes.ts"
 import { AddonStatus, managedClusterAddOns, stateOf } from "./AddonStatus.ts"
 import { Reachability } from "./Reachability.ts"
 import * as Reconciler from "./Reconciler.ts"
@@ -197,14 +197,14 @@ export const run = Effect.fn("Provisioner.run")(function*(options: Options) {
   yield* probes.addReadinessCheck("token", Effect.gen(function*() {
     const lifetime = (yield* Ref.get(tokens)).get(key)
     const now = yield* Clock.currentTimeMillis
-    if (lifetime === undefined) return yield* Effect.fail("no managed kubeconfig token in place yet")
-    if (RefreshPolicy.isExpired(now, lifetime)) return yield* Effect.fail("the managed kubeconfig token has expired")
+    if (lifetime === undefined) return yield* notReady("no managed kubeconfig token in place yet")
+    if (RefreshPolicy.isExpired(now, lifetime)) return yield* notReady("the managed kubeconfig token has expired")
   }))
   yield* probes.addReadinessCheck("watches", Effect.gen(function*() {
     const states = yield* Ref.get(alive)
     const down = [...states].filter(([, up]) => !up).map(([name]) => name)
-    if (states.size < watches.length) return yield* Effect.fail("watches are starting")
-    if (down.length > 0) return yield* Effect.fail(`watch down: ${down.join(", ")}`)
+    if (states.size < watches.length) return yield* notReady("watches are starting")
+    if (down.length > 0) return yield* notReady(`watch down: ${down.join(", ")}`)
   }))
   yield* probes.addScrapeHook(Effect.gen(function*() {
     const lifetime = (yield* Ref.get(tokens)).get(key)

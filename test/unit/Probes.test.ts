@@ -1,7 +1,6 @@
 /**
  * The readiness registry: a failing check is a typed `NotReady` whose reason `/readyz` shows; a
- * check that does not answer within 5 s is not ready (virtual time); the bare-string checks of
- * components not yet moved to `NotReady` still report their reason; a registration ends with its
+ * check that does not answer within 5 s is not ready (virtual time); a registration ends with its
  * scope.
  */
 import { assert, describe, it } from "@effect/vitest"
@@ -10,13 +9,13 @@ import { TestClock } from "effect/testing"
 import { NotReady, notReady, Probes } from "../../src/observability/Probes.ts"
 
 describe("Probes", () => {
-  it.effect("reports NotReady reasons, string reasons and timeouts by name, and forgets a closed registration", () =>
+  it.effect("reports NotReady reasons and timeouts by name, and forgets a closed registration", () =>
     Effect.gen(function*() {
       const probes = yield* Probes
       yield* probes.addReadinessCheck("ok", Effect.void)
       yield* probes.addReadinessCheck("typed", notReady("no managed kubeconfig yet"))
       assert.instanceOf(yield* Effect.flip(notReady("x")), NotReady)
-      yield* probes.addReadinessCheck("legacy", Effect.fail("watches not synced"))
+      yield* probes.addReadinessCheck("watches", notReady("watches not synced"))
       yield* probes.addReadinessCheck("hung", Effect.never)
       const scope = yield* Scope.make()
       yield* probes.addReadinessCheck("scoped", notReady("going away")).pipe(Scope.provide(scope))
@@ -24,14 +23,14 @@ describe("Probes", () => {
       yield* TestClock.adjust("5 seconds")
       assert.deepStrictEqual(yield* Fiber.join(fiber), [
         { name: "typed", reason: "no managed kubeconfig yet" },
-        { name: "legacy", reason: "watches not synced" },
+        { name: "watches", reason: "watches not synced" },
         { name: "hung", reason: "check timed out" },
         { name: "scoped", reason: "going away" }
       ])
       yield* Scope.close(scope, Exit.void)
       const after = yield* Effect.forkChild(probes.readiness)
       yield* TestClock.adjust("5 seconds")
-      assert.deepStrictEqual((yield* Fiber.join(after)).map((f) => f.name), ["typed", "legacy", "hung"])
+      assert.deepStrictEqual((yield* Fiber.join(after)).map((f) => f.name), ["typed", "watches", "hung"])
     }).pipe(Effect.provide(Probes.layerNoServer)))
 
 })
