@@ -55,3 +55,19 @@ export const errorCode = (error: unknown): string | undefined => {
   const code = typeof error === "object" && error !== null ? (error as { readonly code?: unknown }).code : undefined
   return typeof code === "string" ? code : undefined
 }
+
+/**
+ * A listening socket could not be opened (`code` is the system's: EADDRINUSE, ...), or was lost
+ * while serving (no code). Terminal codes are not retryable; a supervisor restarts the rest.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ListenError extends Schema.TaggedError<ListenError>()("ListenError", {
+  message: Schema.String,
+  code: Schema.optional(Schema.String)
+}) {
+  get retryable(): boolean {
+    return this.code === undefined || !terminalListenCodes.has(this.code)
+  }
+}

@@ -24,7 +24,7 @@
  *
  * @since 0.1.0
  */
-import { Clock, Duration, Effect, FiberSet, Schedule, Schema, Scope } from "effect"
+import { Clock, Duration, Effect, FiberSet, Schedule, Scope } from "effect"
 import * as Http from "node:http"
 import * as Https from "node:https"
 import type * as Net from "node:net"
@@ -58,21 +58,6 @@ export interface Options {
   readonly idleTimeout: number
 }
 
-/**
- * The port cannot be bound. `code` is the system's (EADDRINUSE, ...): terminal ones are not
- * retryable.
- *
- * @category errors
- */
-export class ListenError extends Schema.TaggedError<ListenError>()("ListenError", {
-  message: Schema.String,
-  code: Schema.optional(Schema.String)
-}) {
-  get retryable(): boolean {
-    return this.code === undefined || !ListenAddress.terminalListenCodes.has(this.code)
-  }
-}
-
 /** @category models */
 export interface Served {
   readonly server: Http.Server | Https.Server
@@ -89,11 +74,11 @@ export interface Served {
  *
  * @category servers
  */
-export const listen = (server: Net.Server, address: ListenAddress.ListenAddress): Effect.Effect<Served["address"], ListenError> =>
+export const listen = (server: Net.Server, address: ListenAddress.ListenAddress): Effect.Effect<Served["address"], ListenAddress.ListenError> =>
   Effect.callback((resume) => {
     const onError = (error: Error) =>
       resume(Effect.fail(
-        new ListenError({ message: `cannot listen on ${ListenAddress.format(address)}: ${Answers.describe(error)}`, code: ListenAddress.errorCode(error) })
+        new ListenAddress.ListenError({ message: `cannot listen on ${ListenAddress.format(address)}: ${Answers.describe(error)}`, code: ListenAddress.errorCode(error) })
       ))
     server.once("error", onError)
     server.listen({ port: address.port, ...(address.host ? { host: address.host } : {}) }, () => {

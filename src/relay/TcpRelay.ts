@@ -45,22 +45,6 @@ export interface Options {
 }
 
 /**
- * The listening socket could not be opened (port in use, address not local: terminal, not
- * retryable), or was lost while serving (retryable: listening again may work).
- *
- * @since 0.1.0
- * @category errors
- */
-export class ListenError extends Schema.TaggedError<ListenError>()("RelayListenError", {
-  message: Schema.String,
-  code: Schema.optional(Schema.String)
-}) {
-  get retryable(): boolean {
-    return this.code === undefined || !ListenAddress.terminalListenCodes.has(this.code)
-  }
-}
-
-/**
  * The target did not accept a TCP connection in time. Retryable: the client dials again.
  *
  * @since 0.1.0
@@ -107,7 +91,7 @@ export class TcpRelay extends Context.Service<TcpRelay, {
   /** The connections being relayed now. */
   readonly connections: Effect.Effect<ReadonlyArray<ConnectionInfo>>
   /** Fails when the listening socket closes while the relay should be serving (a supervisor restarts it). */
-  readonly failure: Effect.Effect<never, ListenError>
+  readonly failure: Effect.Effect<never, ListenAddress.ListenError>
 }>()("tether/relay/TcpRelay") {
   /** Listen and relay for as long as the layer lives; needs {@link TargetWatcher}. */
   static readonly layer = (options: Options) => Layer.effect(TcpRelay, make(options))
@@ -358,9 +342,9 @@ const make = Effect.fnUntraced(function*(options: Options) {
     runFork(relay(client, up, down))
   }
 
-  const lost = yield* Deferred.make<never, ListenError>()
+  const lost = yield* Deferred.make<never, ListenAddress.ListenError>()
   const server = yield* Effect.acquireRelease(
-    Effect.callback<Net.Server, ListenError>((resume) => {
+    Effect.callback<Net.Server, ListenAddress.ListenError>((resume) => {
       const server = Net.createServer({
         allowHalfOpen: true,
         // Nothing is read before the upstream connection exists (and before `adopt`).
@@ -371,7 +355,7 @@ const make = Effect.fnUntraced(function*(options: Options) {
       }, onConnection)
       const onListenError = (error: Error) =>
         resume(Effect.fail(
-          new ListenError({
+          new ListenAddress.ListenError({
             message: `cannot listen on ${ListenAddress.format(options.listen)}: ${describeError(error)}`,
             code: ListenAddress.errorCode(error)
           })
@@ -397,7 +381,7 @@ const make = Effect.fnUntraced(function*(options: Options) {
   )
   server.on("close", () => {
     if (!stopping) {
-      Deferred.doneUnsafe(lost, Exit.fail(new ListenError({ message: `the listener on ${ListenAddress.format(options.listen)} closed` })))
+      Deferred.doneUnsafe(lost, Exit.fail(new ListenAddress.ListenError({ message: `the listener on ${ListenAddress.format(options.listen)} closed` })))
     }
   })
   server.on("error", (error) => {

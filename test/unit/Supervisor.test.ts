@@ -16,6 +16,7 @@ import * as Http from "node:http"
 import * as Net from "node:net"
 import * as Supervisor from "../../src/agent/Supervisor.ts"
 import * as Backoff from "../../src/domain/Backoff.ts"
+import * as ListenAddress from "../../src/domain/ListenAddress.ts"
 import * as Server from "../../src/http/Server.ts"
 import { Probes } from "../../src/observability/Probes.ts"
 
@@ -173,14 +174,14 @@ describe("Supervisor", () => {
       const taken = yield* Effect.flip(Server.listen(Http.createServer(), { host: "127.0.0.1", port }))
       assert.strictEqual(taken.code, "EADDRINUSE")
       assert.isFalse(taken.retryable)
-      assert.isTrue(new Server.ListenError({ message: "the listener closed" }).retryable)
+      assert.isTrue(new ListenAddress.ListenError({ message: "the listener closed" }).retryable)
       let lives = 0
       const relay: Supervisor.Component<never> = {
         name: "service-relay",
         start: Effect.suspend(() => {
           lives++
           return lives === 1
-            ? Effect.succeed(Effect.fail(new Server.ListenError({ message: "the listener on :8000 closed" })))
+            ? Effect.succeed(Effect.fail(new ListenAddress.ListenError({ message: "the listener on :8000 closed" })))
             : Effect.fail(taken)
         })
       }
