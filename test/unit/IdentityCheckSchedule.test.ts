@@ -23,24 +23,9 @@ import * as Reconciler from "../../src/provisioner/Reconciler.ts"
 import { SecretStore } from "../../src/provisioner/SecretStore.ts"
 import { ServiceAccounts } from "../../src/provisioner/ServiceAccounts.ts"
 import { TokenIssuer } from "../../src/provisioner/TokenIssuer.ts"
+import { sourceSecret } from "../support/sourceSecret.ts"
 
 const MINUTE = 60_000
-
-const sourceKubeconfig = `apiVersion: v1
-kind: Config
-clusters:
-- name: m
-  cluster:
-    server: https://managed.example:6443
-users:
-- name: admin
-  user:
-    token: source-admin-token
-contexts:
-- name: m
-  context: { cluster: m, user: admin }
-current-context: m
-`
 
 const spec = (intervalMs: number): Reconciler.ClusterSpec => ({
   clusterName: "c1/cluster-proxy",
@@ -65,7 +50,7 @@ interface World {
 const layers = (world: World) => {
   const seed = new Map<string, V1Secret>([[
     "c1/external-managed-kubeconfig",
-    { metadata: { name: "external-managed-kubeconfig", namespace: "c1", resourceVersion: "1" }, data: { kubeconfig: Buffer.from(sourceKubeconfig).toString("base64") } }
+    sourceSecret()
   ]])
   const issuer = Layer.succeed(TokenIssuer, TokenIssuer.of({
     request: () =>

@@ -22,26 +22,10 @@ import { AddonStatus } from "../../src/provisioner/AddonStatus.ts"
 import * as Reconciler from "../../src/provisioner/Reconciler.ts"
 import { SecretStore } from "../../src/provisioner/SecretStore.ts"
 import { TokenIssuer } from "../../src/provisioner/TokenIssuer.ts"
+import { sourceKubeconfig, sourceSecret } from "../support/sourceSecret.ts"
 
 const MINUTE = 60_000
 const YEAR = 365 * 24 * 60 * MINUTE
-
-const sourceKubeconfig = `apiVersion: v1
-kind: Config
-clusters:
-- name: m
-  cluster:
-    server: https://managed.example:6443
-    certificate-authority-data: ${Buffer.from("-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n").toString("base64")}
-users:
-- name: admin
-  user:
-    token: source-admin-token
-contexts:
-- name: m
-  context: { cluster: m, user: admin }
-current-context: m
-`
 
 const spec = (ttlMs: number, refreshBeforeMs: number): Reconciler.ClusterSpec => ({
   clusterName: "c1",
@@ -60,7 +44,7 @@ interface Issued {
 const world = (serverTtlMs: number, issued: Array<Issued>) => {
   const seed = new Map<string, V1Secret>([[
     "c1/external-managed-kubeconfig",
-    { metadata: { name: "external-managed-kubeconfig", namespace: "c1", resourceVersion: "1" }, data: { kubeconfig: Buffer.from(sourceKubeconfig).toString("base64") } }
+    sourceSecret()
   ]])
   const issuer = Layer.succeed(
     TokenIssuer,
