@@ -4,9 +4,15 @@
  * starts, with the position of the problem.
  *
  * The grammar: requirements separated by `,`, each one of `key`, `!key`, `key=value`,
- * `key==value`, `key!=value`, `key in (v1,v2)`, `key notin (v1,v2)`, `key>n`, `key<n`; spaces
- * around tokens are ignored. Keys are qualified names (an optional DNS-subdomain prefix and `/`,
- * then a name of at most 63 characters); values are empty or such names.
+ * `key==value`, `key!=value`, `key in (v1,v2)`, `key notin (v1,v2)`, `key>n`, `key<n`; spaces,
+ * tabs, CR and LF around tokens are ignored (other white space is part of a word, as for the
+ * apiserver). Keys are qualified names (an optional DNS-subdomain prefix and `/`, then a name of at
+ * most 63 characters); values are empty or such names. As in the apiserver, `in` and `notin` are
+ * operators only after a key: as a key or a value they are plain words (`in=1`, `notin`,
+ * `in in (in)`), and the integer of `>`/`<` is also a label value (so `k>-1` is refused).
+ *
+ * Stricter than the apiserver on purpose: an empty value in a set (`a in ()`, `a in (x,)`, which
+ * the apiserver reads as the empty string) is refused.
  *
  * @since 0.1.0
  */
@@ -36,14 +42,16 @@ type Token =
   | { readonly kind: "op"; readonly text: "!" | "=" | "==" | "!=" | "(" | ")" | "," | ">" | "<"; readonly at: number }
   | { readonly kind: "end"; readonly at: number }
 
-const special = /[\s!=(),<>]/
+/** The apiserver's lexer takes only these as white space; any other character is part of a word. */
+const blank = /[ \t\r\n]/
+const special = /[ \t\r\n!=(),<>]/
 
 const tokenize = (input: string): ReadonlyArray<Token> => {
   const tokens: Array<Token> = []
   let i = 0
   while (i < input.length) {
     const c = input[i]!
-    if (/\s/.test(c)) {
+    if (blank.test(c)) {
       i++
     } else if ((c === "=" || c === "!") && input[i + 1] === "=") {
       tokens.push({ kind: "op", text: c === "=" ? "==" : "!=", at: i })
@@ -79,6 +87,11 @@ const badValue = (value: string): string | undefined =>
   value === "" || (value.length <= 63 && namePart.test(value))
     ? undefined
     : "a value is empty or at most 63 letters, digits, '-', '_' or '.', starting and ending alphanumeric"
+
+const maxInt64 = 2n ** 63n - 1n
+
+/** `>`/`<` take an int64 that is also a label value: digits only (no sign), at most 2^63 - 1. */
+const isComparable = (text: string): boolean => /^\d{1,19}$/.test(text) && BigInt(text) <= maxInt64
 
 const quote = (text: string) => JSON.stringify(text.length > 80 ? `${text.slice(0, 80)}…` : text)
 
@@ -134,7 +147,9 @@ export const parse = (input: string): Result.Result<ReadonlyArray<Requirement>, 
     } else if (after.kind === "op" && (after.text === ">" || after.text === "<")) {
       next()
       const value = next()
-      if (value.kind !== "id" || !/^-?\d{1,18}$/.test(value.text)) return failAt(value, `'${after.text}' takes an integer`)
+      if (value.kind !== "id" || !isComparable(value.text)) {
+        return failAt(value, `'${after.text}' takes an integer of digits only, at most 9223372036854775807 (the apiserver reads it as a label value too)`)
+      }
       requirements.push({ _tag: after.text === ">" ? "GreaterThan" : "LessThan", key, value: value.text })
     } else if (after.kind === "id" && (after.text === "in" || after.text === "notin")) {
       next()

@@ -17,8 +17,19 @@ describe("label selectors", () => {
     ["!a", "!a"],
     ["a in (x, y),b notin (z)", "a in (x,y),b notin (z)"],
     ["open-cluster-management.io/cluster-name=c1,tier", "open-cluster-management.io/cluster-name=c1,tier"],
-    ["k>3,k<-2", "k>3,k<-2"],
-    ["a.b_c-d=E.f_g-9", "a.b_c-d=E.f_g-9"]
+    ["k>3,k<2", "k>3,k<2"],
+    ["k>9223372036854775807", "k>9223372036854775807"],
+    ["a.b_c-d=E.f_g-9", "a.b_c-d=E.f_g-9"],
+    // As in the apiserver's parser, `in` and `notin` are operators only after a key.
+    ["in=1", "in=1"],
+    ["in==1,notin!=2", "in=1,notin!=2"],
+    ["notin", "notin"],
+    ["!in", "!in"],
+    ["in in (a)", "in in (a)"],
+    ["notin notin (in,notin)", "notin notin (in,notin)"],
+    ["a=in,b=notin", "a=in,b=notin"],
+    ["in>1", "in>1"],
+    ["\ta=b\r\n", "a=b"]
   ])("reads %j as %j", (input, expected) => {
     assert.strictEqual(parsed(input), expected)
   })
@@ -49,7 +60,20 @@ describe("label selectors", () => {
     ["a=b/c", "bad value"],
     ["a=-b", "bad value"],
     ["a=b\u0000", "bad value"],
-    ["a===b", "expected a value"]
+    ["a===b", "expected a value"],
+    ["k<-2", "takes an integer of digits only"],
+    ["k>+2", "takes an integer of digits only"],
+    ["k>9223372036854775808", "takes an integer of digits only"],
+    // White space the apiserver does not skip is part of a word, so it makes a bad value or key.
+    ["a=b\u00a0", "bad value"],
+    ["a=b\u000b", "bad value"],
+    ["a=b\u00a0,c=d", "bad value"],
+    ["\u2003a=b", "bad key"],
+    ["in in", "expected '(' after 'in'"],
+    ["a notin", "expected '(' after 'notin'"],
+    ["in in in", "expected '(' after 'in'"],
+    ["in (a)", "expected '='"],
+    ["!notin=1", "'!key' takes no operator"]
   ])("refuses %j (%s)", (input, reason) => {
     const out = parsed(input)
     assert.isTrue(out.startsWith("error: "), `${JSON.stringify(input)} was accepted as ${out}`)
