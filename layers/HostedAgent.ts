@@ -8,9 +8,10 @@
  * - `service-proxy`: the TLS proxy behind the konnectivity tunnel (all three hosted modes);
  * - `addon-lease`: the add-on health Lease on the hosting cluster.
  *
- * They share one hosting-cluster client, one hub client, one probe server and one logger; each
- * runs under the {@link Supervisor}, so a failing component is restarted alone. Without the
- * provisioner, the others read the generated kubeconfig from a mounted file instead.
+ * They share one hosting-cluster client (built only when the provisioner or the Lease runs), one
+ * hub client, one probe server and one logger; each runs under the {@link Supervisor}, so a
+ * failing component is restarted alone. Without the provisioner, the others read the generated
+ * kubeconfig from a mounted file instead.
  *
  * @since 0.1.0
  */
@@ -65,8 +66,14 @@ const fromLayer = <A, E, R>(
   start: Effect.map(Layer.build(layer.pipe(Layer.provide(ownProbes(name)))), failure)
 })
 
-/** What the components need from outside; {@link HubCluster} is optional. @category models */
-export type Requirements = Probes | HostingCluster | FileSystem.FileSystem | HttpClient.HttpClient
+/**
+ * What the components need from outside. {@link HostingCluster} is needed only by the
+ * provisioner and the add-on Lease ({@link HostedAgentOptions.needsHostingCluster}), and
+ * {@link HubCluster} is optional.
+ *
+ * @category models
+ */
+export type Requirements = Probes | FileSystem.FileSystem | HttpClient.HttpClient
 
 type Shared = Requirements | GeneratedKubeconfig | TokenState
 
@@ -79,23 +86,30 @@ type Shared = Requirements | GeneratedKubeconfig | TokenState
 export const run = (options: Options): Effect.Effect<never, Supervisor.ComponentStartError, Requirements | Scope.Scope> =>
   Effect.gen(function*() {
     const hub = Option.getOrUndefined(yield* Effect.serviceOption(HubCluster))
-    const hosting = yield* HostingCluster
     const managed = options.managedKubeconfig
+    const hosting = Option.getOrUndefined(yield* Effect.serviceOption(HostingCluster))
+    const hostingFor = (component: ComponentName) =>
+      hosting === undefined
+        ? Effect.fail(new Supervisor.ComponentStartError({ component, message: "needs a hosting-cluster client, and none was given" }))
+        : Effect.succeed(hosting)
     const components: Array<Supervisor.Component<Shared>> = []
 
     if (managed._tag === "InProcess") {
       const provisioner = managed.provisioner
+      const hostingLayer = Layer.succeed(HostingCluster, yield* hostingFor("provisioner"))
       const addon = hub === undefined || provisioner.addon === undefined
         ? AddonStatus.layerUntracked
         : AddonStatus.layer(provisioner.addon).pipe(Layer.provide(Layer.succeed(HubCluster, hub)))
       // The provisioner watches the add-on when it finds a hub client.
-      const loop = hub === undefined ? Provisioner.run(provisioner) : Effect.provideService(Provisioner.run(provisioner), HubCluster, hub)
+      const loop = (hub === undefined ? Provisioner.run(provisioner) : Effect.provideService(Provisioner.run(provisioner), HubCluster, hub)).pipe(
+        Effect.provide(hostingLayer)
+      )
       const ports = Layer.mergeAll(
         SecretStore.layer,
         TokenIssuer.layer,
         EventRecorder.layer("cluster-proxy-managed-kubeconfig-provisioner"),
         addon
-      )
+      ).pipe(Layer.provide(hostingLayer))
       components.push({
         name: "provisioner",
         // Built in the component's scope, so each restart gets fresh ports.
@@ -108,6 +122,7 @@ export const run = (options: Options): Effect.Effect<never, Supervisor.Component
 
     if (options.addonLease !== undefined) {
       const lease = options.addonLease
+      const leaseStore = LeaseStore.LeaseStore.layerClient(yield* hostingFor("addon-lease"))
       const checks: Array<Effect.Effect<HealthChecks.HealthCheck, never, Shared>> = []
       if (lease.proxyAgentReadinessUrl !== undefined) checks.push(HealthChecks.httpReadiness("proxy-agent", lease.proxyAgentReadinessUrl))
       checks.push(
@@ -133,7 +148,7 @@ export const run = (options: Options): Effect.Effect<never, Supervisor.Component
         : AddonLease.layer(leaseOptions)
       components.push(fromLayer(
         "addon-lease",
-        heartbeat.pipe(Layer.provide(healthChecks), Layer.provide(LeaseStore.LeaseStore.layerClient(hosting))),
+        heartbeat.pipe(Layer.provide(healthChecks), Layer.provide(leaseStore)),
         (context) => Context.get(context, AddonLease).failure
       ))
     }
@@ -181,10 +196,17 @@ export const run = (options: Options): Effect.Effect<never, Supervisor.Component
     Effect.annotateLogs({ process: "hosted-agent" })
   )
 
-/** The shared cluster clients from kubeconfig paths (in-cluster when the hosting one is absent). @category layers */
-export const layerClients = (options: Pick<Options, "hostingKubeconfig" | "hubKubeconfig">) =>
+/**
+ * The shared cluster clients from kubeconfig paths: the hosting one (in-cluster when its path is
+ * absent) only when a component needs it, the hub one when a path is given.
+ *
+ * @category layers
+ */
+export const layerClients = (options: Pick<Options, "hostingKubeconfig" | "hubKubeconfig" | "managedKubeconfig" | "addonLease">) =>
   Layer.merge(
-    ClientNodeKube.layer(HostingCluster, { cluster: "hosting", path: options.hostingKubeconfig, userAgent }),
+    HostedAgentOptions.needsHostingCluster(options)
+      ? ClientNodeKube.layer(HostingCluster, { cluster: "hosting", path: options.hostingKubeconfig, userAgent })
+      : Layer.empty,
     options.hubKubeconfig === undefined
       ? Layer.empty
       : ClientNodeKube.layer(HubCluster, { cluster: "hub", path: options.hubKubeconfig, userAgent })

@@ -155,3 +155,13 @@ export const resolve = (
       addonLease
     }
   })
+
+/**
+ * Whether a component talks to the hosting cluster: the provisioner (Secrets, TokenRequest
+ * through the source) and the add-on Lease. The relays alone need no hosting client, so an
+ * install of only those runs outside a pod without `--kubeconfig`.
+ *
+ * @category models
+ */
+export const needsHostingCluster = (options: Pick<Options, "managedKubeconfig" | "addonLease">): boolean =>
+  options.managedKubeconfig._tag === "InProcess" || options.addonLease !== undefined

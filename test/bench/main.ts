@@ -272,8 +272,6 @@ const tcpRelays = Effect.fn("bench.tcpRelays")(function*(work: string, name: str
     tetherEntry(),
     "hosted-agent",
     "--components=apiserver-proxy",
-    // Outside a pod the agent's hosting client needs a kubeconfig, even when no component calls it.
-    `--kubeconfig=${kubeconfig}`,
     `--managed-kubeconfig=${kubeconfig}`,
     `--apiserver-proxy-listen=127.0.0.1:${hostedPort}`,
     `--health-probe-bind-address=127.0.0.1:${hostedProbePort}`
@@ -288,8 +286,6 @@ const tcpRelays = Effect.fn("bench.tcpRelays")(function*(work: string, name: str
     tetherEntry(),
     "hosted-agent",
     "--components=apiserver-proxy",
-    // Outside a pod the agent's hosting client needs a kubeconfig, even when no component calls it.
-    `--kubeconfig=${kubeconfig}`,
     `--managed-kubeconfig=${kubeconfig}`,
     `--apiserver-proxy-listen=127.0.0.1:${semiPort}`,
     `--health-probe-bind-address=127.0.0.1:${semiProbePort}`

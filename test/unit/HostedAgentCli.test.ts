@@ -115,8 +115,7 @@ describe("tether hosted-agent", () => {
           const run = tether([
             "--cluster-name=c1",
             "--components=apiserver-proxy",
-            // Outside a pod the hosting client needs a kubeconfig (no component here calls it).
-            `--kubeconfig=${kubeconfig}`,
+            // No --kubeconfig: the relay alone needs no hosting client, so none is built.
             `--managed-kubeconfig=${kubeconfig}`,
             `--apiserver-proxy-listen=127.0.0.1:${port}`,
             "--health-probe-bind-address=127.0.0.1:0"
@@ -133,5 +132,23 @@ describe("tether hosted-agent", () => {
         }
       })
     })
+  })
+
+  it("outside a pod, a component that needs the hosting cluster without --kubeconfig stops the start with one message", () => {
+    const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tether-hosted-agent-cli-"))
+    try {
+      const managed = Path.join(dir, "managed")
+      Fs.writeFileSync(managed, "apiVersion: v1\nkind: Config\n")
+      const run = tether([
+        "--cluster-name=c1",
+        "--components=addon-lease",
+        `--managed-kubeconfig=${managed}`,
+        "--health-probe-bind-address=127.0.0.1:0"
+      ], { KUBERNETES_SERVICE_HOST: "", KUBERNETES_SERVICE_PORT: "" })
+      assert.strictEqual(run.status, 1)
+      assert.match(run.stdout + run.stderr, /not running in a cluster \(KUBERNETES_SERVICE_HOST\/PORT unset\): pass --kubeconfig/)
+    } finally {
+      Fs.rmSync(dir, { recursive: true, force: true })
+    }
   })
 })
