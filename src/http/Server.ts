@@ -18,18 +18,24 @@
  * upgrade socket) and the process alive; the cause goes to the log. Upstream failures are
  * logged with the admission's `upstream` fields, never a path, header value or token.
  *
+ * What is open (requests, client connections, upgrades) is counted here with plain numbers and
+ * sets, and read by the proxy's gauges ({@link Metrics.OpenGauges}) at scrape time, so the
+ * request path pays no metric update.
+ *
  * Closing the scope stops accepting connections, closes keep-alive connections as they go
- * idle, lets in-flight requests run for `shutdownTimeout`, then cuts what is left (spliced
- * upgrades included) and drops the upstream pools.
+ * idle, lets in-flight requests run for `shutdownTimeout`, then cuts what is left (upgrades and
+ * connections still in their TLS handshake included), waits briefly for the sockets to close,
+ * and drops the upstream pools.
  *
  * @since 0.1.0
  */
-import { Clock, Duration, Effect, FiberSet, Schedule, Scope } from "effect"
+import { Clock, type Context, Duration, Effect, FiberSet, Metric, Schedule, Scope } from "effect"
 import * as Http from "node:http"
 import * as Https from "node:https"
 import type * as Net from "node:net"
 import type { Duplex } from "node:stream"
 import * as ListenAddress from "../domain/ListenAddress.ts"
+import type * as Metrics from "../observability/Metrics.ts"
 import { type NotReady, notReady } from "../observability/Probes.ts"
 import * as Admission from "./Admission.ts"
 import * as Answers from "./Answers.ts"
@@ -39,6 +45,8 @@ import { Forwarder, type Report } from "./Forwarder.ts"
 export interface Options {
   /** Log annotation and message prefix (`service-relay`, `service-proxy`). */
   readonly component: string
+  /** The proxy's gauges of what is open now. */
+  readonly gauges: Metrics.OpenGauges
   readonly listen: ListenAddress.ListenAddress
   /** Serve TLS with this certificate (chain) and key; plain HTTP when absent. */
   readonly tls?: { readonly cert: string; readonly key: string } | undefined
@@ -88,7 +96,55 @@ export const listen = (server: Net.Server, address: ListenAddress.ListenAddress)
     })
   })
 
-const shutdown = (server: Http.Server, inFlight: Effect.Effect<void>, spliced: ReadonlySet<Duplex>, timeout: Duration.Input) =>
+/**
+ * What a server has open now. Module-level, so that the gauges' read hooks (kept by the metric
+ * registry after the server stops) hold these counts and nothing else of the server.
+ */
+class Open {
+  /** Plain requests whose response has not closed. */
+  requests = 0
+  /** Client sockets, from accept (before any TLS handshake) until they close. */
+  readonly sockets = new Set<Net.Socket>()
+  /** Client sockets of upgrade requests, until they close. */
+  readonly upgrades = new Set<Duplex>()
+  /** Called once the last client socket has closed (shutdown waits on it). */
+  onIdle: (() => void) | undefined
+  /** One listener function for every response: no closure per request. */
+  readonly requestClosed = () => void this.requests--
+
+  register(gauges: Metrics.OpenGauges, context: Context.Context<never>): void {
+    const readOnly = { update: () => {}, modify: () => {} }
+    Metric.registerUnsafe(gauges.requests, context, { ...readOnly, get: () => ({ value: this.requests }) })
+    Metric.registerUnsafe(gauges.connections, context, { ...readOnly, get: () => ({ value: this.sockets.size }) })
+    Metric.registerUnsafe(gauges.upgrades, context, { ...readOnly, get: () => ({ value: this.upgrades.size }) })
+  }
+
+  accepted(socket: Net.Socket): void {
+    this.sockets.add(socket)
+    socket.once("close", () => {
+      this.sockets.delete(socket)
+      if (this.sockets.size === 0) this.onIdle?.()
+    })
+  }
+
+  upgrading(socket: Duplex): void {
+    this.upgrades.add(socket)
+    socket.once("close", () => void this.upgrades.delete(socket))
+  }
+
+  /** Cut every client socket, then wait (bounded) for their close events. */
+  cutAll(): Effect.Effect<void> {
+    for (const socket of this.upgrades) socket.destroy()
+    for (const socket of this.sockets) socket.destroy()
+    return Effect.callback<void>((resume) => {
+      if (this.sockets.size === 0) return resume(Effect.void)
+      this.onIdle = () => resume(Effect.void)
+      return Effect.sync(() => void (this.onIdle = undefined))
+    }).pipe(Effect.timeoutOption("2 seconds"), Effect.asVoid)
+  }
+}
+
+const shutdown = (server: Http.Server, inFlight: Effect.Effect<void>, spliced: ReadonlySet<Duplex>, open: Open, timeout: Duration.Input) =>
   Effect.gen(function*() {
     const closed = Effect.callback<void>((resume) => {
       server.close(() => resume(Effect.void))
@@ -101,6 +157,7 @@ const shutdown = (server: Http.Server, inFlight: Effect.Effect<void>, spliced: R
     if (drained._tag === "None") yield* Effect.logWarning("shutdown timed out; closing open connections")
     server.closeAllConnections()
     for (const socket of spliced) socket.destroy()
+    yield* open.cutAll()
   })
 
 /**
@@ -133,6 +190,8 @@ export const serve = Effect.fnUntraced(function*<L>(options: Options, policy: Ad
   const fibers = yield* FiberSet.make<void, never>().pipe(Scope.provide(scope))
   const run = yield* FiberSet.runtime(fibers)<never>()
   const spliced = new Set<Duplex>()
+  const open = new Open()
+  open.register(options.gauges, yield* Effect.context<never>())
 
   // The request path reads the clock and logs outside any fiber.
   const clock = yield* Clock.clockWith(Effect.succeed)
@@ -218,6 +277,10 @@ export const serve = Effect.fnUntraced(function*<L>(options: Options, policy: Ad
     ? Http.createServer(limits)
     : Https.createServer({ ...limits, cert: options.tls.cert, key: options.tls.key, minVersion: "TLSv1.2" })
   const onRequest = (expectsContinue: boolean) => (req: Http.IncomingMessage, res: Http.ServerResponse) => {
+    // A response closes exactly once on every path: finished, refused, cut, or its socket gone
+    // (queued pipelined responses included).
+    open.requests++
+    res.on("close", open.requestClosed)
     try {
       handleRequest(req, res, expectsContinue)
     } catch (error) {
@@ -226,6 +289,8 @@ export const serve = Effect.fnUntraced(function*<L>(options: Options, policy: Ad
       Answers.answer(res, 502, Answers.badGateway)
     }
   }
+  // Every accepted socket, before any TLS handshake (a handshake that never finishes still holds one).
+  server.on("connection", (socket: Net.Socket) => open.accepted(socket))
   server.on("request", onRequest(false))
   // With a listener here Node no longer answers `100 Continue` by itself: admission decides.
   server.on("checkContinue", onRequest(true))
@@ -237,6 +302,7 @@ export const serve = Effect.fnUntraced(function*<L>(options: Options, policy: Ad
     Answers.answerOnSocket(socket, 405, "method not allowed")
   })
   server.on("upgrade", (req: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
+    open.upgrading(socket)
     run(guarded(handleUpgrade(req, socket, head), () => socket.destroy()))
   })
   server.on("tlsClientError", () => {
@@ -252,7 +318,7 @@ export const serve = Effect.fnUntraced(function*<L>(options: Options, policy: Ad
     scope,
     Effect.andThen(
       Effect.sync(() => void (stopping = true)),
-      shutdown(server, FiberSet.awaitEmpty(fibers), spliced, options.shutdownTimeout)
+      shutdown(server, FiberSet.awaitEmpty(fibers), spliced, open, options.shutdownTimeout)
     ).pipe(Effect.annotateLogs({ component }))
   )
 

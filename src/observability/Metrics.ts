@@ -132,6 +132,42 @@ export const relayConnectionDuration = Metric.histogram(
 )
 
 // ---------------------------------------------------------------------------
+// both HTTP proxies (service relay and service proxy)
+// ---------------------------------------------------------------------------
+
+/**
+ * What one HTTP proxy's server has open now, counted once in the shared core (`src/http/Server.ts`)
+ * and read at scrape time; each proxy exports them under its own prefix
+ * ({@link serviceRelayOpen}, {@link serviceProxyOpen}):
+ * - `<prefix>_requests_active`: plain requests from their head until the answer is finished
+ *   or the client went away (refused, failed and timed-out ones included);
+ * - `<prefix>_connections_active`: client TCP connections open (idle keep-alive, TLS handshakes
+ *   and upgraded ones included);
+ * - `<prefix>_upgrades_active`: `Upgrade` requests (WebSocket, SPDY) from their head until the
+ *   client socket closes, splice included.
+ *
+ * A stopped server's gauges stay registered (reading 0) until the next server of that proxy
+ * replaces them.
+ */
+export interface OpenGauges {
+  readonly requests: Metric.Gauge<number>
+  readonly connections: Metric.Gauge<number>
+  readonly upgrades: Metric.Gauge<number>
+}
+
+const openGauges = (prefix: string, proxy: string): OpenGauges => ({
+  requests: Metric.gauge(`${prefix}_requests_active`, {
+    description: `Plain HTTP requests the ${proxy} is handling now (until the answer is finished or the client went away).`
+  }),
+  connections: Metric.gauge(`${prefix}_connections_active`, {
+    description: `Client connections open to the ${proxy} now (idle keep-alive and upgraded ones included).`
+  }),
+  upgrades: Metric.gauge(`${prefix}_upgrades_active`, {
+    description: `Upgrade requests (WebSocket, SPDY) open through the ${proxy} now, until the client socket closes.`
+  })
+})
+
+// ---------------------------------------------------------------------------
 // service-relay (HTTP relay on the managed cluster)
 // ---------------------------------------------------------------------------
 
@@ -149,6 +185,9 @@ export const serviceRelayRequestDuration = Metric.histogram("cluster_proxy_servi
   boundaries: secondsBuckets
 })
 
+/** Requests, client connections and upgrades open in the service relay now. */
+export const serviceRelayOpen = openGauges("cluster_proxy_service_relay", "service relay")
+
 // ---------------------------------------------------------------------------
 // service-proxy
 // ---------------------------------------------------------------------------
@@ -163,6 +202,9 @@ export const serviceProxyRequestDuration = Metric.histogram("cluster_proxy_servi
   description: "Duration of requests through the service proxy (until response headers).",
   boundaries: secondsBuckets
 })
+
+/** Requests, client connections and upgrades open in the service proxy now. */
+export const serviceProxyOpen = openGauges("cluster_proxy_service_proxy", "service proxy")
 
 // ---------------------------------------------------------------------------
 // addon-agent (add-on health Lease) and leader election

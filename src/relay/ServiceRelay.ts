@@ -208,6 +208,7 @@ export const make = Effect.fn("ServiceRelay.make")(function*(options: Options) {
 
   const served = yield* Server.serve({
     component: "service-relay",
+    gauges: Metrics.serviceRelayOpen,
     listen: options.listen,
     maxHeaderSize: options.maxHeaderSize ?? 64 * 1024,
     headersTimeout: Server.millis(options.headersTimeout, Duration.seconds(5)),

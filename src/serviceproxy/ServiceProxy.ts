@@ -357,6 +357,7 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
 
   const served = yield* Server.serve({
     component: "service-proxy",
+    gauges: Metrics.serviceProxyOpen,
     listen: options.listen,
     tls: { cert: keyPair.cert, key: keyPair.key },
     maxHeaderSize: options.maxHeaderSize ?? 64 * 1024,
