@@ -146,6 +146,11 @@ export type Outcome =
     readonly kubeconfig: Redacted.Redacted<string>
     /** The token before was blanked because its identity changed; why. */
     readonly reissued?: Reissue
+    /**
+     * A rotation the token's age alone asked for (same source, same identity, the Secret in
+     * place): nothing an operator needs to hear about unless the condition changes.
+     */
+    readonly routine?: boolean
   }
   | { readonly _tag: "Stale"; readonly lifetime: RefreshPolicy.TokenLifetime; readonly problem: Problem; readonly kubeconfig: Redacted.Redacted<string> }
   | { readonly _tag: "Failed"; readonly problem: Problem }
@@ -550,7 +555,8 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
     })
   }
 
-  // Refresh: exactly one TokenRequest, then one write.
+  // Refresh: exactly one TokenRequest, then one write. Routine when only the token's age asks for it.
+  const routine = current !== undefined && current.sourceHash === hash && reissued === undefined
   const issued = yield* issuer.request({
     source,
     sourceHash: hash,
@@ -620,6 +626,7 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
   return {
     _tag: "Written",
     created: Option.isNone(target),
+    routine: routine && Option.isSome(target),
     lifetime,
     until: interval === undefined || memory.identityCheckAt === undefined ? refreshAt : Math.min(refreshAt, memory.identityCheckAt),
     kubeconfig: Redacted.make(kubeconfig),
@@ -646,34 +653,45 @@ const freshReasons: ReadonlySet<string> = new Set([
   "ManagedClusterConnectionChanged"
 ])
 
-/** The condition an outcome should leave on the hub (undefined: leave it as it is). */
-export const conditionFor = (spec: ClusterSpec, outcome: Outcome, current: { status: string; reason: string } | undefined): DesiredCondition | undefined => {
+/**
+ * Whether the condition on the hub already says the Secret is good, in words that stay true
+ * across rotations. Messages written before 0.1 carried the token's expiry, which a rotation
+ * makes false: those are rewritten once.
+ */
+const saysGood = (current: { readonly status: string; readonly reason: string; readonly message?: string } | undefined) =>
+  current?.status === "True" && freshReasons.has(current.reason) && !(current.message ?? "").includes("; token expires at ")
+
+/**
+ * The condition an outcome should leave on the hub (undefined: leave it as it is). Messages name
+ * no time that changes with every rotation (the expiry is on the generated Secret's
+ * annotations), so a routine rotation leaves a good condition as it is and costs no hub request.
+ */
+export const conditionFor = (
+  spec: ClusterSpec,
+  outcome: Outcome,
+  current: { readonly status: string; readonly reason: string; readonly message?: string } | undefined
+): DesiredCondition | undefined => {
   const target = describe(spec.target)
   switch (outcome._tag) {
     case "Removed":
       return undefined
     case "Written":
       if (outcome.reissued !== undefined) {
-        return {
-          status: "True",
-          reason: outcome.reissued.reason,
-          message: `${outcome.reissued.message}; token expires at ${expiresText(outcome.lifetime)}`
-        }
+        return { status: "True", reason: outcome.reissued.reason, message: outcome.reissued.message }
       }
+      if (outcome.routine === true && saysGood(current)) return undefined
       return {
         status: "True",
         reason: outcome.created ? "ManagedKubeconfigCreated" : "ManagedKubeconfigUpdated",
-        message: `Synced generated managed kubeconfig secret ${target}; token expires at ${expiresText(outcome.lifetime)}`
+        message: `Synced generated managed kubeconfig secret ${target}`
       }
     case "Fresh":
       // Created/Updated already say the Secret is good; rewriting them as "Fresh" would only add a write.
-      if (current?.status === "True" && freshReasons.has(current.reason)) {
-        return undefined
-      }
+      if (saysGood(current)) return undefined
       return {
         status: "True",
         reason: "ManagedKubeconfigFresh",
-        message: `Generated managed kubeconfig secret ${target} is fresh; token expires at ${expiresText(outcome.lifetime)}`
+        message: `Generated managed kubeconfig secret ${target} is fresh`
       }
     case "Stale":
       return {
@@ -764,6 +782,8 @@ export const report = Effect.fn("Provisioner.report")(function*(
     case "Written": {
       yield* setToken(outcome.lifetime)
       yield* count("success")
+      // Events on transitions only: a routine rotation that leaves the condition as it is records none.
+      if (outcome.routine === true && desired === undefined) return waitUntil(outcome.until)
       yield* events.record({
         type: "Normal",
         reason: outcome.created ? "ManagedKubeconfigCreated" : "ManagedKubeconfigUpdated",

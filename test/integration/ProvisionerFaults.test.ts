@@ -4,8 +4,9 @@
  * and the hosting and managed apiservers. API requests are counted from the apiservers' audit
  * logs, by the provisioner's User-Agent; connection attempts from the proxy.
  *
- * - quiet: between deadlines no requests but the watches (also across resyncs); per rotation one
- *   TokenRequest, one Secret write, at most one status update and one Event;
+ * - quiet: between deadlines no requests but the watches (also across resyncs); per source change
+ *   one TokenRequest, one Secret write, at most one status update and one Event; per routine
+ *   rotation (the token due, nothing else changed) one TokenRequest and one Secret write;
  * - the managed apiserver away across a refresh: the token keeps serving, the apiserver is not
  *   hammered, and the refresh follows its return within seconds;
  * - a deletion storm of the generated Secret mints no token;
@@ -26,17 +27,19 @@
 import { NodeServices } from "@effect/platform-node"
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { CoreV1Api, CustomObjectsApi, KubeConfig, type V1Secret } from "@kubernetes/client-node"
-import { Context, Data, Duration, Effect, Exit, Layer, Logger, Scope } from "effect"
+import { Context, Data, Duration, Effect, Exit, Layer, Logger, Metric, Scope } from "effect"
 import * as ProvisionerLayers from "../../layers/Provisioner.ts"
 import * as Conditions from "../../src/domain/Conditions.ts"
 import * as ManagedKubeconfigSecret from "../../src/domain/ManagedKubeconfigSecret.ts"
 import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
 import { HostingCluster, HubCluster } from "../../src/kube/KubeClient.ts"
+import * as Metrics from "../../src/observability/Metrics.ts"
 import { Probes } from "../../src/observability/Probes.ts"
 import { AddonStatus } from "../../src/provisioner/AddonStatus.ts"
 import type * as Provisioner from "../../src/provisioner/Provisioner.ts"
 import { Apiserver, Fixtures } from "../../src/testing/index.ts"
 import { noApiserver } from "../support/apiserver.ts"
+import { dueSoon } from "../support/dueToken.ts"
 import { eventually, NotYet, until } from "../support/eventually.ts"
 import * as FaultProxy from "../support/FaultProxy.ts"
 
@@ -134,6 +137,13 @@ describe.skipIf(noApiserver)("provisioner under faults (real apiservers, audit l
     return Context.get(yield* Layer.build(stack), Probes)
   })
 
+  /** Reconciles the provisioner has finished so far (whatever their result), from its metric. */
+  const reconciles = Effect.map(
+    Effect.forEach(["success", "requeue_after", "error"] as const, (result) =>
+      Metric.value(Metric.withAttributes(Metrics.reconcileTotal, { controller: "managed-kubeconfig-provisioner", result }))),
+    (states) => states.reduce((sum, state) => sum + state.count, 0)
+  )
+
   const readTarget = (options: Provisioner.Options) => call(() => core(hosting).readNamespacedSecret(options.target))
   const hashOf = (secret: V1Secret) => secret.metadata?.annotations?.[ManagedKubeconfigSecret.sourceHashAnnotation]
   const condition = (options: Provisioner.Options) =>
@@ -152,7 +162,7 @@ describe.skipIf(noApiserver)("provisioner under faults (real apiservers, audit l
     )
   const ready = (probes: Probes["Service"]) => until(probes.readiness, (failures) => failures.length === 0, "ready", { timeout: "30 seconds" })
 
-  it.live("between deadlines only the watches; a rotation costs one TokenRequest, one Secret write, at most one status update and one Event", () =>
+  it.live("between deadlines only the watches; a source change costs one TokenRequest, one Secret write, at most one status update and one Event; a routine rotation one TokenRequest and one Secret write", () =>
     Effect.gen(function*() {
       const { options, source } = yield* setUp("q-quiet", managed.server)
       const probes = yield* start(options)
@@ -179,6 +189,19 @@ describe.skipIf(noApiserver)("provisioner under faults (real apiservers, audit l
       const hubRequests = yield* requests(hub, agent, before.hub)
       assert.isAtMost(hubRequests.length, 1, hubRequests.join(", "))
       for (const r of hubRequests) assert.strictEqual(r, "update managedclusteraddons/status")
+
+      // A routine rotation (the token in place due, nothing else changed): nothing on the hub, no Event.
+      const routine = { hosting: yield* count(hosting, agent), hub: yield* count(hub, agent), managed: yield* count(managed, issuerAgent) }
+      const reconcilesBefore = yield* reconciles
+      const current = yield* readTarget(options)
+      yield* call(() => core(hosting).replaceNamespacedSecret({ ...options.target, body: dueSoon(current) }))
+      const expiry = (s: V1Secret) => Date.parse(s.metadata?.annotations?.[ManagedKubeconfigSecret.expirationAnnotation] ?? "")
+      yield* until(readTarget(options), (s) => expiry(s) > Date.now() + 30 * 60_000, "rotated")
+      // The rotating reconcile was under way when its write was seen; once it has returned, all it sent is logged.
+      yield* until(reconciles, (n) => n > reconcilesBefore, "the rotation's reconcile returned")
+      assert.deepStrictEqual(yield* requests(managed, issuerAgent, routine.managed), ["create serviceaccounts/token"])
+      assert.deepStrictEqual(yield* requests(hosting, agent, routine.hosting), ["update secrets"])
+      assert.deepStrictEqual(yield* requests(hub, agent, routine.hub), [])
     }), { timeout: 120_000 })
 
   it.live("the managed apiserver away across a refresh: the token keeps serving, no hammering, and the refresh follows its return within seconds", () =>
