@@ -10,6 +10,10 @@
  * so a rotated token is used by the next call without rebuilding the client (the prototype's
  * TokenReview client kept its startup token until it expired).
  *
+ * Objects are typed with client-node's models (type-only) but are the apiserver's JSON: a field
+ * those types declare as a `Date` (metadata timestamps, a Lease's MicroTimes, a TokenRequest's
+ * expiry) holds the RFC 3339 string. Readers parse it (`new Date(value)`, `LeaseState.parseMicroTime`).
+ *
  * @since 0.1.0
  */
 import type {

@@ -59,8 +59,9 @@ export class LeaseStore extends Context.Service<LeaseStore, {
   static readonly layerMemory = () => Layer.sync(LeaseStore, () => memory())
 }
 
-// client-node types MicroTime fields as Date subclasses but passes strings through unchanged
-// both ways, and a string keeps the microseconds the apiserver expects.
+// client-node types MicroTime fields as Date subclasses; on the wire (and from KubeClient) they
+// are strings, and a string keeps the microseconds the apiserver expects. A Date (an object
+// built by hand) is still read.
 type MicroTime = NonNullable<V1LeaseSpec["renewTime"]>
 const microTime = (value: string | undefined): MicroTime | undefined => value as unknown as MicroTime | undefined
 const fromMicroTime = (value: unknown): string | undefined =>

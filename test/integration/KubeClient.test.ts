@@ -9,6 +9,7 @@ import { Effect, Exit, Fiber, Redacted, Scope, Stream } from "effect"
 import * as Net from "node:net"
 import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
 import type * as KubeError from "../../src/kube/KubeError.ts"
+import * as LeaseStore from "../../src/kube/LeaseStore.ts"
 import { Apiserver } from "../../src/testing/index.ts"
 import { noApiserver } from "../support/apiserver.ts"
 
@@ -112,6 +113,58 @@ describe.skipIf(noApiserver)("KubeClient (real apiserver)", () => {
       assert.strictEqual(secret.metadata?.name, "s")
       current = nobody
       assert.strictEqual((yield* reasonOf(kube.getSecret("rotate", "s"))).reason, "Forbidden")
+    }))
+
+  // The client sends and returns the apiserver's JSON (no client-node model classes): what the
+  // readers of timestamps (TokenIssuer, LeaseStore) get is the wire string.
+  it.live("objects are the apiserver's JSON: timestamps are RFC 3339 strings, a Lease's MicroTime keeps its microseconds", () =>
+    Effect.gen(function*() {
+      yield* Apiserver.serviceAccountToken(server, "json", "sa", 600)
+      const kube = admin()
+
+      const before = Date.now()
+      const issued = yield* kube.createServiceAccountToken("json", "sa", { spec: { audiences: [], expirationSeconds: 3600 } })
+      const after = Date.now()
+      const expiry: unknown = issued.status?.expirationTimestamp
+      assert.strictEqual(typeof expiry, "string")
+      const expiresAt = Date.parse(expiry as string)
+      // Whole seconds on the wire: within a second of the request's window plus the hour asked for.
+      assert.isAtLeast(expiresAt, before + 3600_000 - 1000)
+      assert.isAtMost(expiresAt, after + 3600_000 + 1000)
+      assert.isAbove((issued.status?.token ?? "").length, 0)
+
+      const secret = yield* kube.createSecret("json", { metadata: { name: "s" }, stringData: { k: "v" } })
+      assert.strictEqual(typeof (secret.metadata?.creationTimestamp as unknown), "string")
+      assert.deepStrictEqual((yield* kube.getSecret("json", "s")).data, { k: Buffer.from("v").toString("base64") })
+
+      const key = { namespace: "json", name: "l" }
+      const renewTime = "2026-12-06T03:00:00.123456Z"
+      const lease = LeaseStore.toLease(key, { holderIdentity: "a", leaseDurationSeconds: 10, renewTime, acquireTime: renewTime })
+      const created = yield* kube.createLease("json", { ...lease, metadata: { ...lease.metadata, labels: { group: "g" } } })
+      assert.strictEqual(created.spec?.renewTime as unknown, renewTime)
+      const read = yield* kube.getLease("json", "l")
+      assert.deepStrictEqual(LeaseStore.toSpec(read), { holderIdentity: "a", leaseDurationSeconds: 10, renewTime, acquireTime: renewTime, leaseTransitions: undefined })
+      const renewed = "2026-12-06T03:00:01.000001Z"
+      yield* kube.replaceLease("json", LeaseStore.toLease(key, { ...LeaseStore.toSpec(read), renewTime: renewed }, read))
+      const listed = yield* kube.listLeases("json", "group=g")
+      assert.deepStrictEqual(listed.map((l) => [l.metadata?.name, l.spec?.renewTime as unknown]), [["l", renewed]])
+      assert.deepStrictEqual(yield* kube.listLeases("json", "group=other"), [])
+      yield* kube.deleteLease("json", "l")
+      assert.strictEqual((yield* reasonOf(kube.getLease("json", "l"))).reason, "NotFound")
+    }))
+
+  it.live("a delete with a UID precondition refuses another object of the same name", () =>
+    Effect.gen(function*() {
+      yield* Apiserver.createNamespace(server, "guarded")
+      const kube = admin()
+      const first = yield* kube.createSecret("guarded", { metadata: { name: "s" } })
+      yield* kube.deleteSecret("guarded", "s")
+      const second = yield* kube.createSecret("guarded", { metadata: { name: "s" } })
+      const refused = yield* reasonOf(kube.deleteSecret("guarded", "s", { uid: first.metadata!.uid! }))
+      assert.strictEqual(refused.reason, "Conflict")
+      assert.strictEqual((yield* kube.getSecret("guarded", "s")).metadata?.uid, second.metadata?.uid)
+      yield* kube.deleteSecret("guarded", "s", { uid: second.metadata!.uid! })
+      assert.strictEqual((yield* reasonOf(kube.getSecret("guarded", "s"))).reason, "NotFound")
     }))
 
   it.live("the watch stream lists, then sees additions, changes and deletions", () =>
