@@ -27,6 +27,7 @@ import * as Http from "node:http"
 import * as Https from "node:https"
 import * as Net from "node:net"
 import { type Duplex, PassThrough, pipeline } from "node:stream"
+import * as Tls from "node:tls"
 import { type Dispatcher, Pool } from "undici"
 import * as HttpHeaders from "../domain/HttpHeaders.ts"
 import * as Answers from "./Answers.ts"
@@ -274,6 +275,12 @@ export class Forwarder {
       void oldest.close().catch(() => {})
     }
     const { ca, rejectUnauthorized } = destination.trust
+    // One TLS context per pool: given `ca`, every connect would build its own, parsing each CA
+    // certificate again (with the system roots, milliseconds of CPU per connection, and native
+    // memory churn that leaves the resident size high; test/bench/TlsContext.ts).
+    const secureContext = https
+      ? Tls.createSecureContext({ ...(ca === undefined ? {} : { ca: typeof ca === "string" ? ca : [...ca] }), minVersion: "TLSv1.2" })
+      : undefined
     const pool = new Pool(origin, {
       keepAliveTimeout: this.options.idleTimeout,
       keepAliveMaxTimeout: this.options.idleTimeout,
@@ -289,8 +296,7 @@ export class Forwarder {
         timeout: this.options.dialTimeout + this.options.handshakeTimeout,
         ...(https
           ? {
-            ...(ca === undefined ? {} : { ca: typeof ca === "string" ? ca : [...ca] }),
-            minVersion: "TLSv1.2" as const,
+            secureContext,
             rejectUnauthorized,
             ...(destination.servername === undefined ? {} : { servername: destination.servername })
           }
