@@ -7,17 +7,25 @@
  * @since 0.1.0
  */
 import { NodeServices } from "@effect/platform-node"
-import { Effect, Layer } from "effect"
+import { type Context, Effect, Layer } from "effect"
 import * as CredentialController from "../src/controller/CredentialController.ts"
 import * as Membership from "../src/controller/Membership.ts"
 import type * as Options from "../src/controller/Options.ts"
 import * as ClientNodeKube from "../src/kube/ClientNodeKube.ts"
 import { EventRecorder } from "../src/kube/EventRecorder.ts"
 import { HostingCluster, HubCluster, type KubeClient } from "../src/kube/KubeClient.ts"
+import type * as KubeError from "../src/kube/KubeError.ts"
+import * as RateLimit from "../src/kube/RateLimit.ts"
 import { TokenState } from "../src/provisioner/Reconciler.ts"
 import { SecretStore } from "../src/provisioner/SecretStore.ts"
 
 const component = "tether-credential-controller"
+
+/** The client of `layer`, its requests limited by the process's {@link RateLimit.RequestLimit}. */
+const limited = <I>(tag: Context.Key<I, KubeClient>, layer: Layer.Layer<I, KubeError.KubeError>) =>
+  Layer.effect(tag, Effect.map(Effect.all([Effect.service(tag), RateLimit.limiter]), ([client, limit]) => limit(client))).pipe(
+    Layer.provide(layer)
+  )
 
 /**
  * The controller for `options`; `hostingKubeconfig` undefined means in-cluster.
@@ -25,8 +33,8 @@ const component = "tether-credential-controller"
  * @category layers
  */
 export const layer = (options: Options.Resolved, clusters: { readonly hostingKubeconfig: string | undefined }) => {
-  const hosting = ClientNodeKube.layer(HostingCluster, { cluster: "hosting", path: clusters.hostingKubeconfig, userAgent: component })
-  const { concurrency, identityCheckInterval, mode, settings, sharding, tokenFile } = options
+  const hosting = limited(HostingCluster, ClientNodeKube.layer(HostingCluster, { cluster: "hosting", path: clusters.hostingKubeconfig, userAgent: component }))
+  const { concurrency, identityCheckInterval, mode, requestLimit, settings, sharding, tokenFile } = options
   const membership = (client: KubeClient) =>
     sharding === undefined ? undefined : { options: sharding, store: Membership.fromClient(client) }
   const run = mode._tag === "Hub"
@@ -39,7 +47,7 @@ export const layer = (options: Options.Resolved, clusters: { readonly hostingKub
         concurrency,
         membership: membership(hosting)
       })).pipe(
-        Effect.provide(ClientNodeKube.layer(HubCluster, { cluster: "hub", path: mode.hubKubeconfig, userAgent: component }))
+        Effect.provide(limited(HubCluster, ClientNodeKube.layer(HubCluster, { cluster: "hub", path: mode.hubKubeconfig, userAgent: component })))
       )
     : Effect.flatMap(HostingCluster, (hosting) =>
       CredentialController.run({
@@ -54,6 +62,8 @@ export const layer = (options: Options.Resolved, clusters: { readonly hostingKub
   return Layer.effectDiscard(Effect.forkScoped(run)).pipe(
     Layer.provide(ports),
     Layer.provide(hosting),
+    // One bucket for every client of the process; the managed clients take it from the context.
+    Layer.provideMerge(RateLimit.RequestLimit.layer(requestLimit)),
     Layer.provide(NodeServices.layer)
   )
 }

@@ -10,6 +10,7 @@ import * as Discovery from "../domain/Discovery.ts"
 import * as Kubeconfig from "../domain/Kubeconfig.ts"
 import * as LabelSelector from "../domain/LabelSelector.ts"
 import * as RefreshPolicy from "../domain/RefreshPolicy.ts"
+import type * as TokenBucket from "../domain/TokenBucket.ts"
 import * as Membership from "./Membership.ts"
 
 /** The flags as given (empty string = not given). @category models */
@@ -22,6 +23,10 @@ export interface Flags {
   readonly refreshBefore: Duration.Duration
   readonly identityCheckInterval: Duration.Duration
   readonly concurrency: number
+  /** API requests per second, all clusters together (watches excepted). */
+  readonly kubeApiQps: number
+  /** The most API requests sent at once after a quiet spell. */
+  readonly kubeApiBurst: number
   /** Namespace of the member Leases; empty: `$POD_NAMESPACE`; neither: no sharding. */
   readonly shardLeaseNamespace: string
   /** This replica's name among the others; empty: `$POD_NAME`, else the host name. */
@@ -50,6 +55,8 @@ export interface Resolved {
   readonly settings: RefreshPolicy.ValidatedSettings
   readonly identityCheckInterval: Duration.Duration
   readonly concurrency: number
+  /** The process's limit on API requests (every client, watches excepted). */
+  readonly requestLimit: TokenBucket.Policy
   /** Membership of the replicas' group; undefined: this process serves every key alone. */
   readonly sharding: Omit<Membership.Options, "quiesce"> | undefined
   /** `tokenFile` beside the token in every generated kubeconfig; absent: the token alone. */
@@ -90,6 +97,8 @@ export const resolve = (flags: Flags, env: Environment = {}): Result.Result<Reso
   if (hub === "" && addons.length === 0) return fail("--addons must name at least one add-on without a hub")
   if (!Duration.isGreaterThan(flags.identityCheckInterval, Duration.zero)) return fail("--identity-check-interval must be greater than 0")
   if (!Number.isInteger(flags.concurrency) || flags.concurrency < 1) return fail("--concurrency must be a whole number of at least 1")
+  if (!Number.isFinite(flags.kubeApiQps) || flags.kubeApiQps <= 0) return fail("--kube-api-qps must be a number greater than 0")
+  if (!Number.isInteger(flags.kubeApiBurst) || flags.kubeApiBurst < 1) return fail("--kube-api-burst must be a whole number of at least 1")
   const tokenFile = Kubeconfig.optionalTokenFilePath(flags.tokenFilePath)
   if (Result.isFailure(tokenFile)) return fail(`--token-file-path: ${tokenFile.failure.message}`)
   const sharding = resolveSharding(flags, env)
@@ -103,6 +112,7 @@ export const resolve = (flags: Flags, env: Environment = {}): Result.Result<Reso
     settings: settings.success,
     identityCheckInterval: flags.identityCheckInterval,
     concurrency: flags.concurrency,
+    requestLimit: { perSecond: flags.kubeApiQps, burst: flags.kubeApiBurst },
     sharding: sharding.success,
     ...(tokenFile.success === undefined ? {} : { tokenFile: tokenFile.success })
   })

@@ -21,11 +21,12 @@
  *
  * @since 0.1.0
  */
-import { Cause, Clock, Duration, Effect, Exit, Fiber, Metric, Queue, Random, Semaphore } from "effect"
+import { Cause, Clock, Duration, Effect, Exit, Fiber, Metric, Queue, Random } from "effect"
 import * as Backoff from "../domain/Backoff.ts"
 import * as TokenBucket from "../domain/TokenBucket.ts"
 import * as Metrics from "../observability/Metrics.ts"
 import type { Action } from "./Controller.ts"
+import * as RateLimit from "./RateLimit.ts"
 
 /** @category models */
 export interface Options<E, R> {
@@ -233,18 +234,8 @@ export const make = Effect.fnUntraced(function*<E, R>(options: Options<E, R>) {
       e.forgotten = true
     })
 
-  // The bucket is shared by all workers; the semaphore serialises wait-then-spend.
-  const bucket = { state: limit === undefined ? undefined : TokenBucket.full(limit, yield* Clock.currentTimeMillis) }
-  const gate = yield* Semaphore.make(1)
-  const admit: Effect.Effect<void> = limit === undefined ? Effect.void : Semaphore.withPermits(gate, 1)(
-    Effect.gen(function*() {
-      const wait = TokenBucket.waitMillis(limit, bucket.state!, yield* Clock.currentTimeMillis)
-      if (wait > 0) yield* Effect.sleep(Duration.millis(wait))
-      const now = yield* Clock.currentTimeMillis
-      // After waitMillis the spend always succeeds; keep the old state if arithmetic disagrees.
-      bucket.state = TokenBucket.spend(limit, bucket.state!, now) ?? bucket.state
-    })
-  )
+  // The bucket is shared by all workers.
+  const admit: Effect.Effect<void> = limit === undefined ? Effect.void : yield* RateLimit.gate(limit)
 
   /** The retry delay for a failure of `e` at `now`; counts the attempt. */
   const retryDelay = Effect.fnUntraced(function*(e: Entry, now: number, error: unknown) {

@@ -13,6 +13,7 @@ import type * as Kubeconfig from "../domain/Kubeconfig.ts"
 import * as ClientNodeKube from "../kube/ClientNodeKube.ts"
 import type * as KubeClient from "../kube/KubeClient.ts"
 import * as KubeError from "../kube/KubeError.ts"
+import * as RateLimit from "../kube/RateLimit.ts"
 import { toKubeConfig } from "./TokenIssuer.ts"
 
 /** @category models */
@@ -30,13 +31,14 @@ export class ServiceAccounts extends Context.Service<ServiceAccounts, {
   readonly uid: (lookup: Lookup) => Effect.Effect<Option.Option<string>, KubeError.KubeError>
 }>()("tether/provisioner/ServiceAccounts") {
   /** GET on the managed cluster the source kubeconfig names (one client per source, for the layer's life). */
-  static readonly layer = Layer.sync(ServiceAccounts, () => {
+  static readonly layer = Layer.effect(ServiceAccounts, Effect.gen(function*() {
+    const limited = yield* RateLimit.limiter
     let cached: { readonly hash: string; readonly client: KubeClient.KubeClient } | undefined
     const clientFor = (lookup: Lookup) => {
       if (cached?.hash !== lookup.sourceHash) {
         cached = {
           hash: lookup.sourceHash,
-          client: ClientNodeKube.make({ cluster: "managed", kubeConfig: toKubeConfig(lookup.source), userAgent: "tether-credential-controller" })
+          client: limited(ClientNodeKube.make({ cluster: "managed", kubeConfig: toKubeConfig(lookup.source), userAgent: "tether-credential-controller" }))
         }
       }
       return cached.client
@@ -49,5 +51,5 @@ export class ServiceAccounts extends Context.Service<ServiceAccounts, {
           Effect.withSpan("ServiceAccounts.uid")
         )
     })
-  })
+  }))
 }

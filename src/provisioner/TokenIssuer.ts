@@ -17,6 +17,7 @@ import type * as Kubeconfig from "../domain/Kubeconfig.ts"
 import * as ClientNodeKube from "../kube/ClientNodeKube.ts"
 import type * as KubeClient from "../kube/KubeClient.ts"
 import * as KubeError from "../kube/KubeError.ts"
+import * as RateLimit from "../kube/RateLimit.ts"
 import * as Metrics from "../observability/Metrics.ts"
 
 /** A freshly minted token. @category models */
@@ -43,17 +44,18 @@ export class TokenIssuer extends Context.Service<TokenIssuer, {
   readonly request: (input: TokenRequestInput) => Effect.Effect<IssuedToken, KubeError.KubeError>
 }>()("tether/provisioner/TokenIssuer") {
   /** TokenRequest against the managed cluster named by the source kubeconfig. */
-  static readonly layer = Layer.sync(TokenIssuer, () => {
+  static readonly layer = Layer.effect(TokenIssuer, Effect.gen(function*() {
+    const limited = yield* RateLimit.limiter
     let cached: { readonly hash: string; readonly client: KubeClient.KubeClient } | undefined
     const clientFor = (input: TokenRequestInput) => {
       if (cached?.hash !== input.sourceHash) {
         cached = {
           hash: input.sourceHash,
-          client: ClientNodeKube.make({
+          client: limited(ClientNodeKube.make({
             cluster: "managed",
             kubeConfig: toKubeConfig(input.source),
             userAgent: "tether-managed-kubeconfig-provisioner"
-          })
+          }))
         }
       }
       return cached.client
@@ -86,7 +88,7 @@ export class TokenIssuer extends Context.Service<TokenIssuer, {
         }
       })
     })
-  })
+  }))
 }
 
 /** A client-node KubeConfig holding just the source's cluster and credentials. @category constructors */

@@ -258,6 +258,8 @@ const controllerHub: ValueSet = {
     "credentialController.replicas=3",
     "credentialController.identityCheckInterval=5m",
     "credentialController.concurrency=16",
+    "credentialController.kubeApiQps=25",
+    "credentialController.kubeApiBurst=7",
     "credentialController.shardLeaseDuration=30s",
     "credentialController.shardRenewInterval=10s",
     "managedKubeConfigTokenExpiration=2h",
@@ -1192,6 +1194,7 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
       assert.strictEqual(millis(options.settings.refreshBefore), 20 * 60_000)
       assert.strictEqual(millis(options.identityCheckInterval), 5 * 60_000)
       assert.strictEqual(options.concurrency, 16)
+      assert.deepStrictEqual(options.requestLimit, { perSecond: 25, burst: 7 })
       assert.deepStrictEqual(
         options.sharding === undefined ? undefined : {
           ...options.sharding,

@@ -109,13 +109,16 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
       // put back with the token in hand.
       const tokenOf = (cluster: string) =>
         Effect.map(hosting.getSecret(`addon-${cluster}`, "cluster-proxy-managed-kubeconfig"), (s) => s.data?.["token"])
-      const oldToken = yield* tokenOf("c1")
+      // Two TokenRequests in the same second can return the same JWT: the new Secret is told by
+      // the hash of the source it was made from, not by its token.
+      const changed = `${trio.managed.kubeconfigYaml}\n# changed\n`
       const source = yield* hosting.getSecret("c1", "external-managed-kubeconfig")
-      yield* hosting.replaceSecret("c1", {
-        ...source,
-        data: { kubeconfig: Buffer.from(`${trio.managed.kubeconfigYaml}\n# changed\n`).toString("base64") }
-      })
-      yield* until(tokenOf("c1"), (token) => token !== oldToken, "c1 refreshed after its source changed", { timeout: "30 seconds" })
+      yield* hosting.replaceSecret("c1", { ...source, data: { kubeconfig: Buffer.from(changed).toString("base64") } })
+      const madeFrom = Effect.map(
+        hosting.getSecret("addon-c1", "cluster-proxy-managed-kubeconfig"),
+        (s) => s.metadata?.annotations?.[ManagedKubeconfigSecret.sourceHashAnnotation]
+      )
+      yield* until(madeFrom, (hash) => hash === Kubeconfig.sourceHash(changed), "c1 refreshed after its source changed", { timeout: "30 seconds" })
       const c3Token = yield* tokenOf("c3")
       yield* hosting.deleteSecret("addon-c3", "cluster-proxy-managed-kubeconfig")
       const back = yield* until(Effect.result(tokenOf("c3")), Result.isSuccess, "c3's deleted Secret put back", { timeout: "30 seconds" })

@@ -3,10 +3,14 @@
  * (three real, audited kube-apiservers; the controller in this process):
  * - a routine rotation (the token in place due, nothing else changed) is one TokenRequest and
  *   one Secret write per pair, and nothing on the hub and no Event: the condition already says
- *   the Secret is good, in words a rotation does not make false.
+ *   the Secret is good, in words a rotation does not make false;
+ * - the real process started on 24 pairs with `--kube-api-qps=10 --kube-api-burst=5`: the burst
+ *   of start-up work (a TokenRequest, a Secret, a condition and an Event per pair) reaches the
+ *   three apiservers together at no more than the limit in any window.
  */
 import { assert, describe, it } from "@effect/vitest"
 import { NodeServices } from "@effect/platform-node"
+import * as ChildProcess from "node:child_process"
 import { Duration, Effect, Layer, Metric, Result } from "effect"
 import * as CredentialController from "../../src/controller/CredentialController.ts"
 import * as Discovery from "../../src/domain/Discovery.ts"
@@ -25,7 +29,8 @@ import { noApiserver } from "../support/apiserver.ts"
 import { dueSoon } from "../support/dueToken.ts"
 import { until } from "../support/eventually.ts"
 import { prepare } from "../support/hostedInstall.ts"
-import { kubectl } from "../support/local.ts"
+import { tetherEntry } from "../../src/testing/TetherEntry.ts"
+import { freePort, get, kubectl } from "../support/local.ts"
 
 const target = "cluster-proxy-managed-kubeconfig"
 const agent = "tether-requests-test"
@@ -117,4 +122,89 @@ describe.skipIf(noApiserver)("CredentialController requests (real audited apiser
       // The condition still tells the truth, untouched.
       assert.deepStrictEqual(yield* Effect.forEach(names, condition), firstConditions)
     }), 180_000)
+
+  it.live("the real process: a burst of start-up work reaches the three apiservers within --kube-api-qps and --kube-api-burst", () =>
+    Effect.gen(function*() {
+      const [hub, hosting, managed] = yield* Effect.all([
+        Apiserver.make({ name: "hub-rl", crds: [Fixtures.managedClusterAddOnCrd], auditLog: true }),
+        Apiserver.make({ name: "hosting-rl", auditLog: true }),
+        Apiserver.make({ name: "managed-rl", auditLog: true })
+      ], { concurrency: "unbounded" })
+      // 24 pairs, each pointed by annotations at its own ServiceAccount, source and target.
+      const pairs = 24
+      const prefix = "credentials.tether.open-cluster-management.io"
+      const hubTest = ClientNodeKube.make({ cluster: "hub", kubeConfig: Apiserver.kubeConfig(hub) })
+      const hostingTest = ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(hosting) })
+      yield* Apiserver.createNamespace(hosting, "sources")
+      yield* Apiserver.createNamespace(hosting, "targets")
+      for (let i = 0; i < pairs; i++) {
+        yield* Apiserver.serviceAccountToken(managed, "sas", `sa-${i}`, 600)
+        yield* hostingTest.createSecret("sources", {
+          metadata: { name: `src-${i}` },
+          data: { kubeconfig: Buffer.from(`${managed.kubeconfigYaml}\n# pair ${i}\n`).toString("base64") }
+        })
+        yield* Apiserver.createNamespace(hub, `c${i}`)
+        const created = yield* kubectl(hub.kubeconfigPath, ["apply", "-f", "-"], JSON.stringify({
+          apiVersion: "addon.open-cluster-management.io/v1alpha1",
+          kind: "ManagedClusterAddOn",
+          metadata: {
+            name: "cluster-proxy",
+            namespace: `c${i}`,
+            annotations: {
+              [Discovery.hostingClusterAnnotation]: "hosting-rl",
+              [`${prefix}/service-account-namespace`]: "sas",
+              [`${prefix}/service-account-name`]: `sa-${i}`,
+              [`${prefix}/source-namespace`]: "sources",
+              [`${prefix}/source-name`]: `src-${i}`,
+              [`${prefix}/target-namespace`]: "targets",
+              [`${prefix}/target-name`]: `kc-${i}`
+            }
+          },
+          spec: { installNamespace: `addon-c${i}` }
+        }))
+        assert.strictEqual(created.code, 0, created.stderr)
+      }
+
+      const [qps, burst] = [10, 5]
+      const probePort = yield* freePort
+      const child = ChildProcess.spawn(process.execPath, [
+        tetherEntry(), "credential-controller",
+        `--kubeconfig=${hosting.kubeconfigPath}`, `--hub-kubeconfig=${hub.kubeconfigPath}`,
+        "--hosting-cluster-name=hosting-rl", "--token-expiration=1h", "--refresh-before=10m",
+        `--kube-api-qps=${qps}`, `--kube-api-burst=${burst}`,
+        `--health-probe-bind-address=127.0.0.1:${probePort}`
+      ], { stdio: ["ignore", "pipe", "pipe"] })
+      let output = ""
+      child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()))
+      child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()))
+      yield* Effect.addFinalizer(() => Effect.sync(() => child.kill("SIGKILL")))
+      // Ready: every pair's first reconcile (TokenRequest, Secret, condition, Event) has returned.
+      yield* until(get(`http://127.0.0.1:${probePort}/readyz`), (r) => r.status === 200, "ready", { timeout: "120 seconds" }).pipe(
+        Effect.tapError(() => Effect.sync(() => console.log(output.slice(-3000))))
+      )
+      for (let i = 0; i < pairs; i++) {
+        const condition = yield* Effect.map(hubTest.getCustomObject(managedClusterAddOns, `c${i}`, "cluster-proxy"), (o) =>
+          ((o.status?.["conditions"] ?? []) as Array<Record<string, string>>).find((c) => c["type"] === "ManagedKubeconfigReady"))
+        assert.strictEqual(condition?.["status"], "True", `c${i}`)
+      }
+
+      // Every request of the process (by its user agents) but the watches' list and watch calls,
+      // on one time line: the three apiservers run on this machine's clock.
+      const ours = (e: Apiserver.AuditEvent) =>
+        e.stage === "ResponseComplete" && e.verb !== "watch" && e.verb !== "list" &&
+        ((e.userAgent ?? "").startsWith("tether-credential-controller") || (e.userAgent ?? "").startsWith("tether-managed-kubeconfig-provisioner"))
+      const events = (yield* Effect.all([Apiserver.auditEvents(hub), Apiserver.auditEvents(hosting), Apiserver.auditEvents(managed)])).flat().filter(ours)
+      const times = events.map((e) => Date.parse(e.requestReceivedTimestamp)).sort((a, b) => a - b)
+      assert.isAtLeast(times.length, 4 * pairs, "a TokenRequest, a Secret, a condition and an Event per pair")
+      // The bound holds where requests leave the process; on arrival, two requests may come closer
+      // by the spread of their transit times (the machine is shared): allowed up to one second.
+      const slackMs = 1000
+      for (let i = 0; i < times.length; i++) {
+        for (let j = i; j < times.length; j++) {
+          const bound = burst + (qps * (times[j]! - times[i]! + slackMs)) / 1000
+          assert.isAtMost(j - i + 1, bound, `${j - i + 1} requests within ${times[j]! - times[i]!} ms`)
+        }
+      }
+      assert.notInclude(output, "eyJ", "no token in the logs")
+    }), 240_000)
 })

@@ -25,6 +25,10 @@ describe("tether credential-controller CLI", () => {
       "default 24h",
       "--refresh-before",
       "default 1h",
+      "--kube-api-qps",
+      "default 50",
+      "--kube-api-burst",
+      "default 100",
       "--health-probe-bind-address",
       'default ":8000"'
     ]) assert.include(help.stdout, expected)

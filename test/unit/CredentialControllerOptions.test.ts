@@ -12,6 +12,8 @@ const base: Options.Flags = {
   refreshBefore: Duration.hours(1),
   identityCheckInterval: Duration.minutes(10),
   concurrency: 8,
+  kubeApiQps: 50,
+  kubeApiBurst: 100,
   shardLeaseNamespace: "",
   shardIdentity: "",
   shardLeaseDuration: Duration.seconds(15),
@@ -29,6 +31,11 @@ describe("credential-controller options", () => {
     assert.deepStrictEqual(resolved.mode, { _tag: "Hub", hubKubeconfig: "/hub", config: { hostingClusterName: "hosting-1", addons: undefined } })
     const narrowed = Result.getOrThrow(Options.resolve({ ...base, hubKubeconfig: "/hub", hostingClusterName: "hosting-1", addons: "a, b" }))
     assert.deepStrictEqual(narrowed.mode._tag === "Hub" && narrowed.mode.config.addons, ["a", "b"])
+  })
+
+  it("--kube-api-qps and --kube-api-burst make the process's request limit", () => {
+    const resolved = Result.getOrThrow(Options.resolve({ ...base, sourceSecretSelector: "a=b", kubeApiQps: 2.5, kubeApiBurst: 4 }))
+    assert.deepStrictEqual(resolved.requestLimit, { perSecond: 2.5, burst: 4 })
   })
 
   it("--token-file-path: off unless given, then every generated kubeconfig carries it", () => {
@@ -52,6 +59,10 @@ describe("credential-controller options", () => {
       [{ sourceSecretSelector: "a=b", addons: "ok,Not_Ok" }, /--addons: "Not_Ok"/],
       [{ sourceSecretSelector: "a=b", identityCheckInterval: Duration.zero }, /--identity-check-interval/],
       [{ sourceSecretSelector: "a=b", concurrency: 0 }, /--concurrency/],
+      [{ sourceSecretSelector: "a=b", kubeApiQps: 0 }, /--kube-api-qps must be a number greater than 0/],
+      [{ sourceSecretSelector: "a=b", kubeApiQps: Number.POSITIVE_INFINITY }, /--kube-api-qps/],
+      [{ sourceSecretSelector: "a=b", kubeApiBurst: 0 }, /--kube-api-burst must be a whole number of at least 1/],
+      [{ sourceSecretSelector: "a=b", kubeApiBurst: 1.5 }, /--kube-api-burst/],
       [{ sourceSecretSelector: "a=b", tokenExpiration: Duration.minutes(5) }, /token-expiration/],
       [{ sourceSecretSelector: "a=b", tokenFilePath: "token" }, /^--token-file-path: the token file path "token" must be absolute/],
       [{ sourceSecretSelector: "a=b", tokenFilePath: "/a/../token" }, /^--token-file-path: .*segment/]

@@ -24,6 +24,14 @@ export const flags = {
   refreshBefore: Flags.duration("refresh-before", "Refresh at least this long before expiry (and at the latest at 80% of the lifetime)", "1h"),
   tokenFilePath: Flags.string("token-file-path", "Where the consumers mount the generated Secret's token key: written as tokenFile beside the token in the generated kubeconfig, so clients that re-read it (client-go) follow rotations without a restart; an absolute path (default: the inline token only)"),
   concurrency: Flag.Int("concurrency").pipe(Flag.withDescription("Reconciles running at once (default 8)"), Flag.withDefault(8)),
+  kubeApiQps: Flag.Finite("kube-api-qps").pipe(
+    Flag.withDescription("API requests per second to the hosting, hub and managed apiservers together, watches excepted (default 50)"),
+    Flag.withDefault(50)
+  ),
+  kubeApiBurst: Flag.Int("kube-api-burst").pipe(
+    Flag.withDescription("API requests sent at once after a quiet spell, above --kube-api-qps (default 100)"),
+    Flag.withDefault(100)
+  ),
   shardLeaseNamespace: Flags.string("shard-lease-namespace", "Namespace of the replicas' member Leases; replicas share the pairs through them (default: $POD_NAMESPACE; neither: one replica serves every pair)"),
   shardIdentity: Flags.string("shard-identity", "This replica's name in its member Lease (default: $POD_NAME, else the host name)"),
   shardLeaseDuration: Flags.duration("shard-lease-duration", "A replica that stops renewing loses its pairs to the others after this long", "15s"),
