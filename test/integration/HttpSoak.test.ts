@@ -12,11 +12,10 @@
  * 3. once the clients close, the open-request, open-connection and open-upgrade gauges (read from
  *    `/metrics`) are back to 0 and the process's file descriptors back to where they were; the heap
  *    after a forced GC is read ({@link spawnSoaked}).
- * After the last round: the retained heap did not grow, and the resident size plateaus: from the
- * second round on, rounds together grow it less than the first round did. (The first two rounds
- * warm up pools, compiled code and allocator caches; over 12 rounds both proxies' resident size
- * rose in steps of 15 to 20 MB every few rounds while the heap stayed flat, so a check that
- * starts at round 1, as the TCP relay soak's does, fails now and then without a leak.)
+ * After the last round: the retained heap did not grow, and the resident size plateaus (later
+ * rounds together grow it less than the first did). The processes run with the chart's
+ * `runtimeEnv`: without its 1 MiB semi-spaces V8 grows the young generation in steps under these
+ * bursts, and the resident size rose by 13 to 21 MB every few rounds with a flat heap.
  *
  * The relay reviews its caller (TokenReview) on the apiserver and forwards to a loopback HTTP
  * backend (`soak.default.svc`, resolved by the preload's cluster-DNS stand-in). The service proxy
@@ -276,7 +275,6 @@ describe.skipIf(noApiserver)("HTTP proxies soak (the bundled processes, repeated
         }))
       }
       const first = after[0]!
-      const second = after[1] ?? first
       const last = after.at(-1)!
       const figures = [start, ...after].map(formatMemory)
       console.log(
@@ -286,8 +284,8 @@ describe.skipIf(noApiserver)("HTTP proxies soak (the bundled processes, repeated
       )
       // Retained: what the heap holds after a full collection does not grow with the rounds.
       assert.isAtMost(last.heapUsed - first.heapUsed, 2 * 2 ** 20, `${name}: retained heap grew: ${figures.join("; ")}`)
-      // Plateau: the rounds from the second on together grow the resident size less than the first did.
-      assert.isBelow(last.rss - second.rss, first.rss - start.rss, `${name}: resident size did not plateau: ${figures.join("; ")}`)
+      // Plateau: all later rounds together grow the resident size less than the first round did.
+      assert.isBelow(last.rss - first.rss, first.rss - start.rss, `${name}: resident size did not plateau: ${figures.join("; ")}`)
     })
 
   it.live(`service-relay: ${rounds} rounds of ${clients} keep-alive connections x ${perClient} requests`, () =>

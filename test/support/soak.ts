@@ -1,6 +1,7 @@
 /**
  * What the soak suites share: the shipped bundle (`tetherEntry()`) spawned as its own process
- * with a small preload, and the readings taken from it between rounds.
+ * with the environment the chart and the image give it (`runtimeEnv`: a small young generation,
+ * two malloc arenas) and a small preload, and the readings taken from it between rounds.
  *
  * The preload answers SIGUSR2 with a full garbage collection and writes `process.memoryUsage()`
  * to a file: after a forced collection the heap holds only what is retained, so a leak shows as
@@ -14,7 +15,9 @@ import { Effect } from "effect"
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
+import { fileURLToPath } from "node:url"
 import { tetherEntry } from "../../src/testing/TetherEntry.ts"
+import { shippedEnv } from "../bench/Footprint.ts"
 import { until } from "./eventually.ts"
 import { get } from "./local.ts"
 
@@ -39,6 +42,8 @@ if (service) {
     host.endsWith(".svc") ? Promise.resolve({ address: service, family: 4 }) : lookup.call(Dns.promises, host, options)
 }
 `
+
+const repo = Path.resolve(Path.dirname(fileURLToPath(import.meta.url)), "../..")
 
 export interface Memory {
   readonly rss: number
@@ -81,6 +86,7 @@ export const spawnSoaked = (
     stdio: ["ignore", log, log],
     env: {
       ...process.env,
+      ...shippedEnv(repo),
       SOAK_MEMORY_FILE: memoryFile,
       ...(options.serviceAddress === undefined ? {} : { SOAK_SERVICE_ADDRESS: options.serviceAddress })
     }
