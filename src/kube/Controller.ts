@@ -76,6 +76,28 @@ export const retryDelay = (backoff: Duration.Duration, error: unknown, now: numb
   return Duration.millis(Math.ceil(millis))
 }
 
+/** The retry backoff a controller with these options uses (2 s doubling, capped at the resync by default). @category computing */
+export const retryPolicy = (options: Pick<Options<unknown, unknown, unknown>, "initialBackoff" | "maxBackoff" | "resyncInterval">): Backoff.Policy =>
+  Backoff.policy(options.initialBackoff ?? "2 seconds", options.maxBackoff ?? options.resyncInterval)
+
+/** How early by the Clock a timer may fire and still be waited out (beyond it, the clock was set back: go on). */
+const earlyFireSlack = 1_000
+
+/**
+ * Sleep until `deadline` (epoch ms by the Clock). Node starts a timer from the event loop's cached
+ * time, so it can fire a few ms early by `Date.now()`; a reconcile woken just before a deadline
+ * (a token's expiry) would find it not yet due and spend a retry, so the rest is waited out.
+ */
+const sleepUntil = (deadline: number): Effect.Effect<void> =>
+  Effect.flatMap(Clock.currentTimeMillis, (now) => {
+    const left = deadline - now
+    if (left <= 0) return Effect.void
+    return Effect.andThen(Effect.sleep(Duration.millis(left)), Effect.flatMap(Clock.currentTimeMillis, (then) => {
+      const rest = deadline - then
+      return rest > 0 && rest <= earlyFireSlack ? sleepUntil(deadline) : Effect.void
+    }))
+  })
+
 /**
  * Run the controller until interrupted. Reconcile failures never end it: they are logged,
  * counted, and retried with backoff.
@@ -89,7 +111,7 @@ export const run = Effect.fnUntraced(function*<K, E, R>(options: Options<K, E, R
   const failures = new Map<K, number>()
   const describe = options.describe ?? String
   const resync = Duration.fromInputUnsafe(options.resyncInterval)
-  const policy = Backoff.policy(options.initialBackoff ?? "2 seconds", options.maxBackoff ?? resync)
+  const policy = retryPolicy(options)
   const controller = options.name
 
   const enqueue = (key: K) =>
@@ -107,7 +129,8 @@ export const run = Effect.fnUntraced(function*<K, E, R>(options: Options<K, E, R
 
   const schedule = Effect.fnUntraced(function*(key: K, after: Duration.Duration) {
     yield* cancelTimer(key)
-    const timer = yield* Effect.sleep(Duration.min(after, resync)).pipe(Effect.andThen(enqueue(key)), Effect.forkScoped)
+    const deadline = (yield* Clock.currentTimeMillis) + Duration.toMillis(Duration.min(after, resync))
+    const timer = yield* sleepUntil(deadline).pipe(Effect.andThen(enqueue(key)), Effect.forkScoped)
     timers.set(key, timer)
   })
 

@@ -1,7 +1,8 @@
 /**
  * The keyed controller on virtual time: start and resync, requeue-after, a burst of triggers
  * collapsing into one run, backoff that grows and resets (also when attempts outlast it),
- * Retry-After as a floor, `retryBy` as a ceiling, and a defect that does not stop the loop.
+ * Retry-After as a floor, `retryBy` as a ceiling, a timer that fires early waited out, and a
+ * defect that does not stop the loop.
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Clock, Data, Duration, Effect, Queue, Stream } from "effect"
@@ -25,6 +26,32 @@ const advance = (total: number, step = 100) =>
   Effect.gen(function*() {
     for (let t = 0; t < total; t += step) yield* TestClock.adjust(Duration.millis(step))
   })
+
+/**
+ * A clock whose timers fire up to 3 ms early by its own time, as Node's can by `Date.now()` (they
+ * start from the event loop's cached time); sleeping moves its time at once.
+ */
+const earlyClock = (start: number) => {
+  const time = { now: start }
+  const nanos = () => BigInt(time.now) * 1_000_000n
+  const clock: Clock.Clock = {
+    currentTimeMillisUnsafe: () => time.now,
+    currentTimeMillis: Effect.sync(() => time.now),
+    currentTimeNanosUnsafe: nanos,
+    currentTimeNanos: Effect.sync(nanos),
+    monotonicTimeNanosUnsafe: nanos,
+    monotonicTimeNanos: Effect.sync(nanos),
+    sleep: (duration) =>
+      Effect.andThen(
+        Effect.sync(() => {
+          const millis = Duration.toMillis(duration)
+          time.now += millis - Math.min(3, Math.floor(millis / 2))
+        }),
+        Effect.yieldNow
+      )
+  }
+  return { clock, time }
+}
 
 describe("Controller.run", () => {
   it.effect("reconciles at start and at requeue-after deadlines; the resync only fills silences", () =>
@@ -169,4 +196,27 @@ describe("Controller.run", () => {
       assert.isTrue(gaps[4]! >= 30_000, `Retry-After honoured (${gaps[4]})`)
       assert.isTrue(within(gaps[5]!, 2000), `backoff reset after success, then a defect retried like an error (${gaps[5]})`)
     }))
+
+  it.effect("a timer that fires early by the clock is waited out: a retryBy deadline is never met a few ms short", () => {
+    const { clock, time } = earlyClock(1_000_000)
+    return Effect.gen(function*() {
+      const deadline = time.now + 500
+      const at: Array<number> = []
+      yield* Controller.run({
+        name: "t",
+        keys: ["k"],
+        triggers: Stream.never,
+        resyncInterval: "1 hour",
+        reconcile: () =>
+          Effect.flatMap(Clock.currentTimeMillis, (t) => {
+            at.push(t)
+            return at.length === 1 ? Effect.fail(new Boom({ retryBy: deadline })) : Effect.succeed(Controller.awaitChange)
+          })
+      }).pipe(Effect.forkScoped)
+      for (let i = 0; i < 100 && at.length < 2; i++) yield* Effect.yieldNow
+      assert.isAtLeast(at.length, 2)
+      assert.isAtLeast(at[1]!, deadline, `woken ${deadline - at[1]!} ms before the deadline`)
+      assert.isAtMost(at[1]! - deadline, 3)
+    }).pipe(Effect.provideService(Clock.Clock, clock))
+  })
 })
