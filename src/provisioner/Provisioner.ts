@@ -8,7 +8,8 @@
  *
  * Quiet between deadlines: the watches double as caches, so a reconcile reads the three objects
  * from them (falling back to a GET while a watch is not synced), and an event for a version the
- * provisioner wrote itself updates the cache without triggering a reconcile. A rotation then costs
+ * provisioner wrote itself updates the cache without triggering a reconcile (also one that comes
+ * in before the write's answer: it waits for the write). A rotation then costs
  * one TokenRequest, one Secret write, at most one status update and one Event.
  *
  * Recovery: while a refresh waits on a managed apiserver that does not answer, a cheap probe
@@ -20,7 +21,7 @@
  * @since 0.1.0
  */
 import type { V1Secret } from "@kubernetes/client-node"
-import { Clock, Duration, Effect, Metric, Option, Queue, Random, Ref, Stream } from "effect"
+import { Clock, Duration, Effect, Latch, Metric, Option, Queue, Random, Ref, Stream } from "effect"
 import * as RefreshPolicy from "../domain/RefreshPolicy.ts"
 import * as Controller from "../kube/Controller.ts"
 import * as OwnWrites from "../kube/OwnWrites.ts"
@@ -70,6 +71,23 @@ export const run = Effect.fn("Provisioner.run")(function*(options: Options) {
   const own = OwnWrites.make()
   const pokes = yield* Queue.unbounded<string>()
 
+  // A write's own watch event can arrive before the write's answer, when it cannot be told ours
+  // yet: while a write is in flight an event waits for it (bounded) before it is judged.
+  const settled = Latch.makeUnsafe(true)
+  let inFlight = 0
+  const writing = <A, E, R>(write: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+    Effect.acquireUseRelease(
+      Effect.sync(() => void (inFlight++, settled.closeUnsafe())),
+      () => write,
+      () => Effect.sync(() => void (--inFlight === 0 && settled.openUnsafe()))
+    )
+  const ours = (object: OwnWrites.Versioned) =>
+    own.has(object)
+      ? Effect.succeed(true)
+      : inFlight === 0
+      ? Effect.succeed(false)
+      : settled.await.pipe(Effect.timeoutOrElse({ duration: "10 seconds", orElse: () => Effect.void }), Effect.map(() => own.has(object)))
+
   // Liveness per watch: false from a Broken event until the next successful event.
   const alive = yield* Ref.make<ReadonlyMap<string, boolean>>(new Map())
   const track = <A extends OwnWrites.Versioned>(name: string, cache: Cached<A>, events: Stream.Stream<KubeWatch.WatchEvent<A>>) =>
@@ -88,22 +106,22 @@ export const run = Effect.fn("Provisioner.run")(function*(options: Options) {
           ? Effect.logWarning("watch broken; retrying", { watch: name, error: event.error.message })
           : Effect.void
       ),
-      Stream.filter((event) => {
+      Stream.filterEffect((event) => {
         switch (event._tag) {
           case "Broken":
             cache.synced = false
-            return false
+            return Effect.succeed(false)
           case "Synced":
             cache.synced = true
             cache.object = event.items[0]
-            return true
+            return Effect.succeed(true)
           case "Deleted":
             cache.object = undefined
-            return true
+            return Effect.succeed(true)
           default:
             cache.object = event.object
             // Our own write coming back: the cache is now current, and there is nothing to do.
-            return !own.has(event.object)
+            return Effect.map(ours(event.object), (mine) => !mine)
         }
       }),
       Stream.map(() => key)
@@ -148,8 +166,8 @@ export const run = Effect.fn("Provisioner.run")(function*(options: Options) {
       const cache = cacheFor(namespace, name)
       return cache?.synced === true ? Effect.succeed(Option.fromNullishOr(cache.object)) : store.get(namespace, name)
     },
-    create: (namespace, secret) => Effect.flatMap(store.create(namespace, secret), wrote),
-    replace: (namespace, secret) => Effect.flatMap(store.replace(namespace, secret), wrote),
+    create: (namespace, secret) => writing(Effect.flatMap(store.create(namespace, secret), wrote)),
+    replace: (namespace, secret) => writing(Effect.flatMap(store.replace(namespace, secret), wrote)),
     delete: (namespace, name) =>
       Effect.tap(store.delete(namespace, name), () =>
         Effect.sync(() => {
@@ -161,12 +179,12 @@ export const run = Effect.fn("Provisioner.run")(function*(options: Options) {
     ? AddonStatus.of({
       observe: Effect.suspend(() => (addon.synced ? Effect.succeed(stateOf(addon.object)) : addonStatus.observe)),
       setCondition: (desired, basis) =>
-        Effect.tap(addonStatus.setCondition(desired, basis ?? (addon.synced ? addon.object : undefined)), (written) =>
+        writing(Effect.tap(addonStatus.setCondition(desired, basis ?? (addon.synced ? addon.object : undefined)), (written) =>
           Effect.sync(() => {
             if (written === undefined) return
             own.add(written)
             addon.object = written
-          }))
+          })))
     })
     : addonStatus
 

@@ -9,6 +9,8 @@
  *   rotation (the token due, nothing else changed) one TokenRequest and one Secret write;
  * - the managed apiserver away across a refresh: the token keeps serving, the apiserver is not
  *   hammered, and the refresh follows its return within seconds;
+ * - its own condition write, whose watch event comes in before the write's answer, is still known
+ *   as its own: no reconcile, so no TokenRequest ahead of the backoff;
  * - a deletion storm of the generated Secret mints no token;
  * - the hosting apiserver away: readiness drops, and once it is back the watches are re-listed,
  *   readiness returns and a change made meanwhile is acted on;
@@ -29,9 +31,11 @@ import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { CoreV1Api, CustomObjectsApi, KubeConfig, type V1Secret } from "@kubernetes/client-node"
 import { Context, Data, Duration, Effect, Exit, Layer, Logger, Metric, Scope } from "effect"
 import * as ProvisionerLayers from "../../layers/Provisioner.ts"
+import * as Backoff from "../../src/domain/Backoff.ts"
 import * as Conditions from "../../src/domain/Conditions.ts"
 import * as ManagedKubeconfigSecret from "../../src/domain/ManagedKubeconfigSecret.ts"
 import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
+import * as Controller from "../../src/kube/Controller.ts"
 import { HostingCluster, HubCluster } from "../../src/kube/KubeClient.ts"
 import * as Metrics from "../../src/observability/Metrics.ts"
 import { Probes } from "../../src/observability/Probes.ts"
@@ -119,13 +123,16 @@ describe.skipIf(noApiserver)("provisioner under faults (real apiservers, audit l
     return { options, source }
   })
 
-  /** A provisioner in the test's scope, its hosting client going to `hostingServer`; its probes. */
-  const start = Effect.fn(function*(options: Provisioner.Options, hostingServer = hosting.server) {
-    const hostingConfig = new KubeConfig()
-    hostingConfig.loadFromString(hosting.kubeconfigYaml.split(hosting.server).join(hostingServer))
+  /** A provisioner in the test's scope, its hosting and hub clients going to `hostingServer` and `hubServer`; its probes. */
+  const start = Effect.fn(function*(options: Provisioner.Options, hostingServer = hosting.server, hubServer = hub.server) {
+    const configFor = (info: Apiserver.ApiserverInfo, server: string) => {
+      const config = new KubeConfig()
+      config.loadFromString(info.kubeconfigYaml.split(info.server).join(server))
+      return config
+    }
     const clusters = Layer.mergeAll(
-      Layer.succeed(HostingCluster, ClientNodeKube.make({ cluster: "hosting", kubeConfig: hostingConfig, userAgent: agent })),
-      Layer.succeed(HubCluster, ClientNodeKube.make({ cluster: "hub", kubeConfig: Apiserver.kubeConfig(hub), userAgent: agent }))
+      Layer.succeed(HostingCluster, ClientNodeKube.make({ cluster: "hosting", kubeConfig: configFor(hosting, hostingServer), userAgent: agent })),
+      Layer.succeed(HubCluster, ClientNodeKube.make({ cluster: "hub", kubeConfig: configFor(hub, hubServer), userAgent: agent }))
     )
     const stack = ProvisionerLayers.layerNoDeps(options).pipe(
       Layer.provide(AddonStatus.layer(options.addon!)),
@@ -234,6 +241,33 @@ describe.skipIf(noApiserver)("provisioner under faults (real apiservers, audit l
       assert.isBelow(after, 5_000, `refreshed ${after} ms after the managed apiserver came back`)
       yield* until(condition(options), (c) => c.reason === "ManagedKubeconfigUpdated", "condition updated")
       assert.strictEqual((yield* requests(managed, issuerAgent, tokenRequestsBefore)).length, 1)
+    }), { timeout: 120_000 })
+
+  it.live("its own condition write, whose watch event comes in before the write's answer, brings no TokenRequest forward of the backoff", () =>
+    Effect.gen(function*() {
+      const managedProxy = yield* FaultProxy.make({ host: managed.host, port: managed.port })
+      const hubProxy = yield* FaultProxy.makeHttp(hub)
+      const { options, source } = yield* setUp("q-own", managedProxy.server, Duration.minutes(5))
+      // No reachability probe (it connects too): every connection to the managed apiserver is a TokenRequest.
+      const probes = yield* start({ ...options, probeInterval: "1 hour" }, hosting.server, hubProxy.server)
+      yield* eventually(readTarget(options))
+      yield* until(condition(options), (c) => c.status === "True", "condition True")
+      yield* ready(probes)
+
+      managedProxy.setMode("reset")
+      const from = managedProxy.accepted()
+      // The failed refresh writes RefreshPending; its answer is held until its watch event has gone through.
+      const held = hubProxy.hold((method, path) => method === "PUT" && path.endsWith("/status"))
+      const eventPassed = hubProxy.passed("ManagedKubeconfigRefreshPending")
+      yield* changeSource(options, `${source}\n# own write, event first\n`)
+      yield* held.answered
+      yield* eventPassed
+      yield* Effect.sleep("300 millis") // for the provisioner to take the event in before the answer
+      yield* held.release
+      yield* until(Effect.sync(() => managedProxy.accepted()), (n) => n >= from + 2, "the first retry", { timeout: "20 seconds", interval: "50 millis" })
+      const [first, second] = managedProxy.acceptedAt().slice(from)
+      const min = Backoff.bounds(Controller.retryPolicy({ resyncInterval: options.syncInterval }), 0).min
+      assert.isAtLeast(second! - first!, min, `the retry came ${second! - first!} ms after the first attempt`)
     }), { timeout: 120_000 })
 
   it.live("a deletion storm of the generated Secret mints no token: it is re-created from the token in hand", () =>

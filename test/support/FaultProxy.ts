@@ -34,6 +34,8 @@ export interface FaultProxy {
   readonly stall: () => number
   /** Connections accepted so far (in any mode). */
   readonly accepted: () => number
+  /** When each connection was accepted (epoch ms), in order. */
+  readonly acceptedAt: () => ReadonlyArray<number>
   /** Connections currently open. */
   readonly open: () => number
 }
@@ -45,6 +47,7 @@ export const make = (target: { readonly host: string; readonly port: number }): 
       let latency = 0
       let rate: number | undefined
       let accepted = 0
+      const acceptedAt: Array<number> = []
       const sockets = new Set<Net.Socket>()
       const frozen = new WeakSet<Net.Socket>()
       const track = (socket: Net.Socket) => {
@@ -74,6 +77,7 @@ export const make = (target: { readonly host: string; readonly port: number }): 
       }
       const server = Net.createServer((client) => {
         accepted++
+        acceptedAt.push(Date.now())
         track(client)
         if (mode === "reset") return void client.resetAndDestroy()
         const upstream = Net.connect(target.port, target.host)
@@ -98,6 +102,7 @@ export const make = (target: { readonly host: string; readonly port: number }): 
             return sockets.size
           },
           accepted: () => accepted,
+          acceptedAt: () => [...acceptedAt],
           open: () => sockets.size
         }
         resume(Effect.succeed({ proxy, server, sockets }))
