@@ -153,7 +153,8 @@ export type Outcome =
     readonly routine?: boolean
   }
   | { readonly _tag: "Stale"; readonly lifetime: RefreshPolicy.TokenLifetime; readonly problem: Problem; readonly kubeconfig: Redacted.Redacted<string> }
-  | { readonly _tag: "Failed"; readonly problem: Problem }
+  /** `expired`: the token in place has expired (the condition then says so, with the problem as the cause). */
+  | { readonly _tag: "Failed"; readonly problem: Problem; readonly expired?: RefreshPolicy.TokenLifetime }
   /** A refresh is due but held back after a refused TokenRequest; nothing to report until `until`. */
   | { readonly _tag: "Held"; readonly lifetime: RefreshPolicy.TokenLifetime | undefined; readonly until: number }
 
@@ -516,7 +517,7 @@ export const observeAndAct = Effect.fn("Provisioner.observeAndAct")(function*(
     Effect.map(Clock.currentTimeMillis, (at): Outcome =>
       current !== undefined && !RefreshPolicy.isExpired(at, current.lifetime)
         ? { _tag: "Stale", lifetime: current.lifetime, problem, kubeconfig: current.kubeconfig }
-        : { _tag: "Failed", problem })
+        : { _tag: "Failed", problem, ...(current === undefined ? {} : { expired: current.lifetime }) })
 
   // An expired token is reported at its expiry, not when a TokenRequest that may hang for long
   // gives up: now if it has expired already, else by a timer running alongside the request.
@@ -700,6 +701,14 @@ export const conditionFor = (
         message: `Refreshing the token failed (${outcome.problem.reason}: ${outcome.problem.message}); the current token stays valid until ${expiresText(outcome.lifetime)}`
       }
     case "Failed":
+      // An expired token stays the headline (it is what stopped working); the failure is its cause.
+      if (outcome.expired !== undefined) {
+        return {
+          status: "False",
+          reason: expiredReason,
+          message: `The token in ${target} expired at ${expiresText(outcome.expired)}; requesting a new one failed (${outcome.problem.reason}: ${outcome.problem.message})`
+        }
+      }
       return { status: "False", reason: outcome.problem.reason, message: outcome.problem.message }
     case "Held":
       return undefined

@@ -140,6 +140,7 @@ interface Written {
   readonly at: number
   readonly status: string
   readonly reason: string
+  readonly message: string
 }
 
 /** An add-on that is present and records each condition write with its (virtual) time. */
@@ -152,7 +153,7 @@ const recordingAddon = (written: Array<Written>) =>
         Effect.map(Clock.currentTimeMillis, (now) => {
           if (current?.status === desired.status && current.reason === desired.reason && current.message === desired.message) return undefined
           current = { type: "ManagedKubeconfigReady", ...desired, lastTransitionTime: new Date(now).toISOString() }
-          written.push({ at: now, status: desired.status, reason: desired.reason })
+          written.push({ at: now, status: desired.status, reason: desired.reason, message: desired.message })
           return { metadata: { resourceVersion: String(written.length) } }
         })
     })
@@ -216,6 +217,10 @@ describe("provisioner failure handling (TestClock)", () => {
         assert.isBelow(firstFalse!.at - expiresAt, 1000, `False ${firstFalse!.at - expiresAt} ms after expiry`)
         assert.strictEqual(firstFalse!.reason, Reconciler.expiredReason)
         assert.isTrue(written.filter((w) => w.at >= expiresAt).every((w) => w.status === "False"), "False from expiry on")
+        // Still "expired" once the attempt fails, with the failure as the cause.
+        const expired = written.filter((w) => w.at >= expiresAt)
+        assert.isTrue(expired.every((w) => w.reason === Reconciler.expiredReason), expired.map((w) => w.reason).join(", "))
+        assert.include(expired.at(-1)!.message, "requesting a new one failed (TokenRequestFailed: ")
       }).pipe(Effect.scoped),
     { arbitrary: { runs: 15 } }
   )
