@@ -1,6 +1,6 @@
 /**
  * The probe server every tether component runs on its `--health-probe-bind-address`:
- * `/healthz` (the process is alive), `/readyz` (every registered readiness check passes) and
+ * `/healthz` (the process is alive), `/readyz` (at least one readiness check registered, and all pass) and
  * `/metrics` (Prometheus text from Effect's metric registry).
  *
  * Components register readiness checks and scrape hooks on the {@link Probes} service instead of
@@ -109,7 +109,13 @@ const routes = HttpRouter.use(Effect.fn(function*(router) {
     "/readyz",
     Effect.gen(function*() {
       const request = yield* HttpServerRequest.HttpServerRequest
-      const results = yield* probes.checks
+      const registered = yield* probes.checks
+      // The server starts before the components it serves register their checks: until one has,
+      // the process is starting, not ready (a kubelet would otherwise route traffic to a port
+      // nothing listens on yet).
+      const results: ReadonlyArray<CheckResult> = registered.length > 0
+        ? registered
+        : [{ name: "startup", reason: "no component has registered its readiness checks yet" }]
       const failures = results.filter((result) => result.reason !== undefined)
       const status = failures.length === 0 ? 200 : 503
       // `?verbose` lists every check, as the kube-apiserver does; otherwise only what fails.
