@@ -29,11 +29,32 @@ import { SecretStore } from "../../src/provisioner/SecretStore.ts"
 import { Apiserver } from "../../src/testing/index.ts"
 import { noApiserver } from "../support/apiserver.ts"
 import * as FaultProxy from "../support/FaultProxy.ts"
-import { until } from "../support/eventually.ts"
+import { NotYet, until } from "../support/eventually.ts"
 import { prepare } from "../support/hostedInstall.ts"
 import { tetherEntry } from "../../src/testing/TetherEntry.ts"
 import { freePort, get, kubectl } from "../support/local.ts"
 import { useTrio } from "../support/trio.ts"
+
+/**
+ * What a failed wait should say about a pair: the generated Secret's resourceVersion and tether's
+ * own annotations (hashes, times, UIDs: never the token) and the pair's condition.
+ */
+const describeState = (
+  hosting: KubeClient,
+  condition: (cluster: string) => Effect.Effect<Record<string, string> | undefined, unknown>,
+  cluster: string
+) =>
+  Effect.gen(function*() {
+    const secret = yield* Effect.result(hosting.getSecret(`addon-${cluster}`, "cluster-proxy-managed-kubeconfig"))
+    const annotations = Result.isSuccess(secret)
+      ? Object.fromEntries(Object.entries(secret.success.metadata?.annotations ?? {}).filter(([key]) => key.startsWith("proxy.open-cluster-management.io/")))
+      : undefined
+    const generated = Result.isSuccess(secret)
+      ? `generated Secret resourceVersion ${secret.success.metadata?.resourceVersion}, annotations ${JSON.stringify(annotations)}`
+      : `generated Secret unreadable: ${secret.failure.message}`
+    const found = yield* Effect.result(condition(cluster))
+    return `${generated}; ${cluster} condition ${Result.isSuccess(found) ? JSON.stringify(found.success) : "unreadable"}`
+  })
 
 describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
   const trio = useTrio()
@@ -118,7 +139,11 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
         hosting.getSecret("addon-c1", "cluster-proxy-managed-kubeconfig"),
         (s) => s.metadata?.annotations?.[ManagedKubeconfigSecret.sourceHashAnnotation]
       )
-      yield* until(madeFrom, (hash) => hash === Kubeconfig.sourceHash(changed), "c1 refreshed after its source changed", { timeout: "30 seconds" })
+      const wanted = Kubeconfig.sourceHash(changed)
+      yield* until(madeFrom, (hash) => hash === wanted, `c1 refreshed after its source changed (source hash ${wanted})`, { timeout: "30 seconds" }).pipe(
+        Effect.catchTag("NotYet", (notYet) =>
+          Effect.flatMap(describeState(hosting, condition, "c1"), (state) => Effect.fail(new NotYet({ what: `${notYet.what}; ${state}` }))))
+      )
       const c3Token = yield* tokenOf("c3")
       yield* hosting.deleteSecret("addon-c3", "cluster-proxy-managed-kubeconfig")
       const back = yield* until(Effect.result(tokenOf("c3")), Result.isSuccess, "c3's deleted Secret put back", { timeout: "30 seconds" })
