@@ -95,12 +95,12 @@ const clientNode = /\/node_modules\/@kubernetes\/client-node\//
 
 /**
  * undici's package entry requires all of undici when it is evaluated (a CommonJS module, so the
- * bundle cannot drop what it does not use): the mock agents, the cache stores, WebSocket,
+ * bundle cannot drop what it does not use): the mock agents, the cache stores, fetch, WebSocket,
  * EventSource, the cookie helpers. What the bundle uses is the dispatchers tether's HTTP
- * forwarder and client-node build on, and fetch (client-node's watch). Every `import ... from
- * "undici"` is pointed at an entry of those alone; one that names anything else fails the build
- * with a missing-export error instead of loading the rest. (undici's own `fetch` wrapper only
- * adds the caller's stack to errors.)
+ * forwarder and client-node build on, and `request` (tether's Kubernetes client). Every
+ * `import ... from "undici"` is pointed at an entry of those alone; one that names anything else
+ * fails the build with a missing-export error instead of loading the rest. Its `request` is the
+ * package's: the request API on the given dispatcher, or on the global one.
  */
 const undiciEntry = "\0tether-undici"
 const undiciLib = Path.join(repo, "node_modules/undici/lib")
@@ -120,8 +120,16 @@ const slimUndici: Plugin = {
       `import Agent from ${lib("dispatcher/agent.js")}`,
       `import Pool from ${lib("dispatcher/pool.js")}`,
       `import ProxyAgent from ${lib("dispatcher/proxy-agent.js")}`,
-      `import { fetch } from ${lib("web/fetch/index.js")}`,
-      "export { Agent, Pool, ProxyAgent, fetch }"
+      `import requestOn from ${lib("api/api-request.js")}`,
+      `import { getGlobalDispatcher } from ${lib("global.js")}`,
+      "export { Agent, Pool, ProxyAgent }",
+      // Only client-node code tether never calls (the generated APIs' HTTP library behind
+      // KubeConfig.makeApiClient) names fetch: imported on a first call, from a chunk of its own.
+      `export const fetch = (...args) => import(${lib("web/fetch/index.js")}).then((m) => m.fetch(...args))`,
+      "export function request(url, { dispatcher = getGlobalDispatcher(), ...options } = {}) {",
+      "  const target = new URL(url)",
+      "  return requestOn.call(dispatcher, { ...options, origin: target.origin, path: target.pathname + target.search, method: options.method ?? \"GET\" })",
+      "}"
     ].join("\n")
   }
 }

@@ -1,12 +1,13 @@
 /**
- * The {@link KubeClient.KubeClient} over `@kubernetes/client-node`'s `KubeConfig` and `Watch`.
+ * The {@link KubeClient.KubeClient} over `@kubernetes/client-node`'s `KubeConfig`.
  *
- * client-node reads the kubeconfig (or the in-cluster configuration), applies its credentials and
- * TLS settings to each request, and runs the watch streams. The requests themselves are tether's:
- * JSON in and out over the client's dispatcher, so client-node's generated API classes and its
- * ObjectSerializer (with ~700 model classes, ~1 MB of the bundle and ~19 MiB resident once
- * loaded) are never loaded. Objects are the apiserver's JSON as is: a field client-node types as
- * a `Date` (timestamps, MicroTime) holds the RFC 3339 string, as watch events always did.
+ * client-node reads the kubeconfig (or the in-cluster configuration) and applies its credentials
+ * and TLS settings to each request. The requests and watch streams are tether's: JSON in and out
+ * over undici's request API on the client's dispatcher, so neither client-node's generated API
+ * classes with their ObjectSerializer (~700 model classes, ~1 MB of the bundle) nor undici's
+ * `fetch` (which client-node's `Watch` uses) are loaded. Objects are the apiserver's JSON as is:
+ * a field client-node types as a `Date` (timestamps, MicroTime) holds the RFC 3339 string, as
+ * watch events always did.
  *
  * On top of client-node this module adds:
  * - errors become {@link KubeError.KubeError} with a reason and a safe message (only the
@@ -26,9 +27,10 @@ import type {
   V1ServiceAccount,
   V1TokenReview
 } from "@kubernetes/client-node"
-import { KubeConfig, RequestContext, Watch } from "@kubernetes/client-node"
+import { KubeConfig, RequestContext } from "@kubernetes/client-node"
 import { type Context, Effect, Layer, Redacted } from "effect"
-import { fetch } from "undici"
+import { STATUS_CODES } from "node:http"
+import { request as undiciRequest } from "undici"
 import type * as Kubeconfig from "../domain/Kubeconfig.ts"
 import * as KubeClient from "./KubeClient.ts"
 import * as KubeError from "./KubeError.ts"
@@ -111,8 +113,7 @@ export const toKubeError = (cluster: string, operation: string) => (error: unkno
 
 /**
  * Applies the kubeconfig's credentials and TLS settings to a request, reusing one dispatcher and
- * taking the bearer token from `tokenSource`. It is also what client-node's `Watch` needs from a
- * config. `dropConnections` destroys the dispatcher (the next request opens a new one): all
+ * taking the bearer token from `tokenSource`. `dropConnections` destroys the dispatcher (the next request opens a new one): all
  * requests share one HTTP/2 connection, and one that went silent would otherwise carry every
  * later list and watch into the same hole.
  */
@@ -128,7 +129,6 @@ const makeAuthentication = (
       dispatcher = undefined
       await old?.destroy().catch(() => undefined)
     },
-    getCurrentCluster: () => kubeConfig.getCurrentCluster(),
     applySecurityAuthentication: async (context: RequestContext) => {
       await kubeConfig.applySecurityAuthentication(context)
       context.setHeaderParam("User-Agent", userAgent)
@@ -151,6 +151,15 @@ interface List<A> {
 
 const segment = encodeURIComponent
 
+/** Query parameters; undefined ones are left out. */
+type Query = { readonly [name: string]: string | undefined }
+
+/** The header's value, when the server sent it once. */
+const header = (headers: Record<string, string | Array<string> | undefined>, name: string): string | null => {
+  const value = headers[name]
+  return typeof value === "string" ? value : null
+}
+
 /**
  * Build a client for one cluster.
  *
@@ -162,29 +171,41 @@ export const make = (options: Options): KubeClient.KubeClient => {
   if (current === null) throw new Error(`the ${cluster} kubeconfig has no current cluster`)
   const auth = makeAuthentication(kubeConfig, options.tokenSource, options.userAgent ?? "tether")
 
-  /** One request: `body` sent as JSON, the 2xx answer parsed as JSON (typed by the caller). */
-  const send = async (
+  /** Open one request with the kubeconfig's credentials and TLS settings; `body` goes as JSON. */
+  const open = async (
     method: Method,
     path: string,
-    request: { readonly query?: KubeClient.WatchOptions; readonly body?: unknown } = {}
-  ): Promise<unknown> => {
+    request: { readonly query?: Query; readonly body?: unknown; readonly signal?: AbortSignal }
+  ) => {
     const context = new RequestContext(current.server + path, method)
     for (const [name, value] of Object.entries(request.query ?? {})) {
-      if (value !== undefined) context.setQueryParam(name, String(value))
+      if (value !== undefined) context.setQueryParam(name, value)
     }
     context.setHeaderParam("Accept", "application/json")
     const body = request.body === undefined ? undefined : JSON.stringify(request.body)
     if (body !== undefined) context.setHeaderParam("Content-Type", "application/json")
     await auth.applySecurityAuthentication(context)
     const dispatcher = context.getDispatcher()
-    const response = await fetch(context.getUrl(), {
+    return undiciRequest(context.getUrl(), {
       method,
       headers: context.getHeaders(),
       ...(body === undefined ? {} : { body }),
+      ...(request.signal === undefined ? {} : { signal: request.signal }),
       ...(dispatcher === undefined ? {} : { dispatcher })
     })
-    const text = await response.text()
-    if (!response.ok) throw new StatusError(response.status, retryAfter(response.headers.get("retry-after")), statusMessage(text))
+  }
+
+  /** One request, its 2xx answer parsed as JSON (typed by the caller). */
+  const send = async (
+    method: Method,
+    path: string,
+    request: { readonly query?: Query; readonly body?: unknown } = {}
+  ): Promise<unknown> => {
+    const response = await open(method, path, request)
+    const text = await response.body.text()
+    if (response.statusCode < 200 || response.statusCode > 299) {
+      throw new StatusError(response.statusCode, retryAfter(header(response.headers, "retry-after")), statusMessage(text))
+    }
     try {
       return JSON.parse(text) as unknown
     } catch {
@@ -200,47 +221,81 @@ export const make = (options: Options): KubeClient.KubeClient => {
     path: string,
     query: KubeClient.WatchOptions
   ): KubeWatch.Transport<A> => ({
-    list: call<List<A>>(`list ${description}`, "GET", path, { query }).pipe(
+    list: call<List<A>>(`list ${description}`, "GET", path, { query: { ...query } }).pipe(
       Effect.map((result) => ({ items: result.items, resourceVersion: result.metadata?.resourceVersion ?? "" }))
     ),
     describe: { cluster, operation: `watch ${description}` },
     dropConnections: Effect.promise(() => auth.dropConnections()),
+    // One watch request: a stream of JSON lines, `{type, object}` each. The server ends it after
+    // timeoutSeconds (the stream's heartbeat, see Watch.ts), whose deadline also bounds it here.
     watch: (resourceVersion, emit, timeoutSeconds) =>
       Effect.callback<KubeWatch.WatchEnd, KubeError.KubeError>((resume) => {
+        const abort = new AbortController()
         let lastVersion = resourceVersion
         let expired = false
-        const watcher = new Watch(auth as unknown as KubeConfig)
-        // The server ends each watch after timeoutSeconds (the stream's heartbeat, see Watch.ts),
-        // which also bounds it; this is only a backstop.
-        ;(watcher as unknown as { requestTimeoutMs: number }).requestTimeoutMs = 6 * 60_000
-        const pending = watcher.watch(
-          path,
-          {
-            resourceVersion,
-            allowWatchBookmarks: true,
-            timeoutSeconds,
-            ...query
-          },
-          (phase: string, object: A & { code?: number }) => {
-            if (phase === "ERROR") {
-              if (object.code === 410) expired = true
-              return
-            }
-            const version = object.metadata?.resourceVersion
-            if (version !== undefined) lastVersion = version
-            if (phase === "BOOKMARK") return
-            const tag = phase === "ADDED" ? "Added" : phase === "DELETED" ? "Deleted" : "Modified"
-            emit({ _tag: tag, object })
-          },
-          (error: unknown) => {
-            if (expired) resume(Effect.succeed({ _tag: "Expired" }))
-            else if (error === null || error === undefined) {
-              resume(Effect.succeed({ _tag: "Closed", resourceVersion: lastVersion }))
-            } else resume(Effect.fail(toKubeError(cluster, `watch ${description}`)(error)))
+        let settled = false
+        const end = (outcome: Effect.Effect<KubeWatch.WatchEnd, KubeError.KubeError>) => {
+          if (settled) return
+          settled = true
+          abort.abort()
+          resume(outcome)
+        }
+        const failed = (error: unknown) =>
+          end(expired ? Effect.succeed({ _tag: "Expired" }) : Effect.fail(toKubeError(cluster, `watch ${description}`)(error)))
+        const line = (text: string) => {
+          let event: { type?: unknown; object?: A & { code?: number } }
+          try {
+            event = JSON.parse(text) as typeof event
+          } catch {
+            return // not a JSON line: skipped, as client-node's watch did
           }
-        )
-        pending.catch((error: unknown) => resume(Effect.fail(toKubeError(cluster, `watch ${description}`)(error))))
-        return Effect.promise(() => pending.then((controller) => controller.abort(), () => undefined))
+          const object = event.object
+          if (object === undefined || object === null) return
+          if (event.type === "ERROR") {
+            if (object.code === 410) expired = true
+            return
+          }
+          const version = object.metadata?.resourceVersion
+          if (version !== undefined) lastVersion = version
+          if (event.type === "BOOKMARK") return
+          emit({ _tag: event.type === "ADDED" ? "Added" : event.type === "DELETED" ? "Deleted" : "Modified", object })
+        }
+        open("GET", path, {
+          query: {
+            ...query,
+            watch: "true",
+            resourceVersion,
+            allowWatchBookmarks: "true",
+            timeoutSeconds: String(timeoutSeconds)
+          },
+          signal: abort.signal
+        }).then((response) => {
+          const body = response.body
+          body.on("error", failed)
+          if (response.statusCode !== 200) {
+            // As client-node's watch reported it: the status text, a transport failure.
+            body.resume()
+            failed(new Error(STATUS_CODES[response.statusCode] ?? "Internal Server Error"))
+            return
+          }
+          let pending = ""
+          body.setEncoding("utf8")
+          body.on("data", (chunk: string) => {
+            pending += chunk
+            for (let newline = pending.indexOf("\n"); newline >= 0; newline = pending.indexOf("\n")) {
+              line(pending.slice(0, newline))
+              pending = pending.slice(newline + 1)
+            }
+          })
+          body.on("end", () => {
+            if (pending !== "") line(pending)
+            end(Effect.succeed(expired ? { _tag: "Expired" } : { _tag: "Closed", resourceVersion: lastVersion }))
+          })
+        }, failed)
+        return Effect.sync(() => {
+          settled = true
+          abort.abort()
+        })
       })
   })
 

@@ -5,7 +5,7 @@
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { CoreV1Api, KubeConfig, RbacAuthorizationV1Api } from "@kubernetes/client-node"
-import { Effect, Exit, Fiber, Redacted, Scope, Stream } from "effect"
+import { Effect, Exit, Fiber, Redacted, Schedule, Scope, Stream } from "effect"
 import * as Net from "node:net"
 import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
 import type * as KubeError from "../../src/kube/KubeError.ts"
@@ -19,7 +19,7 @@ describe.skipIf(noApiserver)("KubeClient (real apiserver)", () => {
 
   beforeAll(async () => {
     scope = await Effect.runPromise(Scope.make())
-    server = await Effect.runPromise(Apiserver.make({ name: "kube" }).pipe(Scope.provide(scope)))
+    server = await Effect.runPromise(Apiserver.make({ name: "kube", auditLog: true }).pipe(Scope.provide(scope)))
   })
   afterAll(async () => {
     if (scope !== undefined) await Effect.runPromise(Scope.close(scope, Exit.void))
@@ -187,5 +187,37 @@ describe.skipIf(noApiserver)("KubeClient (real apiserver)", () => {
         e._tag === "Synced" ? `Synced:${e.items.map((s) => s.metadata?.name).join(",")}` : e._tag === "Broken" ? "Broken" : `${e._tag}:${e.object.metadata?.name}`
       )
       assert.deepStrictEqual(seen, ["Synced:before", "Added:after", "Modified:after", "Deleted:after"])
+    }))
+
+  it.live("a watch the server ends is resumed from the last resourceVersion seen, without a new list", () =>
+    Effect.gen(function*() {
+      yield* Apiserver.createNamespace(server, "resumed")
+      const userAgent = "tether-resume-test"
+      const kube = ClientNodeKube.make({ cluster: "test", kubeConfig: Apiserver.kubeConfig(server), userAgent })
+      const seen: Array<string> = []
+      const fiber = yield* kube.watchSecrets("resumed").pipe(
+        Stream.runForEach((e) =>
+          Effect.sync(() => seen.push(e._tag === "Synced" || e._tag === "Broken" ? e._tag : `${e._tag}:${e.object.metadata?.name}`))
+        ),
+        Effect.forkChild
+      )
+      const until = <A>(read: Effect.Effect<A, unknown>, done: (a: A) => boolean, what: string) =>
+        read.pipe(
+          Effect.filterOrFail(done, () => "not yet"),
+          Effect.retry({ schedule: Schedule.spaced("250 millis") }),
+          Effect.timeoutOrElse({ duration: "90 seconds", orElse: () => Effect.die(new Error(`timed out waiting for ${what}`)) })
+        )
+      yield* until(Effect.succeed(seen), (s) => s.includes("Synced"), "the first list")
+      const created = yield* kube.createSecret("resumed", { metadata: { name: "a" } })
+      const mine = Effect.map(Apiserver.auditEvents(server), (events) =>
+        events.filter((e) => e.userAgent === userAgent && e.objectRef?.namespace === "resumed"))
+      // The first watch ends after its 12-16 s timeoutSeconds; the next one starts from where it was.
+      const events = yield* until(mine, (es) => es.filter((e) => e.verb === "watch" && e.stage === "ResponseStarted").length >= 2, "a second watch")
+      const watches = events.filter((e) => e.verb === "watch" && e.stage === "ResponseStarted")
+      const from = Number(new URL(watches[1]!.requestURI, "https://apiserver").searchParams.get("resourceVersion"))
+      assert.isAtLeast(from, Number(created.metadata?.resourceVersion))
+      assert.strictEqual(events.filter((e) => e.verb === "list" && e.stage === "ResponseComplete").length, 1)
+      assert.deepStrictEqual(seen, ["Synced", "Added:a"])
+      yield* Fiber.interrupt(fiber)
     }))
 })
