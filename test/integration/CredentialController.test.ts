@@ -37,10 +37,12 @@ import { useTrio } from "../support/trio.ts"
 
 /**
  * What a failed wait should say about a pair: the generated Secret's resourceVersion and tether's
- * own annotations (hashes, times, UIDs: never the token) and the pair's condition.
+ * own annotations (hashes, times, UIDs: never the token), the pair's condition, and the Events
+ * recorded on the generated Secret (each write, refresh failure and sync failure, in order).
  */
 const describeState = (
   hosting: KubeClient,
+  hostingKubeconfigPath: string,
   condition: (cluster: string) => Effect.Effect<Record<string, string> | undefined, unknown>,
   cluster: string
 ) =>
@@ -53,7 +55,16 @@ const describeState = (
       ? `generated Secret resourceVersion ${secret.success.metadata?.resourceVersion}, annotations ${JSON.stringify(annotations)}`
       : `generated Secret unreadable: ${secret.failure.message}`
     const found = yield* Effect.result(condition(cluster))
-    return `${generated}; ${cluster} condition ${Result.isSuccess(found) ? JSON.stringify(found.success) : "unreadable"}`
+    const listed = yield* kubectl(hostingKubeconfigPath, ["get", "events", "-n", `addon-${cluster}`, "-o", "json"])
+    const events = listed.code === 0
+      ? (JSON.parse(listed.stdout || "{}") as { items?: Array<Record<string, unknown>> }).items
+        ?.filter((e) => (e["involvedObject"] as { name?: string } | undefined)?.name === "cluster-proxy-managed-kubeconfig")
+        .map((e) => `${String(e["lastTimestamp"])} ${String(e["reason"])} x${String(e["count"])}: ${String(e["message"])}`)
+        .sort()
+      : undefined
+    return `${generated}; ${cluster} condition ${Result.isSuccess(found) ? JSON.stringify(found.success) : "unreadable"}; events on it: ${
+      events === undefined ? "unreadable" : JSON.stringify(events)
+    }`
   })
 
 describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
@@ -142,7 +153,7 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
       const wanted = Kubeconfig.sourceHash(changed)
       yield* until(madeFrom, (hash) => hash === wanted, `c1 refreshed after its source changed (source hash ${wanted})`, { timeout: "30 seconds" }).pipe(
         Effect.catchTag("NotYet", (notYet) =>
-          Effect.flatMap(describeState(hosting, condition, "c1"), (state) => Effect.fail(new NotYet({ what: `${notYet.what}; ${state}` }))))
+          Effect.flatMap(describeState(hosting, trio.hosting.kubeconfigPath, condition, "c1"), (state) => Effect.fail(new NotYet({ what: `${notYet.what}; ${state}` }))))
       )
       const c3Token = yield* tokenOf("c3")
       yield* hosting.deleteSecret("addon-c3", "cluster-proxy-managed-kubeconfig")
