@@ -7,8 +7,9 @@
  * backoff, a global rate limit on starts), optionally {@link Membership} (keys shared between
  * replicas), and per key the single-cluster provisioner's reconcile
  * ({@link Reconciler.reconcile}), reused as it is, with the pair's own add-on status port and token
- * issuer (made for each run and closed after it: no managed-cluster client between deadlines) and
- * memory (the token in hand, kept between runs).
+ * issuer, and memory (the token in hand, kept between runs). Managed-cluster clients come from
+ * {@link ManagedClients}: one per connection, kept across runs and dropped after 5 s unused, so
+ * none is held between deadlines hours apart.
  *
  * Keys are `<cluster>/<addon>`. A key whose pair disappears from discovery gets one last reconcile
  * with its last add-on port: in hub mode that finds the add-on gone (or being deleted) and deletes
@@ -31,7 +32,7 @@
  *
  * @since 0.1.0
  */
-import { Cause, Deferred, type Duration, Effect, Exit, Fiber, Layer, Metric, Option, Queue, Ref, Stream } from "effect"
+import { Cause, Context, Deferred, type Duration, Effect, Exit, Fiber, Layer, Metric, Option, Queue, Ref, Stream } from "effect"
 import type * as Discovery from "../domain/Discovery.ts"
 import type * as Kubeconfig from "../domain/Kubeconfig.ts"
 import type * as RefreshPolicy from "../domain/RefreshPolicy.ts"
@@ -41,6 +42,7 @@ import * as WorkQueue from "../kube/WorkQueue.ts"
 import * as Metrics from "../observability/Metrics.ts"
 import { notReady, Probes } from "../observability/Probes.ts"
 import { AddonStatus, type RelatedObject, relatedSecret, stateOf } from "../provisioner/AddonStatus.ts"
+import * as ManagedClients from "../provisioner/ManagedClients.ts"
 import * as Reconciler from "../provisioner/Reconciler.ts"
 import { SecretStore } from "../provisioner/SecretStore.ts"
 import { ServiceAccounts } from "../provisioner/ServiceAccounts.ts"
@@ -75,6 +77,8 @@ export interface Options {
 }
 
 const controller = "credential-controller"
+/** The User-Agent of the managed-cluster clients. */
+const agent = "tether-credential-controller"
 
 /** The pair's reconcile spec: the first source candidate that exists, else the first. */
 const specFor = Effect.fnUntraced(function*(pair: Discovery.Pair, options: Pick<Options, "settings" | "tokenFile" | "identityCheckInterval">) {
@@ -108,7 +112,7 @@ interface Run {
   readonly done: Deferred.Deferred<void>
 }
 
-/** What a pair keeps between runs: the token in hand. Its clients live for one run only. */
+/** What a pair keeps between runs: the token in hand. */
 interface Entry {
   pair: Discovery.Pair
   readonly memory: Reconciler.Memory
@@ -129,6 +133,13 @@ export const run = Effect.fnUntraced(function*(options: Options) {
   const touched = yield* Queue.unbounded<string>()
   const secrets = yield* SecretCache.make(hosting, (keys) => Effect.sync(() => void Queue.offerAllUnsafe(touched, keys)))
   const withSecrets = Effect.provideService(SecretStore, secrets.store)
+  // Managed-cluster clients: one per connection, kept across runs, dropped after 5 s unused (a
+  // TLS context each: fewer alive at once in a start-up burst, see ManagedClients).
+  const managedClients = Layer.succeed(
+    ManagedClients.ManagedClients,
+    Option.getOrUndefined(yield* Effect.serviceOption(ManagedClients.ManagedClients)) ??
+      Context.get(yield* Layer.build(ManagedClients.ManagedClients.layer({ userAgent: agent, idleAfter: "5 seconds" })), ManagedClients.ManagedClients)
+  )
 
   const entryFor = (pair: Discovery.Pair): Entry => {
     const existing = entries.get(pair.key)
@@ -166,9 +177,8 @@ export const run = Effect.fnUntraced(function*(options: Options) {
     )
 
   /**
-   * Run `effect` with the pair's add-on status port and token issuer, made for this run and closed
-   * after it: a managed-cluster client exists only while a run may mint, so 1,000 pairs hold no
-   * managed-cluster connection between deadlines.
+   * Run `effect` with the pair's add-on status port and token issuer, made for this run; their
+   * managed-cluster clients are the shared ones.
    */
   const withPairServices = (pair: Discovery.Pair) => <A, E, R>(effect: Effect.Effect<A, E, R>) => {
     const addon = pair.addonObject === undefined || Option.isNone(hub)
@@ -177,7 +187,10 @@ export const run = Effect.fnUntraced(function*(options: Options) {
         Layer.provide(AddonStatus.layer(pair.addonObject, relatedSecret(pair.target))),
         Layer.provide(Layer.succeed(HubCluster, hub.value))
       )
-    return Effect.provide(effect, Layer.mergeAll(addon, TokenIssuer.layer, ServiceAccounts.layer))
+    return Effect.provide(
+      effect,
+      Layer.mergeAll(addon, Layer.provide(Layer.mergeAll(TokenIssuer.layer, ServiceAccounts.layer), managedClients))
+    )
   }
 
   const drop = (key: string) => Effect.sync(() => void entries.delete(key))

@@ -10,11 +10,8 @@
  */
 import { Context, Effect, Layer, Option } from "effect"
 import type * as Kubeconfig from "../domain/Kubeconfig.ts"
-import * as ClientNodeKube from "../kube/ClientNodeKube.ts"
-import type * as KubeClient from "../kube/KubeClient.ts"
 import * as KubeError from "../kube/KubeError.ts"
-import * as RateLimit from "../kube/RateLimit.ts"
-import { toKubeConfig } from "./TokenIssuer.ts"
+import * as ManagedClients from "./ManagedClients.ts"
 
 /** @category models */
 export interface Lookup {
@@ -30,22 +27,13 @@ export class ServiceAccounts extends Context.Service<ServiceAccounts, {
   /** The ServiceAccount's UID; None when it does not exist. */
   readonly uid: (lookup: Lookup) => Effect.Effect<Option.Option<string>, KubeError.KubeError>
 }>()("tether/provisioner/ServiceAccounts") {
-  /** GET on the managed cluster the source kubeconfig names (one client per source, for the layer's life). */
+  /** GET on the managed cluster the source kubeconfig names (its client from {@link ManagedClients}). */
   static readonly layer = Layer.effect(ServiceAccounts, Effect.gen(function*() {
-    const limited = yield* RateLimit.limiter
-    let cached: { readonly hash: string; readonly client: KubeClient.KubeClient } | undefined
-    const clientFor = (lookup: Lookup) => {
-      if (cached?.hash !== lookup.sourceHash) {
-        cached = {
-          hash: lookup.sourceHash,
-          client: limited(ClientNodeKube.make({ cluster: "managed", kubeConfig: toKubeConfig(lookup.source), userAgent: "tether-credential-controller" }))
-        }
-      }
-      return cached.client
-    }
+    const clients = yield* ManagedClients.fromContextOr("tether-credential-controller")
     return ServiceAccounts.of({
       uid: (lookup) =>
-        clientFor(lookup).getServiceAccount(lookup.namespace, lookup.name).pipe(
+        clients.clientFor(lookup.source).pipe(
+          Effect.flatMap((client) => client.getServiceAccount(lookup.namespace, lookup.name)),
           Effect.map((sa) => Option.fromNullishOr(sa.metadata?.uid)),
           Effect.catchIf(KubeError.isReason("NotFound"), () => Effect.succeedNone),
           Effect.withSpan("ServiceAccounts.uid")

@@ -2,8 +2,8 @@
  * Minting ServiceAccount tokens on the managed cluster with TokenRequest, using the
  * credentials of the source kubeconfig.
  *
- * The managed client is rebuilt only when the source kubeconfig changes (keyed by its hash),
- * so steady-state rotations reuse one connection pool. The expiry is the one the server
+ * The managed client comes from {@link ManagedClients} (one per connection, kept across
+ * reconciles). The expiry is the one the server
  * returns: issuers may shorten the requested TTL (EKS caps it at a day).
  *
  * RBAC on the managed cluster (for the source credentials): `create` on
@@ -11,14 +11,11 @@
  *
  * @since 0.1.0
  */
-import type { KubeConfig } from "@kubernetes/client-node"
 import { Clock, Context, Effect, Layer, Metric, Redacted } from "effect"
 import type * as Kubeconfig from "../domain/Kubeconfig.ts"
-import * as ClientNodeKube from "../kube/ClientNodeKube.ts"
-import type * as KubeClient from "../kube/KubeClient.ts"
 import * as KubeError from "../kube/KubeError.ts"
-import * as RateLimit from "../kube/RateLimit.ts"
 import * as Metrics from "../observability/Metrics.ts"
+import * as ManagedClients from "./ManagedClients.ts"
 
 /** A freshly minted token. @category models */
 export interface IssuedToken {
@@ -45,25 +42,12 @@ export class TokenIssuer extends Context.Service<TokenIssuer, {
 }>()("tether/provisioner/TokenIssuer") {
   /** TokenRequest against the managed cluster named by the source kubeconfig. */
   static readonly layer = Layer.effect(TokenIssuer, Effect.gen(function*() {
-    const limited = yield* RateLimit.limiter
-    let cached: { readonly hash: string; readonly client: KubeClient.KubeClient } | undefined
-    const clientFor = (input: TokenRequestInput) => {
-      if (cached?.hash !== input.sourceHash) {
-        cached = {
-          hash: input.sourceHash,
-          client: limited(ClientNodeKube.make({
-            cluster: "managed",
-            kubeConfig: toKubeConfig(input.source),
-            userAgent: "tether-managed-kubeconfig-provisioner"
-          }))
-        }
-      }
-      return cached.client
-    }
+    const clients = yield* ManagedClients.fromContextOr("tether-managed-kubeconfig-provisioner")
     return TokenIssuer.of({
       request: Effect.fn("TokenIssuer.request")(function*(input) {
         const issuedAt = yield* Clock.currentTimeMillis
-        const response = yield* clientFor(input).createServiceAccountToken(input.namespace, input.name, {
+        const client = yield* clients.clientFor(input.source)
+        const response = yield* client.createServiceAccountToken(input.namespace, input.name, {
           spec: { audiences: [], expirationSeconds: input.expirationSeconds }
         }).pipe(
           Effect.onExit(() =>
@@ -90,6 +74,3 @@ export class TokenIssuer extends Context.Service<TokenIssuer, {
     })
   }))
 }
-
-/** A client-node KubeConfig holding just the source's cluster and credentials. @category constructors */
-export const toKubeConfig = (source: Kubeconfig.SourceKubeconfig): KubeConfig => ClientNodeKube.kubeConfigFor(source.cluster, source.credentials)

@@ -306,7 +306,7 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
         const counts = new Map<string, number>()
         for (const e of events) {
           if (e.stage !== "ResponseComplete" || e.verb !== "create" || e.objectRef?.subresource !== "token") continue
-          if (!(e.userAgent ?? "").startsWith("tether-managed-kubeconfig-provisioner")) continue
+          if (!(e.userAgent ?? "").startsWith("tether")) continue
           const sa = `${e.objectRef.namespace}/${e.objectRef.name}`
           counts.set(sa, (counts.get(sa) ?? 0) + 1)
         }
