@@ -48,6 +48,12 @@ export interface Options {
   readonly tokenSource?: KubeClient.TokenSource
   /** Sent as User-Agent. */
   readonly userAgent?: string
+  /**
+   * Bound on one request other than a watch, in milliseconds: a request the server (or the path to
+   * it) never finishes fails with a `Transport` error instead of holding its reconcile for ever.
+   * Default {@link defaultRequestTimeoutMs}.
+   */
+  readonly requestTimeoutMs?: number
 }
 
 /**
@@ -143,6 +149,14 @@ const makeAuthentication = (
 
 type Method = "GET" | "POST" | "PUT" | "DELETE"
 
+/**
+ * The kube-apiserver ends a request that is not long-running after its own `--request-timeout`
+ * (one minute by default); a little longer here, so its answer, not ours, says what happened.
+ *
+ * @category constructors
+ */
+export const defaultRequestTimeoutMs = 70_000
+
 /** A list as the apiserver answers it. */
 interface List<A> {
   readonly items: ReadonlyArray<A>
@@ -170,12 +184,13 @@ export const make = (options: Options): KubeClient.KubeClient => {
   const current = kubeConfig.getCurrentCluster()
   if (current === null) throw new Error(`the ${cluster} kubeconfig has no current cluster`)
   const auth = makeAuthentication(kubeConfig, options.tokenSource, options.userAgent ?? "tether")
+  const requestTimeoutMs = options.requestTimeoutMs ?? defaultRequestTimeoutMs
 
   /** Open one request with the kubeconfig's credentials and TLS settings; `body` goes as JSON. */
   const open = async (
     method: Method,
     path: string,
-    request: { readonly query?: Query; readonly body?: unknown; readonly signal?: AbortSignal }
+    request: { readonly query?: Query; readonly body?: unknown; readonly signal?: AbortSignal; readonly bounded?: boolean }
   ) => {
     const context = new RequestContext(current.server + path, method)
     for (const [name, value] of Object.entries(request.query ?? {})) {
@@ -191,6 +206,7 @@ export const make = (options: Options): KubeClient.KubeClient => {
       headers: context.getHeaders(),
       ...(body === undefined ? {} : { body }),
       ...(request.signal === undefined ? {} : { signal: request.signal }),
+      ...(request.bounded === true ? { headersTimeout: requestTimeoutMs, bodyTimeout: requestTimeoutMs } : {}),
       ...(dispatcher === undefined ? {} : { dispatcher })
     })
   }
@@ -199,9 +215,10 @@ export const make = (options: Options): KubeClient.KubeClient => {
   const send = async (
     method: Method,
     path: string,
-    request: { readonly query?: Query; readonly body?: unknown } = {}
+    request: { readonly query?: Query; readonly body?: unknown },
+    signal: AbortSignal
   ): Promise<unknown> => {
-    const response = await open(method, path, request)
+    const response = await open(method, path, { ...request, signal, bounded: true })
     const text = await response.body.text()
     if (response.statusCode < 200 || response.statusCode > 299) {
       throw new StatusError(response.statusCode, retryAfter(header(response.headers, "retry-after")), statusMessage(text))
@@ -213,8 +230,9 @@ export const make = (options: Options): KubeClient.KubeClient => {
     }
   }
 
-  const call = <A>(operation: string, method: Method, path: string, request?: Parameters<typeof send>[2]) =>
-    Effect.tryPromise({ try: () => send(method, path, request) as Promise<A>, catch: toKubeError(cluster, operation) })
+  // An interrupted call (a timeout or a shutdown around it) aborts its request.
+  const call = <A>(operation: string, method: Method, path: string, request: Parameters<typeof send>[2] = {}) =>
+    Effect.tryPromise({ try: (signal) => send(method, path, request, signal) as Promise<A>, catch: toKubeError(cluster, operation) })
 
   const watchTransport = <A extends { metadata?: { resourceVersion?: string } }>(
     description: string,

@@ -12,6 +12,7 @@ import type * as KubeError from "../../src/kube/KubeError.ts"
 import * as LeaseStore from "../../src/kube/LeaseStore.ts"
 import { Apiserver } from "../../src/testing/index.ts"
 import { noApiserver } from "../support/apiserver.ts"
+import * as FaultProxy from "../support/FaultProxy.ts"
 
 describe.skipIf(noApiserver)("KubeClient (real apiserver)", () => {
   let scope: Scope.Closeable
@@ -64,6 +65,25 @@ describe.skipIf(noApiserver)("KubeClient (real apiserver)", () => {
       const transport = yield* reasonOf(ClientNodeKube.make({ cluster: "test", kubeConfig: unreachable }).getSecret("errors", "s"))
       assert.deepStrictEqual([transport.reason, transport.retryable], ["Transport", true])
     }))
+
+  it.live("a request the server never answers fails as a Transport error at the request bound", () =>
+    Effect.gen(function*() {
+      const proxy = yield* FaultProxy.make({ host: "127.0.0.1", port: Number(new URL(server.server).port) })
+      const kubeConfig = new KubeConfig()
+      kubeConfig.loadFromString(FaultProxy.throughProxy(server.kubeconfigYaml, server.server, proxy))
+      const kube = ClientNodeKube.make({ cluster: "test", kubeConfig, requestTimeoutMs: 1_000 })
+      yield* Apiserver.createNamespace(server, "silent")
+      // A first answer, so the next request goes on a connection that is already open.
+      yield* Effect.flip(kube.getSecret("silent", "nope"))
+      proxy.stall()
+      const started = Date.now()
+      const failure = yield* reasonOf(kube.getSecret("silent", "nope")).pipe(Effect.timeout("20 seconds"))
+      const took = Date.now() - started
+      assert.strictEqual(failure.reason, "Transport")
+      assert.isTrue(failure.retryable)
+      assert.match(failure.message, /UND_ERR_HEADERS_TIMEOUT/)
+      assert.isAtLeast(took, 900)
+    }).pipe(Effect.scoped))
 
   it.live("Unauthorized and Forbidden carry the apiserver's explanation but never the token", () =>
     Effect.gen(function*() {
