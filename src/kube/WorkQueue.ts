@@ -74,8 +74,8 @@ interface Entry {
   failures: number
   /** When the last retry was due (epoch ms); the quiet period counts from here. */
   retryDueAt: number
-  /** The pending deadline (epoch ms), 0 when none. */
-  deadline: number
+  /** The pending deadline (epoch ms), if any. */
+  deadline: number | undefined
 }
 
 /** A deadline in the heap; stale once its entry's deadline is no longer `at`. */
@@ -111,7 +111,7 @@ export const make = Effect.fnUntraced(function*<E, R>(options: Options<E, R>) {
   const entry = (key: string): Entry => {
     let found = entries.get(key)
     if (found === undefined) {
-      found = { phase: "idle", dirty: false, forgotten: false, failures: 0, retryDueAt: 0, deadline: 0 }
+      found = { phase: "idle", dirty: false, forgotten: false, failures: 0, retryDueAt: 0, deadline: undefined }
       entries.set(key, found)
     }
     return found
@@ -196,13 +196,13 @@ export const make = Effect.fnUntraced(function*<E, R>(options: Options<E, R>) {
     while (heap.length > 0 && heap[0]!.at <= now) {
       const due = pop()!
       if (!live(due)) continue
-      entries.get(due.key)!.deadline = 0
+      entries.get(due.key)!.deadline = undefined
       yield* add(due.key)
     }
     yield* arm
   })
 
-  const cancelTimer = (e: Entry) => Effect.sync(() => void (e.deadline = 0))
+  const cancelTimer = (e: Entry) => Effect.sync(() => void (e.deadline = undefined))
 
   const addAfter = (key: string, after: Duration.Input) =>
     Effect.gen(function*() {
@@ -210,9 +210,8 @@ export const make = Effect.fnUntraced(function*<E, R>(options: Options<E, R>) {
       const now = yield* Clock.currentTimeMillis
       const e = entry(key)
       e.forgotten = false
-      if (e.deadline !== 0 && e.deadline <= now + delay) return
-      // Never 0: that means "none".
-      e.deadline = Math.max(1, now + delay)
+      if (e.deadline !== undefined && e.deadline <= now + delay) return
+      e.deadline = now + delay
       compact()
       push({ at: e.deadline, key })
       yield* arm

@@ -198,6 +198,14 @@ describe("WorkQueue", () => {
       { arbitrary: { runs: 60 } }
     )
 
+    it.effect("a delayed add due now runs now, at any clock time (epoch 0 included)", () =>
+      Effect.gen(function*() {
+        const { log, reconcile } = world([0], [])
+        const queue = yield* WorkQueue.make({ name: "due-now", reconcile, concurrency: 1 })
+        yield* play(queue, [{ at: 0, key: 0, delay: 0 }, { at: 5, key: 1, delay: 0 }], log, 100)
+        assert.deepStrictEqual(log.filter((e) => e._tag === "start").map((e) => `${e.key}@${e.at}`), ["k0@0", "k1@5"])
+      }))
+
     it.effect.prop(
       "retries of a failing key come within the backoff bounds of each attempt",
       {
