@@ -50,6 +50,9 @@ export const main = async (argv: ReadonlyArray<string>): Promise<void> => {
         ? Effect.void
         : Console.error(`error: ${(error as { message?: string }).message ?? String(error)}`)
     ),
+    // A defect is a bug in tether: error reporting is off (typed errors print one line above),
+    // so say what it was, or the process would exit 1 without a word.
+    Effect.tapCause((cause) => (Cause.hasDies(cause) ? Console.error(`tether stopped on a defect:\n${Cause.pretty(cause)}`) : Effect.void)),
     Effect.provide(NodeServices.layer),
     (program) => NodeRuntime.runMain(program as typeof program, { disableErrorReporting: true, teardown })
   )

@@ -446,7 +446,7 @@ subjects: [{kind: ServiceAccount, name: cluster-proxy-agent, namespace: ${cluste
       assert.notStrictEqual(Fs.readlinkSync(Path.join(volume, "..data")), before, "..data was swapped")
       assert.isFalse(Fs.existsSync(Path.join(volume, before)), "the previous version is gone")
       assert.strictEqual(pod.container("hosted-agent").child.pid, pid)
-      assert.isNull(pod.container("hosted-agent").child.exitCode)
+      assert.isUndefined(Kubelet.exitReport(pod.container("hosted-agent")))
       proxyCa = next.cert
       const reply = yield* viaServiceProxy({ path: "/", headers: serviceHeaders("http", "hello", httpPort) })
       assert.strictEqual(reply.status, 200)
@@ -595,7 +595,7 @@ subjects: [{kind: ServiceAccount, name: cluster-proxy-agent, namespace: ${cluste
       // The kubelet-style swap brought the new version to every container of the pod, none restarted.
       assert.notStrictEqual(Fs.readlinkSync(Path.join(volume, "..data")), before)
       assert.strictEqual(Fs.readFileSync(Path.join(volume, "token"), "utf8"), secondToken)
-      for (const c of agent.containers) assert.isNull(c.child.exitCode, `${c.name} still runs`)
+      for (const c of agent.containers) assert.isUndefined(Kubelet.exitReport(c), `${c.name} still runs`)
       // Each container serves its own component's series on its own port.
       const provisionerPod = yield* hostingNode.pod(provisionerDeployment)
       const series: ReadonlyArray<readonly [Kubelet.Pod, number, string, Record<string, string>]> = [

@@ -265,6 +265,12 @@ const stopProcess = (child: ChildProcess.ChildProcess, grace: Duration.Duration)
 
 const tail = (text: string) => text.trimEnd().split("\n").slice(-30).join("\n")
 
+/** Why a container is no longer running, with the end of its output; undefined while it runs. */
+export const exitReport = (container: Container): string | undefined =>
+  exitedOf(container.child)
+    ? `${container.name} exited (${container.child.exitCode ?? container.child.signalCode}):\n${tail(container.output.text)}`
+    : undefined
+
 /** A listen argument's port (`--x=:8000`, `--x=0.0.0.0:8000`, `--x=[::]:8000`), if it is one. */
 const listenArg = /^(--[a-z0-9-]+=)(?::|0\.0\.0\.0:|\[::\]:)(\d+)$/
 
