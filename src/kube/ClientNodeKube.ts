@@ -135,6 +135,12 @@ const makeAuthentication = (
       dispatcher = undefined
       await old?.destroy().catch(() => undefined)
     },
+    /** Unlike `dropConnections`, lets the requests in flight finish; does not wait for them. */
+    closeConnections: () => {
+      const old = dispatcher
+      dispatcher = undefined
+      void old?.close().catch(() => undefined)
+    },
     applySecurityAuthentication: async (context: RequestContext) => {
       await kubeConfig.applySecurityAuthentication(context)
       context.setHeaderParam("User-Agent", userAgent)
@@ -326,6 +332,7 @@ export const make = (options: Options): KubeClient.KubeClient => {
   return {
     cluster,
     server: current.server,
+    closeConnections: Effect.sync(() => auth.closeConnections()),
 
     getSecret: (namespace, name) => call<V1Secret>(`get secret ${namespace}/${name}`, "GET", `${secrets(namespace)}/${segment(name)}`),
     createSecret: (namespace, secret) =>

@@ -61,6 +61,12 @@ export interface KubeClient {
   readonly cluster: string
   /** The server URL of the current context. */
   readonly server: string
+  /**
+   * Let go of the client's connections: each closes once the requests on it are answered (a
+   * watch's at its end), and a later request opens a new one. For clients that are idle for long
+   * stretches (a managed cluster's, between rotations hours apart).
+   */
+  readonly closeConnections: Effect.Effect<void>
 
   readonly getSecret: (namespace: string, name: string) => Effect.Effect<V1Secret, KubeError>
   readonly createSecret: (namespace: string, secret: V1Secret) => Effect.Effect<V1Secret, KubeError>

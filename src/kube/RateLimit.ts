@@ -58,6 +58,7 @@ export const limitRequests = (client: KubeClient, admit: Effect.Effect<void>): K
   return {
     cluster: client.cluster,
     server: client.server,
+    closeConnections: client.closeConnections,
     getSecret: (namespace, name) => limited(client.getSecret(namespace, name)),
     createSecret: (namespace, secret) => limited(client.createSecret(namespace, secret)),
     replaceSecret: (namespace, secret) => limited(client.replaceSecret(namespace, secret)),

@@ -9,8 +9,9 @@
  * the controller at 1,000 pairs: JS heap 48 MiB, malloc heap 122 MiB). Sources that name the
  * same connection (the add-ons of one managed cluster) now share a client, and the token issuer
  * and the identity check share it too. A client unused for `idleAfter` is dropped, so between
- * rotations (hours apart) none is held; the next use makes a new one. Each distinct connection
- * still costs its own TLS context while its client lives (built inside the client).
+ * rotations (hours apart) none is held, and its connections are closed; the next use makes a
+ * new one. Each distinct connection still costs its own TLS context while its client lives
+ * (built inside the client).
  *
  * Clients take their requests' turn at the process's {@link RateLimit.RequestLimit} when one is
  * in the context.
@@ -41,6 +42,7 @@ export class ManagedClients extends Context.Service<ManagedClients, {
       Effect.gen(function*() {
         const idleAfter = Duration.toMillis(Duration.fromInputUnsafe(options.idleAfter))
         const clients = yield* make(options.userAgent)
+        yield* Effect.addFinalizer(() => clients.clear)
         yield* Effect.flatMap(Clock.currentTimeMillis, (now) => clients.sweep(now - idleAfter)).pipe(
           Effect.repeat(Schedule.spaced(Duration.millis(Math.max(1, idleAfter / 2)))),
           Effect.forkScoped
@@ -84,8 +86,20 @@ export const connectionKey = (source: Kubeconfig.SourceKubeconfig): string => {
 export const make = Effect.fnUntraced(function*(userAgent: string, latestOnly = false) {
   const limited = yield* RateLimit.limiter
   const entries = new Map<string, { readonly client: KubeClient; usedAt: number }>()
+  const drop = (which: (usedAt: number) => boolean) => {
+    const dropped = [...entries].filter(([, entry]) => which(entry.usedAt))
+    for (const [key] of dropped) entries.delete(key)
+    // A dropped client may still be finishing a request (a reconcile took it just before): its
+    // connections close once that is answered.
+    return Effect.forEach(dropped, ([, entry]) => entry.client.closeConnections, { discard: true })
+  }
+  /** Drop the clients last used before `before` (epoch ms), closing their connections. */
+  const sweep = (before: number) => Effect.suspend(() => drop((usedAt) => usedAt < before))
+  /** Drop every client, closing their connections. */
+  const clear = Effect.suspend(() => drop(() => true))
   const clientFor = (source: Kubeconfig.SourceKubeconfig) =>
-    Effect.map(Clock.currentTimeMillis, (now) => {
+    Effect.gen(function*() {
+      const now = yield* Clock.currentTimeMillis
       const key = connectionKey(source)
       const found = entries.get(key)
       if (found !== undefined) {
@@ -97,14 +111,9 @@ export const make = Effect.fnUntraced(function*(userAgent: string, latestOnly = 
         kubeConfig: ClientNodeKube.kubeConfigFor(source.cluster, source.credentials),
         userAgent
       }))
-      if (latestOnly) entries.clear()
+      if (latestOnly) yield* clear
       entries.set(key, { client, usedAt: now })
       return client
     })
-  /** Drop the clients last used before `before` (epoch ms). */
-  const sweep = (before: number) =>
-    Effect.sync(() => {
-      for (const [key, entry] of entries) if (entry.usedAt < before) entries.delete(key)
-    })
-  return { clientFor, sweep, size: Effect.sync(() => entries.size) }
+  return { clientFor, sweep, clear, size: Effect.sync(() => entries.size) }
 })
