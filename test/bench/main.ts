@@ -76,6 +76,8 @@ if (only !== undefined && only !== "tcp" && only !== "http" && only !== "service
   process.exit(2)
 }
 const rounds = Math.max(1, Math.min(10, Number(option("rounds") ?? (quick ? 1 : 5)) || 1))
+/** Each footprint round starts three apiservers and idles for `--footprint-idle`: at most three. */
+const footprintRounds = Math.min(rounds, 3)
 const footprintIdle = Duration.seconds(Math.max(1, Number(option("footprint-idle") ?? (quick ? 5 : 60)) || 60))
 
 const here = Path.dirname(fileURLToPath(import.meta.url))
@@ -785,7 +787,7 @@ const main = Effect.gen(function*() {
       yield* say("footprint: skipped, no kube-apiserver assets (run `npm run envtest` first)")
     } else {
       footprint = []
-      for (let round = 1; round <= Math.min(rounds, 3); round++) {
+      for (let round = 1; round <= footprintRounds; round++) {
         yield* say(`footprint: round ${round}`)
         footprint.push(yield* Effect.scoped(Footprint.measure({ repo, work, idle: footprintIdle, loadRequests: quick ? 5 : 50, say })))
       }
@@ -799,8 +801,10 @@ const main = Effect.gen(function*() {
     quick,
     machine,
     settings: [
-      `${rounds} round(s); each figure is the median over rounds (every round visits every path in turn), except HTTP ` +
-        "p50 and p99, which are over the requests of all rounds together",
+      only === "footprint"
+        ? `${footprintRounds} footprint round(s); each figure is the median over rounds`
+        : `${rounds} round(s) (footprint: ${footprintRounds}); each figure is the median over rounds (every round visits every path in turn), except HTTP ` +
+          "p50 and p99, which are over the requests of all rounds together",
       `TCP throughput: \`iperf3 -c 127.0.0.1 -p <port> -t ${seconds.iperf} -O 1\` and the same with \`-R\` (server to client); one stream, first second omitted, to \`iperf3 -s\``,
       `TCP round trip: test/bench/tools.go \`rtt\`: ${bodyBytes} B written and read back, one in flight per connection, ` +
         `${seconds.roundTrip} s after 0.5 s warm-up (at most ${roundTripCount(1).toLocaleString("en-US")}/${roundTripCount(16).toLocaleString("en-US")} round trips), Go echo server`,
