@@ -6,27 +6,13 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Result } from "effect"
 import * as Options from "../../src/agent/Options.ts"
+import { provisionerFlags } from "../support/provisionerFlags.ts"
 
 const input = (overrides: Partial<Options.Input> = {}): Options.Input => ({
   components: "provisioner,addon-lease,apiserver-proxy,service-proxy",
   managedKubeconfig: "",
   healthProbeBindAddress: { host: undefined, port: 8000 },
-  provisioner: {
-    clusterName: "cluster1",
-    sourceNamespace: "",
-    sourceName: "external-managed-kubeconfig",
-    targetNamespace: "",
-    targetName: "cluster-proxy-managed-kubeconfig",
-    serviceAccountNamespace: "",
-    serviceAccountName: "cluster-proxy",
-    tokenExpiration: Duration.hours(24),
-    refreshBefore: Duration.hours(1),
-    syncInterval: Duration.minutes(5),
-    hubKubeconfig: "",
-    addonName: "cluster-proxy",
-    addonNamespace: "",
-    kubeconfig: ""
-  },
+  provisioner: { ...provisionerFlags(), kubeconfig: "" },
   apiserverProxy: {
     listen: { host: undefined, port: 8443 },
     dialTimeout: Duration.seconds(30),

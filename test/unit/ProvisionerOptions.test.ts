@@ -1,30 +1,14 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Result } from "effect"
 import * as Options from "../../src/provisioner/Options.ts"
-
-const flags = (overrides: Partial<Options.Flags> = {}): Options.Flags => ({
-  clusterName: "cluster1",
-  sourceNamespace: "",
-  sourceName: "external-managed-kubeconfig",
-  targetNamespace: "",
-  targetName: "cluster-proxy-managed-kubeconfig",
-  serviceAccountNamespace: "",
-  serviceAccountName: "cluster-proxy",
-  tokenExpiration: Duration.hours(24),
-  refreshBefore: Duration.hours(1),
-  syncInterval: Duration.minutes(5),
-  hubKubeconfig: "",
-  addonName: "cluster-proxy",
-  addonNamespace: "",
-  ...overrides
-})
+import { provisionerFlags } from "../support/provisionerFlags.ts"
 
 const message = (result: Result.Result<unknown, Options.InvalidOptions>) =>
   Result.isFailure(result) ? result.failure.message : "succeeded"
 
 describe("provisioner options", () => {
   it("derives namespaces from --cluster-name and POD_NAMESPACE", () => {
-    const resolved = Result.getOrThrow(Options.resolve(flags(), "agents"))
+    const resolved = Result.getOrThrow(Options.resolve(provisionerFlags(), "agents"))
     assert.deepStrictEqual(resolved.source, { namespace: "cluster1", name: "external-managed-kubeconfig" })
     assert.deepStrictEqual(resolved.target, { namespace: "agents", name: "cluster-proxy-managed-kubeconfig" })
     assert.deepStrictEqual(resolved.serviceAccount, { namespace: "agents", name: "cluster-proxy" })
@@ -32,7 +16,7 @@ describe("provisioner options", () => {
   })
 
   it("tracks the add-on only with a hub, in --cluster-name's namespace by default", () => {
-    const resolved = Result.getOrThrow(Options.resolve(flags({ hubKubeconfig: "/hub" }), "agents"))
+    const resolved = Result.getOrThrow(Options.resolve(provisionerFlags({ hubKubeconfig: "/hub" }), "agents"))
     assert.deepStrictEqual(resolved.addon, { namespace: "cluster1", name: "cluster-proxy" })
   })
 
@@ -47,13 +31,13 @@ describe("provisioner options", () => {
     { name: "a token file path naming a folder", given: { tokenFilePath: "/etc/managed/" }, pod: "a", expected: '--token-file-path: the token file path "/etc/managed/" ends with "/"' },
     { name: "a control character in the token file path", given: { tokenFilePath: "/etc/\rtoken" }, pod: "a", expected: '--token-file-path: the token file path "/etc/\\rtoken" contains a control character' }
   ])("refuses $name", ({ expected, given, pod }) => {
-    assert.include(message(Options.resolve(flags(given), pod)), expected)
+    assert.include(message(Options.resolve(provisionerFlags(given), pod)), expected)
   })
 
   it("--token-file-path: absent or empty writes the token alone, a path adds tokenFile", () => {
-    assert.isFalse("tokenFile" in Result.getOrThrow(Options.resolve(flags(), "a")))
-    assert.isFalse("tokenFile" in Result.getOrThrow(Options.resolve(flags({ tokenFilePath: "" }), "a")))
-    assert.strictEqual(Result.getOrThrow(Options.resolve(flags({ tokenFilePath: "/etc/managed/token" }), "a")).tokenFile, "/etc/managed/token")
+    assert.isFalse("tokenFile" in Result.getOrThrow(Options.resolve(provisionerFlags(), "a")))
+    assert.isFalse("tokenFile" in Result.getOrThrow(Options.resolve(provisionerFlags({ tokenFilePath: "" }), "a")))
+    assert.strictEqual(Result.getOrThrow(Options.resolve(provisionerFlags({ tokenFilePath: "/etc/managed/token" }), "a")).tokenFile, "/etc/managed/token")
   })
 
   it("--cleanup needs only the target", () => {
