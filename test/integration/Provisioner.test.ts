@@ -3,32 +3,21 @@
  * generated Secrets), managed (ServiceAccount, TokenRequest, TokenReview) and hub
  * (ManagedClusterAddOn condition). Each test uses its own cluster name and namespaces.
  */
-import { NodeServices } from "@effect/platform-node"
 import { assert, beforeAll, describe, it } from "@effect/vitest"
 import { AuthenticationV1Api, CoreV1Api, CustomObjectsApi, RbacAuthorizationV1Api, type V1Secret } from "@kubernetes/client-node"
-import { Context, Data, Duration, Effect, Exit, Layer, Logger, Metric, Scope } from "effect"
+import { Duration, Effect, Exit, Logger, Scope } from "effect"
 import * as ChildProcess from "node:child_process"
-import * as ProvisionerLayers from "../../layers/Provisioner.ts"
 import * as Conditions from "../../src/domain/Conditions.ts"
 import * as ManagedKubeconfigSecret from "../../src/domain/ManagedKubeconfigSecret.ts"
-import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
-import { HostingCluster, HubCluster } from "../../src/kube/KubeClient.ts"
-import * as Metrics from "../../src/observability/Metrics.ts"
-import { Probes } from "../../src/observability/Probes.ts"
-import { AddonStatus } from "../../src/provisioner/AddonStatus.ts"
 import type * as Provisioner from "../../src/provisioner/Provisioner.ts"
 import { Apiserver, Fixtures } from "../../src/testing/index.ts"
-import { eventually, NotYet, until } from "../support/eventually.ts"
+import { eventually, until } from "../support/eventually.ts"
 import { freePort, get } from "../support/local.ts"
+import { b64, call, provisioning, reconciles } from "../support/provisioner.ts"
 import { useTrio } from "../support/trio.ts"
 import { noApiserver } from "../support/apiserver.ts"
 import { tetherEntry } from "../../src/testing/TetherEntry.ts"
 
-/** A client-node call; failures keep the HTTP status for assertions. */
-class CallFailed extends Data.TaggedError("CallFailed")<{ readonly code: number | undefined }> {}
-const call = <A>(f: () => Promise<A>): Effect.Effect<A, CallFailed> =>
-  Effect.tryPromise({ try: f, catch: (e) => new CallFailed({ code: (e as { code?: number }).code }) })
-const b64 = (s: string) => Buffer.from(s).toString("base64")
 const unb64 = (s: string | undefined) => Buffer.from(s ?? "", "base64").toString("utf8")
 const { group, plural, version } = Fixtures.managedClusterAddOnResource
 
@@ -53,83 +42,18 @@ describe.skipIf(noApiserver)("managed-kubeconfig-provisioner (real apiservers)",
     managedRbac: () => Apiserver.kubeConfig(managed).makeApiClient(RbacAuthorizationV1Api),
     hubCustom: () => Apiserver.kubeConfig(hub).makeApiClient(CustomObjectsApi)
   }
+  const provisioner = provisioning(clusters)
+  const { changeSource, condition, readTarget } = provisioner
 
   /** Namespaces, source Secret, managed ServiceAccount and hub add-on for one cluster. */
-  const setUp = Effect.fn(function*(cluster: string, sourceKubeconfig?: string) {
-    const agentNamespace = `agent-${cluster}`
-    yield* Apiserver.createNamespace(hosting, cluster)
-    yield* Apiserver.createNamespace(hosting, agentNamespace)
-    yield* Apiserver.createNamespace(managed, agentNamespace)
-    yield* Apiserver.createNamespace(hub, cluster)
-    yield* call(() => api.managedCore().createNamespacedServiceAccount({ namespace: agentNamespace, body: { metadata: { name: "cluster-proxy" } } }))
-    yield* writeSource(cluster, sourceKubeconfig ?? managed.kubeconfigYaml, "create")
-    yield* call(() =>
-      api.hubCustom().createNamespacedCustomObject({
-        group,
-        version,
-        plural,
-        namespace: cluster,
-        body: { apiVersion: `${group}/${version}`, kind: "ManagedClusterAddOn", metadata: { name: "cluster-proxy" }, spec: { installNamespace: agentNamespace } }
-      })
-    )
-    const options: Provisioner.Options = {
-      clusterName: cluster,
-      source: { namespace: cluster, name: "external-managed-kubeconfig" },
-      target: { namespace: agentNamespace, name: "cluster-proxy-managed-kubeconfig" },
-      serviceAccount: { namespace: agentNamespace, name: "cluster-proxy" },
-      settings: { tokenExpiration: Duration.hours(1), refreshBefore: Duration.minutes(5) },
-      syncInterval: Duration.minutes(5),
-      addon: { namespace: cluster, name: "cluster-proxy" }
-    }
-    return options
-  })
-
-  const writeSource = (cluster: string, kubeconfig: string, mode: "create" | "replace") =>
-    call(() => {
-      const body: V1Secret = { metadata: { name: "external-managed-kubeconfig", namespace: cluster }, data: { kubeconfig: b64(kubeconfig) } }
-      return mode === "create"
-        ? api.hostingCore().createNamespacedSecret({ namespace: cluster, body })
-        : api.hostingCore().replaceNamespacedSecret({ namespace: cluster, name: "external-managed-kubeconfig", body })
-    })
+  const setUp = (cluster: string, sourceKubeconfig?: string) =>
+    provisioner.setUp(cluster, { source: sourceKubeconfig ?? managed.kubeconfigYaml, syncInterval: Duration.minutes(5) })
 
   /** Start a provisioner in the test's scope; returns its probes. */
-  const start = Effect.fn(function*(options: Provisioner.Options) {
-    const clusters = Layer.mergeAll(
-      Layer.succeed(HostingCluster, ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(hosting) })),
-      Layer.succeed(HubCluster, ClientNodeKube.make({ cluster: "hub", kubeConfig: Apiserver.kubeConfig(hub) }))
-    )
-    const stack = ProvisionerLayers.layerNoDeps(options).pipe(
-      Layer.provide(AddonStatus.layer(options.addon!)),
-      Layer.provideMerge(Probes.layerNoServer),
-      Layer.provide(clusters),
-      Layer.provide(NodeServices.layer),
-      Layer.provide(captureLogs)
-    )
-    const context = yield* Layer.build(stack)
-    return Context.get(context, Probes)
-  })
-
-  /** Reconciles the provisioner has finished so far (whatever their result), from its metric. */
-  const reconciles = Effect.map(
-    Effect.forEach(["success", "requeue_after", "error"] as const, (result) =>
-      Metric.value(Metric.withAttributes(Metrics.reconcileTotal, { controller: "managed-kubeconfig-provisioner", result }))),
-    (states) => states.reduce((sum, state) => sum + state.count, 0)
-  )
-
-  const readTarget = (options: Provisioner.Options) =>
-    call(() => api.hostingCore().readNamespacedSecret(options.target))
+  const start = (options: Provisioner.Options) => provisioner.start(options, { logs: captureLogs })
 
   const targetReady = (options: Provisioner.Options) =>
     eventually(readTarget(options))
-
-  /** The ManagedKubeconfigReady condition; fails (NotYet) while it is not set. */
-  const condition = (options: Provisioner.Options) =>
-    call(() => api.hubCustom().getNamespacedCustomObject({ group, version, plural, namespace: options.addon!.namespace, name: options.addon!.name })).pipe(
-      Effect.map((object) =>
-        Conditions.findCondition(((object as { status?: { conditions?: Array<Conditions.Condition> } }).status?.conditions ?? []), "ManagedKubeconfigReady")
-      ),
-      Effect.filterOrFail((c): c is Conditions.Condition => c !== undefined, () => new NotYet({ what: "condition set" }))
-    )
 
   /** Reasons of the Events about the generated Secret, oldest first. */
   const eventReasons = (options: Provisioner.Options) =>
@@ -188,7 +112,7 @@ describe.skipIf(noApiserver)("managed-kubeconfig-provisioner (real apiservers)",
       for (const round of [1, 2]) {
         const before = yield* readTarget(options)
         const beforeHash = before.metadata?.annotations?.[ManagedKubeconfigSecret.sourceHashAnnotation]
-        yield* writeSource(options.clusterName, `${managed.kubeconfigYaml}\n# rotation ${round}\n`, "replace")
+        yield* changeSource(options, `${managed.kubeconfigYaml}\n# rotation ${round}\n`)
         const rotated = yield* until(readTarget(options), (s) => s.metadata?.annotations?.[ManagedKubeconfigSecret.sourceHashAnnotation] !== beforeHash, "not rotated",
           { timeout: "1 second", interval: "25 millis" })
         remember(rotated)
@@ -225,7 +149,7 @@ describe.skipIf(noApiserver)("managed-kubeconfig-provisioner (real apiservers)",
       remember(good)
       // The managed ServiceAccount disappears; a source change now needs a token it cannot get.
       yield* call(() => api.managedCore().deleteNamespacedServiceAccount(options.serviceAccount))
-      yield* writeSource(options.clusterName, `${managed.kubeconfigYaml}\n# stale\n`, "replace")
+      yield* changeSource(options, `${managed.kubeconfigYaml}\n# stale\n`)
       const pending = yield* until(condition(options), (c) => c.reason === "ManagedKubeconfigRefreshPending", "refresh pending")
       assert.strictEqual(pending.status, "True")
       assert.include(pending.message, "ServiceAccountNotFound")
@@ -253,7 +177,7 @@ describe.skipIf(noApiserver)("managed-kubeconfig-provisioner (real apiservers)",
           body: { ...typed, status: { ...typed.status, conditions: [...(typed.status?.conditions ?? []), theirs] } }
         })
       )
-      yield* writeSource(options.clusterName, `${managed.kubeconfigYaml}\n# shared\n`, "replace")
+      yield* changeSource(options, `${managed.kubeconfigYaml}\n# shared\n`)
       yield* until(condition(options), (c) => c.reason === "ManagedKubeconfigUpdated", "updated")
       const after = (yield* call(() => api.hubCustom().getNamespacedCustomObject({ group, version, plural, ...options.addon! }))) as typeof typed
       assert.deepStrictEqual(Conditions.findCondition(after.status?.conditions ?? [], "Available"), theirs)
@@ -266,7 +190,7 @@ describe.skipIf(noApiserver)("managed-kubeconfig-provisioner (real apiservers)",
       yield* start(options)
       const good = yield* targetReady(options)
       remember(good)
-      yield* writeSource(options.clusterName, "apiVersion: v1\nkind: Config\nclusters: [\n", "replace")
+      yield* changeSource(options, "apiVersion: v1\nkind: Config\nclusters: [\n")
       const failed = yield* until(condition(options), (c) => c.status === "False", "not False")
       assert.strictEqual(failed.reason, "SourceKubeconfigInvalid")
       assert.include(failed.message, `source secret ${options.clusterName}/external-managed-kubeconfig`)
@@ -278,7 +202,7 @@ describe.skipIf(noApiserver)("managed-kubeconfig-provisioner (real apiservers)",
       const reasons = yield* eventReasons(options)
       assert.strictEqual(reasons.filter((r) => r === "ManagedKubeconfigSyncFailed").length, 1)
       // exec credentials are refused by name, too.
-      yield* writeSource(options.clusterName, managed.kubeconfigYaml.replace(/client-certificate-data:.*\n\s*client-key-data:.*/, "exec:\n      command: aws\n      apiVersion: client.authentication.k8s.io/v1"), "replace")
+      yield* changeSource(options, managed.kubeconfigYaml.replace(/client-certificate-data:.*\n\s*client-key-data:.*/, "exec:\n      command: aws\n      apiVersion: client.authentication.k8s.io/v1"))
       const refused = yield* until(condition(options), (c) => c.message.includes("exec"), "no exec message")
       assert.strictEqual(refused.status, "False")
     }))
@@ -307,7 +231,7 @@ describe.skipIf(noApiserver)("managed-kubeconfig-provisioner (real apiservers)",
       // A source change would normally rotate; now it must not bring the Secret back, checked
       // once the provisioner has reconciled after the change.
       const before = yield* reconciles
-      yield* writeSource(options.clusterName, `${managed.kubeconfigYaml}\n# after deletion\n`, "replace")
+      yield* changeSource(options, `${managed.kubeconfigYaml}\n# after deletion\n`)
       yield* until(reconciles, (count) => count > before, "a reconcile after the source change")
       const stillGone = yield* Effect.flip(readTarget(options))
       assert.strictEqual((stillGone as { code?: number }).code, 404)

@@ -15,51 +15,30 @@
  * - after the return a new token within 10 s, the condition True, `/readyz` passing, and the
  *   Secret kept the old (expired) token until the one write that put the new one in.
  */
-import { NodeServices } from "@effect/platform-node"
-import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import { CoreV1Api, CustomObjectsApi } from "@kubernetes/client-node"
-import { Context, Data, Duration, Effect, Exit, Fiber, Layer, Logger, Schedule, Scope } from "effect"
-import * as Net from "node:net"
-import * as ProvisionerLayers from "../../layers/Provisioner.ts"
+import { assert, describe, it } from "@effect/vitest"
+import { Duration, Effect, Fiber, Schedule } from "effect"
 import * as Backoff from "../../src/domain/Backoff.ts"
 import * as Conditions from "../../src/domain/Conditions.ts"
 import * as RefreshPolicy from "../../src/domain/RefreshPolicy.ts"
-import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
 import * as Controller from "../../src/kube/Controller.ts"
-import { HostingCluster, HubCluster } from "../../src/kube/KubeClient.ts"
-import * as Probes from "../../src/observability/Probes.ts"
-import { AddonStatus } from "../../src/provisioner/AddonStatus.ts"
-import type * as Provisioner from "../../src/provisioner/Provisioner.ts"
 import { Reachability } from "../../src/provisioner/Reachability.ts"
 import * as Reconciler from "../../src/provisioner/Reconciler.ts"
-import { Apiserver, Fixtures } from "../../src/testing/index.ts"
+import { Apiserver } from "../../src/testing/index.ts"
 import { noApiserver } from "../support/apiserver.ts"
 import { eventually, until } from "../support/eventually.ts"
 import * as FaultProxy from "../support/FaultProxy.ts"
+import { freePort } from "../support/local.ts"
+import { call, provisioning, quietLogs } from "../support/provisioner.ts"
+import { useTrio } from "../support/trio.ts"
 
-class CallFailed extends Data.TaggedError("CallFailed")<{ readonly code: number | undefined }> {}
-const call = <A>(f: () => Promise<A>): Effect.Effect<A, CallFailed> =>
-  Effect.tryPromise({ try: f, catch: (e) => new CallFailed({ code: (e as { code?: number }).code }) })
-const b64 = (s: string) => Buffer.from(s).toString("base64")
-const { group, plural, version } = Fixtures.managedClusterAddOnResource
 const agent = "tether-expiry-under-test"
 const issuerAgent = "tether-managed-kubeconfig-provisioner"
-const quietLogs = Logger.layer([Logger.map(Logger.formatJson, () => undefined)])
 
 /** The token's real expiry (epoch ms): the `exp` claim the managed apiserver signed. */
 const expiryOf = (secretToken: string): number => {
   const jwt = Buffer.from(secretToken, "base64").toString("utf8")
   return (JSON.parse(Buffer.from(jwt.split(".")[1]!, "base64url").toString("utf8")) as { exp: number }).exp * 1000
 }
-
-/** A free loopback port for the probes' server. */
-const freePort = Effect.callback<number>((resume) => {
-  const server = Net.createServer()
-  server.listen(0, "127.0.0.1", () => {
-    const { port } = server.address() as Net.AddressInfo
-    server.close(() => resume(Effect.succeed(port)))
-  })
-})
 
 /** Retries the backoff lets start within `windowMs` of a first failure, each no sooner than its lower bound. */
 const retriesWithin = (policy: Backoff.Policy, windowMs: number): number => {
@@ -77,92 +56,37 @@ interface Sample {
 }
 
 describe.skipIf(noApiserver)("provisioner: the managed apiserver away across the refresh point and the expiry (real time, ~11 min)", () => {
-  let scope: Scope.Closeable | undefined
-  let hub!: Apiserver.ApiserverInfo
-  let hosting!: Apiserver.ApiserverInfo
-  let managed!: Apiserver.ApiserverInfo
-  beforeAll(async () => {
-    scope = await Effect.runPromise(Scope.make("parallel"))
-    ;[hub, hosting, managed] = await Effect.runPromise(
-      Effect.all([
-        Apiserver.make({ name: "hub", crds: [Fixtures.managedClusterAddOnCrd], auditLog: true }),
-        Apiserver.make({ name: "hosting", auditLog: true }),
-        Apiserver.make({ name: "managed", auditLog: true })
-      ], { concurrency: "unbounded" }).pipe(Scope.provide(scope))
-    )
-  }, 180_000)
-  afterAll(async () => {
-    if (scope !== undefined) await Effect.runPromise(Scope.close(scope, Exit.void))
-  })
+  const trio = useTrio({ auditLog: true })
+  const provisioner = provisioning(trio)
 
   it.live("condition False and /readyz failing at expiry, bounded knocking while away, a new token within seconds of the return", () =>
     Effect.gen(function*() {
-      const core = (info: Apiserver.ApiserverInfo) => Apiserver.kubeConfig(info).makeApiClient(CoreV1Api)
-      const hubCustom = Apiserver.kubeConfig(hub).makeApiClient(CustomObjectsApi)
+      const { hosting, managed } = trio
       const proxy = yield* FaultProxy.make({ host: managed.host, port: managed.port })
-      const cluster = "expiry"
-      const agentNamespace = `agent-${cluster}`
-      for (const [info, ns] of [[hosting, cluster], [hosting, agentNamespace], [managed, agentNamespace], [hub, cluster]] as const) {
-        yield* Apiserver.createNamespace(info, ns)
-      }
-      yield* call(() => core(managed).createNamespacedServiceAccount({ namespace: agentNamespace, body: { metadata: { name: "cluster-proxy" } } }))
       const source = managed.kubeconfigYaml.split(managed.server).join(proxy.server)
-      yield* call(() =>
-        core(hosting).createNamespacedSecret({ namespace: cluster, body: { metadata: { name: "external-managed-kubeconfig" }, data: { kubeconfig: b64(source) } } })
-      )
-      yield* call(() =>
-        hubCustom.createNamespacedCustomObject({
-          group,
-          version,
-          plural,
-          namespace: cluster,
-          body: { apiVersion: `${group}/${version}`, kind: "ManagedClusterAddOn", metadata: { name: "cluster-proxy" }, spec: { installNamespace: agentNamespace } }
-        })
-      )
       // The shortest token the apiserver issues; the refresh point then falls at half its life.
       const settings = { tokenExpiration: RefreshPolicy.minTokenExpiration, refreshBefore: Duration.minutes(5) }
-      const options: Provisioner.Options = {
-        clusterName: cluster,
-        source: { namespace: cluster, name: "external-managed-kubeconfig" },
-        target: { namespace: agentNamespace, name: "cluster-proxy-managed-kubeconfig" },
-        serviceAccount: { namespace: agentNamespace, name: "cluster-proxy" },
+      const options = yield* provisioner.setUp("expiry", {
+        source,
         settings,
         // A one-minute resync, so that the backoff reaches its cap while the apiserver is away.
         syncInterval: Duration.minutes(1),
-        probeInterval: "2 seconds",
-        addon: { namespace: cluster, name: "cluster-proxy" }
-      }
+        probeInterval: "2 seconds"
+      })
 
       // The provisioner in the test's scope, with its probes served on loopback and its probe of
       // the managed apiserver (the real one) counted.
       const probedAt: Array<number> = []
       const counted = Reachability.of({ answers: (c, timeout) => Effect.suspend(() => (probedAt.push(Date.now()), Reachability.live.answers(c, timeout))) })
       const port = yield* freePort
-      const clients = Layer.mergeAll(
-        Layer.succeed(HostingCluster, ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(hosting), userAgent: agent })),
-        Layer.succeed(HubCluster, ClientNodeKube.make({ cluster: "hub", kubeConfig: Apiserver.kubeConfig(hub), userAgent: agent }))
-      )
-      yield* Layer.build(
-        ProvisionerLayers.layerNoDeps(options).pipe(
-          Layer.provide(AddonStatus.layer(options.addon!)),
-          Layer.provide(Layer.succeed(Reachability, counted)),
-          Layer.provideMerge(Probes.layer({ host: "127.0.0.1", port })),
-          Layer.provide(clients),
-          Layer.provide(NodeServices.layer),
-          Layer.provide(quietLogs)
-        )
-      ).pipe(Effect.map(Context.get(Probes.Probes)))
+      yield* provisioner.start(options, { logs: quietLogs, userAgent: agent, probesOn: { host: "127.0.0.1", port }, reachability: counted })
 
       const readyz = call(async () => {
         const response = await fetch(`http://127.0.0.1:${port}/readyz`)
         return { status: response.status, body: await response.text() }
       })
-      const condition = call(() => hubCustom.getNamespacedCustomObject({ group, version, plural, ...options.addon! })).pipe(
-        Effect.map((o) =>
-          Conditions.findCondition((o as { status?: { conditions?: Array<Conditions.Condition> } }).status?.conditions ?? [], "ManagedKubeconfigReady")
-        )
-      )
-      const readTarget = call(() => core(hosting).readNamespacedSecret(options.target))
+      const condition = provisioner.conditionOf(options)
+      const readTarget = provisioner.readTarget(options)
 
       const good = yield* eventually(readTarget)
       const oldToken = good.data?.["token"] ?? ""

@@ -26,31 +26,23 @@
  *   retried no sooner than Retry-After and then with a growing backoff, the token in place kept
  *   until the refresh succeeds.
  */
-import { NodeServices } from "@effect/platform-node"
-import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import { CoreV1Api, CustomObjectsApi, KubeConfig, type V1Secret } from "@kubernetes/client-node"
-import { Context, Data, Duration, Effect, Exit, Layer, Logger, Metric, Scope } from "effect"
-import * as ProvisionerLayers from "../../layers/Provisioner.ts"
+import { assert, beforeAll, describe, it } from "@effect/vitest"
+import { CoreV1Api, CustomObjectsApi, type V1Secret } from "@kubernetes/client-node"
+import { Duration, Effect } from "effect"
 import * as Backoff from "../../src/domain/Backoff.ts"
 import * as Conditions from "../../src/domain/Conditions.ts"
 import * as ManagedKubeconfigSecret from "../../src/domain/ManagedKubeconfigSecret.ts"
-import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
 import * as Controller from "../../src/kube/Controller.ts"
-import { HostingCluster, HubCluster } from "../../src/kube/KubeClient.ts"
-import * as Metrics from "../../src/observability/Metrics.ts"
-import { Probes } from "../../src/observability/Probes.ts"
-import { AddonStatus } from "../../src/provisioner/AddonStatus.ts"
+import type { Probes } from "../../src/observability/Probes.ts"
 import type * as Provisioner from "../../src/provisioner/Provisioner.ts"
 import { Apiserver, Fixtures } from "../../src/testing/index.ts"
 import { noApiserver } from "../support/apiserver.ts"
 import { dueSoon } from "../support/dueToken.ts"
-import { eventually, NotYet, until } from "../support/eventually.ts"
+import { eventually, until } from "../support/eventually.ts"
 import * as FaultProxy from "../support/FaultProxy.ts"
+import { call, provisioning, quietLogs, reconciles } from "../support/provisioner.ts"
+import { useTrio } from "../support/trio.ts"
 
-class CallFailed extends Data.TaggedError("CallFailed")<{ readonly code: number | undefined }> {}
-const call = <A>(f: () => Promise<A>): Effect.Effect<A, CallFailed> =>
-  Effect.tryPromise({ try: f, catch: (e) => new CallFailed({ code: (e as { code?: number }).code }) })
-const b64 = (s: string) => Buffer.from(s).toString("base64")
 const { group, plural, version } = Fixtures.managedClusterAddOnResource
 
 /** The User-Agent of the provisioner's hosting and hub clients in this file. */
@@ -58,26 +50,16 @@ const agent = "tether-faults-under-test"
 /** The TokenIssuer's own User-Agent. */
 const issuerAgent = "tether-managed-kubeconfig-provisioner"
 
-const quietLogs = Logger.layer([Logger.map(Logger.formatJson, () => undefined)])
-
 describe.skipIf(noApiserver)("provisioner under faults (real apiservers, audit logs, fault proxy)", () => {
-  let scope: Scope.Closeable | undefined
+  const trio = useTrio({ auditLog: true })
   let hub!: Apiserver.ApiserverInfo
   let hosting!: Apiserver.ApiserverInfo
   let managed!: Apiserver.ApiserverInfo
-  beforeAll(async () => {
-    scope = await Effect.runPromise(Scope.make("parallel"))
-    ;[hub, hosting, managed] = await Effect.runPromise(
-      Effect.all([
-        Apiserver.make({ name: "hub", crds: [Fixtures.managedClusterAddOnCrd], auditLog: true }),
-        Apiserver.make({ name: "hosting", auditLog: true }),
-        Apiserver.make({ name: "managed", auditLog: true })
-      ], { concurrency: "unbounded" }).pipe(Scope.provide(scope))
-    )
-  }, 180_000)
-  afterAll(async () => {
-    if (scope !== undefined) await Effect.runPromise(Scope.close(scope, Exit.void))
+  beforeAll(() => {
+    ;({ hub, hosting, managed } = trio)
   })
+  const provisioner = provisioning(trio)
+  const { changeSource, condition, readTarget } = provisioner
 
   const core = (info: Apiserver.ApiserverInfo) => Apiserver.kubeConfig(info).makeApiClient(CoreV1Api)
   const hubCustom = () => Apiserver.kubeConfig(hub).makeApiClient(CustomObjectsApi)
@@ -92,81 +74,16 @@ describe.skipIf(noApiserver)("provisioner under faults (real apiservers, audit l
   const count = (info: Apiserver.ApiserverInfo, userAgent: string) => Effect.map(requests(info, userAgent), (all) => all.length)
 
   const setUp = Effect.fn(function*(cluster: string, managedServer: string, syncInterval: Duration.Duration = Duration.seconds(3)) {
-    const agentNamespace = `agent-${cluster}`
-    yield* Apiserver.createNamespace(hosting, cluster)
-    yield* Apiserver.createNamespace(hosting, agentNamespace)
-    yield* Apiserver.createNamespace(managed, agentNamespace)
-    yield* Apiserver.createNamespace(hub, cluster)
-    yield* call(() => core(managed).createNamespacedServiceAccount({ namespace: agentNamespace, body: { metadata: { name: "cluster-proxy" } } }))
     const source = managed.kubeconfigYaml.split(managed.server).join(managedServer)
-    yield* call(() =>
-      core(hosting).createNamespacedSecret({ namespace: cluster, body: { metadata: { name: "external-managed-kubeconfig" }, data: { kubeconfig: b64(source) } } })
-    )
-    yield* call(() =>
-      hubCustom().createNamespacedCustomObject({
-        group,
-        version,
-        plural,
-        namespace: cluster,
-        body: { apiVersion: `${group}/${version}`, kind: "ManagedClusterAddOn", metadata: { name: "cluster-proxy" }, spec: { installNamespace: agentNamespace } }
-      })
-    )
-    const options: Provisioner.Options = {
-      clusterName: cluster,
-      source: { namespace: cluster, name: "external-managed-kubeconfig" },
-      target: { namespace: agentNamespace, name: "cluster-proxy-managed-kubeconfig" },
-      serviceAccount: { namespace: agentNamespace, name: "cluster-proxy" },
-      settings: { tokenExpiration: Duration.hours(1), refreshBefore: Duration.minutes(5) },
-      syncInterval,
-      addon: { namespace: cluster, name: "cluster-proxy" }
-    }
+    const options = yield* provisioner.setUp(cluster, { source, syncInterval })
     return { options, source }
   })
 
   /** A provisioner in the test's scope, its hosting and hub clients going to `hostingServer` and `hubServer`; its probes. */
-  const start = Effect.fn(function*(options: Provisioner.Options, hostingServer = hosting.server, hubServer = hub.server) {
-    const configFor = (info: Apiserver.ApiserverInfo, server: string) => {
-      const config = new KubeConfig()
-      config.loadFromString(info.kubeconfigYaml.split(info.server).join(server))
-      return config
-    }
-    const clusters = Layer.mergeAll(
-      Layer.succeed(HostingCluster, ClientNodeKube.make({ cluster: "hosting", kubeConfig: configFor(hosting, hostingServer), userAgent: agent })),
-      Layer.succeed(HubCluster, ClientNodeKube.make({ cluster: "hub", kubeConfig: configFor(hub, hubServer), userAgent: agent }))
-    )
-    const stack = ProvisionerLayers.layerNoDeps(options).pipe(
-      Layer.provide(AddonStatus.layer(options.addon!)),
-      Layer.provideMerge(Probes.layerNoServer),
-      Layer.provide(clusters),
-      Layer.provide(NodeServices.layer),
-      Layer.provide(quietLogs)
-    )
-    return Context.get(yield* Layer.build(stack), Probes)
-  })
+  const start = (options: Provisioner.Options, hostingServer?: string, hubServer?: string) =>
+    provisioner.start(options, { logs: quietLogs, userAgent: agent, hostingServer, hubServer })
 
-  /** Reconciles the provisioner has finished so far (whatever their result), from its metric. */
-  const reconciles = Effect.map(
-    Effect.forEach(["success", "requeue_after", "error"] as const, (result) =>
-      Metric.value(Metric.withAttributes(Metrics.reconcileTotal, { controller: "managed-kubeconfig-provisioner", result }))),
-    (states) => states.reduce((sum, state) => sum + state.count, 0)
-  )
-
-  const readTarget = (options: Provisioner.Options) => call(() => core(hosting).readNamespacedSecret(options.target))
   const hashOf = (secret: V1Secret) => secret.metadata?.annotations?.[ManagedKubeconfigSecret.sourceHashAnnotation]
-  const condition = (options: Provisioner.Options) =>
-    call(() => hubCustom().getNamespacedCustomObject({ group, version, plural, ...options.addon! })).pipe(
-      Effect.map((object) =>
-        Conditions.findCondition((object as { status?: { conditions?: Array<Conditions.Condition> } }).status?.conditions ?? [], "ManagedKubeconfigReady")
-      ),
-      Effect.filterOrFail((c): c is Conditions.Condition => c !== undefined, () => new NotYet({ what: "condition set" }))
-    )
-  const changeSource = (options: Provisioner.Options, kubeconfig: string) =>
-    call(() =>
-      core(hosting).replaceNamespacedSecret({
-        ...options.source,
-        body: { metadata: { ...options.source }, data: { kubeconfig: b64(kubeconfig) } }
-      })
-    )
   const ready = (probes: Probes["Service"]) => until(probes.readiness, (failures) => failures.length === 0, "ready", { timeout: "30 seconds" })
 
   it.live("between deadlines only the watches; a source change costs one TokenRequest, one Secret write, at most one status update and one Event; a routine rotation one TokenRequest and one Secret write", () =>

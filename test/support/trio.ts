@@ -1,6 +1,8 @@
 /**
- * The three clusters of hosted mode as real apiservers, started once for a describe block:
- * `hub` (with the ManagedClusterAddOn CRD), `hosting` and `managed`. Call inside `describe`.
+ * The three clusters of hosted mode as real apiservers: `hub` (with the ManagedClusterAddOn CRD),
+ * `hosting` and `managed`. {@link makeTrio} starts them in the caller's scope (for one test),
+ * {@link useTrio} once for a describe block. With `auditLog` each writes an audit log, so a suite
+ * can count the requests tether sends from the servers' own record.
  */
 import { afterAll, beforeAll } from "@effect/vitest"
 import { Effect, Exit, Scope } from "effect"
@@ -12,19 +14,31 @@ export interface Trio {
   readonly managed: Apiserver.ApiserverInfo
 }
 
-export const useTrio = (): Trio => {
+export interface TrioOptions {
+  /** Appended to each name (`hub-<suffix>` ...), to tell several trios' files and logs apart. */
+  readonly suffix?: string
+  /** Every apiserver writes an audit log ({@link Apiserver.auditEvents}). */
+  readonly auditLog?: boolean
+}
+
+/** The three apiservers, started together; stopped with the scope. */
+export const makeTrio = (options: TrioOptions = {}): Effect.Effect<Trio, Apiserver.ApiserverError, Scope.Scope> => {
+  const name = (cluster: string) => (options.suffix === undefined ? cluster : `${cluster}-${options.suffix}`)
+  const auditLog = options.auditLog === true ? { auditLog: true } : {}
+  return Effect.all([
+    Apiserver.make({ name: name("hub"), crds: [Fixtures.managedClusterAddOnCrd], ...auditLog }),
+    Apiserver.make({ name: name("hosting"), ...auditLog }),
+    Apiserver.make({ name: name("managed"), ...auditLog })
+  ], { concurrency: "unbounded" }).pipe(Effect.map(([hub, hosting, managed]) => ({ hub, hosting, managed })))
+}
+
+/** {@link makeTrio} once for the describe block it is called in (before its tests, stopped after them). */
+export const useTrio = (options: TrioOptions = {}): Trio => {
   let scope: Scope.Closeable | undefined
   let started: Trio | undefined
   beforeAll(async () => {
     scope = await Effect.runPromise(Scope.make("parallel"))
-    const [hub, hosting, managed] = await Effect.runPromise(
-      Effect.all([
-        Apiserver.make({ name: "hub", crds: [Fixtures.managedClusterAddOnCrd] }),
-        Apiserver.make({ name: "hosting" }),
-        Apiserver.make({ name: "managed" })
-      ], { concurrency: "unbounded" }).pipe(Scope.provide(scope))
-    )
-    started = { hub, hosting, managed }
+    started = await Effect.runPromise(makeTrio(options).pipe(Scope.provide(scope)))
   })
   afterAll(async () => {
     if (scope !== undefined) await Effect.runPromise(Scope.close(scope, Exit.void))
