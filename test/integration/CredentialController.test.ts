@@ -10,28 +10,19 @@
  * (TokenRequests counted from the managed apiserver's audit log).
  */
 import { assert, describe, it } from "@effect/vitest"
-import { NodeServices } from "@effect/platform-node"
 import { KubeConfig } from "@kubernetes/client-node"
-import * as ChildProcess from "node:child_process"
-import { Duration, Effect, Layer, Result } from "effect"
-import * as CredentialController from "../../src/controller/CredentialController.ts"
-import * as Discovery from "../../src/domain/Discovery.ts"
+import { Effect, Result } from "effect"
 import * as Sharding from "../../src/domain/Sharding.ts"
-import * as RefreshPolicy from "../../src/domain/RefreshPolicy.ts"
 import * as Kubeconfig from "../../src/domain/Kubeconfig.ts"
 import * as ManagedKubeconfigSecret from "../../src/domain/ManagedKubeconfigSecret.ts"
 import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
-import { EventRecorder } from "../../src/kube/EventRecorder.ts"
-import { HostingCluster, HubCluster, type KubeClient } from "../../src/kube/KubeClient.ts"
-import { Probes } from "../../src/observability/Probes.ts"
-import { TokenState } from "../../src/provisioner/Reconciler.ts"
-import { SecretStore } from "../../src/provisioner/SecretStore.ts"
+import type { KubeClient } from "../../src/kube/KubeClient.ts"
 import { Apiserver } from "../../src/testing/index.ts"
 import { noApiserver } from "../support/apiserver.ts"
+import { hostPairs, markHosted, spawnController, startController as runController } from "../support/credentialController.ts"
 import * as FaultProxy from "../support/FaultProxy.ts"
 import { NotYet, until } from "../support/eventually.ts"
 import { prepare } from "../support/hostedInstall.ts"
-import { tetherEntry } from "../../src/testing/TetherEntry.ts"
 import { freePort, get, kubectl } from "../support/local.ts"
 import { useTrio } from "../support/trio.ts"
 
@@ -74,20 +65,7 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
   const startController = (hosting: KubeClient, hostingClusterName: string) =>
     Effect.gen(function*() {
       const hub = ClientNodeKube.make({ cluster: "hub", kubeConfig: Apiserver.kubeConfig(trio.hub) })
-      const settings = Result.getOrThrow(
-        RefreshPolicy.validateSettings({ tokenExpiration: Duration.hours(1), refreshBefore: Duration.minutes(10) })
-      )
-      const clusters = Layer.mergeAll(Layer.succeed(HostingCluster, hosting), Layer.succeed(HubCluster, hub))
-      const ports = Layer.mergeAll(SecretStore.layer, EventRecorder.layer("tether-credential-controller"), TokenState.layer).pipe(
-        Layer.provideMerge(clusters),
-        Layer.provideMerge(Probes.layerNoServer),
-        Layer.provideMerge(NodeServices.layer)
-      )
-      const probes = yield* Effect.gen(function*() {
-        const probes = yield* Probes
-        yield* CredentialController.run({ source: { _tag: "Hub", hub, config: { hostingClusterName } }, settings }).pipe(Effect.forkScoped)
-        return probes
-      }).pipe(Effect.provide(ports))
+      const probes = yield* runController(hosting, hub, hostingClusterName)
       return { readiness: probes.readiness }
     })
 
@@ -104,12 +82,7 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
         metadata: { name: "cluster-proxy", namespace: "c4" },
         spec: { installNamespace: "addon-c4" }
       }))
-      for (const cluster of [...good, "c4"]) {
-        const run = yield* kubectl(trio.hub.kubeconfigPath, [
-          "annotate", "managedclusteraddon", "-n", cluster, "cluster-proxy", `${Discovery.hostingClusterAnnotation}=hosting-1`
-        ])
-        assert.strictEqual(run.code, 0, run.stderr)
-      }
+      for (const cluster of [...good, "c4"]) yield* markHosted(trio.hub, cluster, "hosting-1")
 
       const hosting = ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(trio.hosting) })
       const managed = ClientNodeKube.make({ cluster: "managed", kubeConfig: Apiserver.kubeConfig(trio.managed) })
@@ -189,10 +162,7 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
       // Hosting r1 here makes the controller read its source from the apiserver; that answer is held.
       const sourcePath = "/api/v1/namespaces/r1/secrets/external-managed-kubeconfig"
       const read = proxy.hold((method, path) => method === "GET" && path === sourcePath)
-      const annotate = yield* kubectl(trio.hub.kubeconfigPath, [
-        "annotate", "managedclusteraddon", "-n", "r1", "cluster-proxy", `${Discovery.hostingClusterAnnotation}=hosting-4`
-      ])
-      assert.strictEqual(annotate.code, 0, annotate.stderr)
+      yield* markHosted(trio.hub, "r1", "hosting-4")
       yield* read.answered.pipe(Effect.timeout("60 seconds"))
 
       // The source changes; its watch event reaches the controller; only then the old answer.
@@ -224,26 +194,15 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
   it.live("the real process: /readyz turns 200 once the hosted pairs are reconciled, their Secrets are there, and it owns them all", () =>
     Effect.gen(function*() {
       const clusters = ["p1", "p2"]
-      for (const cluster of clusters) {
-        yield* prepare(trio, cluster, `addon-${cluster}`)
-        const run = yield* kubectl(trio.hub.kubeconfigPath, [
-          "annotate", "managedclusteraddon", "-n", cluster, "cluster-proxy", `${Discovery.hostingClusterAnnotation}=hosting-2`
-        ])
-        assert.strictEqual(run.code, 0, run.stderr)
-      }
+      yield* hostPairs(trio, clusters, "hosting-2")
       const probePort = yield* freePort
-      const child = ChildProcess.spawn(process.execPath, [
-        tetherEntry(), "credential-controller",
+      const { output } = yield* spawnController([
         `--kubeconfig=${trio.hosting.kubeconfigPath}`, `--hub-kubeconfig=${trio.hub.kubeconfigPath}`,
         "--hosting-cluster-name=hosting-2", "--token-expiration=1h", "--refresh-before=10m",
         `--health-probe-bind-address=127.0.0.1:${probePort}`
-      ], { stdio: ["ignore", "pipe", "pipe"] })
-      let output = ""
-      child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()))
-      child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()))
-      yield* Effect.addFinalizer(() => Effect.sync(() => child.kill("SIGKILL")))
+      ])
       yield* until(get(`http://127.0.0.1:${probePort}/readyz`), (r) => r.status === 200, "ready", { timeout: "90 seconds" }).pipe(
-        Effect.tapError(() => Effect.sync(() => console.log(output.slice(-3000))))
+        Effect.tapError(() => Effect.sync(() => console.log(output().slice(-3000))))
       )
       for (const cluster of clusters) {
         const secret = yield* ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(trio.hosting) })
@@ -261,7 +220,7 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
         const left = Number(line![1]) - Date.now() / 1000
         assert.isTrue(left > 50 * 60 && left <= 3600 + 60, `${cluster}'s token expires in ${left} s`)
       }
-      assert.notInclude(output, "eyJ", "no token in the logs")
+      assert.notInclude(output(), "eyJ", "no token in the logs")
     }), 180_000)
 
   it.live("two replicas split the pairs; a killed replica's pairs move to the other within a lease duration; no pair minted twice", () =>
@@ -270,13 +229,7 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
       const managed = yield* Apiserver.make({ name: "managed-audited", auditLog: true })
       const clusters = { hub: trio.hub, hosting: trio.hosting, managed }
       const names = Array.from({ length: 8 }, (_, i) => `s${i}`)
-      for (const cluster of names) {
-        yield* prepare(clusters, cluster, `addon-${cluster}`)
-        const run = yield* kubectl(trio.hub.kubeconfigPath, [
-          "annotate", "managedclusteraddon", "-n", cluster, "cluster-proxy", `${Discovery.hostingClusterAnnotation}=hosting-3`
-        ])
-        assert.strictEqual(run.code, 0, run.stderr)
-      }
+      yield* hostPairs(clusters, names, "hosting-3")
       yield* Apiserver.createNamespace(trio.hosting, "tether-shards")
       const keys = names.map((cluster) => `${cluster}/cluster-proxy`)
       const hosting = ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(trio.hosting) })
@@ -284,23 +237,18 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
       const replica = (identity: string) =>
         Effect.gen(function*() {
           const port = yield* freePort
-          const child = ChildProcess.spawn(process.execPath, [
-            tetherEntry(), "credential-controller",
+          const { child, output } = yield* spawnController([
             `--kubeconfig=${trio.hosting.kubeconfigPath}`, `--hub-kubeconfig=${trio.hub.kubeconfigPath}`,
             "--hosting-cluster-name=hosting-3", "--token-expiration=1h", "--refresh-before=10m",
             "--shard-lease-namespace=tether-shards", `--shard-identity=${identity}`,
             "--shard-lease-duration=6s", "--shard-renew-interval=1s",
             `--health-probe-bind-address=127.0.0.1:${port}`
-          ], { stdio: ["ignore", "pipe", "pipe"] })
-          const log = { text: "" }
-          child.stdout.on("data", (chunk: Buffer) => (log.text += chunk.toString()))
-          child.stderr.on("data", (chunk: Buffer) => (log.text += chunk.toString()))
-          yield* Effect.addFinalizer(() => Effect.sync(() => child.kill("SIGKILL")))
+          ])
           const owned = Effect.map(get(`http://127.0.0.1:${port}/metrics`), (r) => {
             const match = /tether_controller_owned_keys\{controller="credential-controller"\} (\d+)/.exec(r.body)
             return match === null ? -1 : Number(match[1])
           })
-          return { child, log, port, owned }
+          return { child, output, port, owned }
         })
       const tokenRequests = Effect.map(Apiserver.auditEvents(managed), (events) => {
         const counts = new Map<string, number>()
@@ -324,13 +272,13 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
       // One replica alone serves every pair.
       const a = yield* replica("replica-a")
       yield* until(get(`http://127.0.0.1:${a.port}/readyz`), (r) => r.status === 200, "replica-a ready", { timeout: "90 seconds" }).pipe(
-        Effect.tapError(() => Effect.sync(() => console.log(a.log.text.slice(-3000))))
+        Effect.tapError(() => Effect.sync(() => console.log(a.output().slice(-3000))))
       )
       yield* until(a.owned, (n) => n === keys.length, "replica-a owns every pair", { timeout: "20 seconds" })
       const before = new Map<string, string | undefined>()
       for (const cluster of names) {
         const secret = yield* hosting.getSecret(`addon-${cluster}`, "cluster-proxy-managed-kubeconfig").pipe(
-          Effect.tapError(() => Effect.sync(() => console.log(a.log.text.slice(-6000))))
+          Effect.tapError(() => Effect.sync(() => console.log(a.output().slice(-6000))))
         )
         before.set(cluster, secret.metadata?.resourceVersion)
       }
@@ -345,7 +293,7 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
         ([na, nb]) => na === split.get("replica-a")!.length && nb === split.get("replica-b")!.length,
         "the pairs split between the replicas",
         { timeout: "90 seconds" }
-      ).pipe(Effect.tapError(() => Effect.sync(() => console.log(b.log.text.slice(-3000)))))
+      ).pipe(Effect.tapError(() => Effect.sync(() => console.log(b.output().slice(-3000)))))
       yield* until(get(`http://127.0.0.1:${b.port}/readyz`), (r) => r.status === 200, "replica-b ready", { timeout: "30 seconds" })
       // Handing pairs over costs no new token: the new owner finds the Secrets fresh.
       yield* expectMintedOnce()
@@ -371,6 +319,6 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
         { timeout: "30 seconds" }
       )
       yield* expectMintedOnce(`addon-${moved}/cluster-proxy`)
-      assert.notInclude(a.log.text + b.log.text, "eyJ", "no token in the logs")
+      assert.notInclude(a.output() + b.output(), "eyJ", "no token in the logs")
     }), 240_000)
 })

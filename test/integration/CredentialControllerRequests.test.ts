@@ -9,78 +9,32 @@
  *   three apiservers together at no more than the limit in any window.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { NodeServices } from "@effect/platform-node"
-import * as ChildProcess from "node:child_process"
-import { Duration, Effect, Layer, Metric, Result } from "effect"
-import * as CredentialController from "../../src/controller/CredentialController.ts"
+import { Effect } from "effect"
 import * as Discovery from "../../src/domain/Discovery.ts"
 import * as ManagedKubeconfigSecret from "../../src/domain/ManagedKubeconfigSecret.ts"
-import * as RefreshPolicy from "../../src/domain/RefreshPolicy.ts"
 import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
-import { EventRecorder } from "../../src/kube/EventRecorder.ts"
-import { HostingCluster, HubCluster } from "../../src/kube/KubeClient.ts"
-import * as Metrics from "../../src/observability/Metrics.ts"
-import { Probes } from "../../src/observability/Probes.ts"
-import { managedClusterAddOns } from "../../src/provisioner/AddonStatus.ts"
-import { TokenState } from "../../src/provisioner/Reconciler.ts"
-import { SecretStore } from "../../src/provisioner/SecretStore.ts"
-import { Apiserver, Fixtures } from "../../src/testing/index.ts"
+import { Apiserver } from "../../src/testing/index.ts"
 import { noApiserver } from "../support/apiserver.ts"
+import { clientsOf, hostPairs, readyCondition, reconciles, spawnController, startController } from "../support/credentialController.ts"
 import { dueSoon } from "../support/dueToken.ts"
 import { until } from "../support/eventually.ts"
-import { prepare } from "../support/hostedInstall.ts"
-import { tetherEntry } from "../../src/testing/TetherEntry.ts"
 import { freePort, get, kubectl } from "../support/local.ts"
+import { makeTrio } from "../support/trio.ts"
 
 const target = "cluster-proxy-managed-kubeconfig"
 const agent = "tether-requests-test"
 
-/** Reconciles the controller has finished so far (whatever their result), from its metric. */
-const reconciles = Effect.map(
-  Effect.forEach(["success", "requeue_after", "error"] as const, (result) =>
-    Metric.value(Metric.withAttributes(Metrics.reconcileTotal, { controller: "credential-controller", result }))),
-  (states) => states.reduce((sum, state) => sum + state.count, 0)
-)
-
 describe.skipIf(noApiserver)("CredentialController requests (real audited apiservers)", () => {
   it.live("a routine rotation costs one TokenRequest and one Secret write per pair: no hub request, no Event", () =>
     Effect.gen(function*() {
-      const [hub, hosting, managed] = yield* Effect.all([
-        Apiserver.make({ name: "hub-rq", crds: [Fixtures.managedClusterAddOnCrd], auditLog: true }),
-        Apiserver.make({ name: "hosting-rq", auditLog: true }),
-        Apiserver.make({ name: "managed-rq", auditLog: true })
-      ], { concurrency: "unbounded" })
+      const clusters = yield* makeTrio({ suffix: "rq", auditLog: true })
+      const { hub, hosting, managed } = clusters
       const names = ["q1", "q2", "q3"]
-      for (const cluster of names) {
-        yield* prepare({ hub, hosting, managed }, cluster, `addon-${cluster}`)
-        const run = yield* kubectl(hub.kubeconfigPath, [
-          "annotate", "managedclusteraddon", "-n", cluster, "cluster-proxy", `${Discovery.hostingClusterAnnotation}=hosting-rq`
-        ])
-        assert.strictEqual(run.code, 0, run.stderr)
-      }
-      const hubClient = ClientNodeKube.make({ cluster: "hub", kubeConfig: Apiserver.kubeConfig(hub), userAgent: agent })
-      const hostingClient = ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(hosting), userAgent: agent })
-      const hubTest = ClientNodeKube.make({ cluster: "hub", kubeConfig: Apiserver.kubeConfig(hub) })
-      const hostingTest = ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(hosting) })
+      yield* hostPairs(clusters, names, "hosting-rq")
+      const { hostingClient, hostingTest, hubClient, hubTest } = clientsOf(clusters, agent)
 
-      const settings = Result.getOrThrow(
-        RefreshPolicy.validateSettings({ tokenExpiration: Duration.hours(1), refreshBefore: Duration.minutes(10) })
-      )
-      const ports = Layer.mergeAll(SecretStore.layer, EventRecorder.layer("tether-credential-controller"), TokenState.layer).pipe(
-        Layer.provideMerge(Layer.mergeAll(Layer.succeed(HostingCluster, hostingClient), Layer.succeed(HubCluster, hubClient))),
-        Layer.provideMerge(Probes.layerNoServer),
-        Layer.provideMerge(NodeServices.layer)
-      )
-      const probes = yield* Effect.gen(function*() {
-        const probes = yield* Probes
-        yield* CredentialController.run({ source: { _tag: "Hub", hub: hubClient, config: { hostingClusterName: "hosting-rq" } }, settings }).pipe(
-          Effect.forkScoped
-        )
-        return probes
-      }).pipe(Effect.provide(ports))
-      const condition = (cluster: string) =>
-        Effect.map(hubTest.getCustomObject(managedClusterAddOns, cluster, "cluster-proxy"), (o) =>
-          ((o.status?.["conditions"] ?? []) as Array<Record<string, string>>).find((c) => c["type"] === "ManagedKubeconfigReady"))
+      const probes = yield* startController(hostingClient, hubClient, "hosting-rq")
+      const condition = (cluster: string) => readyCondition(hubTest, cluster)
       for (const cluster of names) yield* until(condition(cluster), (c) => c?.["status"] === "True", `${cluster} Ready`, { timeout: "60 seconds" })
       // Ready (its check registered long before a condition was written): every pair's first
       // reconcile (mint, write, condition, Event) has returned.
@@ -125,11 +79,7 @@ describe.skipIf(noApiserver)("CredentialController requests (real audited apiser
 
   it.live("the real process: a burst of start-up work reaches the three apiservers within --kube-api-qps and --kube-api-burst", () =>
     Effect.gen(function*() {
-      const [hub, hosting, managed] = yield* Effect.all([
-        Apiserver.make({ name: "hub-rl", crds: [Fixtures.managedClusterAddOnCrd], auditLog: true }),
-        Apiserver.make({ name: "hosting-rl", auditLog: true }),
-        Apiserver.make({ name: "managed-rl", auditLog: true })
-      ], { concurrency: "unbounded" })
+      const { hub, hosting, managed } = yield* makeTrio({ suffix: "rl", auditLog: true })
       // 24 pairs, each pointed by annotations at its own ServiceAccount, source and target.
       const pairs = 24
       const prefix = "credentials.tether.open-cluster-management.io"
@@ -167,24 +117,18 @@ describe.skipIf(noApiserver)("CredentialController requests (real audited apiser
 
       const [qps, burst] = [10, 5]
       const probePort = yield* freePort
-      const child = ChildProcess.spawn(process.execPath, [
-        tetherEntry(), "credential-controller",
+      const { output } = yield* spawnController([
         `--kubeconfig=${hosting.kubeconfigPath}`, `--hub-kubeconfig=${hub.kubeconfigPath}`,
         "--hosting-cluster-name=hosting-rl", "--token-expiration=1h", "--refresh-before=10m",
         `--kube-api-qps=${qps}`, `--kube-api-burst=${burst}`,
         `--health-probe-bind-address=127.0.0.1:${probePort}`
-      ], { stdio: ["ignore", "pipe", "pipe"] })
-      let output = ""
-      child.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()))
-      child.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()))
-      yield* Effect.addFinalizer(() => Effect.sync(() => child.kill("SIGKILL")))
+      ])
       // Ready: every pair's first reconcile (TokenRequest, Secret, condition, Event) has returned.
       yield* until(get(`http://127.0.0.1:${probePort}/readyz`), (r) => r.status === 200, "ready", { timeout: "120 seconds" }).pipe(
-        Effect.tapError(() => Effect.sync(() => console.log(output.slice(-3000))))
+        Effect.tapError(() => Effect.sync(() => console.log(output().slice(-3000))))
       )
       for (let i = 0; i < pairs; i++) {
-        const condition = yield* Effect.map(hubTest.getCustomObject(managedClusterAddOns, `c${i}`, "cluster-proxy"), (o) =>
-          ((o.status?.["conditions"] ?? []) as Array<Record<string, string>>).find((c) => c["type"] === "ManagedKubeconfigReady"))
+        const condition = yield* readyCondition(hubTest, `c${i}`)
         assert.strictEqual(condition?.["status"], "True", `c${i}`)
       }
 
@@ -205,6 +149,6 @@ describe.skipIf(noApiserver)("CredentialController requests (real audited apiser
           assert.isAtMost(j - i + 1, bound, `${j - i + 1} requests within ${times[j]! - times[i]!} ms`)
         }
       }
-      assert.notInclude(output, "eyJ", "no token in the logs")
+      assert.notInclude(output(), "eyJ", "no token in the logs")
     }), 240_000)
 })

@@ -11,27 +11,21 @@
  *   add-on's deletion, and a delete with a stale UID is refused by the apiserver.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { NodeServices } from "@effect/platform-node"
 import type { V1Secret } from "@kubernetes/client-node"
 import { Duration, Effect, Fiber, Layer, Result, Stream } from "effect"
 import * as CredentialController from "../../src/controller/CredentialController.ts"
 import * as SecretCache from "../../src/controller/SecretCache.ts"
-import * as Discovery from "../../src/domain/Discovery.ts"
 import * as ManagedKubeconfigSecret from "../../src/domain/ManagedKubeconfigSecret.ts"
-import * as RefreshPolicy from "../../src/domain/RefreshPolicy.ts"
-import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
-import { EventRecorder } from "../../src/kube/EventRecorder.ts"
-import { HostingCluster, HubCluster } from "../../src/kube/KubeClient.ts"
+import { HostingCluster } from "../../src/kube/KubeClient.ts"
 import * as KubeError from "../../src/kube/KubeError.ts"
-import { Probes } from "../../src/observability/Probes.ts"
 import { managedClusterAddOns } from "../../src/provisioner/AddonStatus.ts"
-import { TokenState } from "../../src/provisioner/Reconciler.ts"
 import { SecretStore } from "../../src/provisioner/SecretStore.ts"
-import { Apiserver, Fixtures } from "../../src/testing/index.ts"
+import { Apiserver } from "../../src/testing/index.ts"
 import { noApiserver } from "../support/apiserver.ts"
+import { clientsOf, controllerPorts, hostPairs, readyCondition, settings } from "../support/credentialController.ts"
 import { until } from "../support/eventually.ts"
-import { prepare } from "../support/hostedInstall.ts"
 import { kubectl } from "../support/local.ts"
+import { makeTrio } from "../support/trio.ts"
 
 const target = "cluster-proxy-managed-kubeconfig"
 const agent = "tether-identity-test"
@@ -40,26 +34,12 @@ const intervalMs = 4_000
 describe.skipIf(noApiserver)("CredentialController identity (real audited apiservers)", () => {
   it.live("identity checks bounded; re-created or deleted ServiceAccount and changed server fail closed; relatedObjects; UID-checked deletes", () =>
     Effect.gen(function*() {
-      const [hub, hosting, managed] = yield* Effect.all([
-        Apiserver.make({ name: "hub-id", crds: [Fixtures.managedClusterAddOnCrd], auditLog: true }),
-        Apiserver.make({ name: "hosting-id", auditLog: true }),
-        Apiserver.make({ name: "managed-id", auditLog: true })
-      ], { concurrency: "unbounded" })
-      const clusters = { hub, hosting, managed }
+      const clusters = yield* makeTrio({ suffix: "id", auditLog: true })
+      const { hub, hosting, managed } = clusters
       const names = ["i1", "i2", "i3"]
-      for (const cluster of names) {
-        yield* prepare(clusters, cluster, `addon-${cluster}`)
-        const run = yield* kubectl(hub.kubeconfigPath, [
-          "annotate", "managedclusteraddon", "-n", cluster, "cluster-proxy", `${Discovery.hostingClusterAnnotation}=hosting-id`
-        ])
-        assert.strictEqual(run.code, 0, run.stderr)
-      }
+      yield* hostPairs(clusters, names, "hosting-id")
       // Someone else's entry in i1's relatedObjects, before the controller starts.
-      const hubClient = ClientNodeKube.make({ cluster: "hub", kubeConfig: Apiserver.kubeConfig(hub), userAgent: agent })
-      const hostingClient = ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(hosting), userAgent: agent })
-      const hubTest = ClientNodeKube.make({ cluster: "hub", kubeConfig: Apiserver.kubeConfig(hub) })
-      const hostingTest = ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(hosting) })
-      const managedTest = ClientNodeKube.make({ cluster: "managed", kubeConfig: Apiserver.kubeConfig(managed) })
+      const { hostingClient, hostingTest, hubClient, hubTest, managedTest } = clientsOf(clusters, agent)
       const theirs = { group: "example.io", resource: "widgets", name: "w1" }
       const i1 = yield* hubTest.getCustomObject(managedClusterAddOns, "i1", "cluster-proxy")
       yield* hubTest.replaceCustomObjectStatus(managedClusterAddOns, { ...i1, status: { relatedObjects: [theirs] } })
@@ -82,24 +62,14 @@ describe.skipIf(noApiserver)("CredentialController identity (real audited apiser
         Effect.forkScoped
       )
 
-      const settings = Result.getOrThrow(
-        RefreshPolicy.validateSettings({ tokenExpiration: Duration.hours(1), refreshBefore: Duration.minutes(10) })
-      )
-      const ports = Layer.mergeAll(SecretStore.layer, EventRecorder.layer("tether-credential-controller"), TokenState.layer).pipe(
-        Layer.provideMerge(Layer.mergeAll(Layer.succeed(HostingCluster, hostingClient), Layer.succeed(HubCluster, hubClient))),
-        Layer.provideMerge(Probes.layerNoServer),
-        Layer.provideMerge(NodeServices.layer)
-      )
       yield* CredentialController.run({
         source: { _tag: "Hub", hub: hubClient, config: { hostingClusterName: "hosting-id" } },
         settings,
         identityCheckInterval: Duration.millis(intervalMs)
-      }).pipe(Effect.provide(ports), Effect.forkScoped)
+      }).pipe(Effect.provide(controllerPorts(hostingClient, hubClient)), Effect.forkScoped)
 
       const addon = (cluster: string) => hubTest.getCustomObject(managedClusterAddOns, cluster, "cluster-proxy")
-      const condition = (cluster: string) =>
-        Effect.map(addon(cluster), (o) =>
-          ((o.status?.["conditions"] ?? []) as Array<Record<string, string>>).find((c) => c["type"] === "ManagedKubeconfigReady"))
+      const condition = (cluster: string) => readyCondition(hubTest, cluster)
       const secretOf = (cluster: string) => hostingTest.getSecret(`addon-${cluster}`, target)
       const tokenOf = (cluster: string) => Effect.map(secretOf(cluster), (s) => Buffer.from(s.data?.["token"] ?? "", "base64").toString())
       const saUid = (cluster: string) => Effect.map(managedTest.getServiceAccount(`addon-${cluster}`, "cluster-proxy"), (sa) => sa.metadata?.uid)

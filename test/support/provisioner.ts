@@ -13,19 +13,19 @@
  */
 import { NodeServices } from "@effect/platform-node"
 import { CoreV1Api, CustomObjectsApi, KubeConfig } from "@kubernetes/client-node"
-import { Context, Data, Duration, Effect, Layer, Logger, Metric } from "effect"
+import { Context, Data, Duration, Effect, Layer, Logger } from "effect"
 import * as ProvisionerLayers from "../../layers/Provisioner.ts"
 import * as Conditions from "../../src/domain/Conditions.ts"
 import type * as ListenAddress from "../../src/domain/ListenAddress.ts"
 import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
 import { HostingCluster, HubCluster } from "../../src/kube/KubeClient.ts"
-import * as Metrics from "../../src/observability/Metrics.ts"
 import * as Probes from "../../src/observability/Probes.ts"
 import { AddonStatus } from "../../src/provisioner/AddonStatus.ts"
 import type * as Provisioner from "../../src/provisioner/Provisioner.ts"
 import { Reachability } from "../../src/provisioner/Reachability.ts"
 import { Apiserver, Fixtures } from "../../src/testing/index.ts"
 import { NotYet } from "./eventually.ts"
+import { reconcilesFinished } from "./reconciles.ts"
 import type { Trio } from "./trio.ts"
 
 /** A client-node call; failures keep the HTTP status for assertions. */
@@ -38,12 +38,8 @@ export const b64 = (s: string) => Buffer.from(s).toString("base64")
 /** The provisioner's log lines dropped, for suites that do not read them. */
 export const quietLogs = Logger.layer([Logger.map(Logger.formatJson, () => undefined)])
 
-/** Reconciles the provisioners of this process have finished so far (whatever their result), from their metric. */
-export const reconciles = Effect.map(
-  Effect.forEach(["success", "requeue_after", "error"] as const, (result) =>
-    Metric.value(Metric.withAttributes(Metrics.reconcileTotal, { controller: "managed-kubeconfig-provisioner", result }))),
-  (states) => states.reduce((sum, state) => sum + state.count, 0)
-)
+/** Reconciles the provisioners of this process have finished so far (whatever their result). */
+export const reconciles = reconcilesFinished("managed-kubeconfig-provisioner")
 
 const { group, plural, version } = Fixtures.managedClusterAddOnResource
 
