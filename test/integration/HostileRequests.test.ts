@@ -21,7 +21,6 @@
  * `status`, `statuses`, `body` (a fragment), `forwarded`, `stripped` (header names the backend must
  * not see), `seen` (header values it must see, null for absent), `url` (the target it must see).
  */
-import { RbacAuthorizationV1Api } from "@kubernetes/client-node"
 import { NodeServices } from "@effect/platform-node"
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { Context, Effect, Exit, Layer, Logger, References, Scope } from "effect"
@@ -42,6 +41,7 @@ import { ServiceProxy } from "../../src/serviceproxy/ServiceProxy.ts"
 import { TokenReviewChain } from "../../src/serviceproxy/TokenReviewChain.ts"
 import { Apiserver } from "../../src/testing/index.ts"
 import { noApiserver } from "../support/apiserver.ts"
+import { grantImpersonator, proxyUser } from "../support/impersonation.ts"
 import { selfSigned } from "../support/local.ts"
 
 type Proxy = "relay" | "proxy"
@@ -77,8 +77,6 @@ interface Case {
 }
 
 const cases = (JSON.parse(Fs.readFileSync(new URL("../corpus/requests.json", import.meta.url), "utf8")) as { readonly cases: ReadonlyArray<Case> }).cases
-const addonNamespace = "open-cluster-management-agent-addon"
-const trustedUser = `system:serviceaccount:${addonNamespace}:cluster-proxy`
 const routingNames = { proto: "Cluster-Proxy-Proto", namespace: "Cluster-Proxy-Namespace", service: "Cluster-Proxy-Service", port: "Cluster-Proxy-Port" } as const
 
 /** A header name a backend must never see: internal, or spelt like an internal one. */
@@ -173,36 +171,15 @@ describe.skipIf(noApiserver)("hostile requests (corpus) against the service rela
     backendPort = await new Promise<number>((resolve) => backend.listen(0, "127.0.0.1", () => resolve((backend.address() as Net.AddressInfo).port)))
 
     managed = await Effect.runPromise(Apiserver.make({ name: "hostile" }).pipe(Scope.provide(scope)))
-    const [caller, reader] = await Effect.runPromise(Effect.all([
-      Apiserver.serviceAccountToken(managed, addonNamespace, "cluster-proxy", 3600),
-      Apiserver.serviceAccountToken(managed, "team", "reader", 3600)
-    ]))
     // The proxy runs as the add-on's ServiceAccount, allowed to review tokens and impersonate.
-    const rbac = Apiserver.kubeConfig(managed).makeApiClient(RbacAuthorizationV1Api)
-    await rbac.createClusterRole({
-      body: {
-        metadata: { name: "tether-impersonator" },
-        rules: [
-          { apiGroups: [""], resources: ["users", "groups", "serviceaccounts"], verbs: ["impersonate"] },
-          { apiGroups: ["authentication.k8s.io"], resources: ["userextras/*", "uids"], verbs: ["impersonate"] },
-          { apiGroups: ["authentication.k8s.io"], resources: ["tokenreviews"], verbs: ["create"] }
-        ]
-      }
-    })
-    await rbac.createClusterRoleBinding({
-      body: {
-        metadata: { name: "tether-impersonator" },
-        roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "tether-impersonator" },
-        subjects: [{ kind: "ServiceAccount", name: "cluster-proxy", namespace: addonNamespace }]
-      }
-    })
-    tokens = { caller: caller!, proxy: caller!, reader: reader! }
+    const { proxy: caller, reader } = await Effect.runPromise(grantImpersonator(managed, "tether-impersonator"))
+    tokens = { caller, proxy: caller, reader }
     const kubeconfig = Path.join(dir, "managed-kubeconfig")
     Fs.writeFileSync(kubeconfig, Apiserver.kubeconfigForToken(managed, tokens.proxy), { mode: 0o600 })
 
     const resolver = ServiceResolver.layerStatic({ "hello.default.svc": "127.0.0.1" })
     const relay = ServiceRelay.layer({ listen: { host: "127.0.0.1", port: 0 } }).pipe(
-      Layer.provide(CallerAuthenticator.layer({ trustedUsernames: [trustedUser], cacheTtl: "1 minute" })),
+      Layer.provide(CallerAuthenticator.layer({ trustedUsernames: [proxyUser], cacheTtl: "1 minute" })),
       Layer.provide(Layer.succeed(ManagedCluster, ClientNodeKube.make({ cluster: "managed", kubeConfig: Apiserver.kubeConfig(managed) }))),
       Layer.provide(resolver)
     )

@@ -36,6 +36,7 @@ import * as Os from "node:os"
 import * as Path from "node:path"
 import { Apiserver } from "../../src/testing/index.ts"
 import { noApiserver } from "../support/apiserver.ts"
+import { grantImpersonator, proxyUser } from "../support/impersonation.ts"
 import { until } from "../support/eventually.ts"
 import { freePort, get, selfSigned } from "../support/local.ts"
 import { send } from "../support/send.ts"
@@ -47,8 +48,6 @@ const perClient = 8
 const aborting = 20
 const upgrades = 10
 
-const addonNamespace = "open-cluster-management-agent-addon"
-const proxyUser = `system:serviceaccount:${addonNamespace}:cluster-proxy`
 /** What the backend answers: the path and enough padding that both directions copy buffers. */
 const padding = "p".repeat(4 * 1024)
 const answerFor = (url: string) => `${url}\n${padding}`
@@ -103,31 +102,11 @@ describe.skipIf(noApiserver)("HTTP proxies soak (the bundled processes, repeated
     scope = await Effect.runPromise(Scope.make())
     dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tether-http-soak-"))
     managed = await Effect.runPromise(Apiserver.make({ name: "http-soak", auditLog: true }).pipe(Scope.provide(scope)))
-    ;[proxyToken, readerToken] = await Effect.runPromise(Effect.all([
-      Apiserver.serviceAccountToken(managed, addonNamespace, "cluster-proxy", 3600),
-      Apiserver.serviceAccountToken(managed, "team", "reader", 3600)
-    ]))
-    const kubeConfig = Apiserver.kubeConfig(managed)
-    const rbac = kubeConfig.makeApiClient(RbacAuthorizationV1Api)
     // The proxy's ServiceAccount reviews tokens and impersonates (the chart's impersonator role);
     // the reader may read ConfigMaps in `default`.
-    await rbac.createClusterRole({
-      body: {
-        metadata: { name: "soak-impersonator" },
-        rules: [
-          { apiGroups: [""], resources: ["users", "groups", "serviceaccounts"], verbs: ["impersonate"] },
-          { apiGroups: ["authentication.k8s.io"], resources: ["userextras/*", "uids"], verbs: ["impersonate"] },
-          { apiGroups: ["authentication.k8s.io"], resources: ["tokenreviews"], verbs: ["create"] }
-        ]
-      }
-    })
-    await rbac.createClusterRoleBinding({
-      body: {
-        metadata: { name: "soak-impersonator" },
-        roleRef: { apiGroup: "rbac.authorization.k8s.io", kind: "ClusterRole", name: "soak-impersonator" },
-        subjects: [{ kind: "ServiceAccount", name: "cluster-proxy", namespace: addonNamespace }]
-      }
-    })
+    ;({ proxy: proxyToken, reader: readerToken } = await Effect.runPromise(grantImpersonator(managed, "soak-impersonator")))
+    const kubeConfig = Apiserver.kubeConfig(managed)
+    const rbac = kubeConfig.makeApiClient(RbacAuthorizationV1Api)
     await rbac.createNamespacedRole({
       namespace: "default",
       body: { metadata: { name: "soak-reader" }, rules: [{ apiGroups: [""], resources: ["configmaps"], verbs: ["get", "list", "watch"] }] }
