@@ -69,16 +69,18 @@ describe("RateLimit", () => {
     )
   })
 
-  it("limitRequests: every request method waits at the gate once; watches do not", () => {
+  it("limitRequests: every request method waits at the gate once; watches and closing connections do not", () => {
     const calls: Array<string> = []
     const fake = new Proxy({} as Record<string, unknown>, {
       get: (_, name) => {
         if (name === "cluster" || name === "server") return String(name)
+        if (name === "closeConnections") return Effect.sync(() => void calls.push("closeConnections"))
         return (..._args: Array<unknown>) => String(name).startsWith("watch") ? Stream.empty : Effect.sync(() => void calls.push(String(name)))
       }
     }) as unknown as KubeClient
     const limited = RateLimit.limitRequests(fake, Effect.sync(() => void calls.push("admit")))
-    const requests = Object.keys(limited).filter((name) => name !== "cluster" && name !== "server" && !name.startsWith("watch"))
+    const unlimited = new Set(["cluster", "server", "closeConnections"])
+    const requests = Object.keys(limited).filter((name) => !unlimited.has(name) && !name.startsWith("watch"))
     assert.isAtLeast(requests.length, 15)
     for (const name of requests) {
       calls.length = 0
@@ -90,5 +92,8 @@ describe("RateLimit", () => {
       Effect.runSync(Stream.runDrain((limited as unknown as Record<string, (...args: Array<unknown>) => Stream.Stream<unknown>>)[name]!("a", "b")))
       assert.deepStrictEqual(calls, [], name)
     }
+    calls.length = 0
+    Effect.runSync(limited.closeConnections)
+    assert.deepStrictEqual(calls, ["closeConnections"], "closeConnections is passed through, not admitted")
   })
 })
