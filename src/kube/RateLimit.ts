@@ -18,7 +18,8 @@ import type { KubeClient } from "./KubeClient.ts"
 /**
  * An effect that returns once the bucket allows one more start, and spends that token. Waiters
  * are served one at a time (a semaphore around wait-then-spend), so a late wake-up only lowers
- * the rate.
+ * the rate. A timer may also fire a millisecond early by the wall clock; the waiter then sleeps
+ * again rather than start without a token.
  *
  * @category constructors
  */
@@ -28,10 +29,15 @@ export const gate = (policy: TokenBucket.Policy): Effect.Effect<Effect.Effect<vo
     let state = TokenBucket.full(policy, start)
     return Semaphore.withPermits(one, 1)(
       Effect.gen(function*() {
-        const wait = TokenBucket.waitMillis(policy, state, yield* Clock.currentTimeMillis)
-        if (wait > 0) yield* Effect.sleep(Duration.millis(wait))
-        // After waitMillis the spend always succeeds; keep the old state if arithmetic disagrees.
-        state = TokenBucket.spend(policy, state, yield* Clock.currentTimeMillis) ?? state
+        while (true) {
+          const now = yield* Clock.currentTimeMillis
+          const spent = TokenBucket.spend(policy, state, now)
+          if (spent !== undefined) {
+            state = spent
+            return
+          }
+          yield* Effect.sleep(Duration.millis(Math.max(1, TokenBucket.waitMillis(policy, state, now))))
+        }
       })
     )
   })

@@ -69,6 +69,38 @@ describe("RateLimit", () => {
     )
   })
 
+  it.effect("a timer that fires a millisecond early by the clock does not let a caller through without a token", () =>
+    Effect.gen(function*() {
+      // Node's timers and Date.now() are different clocks: a 20 ms sleep can end 19 ms later by
+      // Date.now(). Here every sleep ends a millisecond early.
+      let now = 0
+      const early: Clock.Clock = {
+        currentTimeMillisUnsafe: () => now,
+        currentTimeMillis: Effect.sync(() => now),
+        currentTimeNanosUnsafe: () => BigInt(now) * 1_000_000n,
+        currentTimeNanos: Effect.sync(() => BigInt(now) * 1_000_000n),
+        monotonicTimeNanosUnsafe: () => BigInt(now) * 1_000_000n,
+        monotonicTimeNanos: Effect.sync(() => BigInt(now) * 1_000_000n),
+        sleep: (duration) =>
+          Effect.sync(() => {
+            const ms = Duration.toMillis(duration)
+            now += ms > 1 ? ms - 1 : ms
+          })
+      }
+      const [perSecond, burst] = [50, 2]
+      const passed = yield* Effect.gen(function*() {
+        const admit = yield* RateLimit.gate({ perSecond, burst })
+        const times: Array<number> = []
+        for (let k = 0; k < 30; k++) {
+          yield* admit
+          times.push(now)
+        }
+        return times
+      }).pipe(Effect.provideService(Clock.Clock, early))
+      assert.strictEqual(passed.length, 30)
+      withinBucket(passed, perSecond, burst)
+    }))
+
   it("limitRequests: every request method waits at the gate once; watches and closing connections do not", () => {
     const calls: Array<string> = []
     const fake = new Proxy({} as Record<string, unknown>, {
