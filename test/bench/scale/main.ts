@@ -511,7 +511,7 @@ const main = Effect.gen(function*() {
     lines.push(`| ${row.pairs} | ${(row.readyMs / 1000).toFixed(1)} | ${detail} | ${(total / row.pairs).toFixed(2)} | ${row.idleRequests} | ${row.idleWatchesOpened} | ${(row.idleCpuShare * 100).toFixed(2)} | ${row.rssMiB.toFixed(0)} |`)
   }
   lines.push("")
-  lines.push(`- slope from ${smallest.pairs} to ${largest.pairs} pairs: RSS ${(slope((r) => r.rssMiB) * 1024).toFixed(1)} KiB per pair; idle CPU ${(slope((r) => r.idleCpuShare) * 100 * 1000).toFixed(2)} % of a core per 1,000 pairs`)
+  if (largest.pairs !== smallest.pairs) lines.push(`- slope from ${smallest.pairs} to ${largest.pairs} pairs: RSS ${(slope((r) => r.rssMiB) * 1024).toFixed(1)} KiB per pair; idle CPU ${(slope((r) => r.idleCpuShare) * 100 * 1000).toFixed(2)} % of a core per 1,000 pairs`)
   lines.push(`- idle window ${idleSeconds} s, starting ${settleSeconds} s after /readyz (the last writes' events settle); target: 0 requests other than watches between deadlines (tokens live 1 h, refresh 10 min before expiry, so nothing is due)`)
   if (latencies.length > 0) {
     lines.push(`- source change to new generated Secret, ${latencies.length} changes one after another at ${largest.pairs} pairs (polled every 20 ms): p50 **${percentile(latencies, 50)} ms**, p99 **${percentile(latencies, 99)} ms** (target p99 ≤ 1 s); no background rotations`)
