@@ -25,7 +25,7 @@
  */
 import * as Fs from "node:fs"
 import * as ChildProcess from "node:child_process"
-import { createRequire } from "node:module"
+import { createRequire, isBuiltin } from "node:module"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
 import { build, type Plugin } from "rolldown"
@@ -76,8 +76,7 @@ const builtinsViaRequire: Plugin = {
       (Object.getOwnPropertyDescriptor(exported, key)?.get === undefined || viaRequire[name]!.includes(key))
     )
     return [
-      `import * as ChildProcess from "node:child_process"
-import { createRequire } from "node:module"`,
+      `import { createRequire } from "node:module"`,
       `const m = createRequire(import.meta.url)("node:${name}")`,
       "export default m",
       ...names.map((key) => `export const ${key} = m.${key}`)
@@ -92,6 +91,10 @@ import { createRequire } from "node:module"`,
  * define classes and functions, so the ones nothing imports are dropped.
  */
 const clientNode = /\/node_modules\/@kubernetes\/client-node\//
+
+// Node's built-in modules are also taken as free of side effects: a bare `import "node:..."`
+// left behind by code the bundle dropped (a child-process spawner nothing calls) would still load
+// the module (node:child_process alone is 2.6 MiB resident).
 
 /**
  * undici's package entry requires all of undici when it is evaluated (a CommonJS module, so the
@@ -112,6 +115,15 @@ const slimUndici: Plugin = {
     return source === "undici" && importer !== undefined && (clientNode.test(importer) || importer.startsWith(Path.join(repo, "src") + Path.sep))
       ? { id: undiciEntry, moduleSideEffects: false }
       : null
+  },
+  // undici's client requires its HTTP/2 half when loaded, and that requires node:http2 (+3.9 MiB
+  // resident); tether's dispatchers never allow h2 (HTTP/1.1 to every upstream), so it is required
+  // on a first HTTP/2 connection instead.
+  transform(code, id) {
+    if (id !== Path.join(undiciLib, "dispatcher/client.js")) return null
+    const eager = "const connectH2 = require('./client-h2.js')"
+    if (!code.includes(eager)) throw new Error(`build: ${id} no longer has "${eager}"; update the slim-undici plugin`)
+    return code.replace(eager, "const connectH2 = (client, socket) => require('./client-h2.js')(client, socket)")
   },
   load(id) {
     if (id !== undiciEntry) return null
@@ -178,7 +190,12 @@ function compileCache(chunks: ReadonlyArray<string>): string {
 const start = performance.now()
 const result = await build({
   plugins: [builtinsViaRequire, slimUndici],
-  treeshake: { moduleSideEffects: (id) => (clientNode.test(id) ? false : undefined) },
+  treeshake: {
+    // A property read whose value nothing uses is dropped: platform-node's unused `layerTest` reads
+    // `http.createServer` at the top level, which otherwise keeps its whole NodeServices layer.
+    propertyReadSideEffects: false,
+    moduleSideEffects: (id, external) => (clientNode.test(id) || (external && isBuiltin(id)) ? false : undefined)
+  },
   input: { tether: Path.join(repo, "src/cli/bin.ts") },
   cwd: repo,
   platform: "node",

@@ -8,7 +8,7 @@
  *
  * @since 0.1.0
  */
-import { NodeServices } from "@effect/platform-node"
+import * as NodePlatform from "./NodePlatform.ts"
 import { Layer } from "effect"
 import * as TcpRelay from "../src/relay/TcpRelay.ts"
 import type * as TcpRelayOptions from "../src/relay/TcpRelayOptions.ts"
@@ -39,4 +39,4 @@ export const layerNoDeps = (options: Options) =>
   )
 
 /** The relay with Node's file system; needs {@link Probes}. @category layers */
-export const layer = (options: Options) => layerNoDeps(options).pipe(Layer.provide(NodeServices.layer))
+export const layer = (options: Options) => layerNoDeps(options).pipe(Layer.provide(NodePlatform.layer))

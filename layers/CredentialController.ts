@@ -6,7 +6,7 @@
  *
  * @since 0.1.0
  */
-import { NodeServices } from "@effect/platform-node"
+import * as NodePlatform from "./NodePlatform.ts"
 import { type Context, Effect, Layer } from "effect"
 import * as CredentialController from "../src/controller/CredentialController.ts"
 import * as Membership from "../src/controller/Membership.ts"
@@ -64,6 +64,6 @@ export const layer = (options: Options.Resolved, clusters: { readonly hostingKub
     Layer.provide(hosting),
     // One bucket for every client of the process; the managed clients take it from the context.
     Layer.provideMerge(RateLimit.RequestLimit.layer(requestLimit)),
-    Layer.provide(NodeServices.layer)
+    Layer.provide(NodePlatform.layer)
   )
 }

@@ -15,7 +15,7 @@
  *
  * @since 0.1.0
  */
-import { NodeServices } from "@effect/platform-node"
+import * as NodePlatform from "./NodePlatform.ts"
 import { Context, Effect, FileSystem, Layer, Option, type Scope } from "effect"
 import { FetchHttpClient, type HttpClient } from "effect/http"
 import { AddonLease } from "../src/addonagent/AddonLease.ts"
@@ -220,5 +220,5 @@ export const layerClients = (options: Pick<Options, "hostingKubeconfig" | "hubKu
  */
 export const launch = (options: Options) =>
   run(options).pipe(
-    Effect.provide(Layer.mergeAll(layerClients(options), FetchHttpClient.layer, NodeServices.layer))
+    Effect.provide(Layer.mergeAll(layerClients(options), FetchHttpClient.layer, NodePlatform.layer))
   )

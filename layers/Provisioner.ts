@@ -11,7 +11,7 @@
  *
  * @since 0.1.0
  */
-import { NodeServices } from "@effect/platform-node"
+import * as NodePlatform from "./NodePlatform.ts"
 import { Effect, Layer } from "effect"
 import * as ClientNodeKube from "../src/kube/ClientNodeKube.ts"
 import { EventRecorder } from "../src/kube/EventRecorder.ts"
@@ -63,7 +63,7 @@ export const layer = (options: Provisioner.Options, clusters: Clusters) => {
   return layerNoDeps(options).pipe(
     Layer.provide(hub),
     Layer.provide(hostingLayer(clusters.hostingKubeconfig)),
-    Layer.provide(NodeServices.layer)
+    Layer.provide(NodePlatform.layer)
   )
 }
 

@@ -12,7 +12,7 @@
  *
  * @since 0.1.0
  */
-import { NodeServices } from "@effect/platform-node"
+import * as NodePlatform from "./NodePlatform.ts"
 import { Effect, type FileSystem, Layer } from "effect"
 import { InvalidOptions } from "../src/domain/InvalidOptions.ts"
 import * as ClientNodeKube from "../src/kube/ClientNodeKube.ts"
@@ -85,7 +85,7 @@ export const layerChecked = (options: ServiceProxyOptions.Options) => {
     Layer.provide(chain),
     Layer.provideMerge(credentials),
     Layer.provide(ServiceResolver.layerSystem),
-    Layer.provide(NodeServices.layer)
+    Layer.provide(NodePlatform.layer)
   )
 }
 

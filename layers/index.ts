@@ -7,6 +7,7 @@
 export * as AddonAgent from "./AddonAgent.ts"
 export * as ApiServerRelay from "./ApiServerRelay.ts"
 export * as HostedAgent from "./HostedAgent.ts"
+export * as NodePlatform from "./NodePlatform.ts"
 export * as Observability from "./Observability.ts"
 export * as Provisioner from "./Provisioner.ts"
 export * as ServiceProxy from "./ServiceProxy.ts"

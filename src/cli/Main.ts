@@ -7,9 +7,10 @@
  *
  * @since 0.1.0
  */
-import { NodeRuntime, NodeServices } from "@effect/platform-node"
-import { Cause, Console, Effect, Exit, type Runtime } from "effect"
+import { NodeRuntime, NodeStdio, NodeTerminal } from "@effect/platform-node"
+import { Cause, Console, Effect, Exit, Layer, type Runtime } from "effect"
 import { CliError, Command } from "effect/cli"
+import * as NodePlatform from "../../layers/NodePlatform.ts"
 
 const subcommands = {
   "managed-kubeconfig-provisioner": () => import("./commands/ManagedKubeconfigProvisioner.ts"),
@@ -22,6 +23,9 @@ const subcommands = {
 } as const
 
 type Name = keyof typeof subcommands
+
+/** What the command line needs from the platform; no child-process spawner (see NodePlatform). */
+const services = Layer.mergeAll(NodePlatform.layer, NodeStdio.layer, NodeTerminal.layer, NodePlatform.layerNoChildProcesses)
 
 const isName = (name: string | undefined): name is Name => name !== undefined && Object.hasOwn(subcommands, name)
 
@@ -53,7 +57,7 @@ export const main = async (argv: ReadonlyArray<string>): Promise<void> => {
     // A defect is a bug in tether: error reporting is off (typed errors print one line above),
     // so say what it was, or the process would exit 1 without a word.
     Effect.tapCause((cause) => (Cause.hasDies(cause) ? Console.error(`tether stopped on a defect:\n${Cause.pretty(cause)}`) : Effect.void)),
-    Effect.provide(NodeServices.layer),
+    Effect.provide(services),
     (program) => NodeRuntime.runMain(program as typeof program, { disableErrorReporting: true, teardown })
   )
 }

@@ -10,12 +10,12 @@
  *
  * @since 0.1.0
  */
-import { NodeHttpServer } from "@effect/platform-node"
+import { NodeFileSystem, NodeHttpPlatform, NodeHttpServer } from "@effect/platform-node"
 import { Context, Effect, Layer, Schema, type Scope } from "effect"
-import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
+import { Etag, HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
 import { createServer } from "node:http"
-import type * as ListenAddress from "../domain/ListenAddress.ts"
+import * as ListenAddress from "../domain/ListenAddress.ts"
 
 /**
  * A readiness check failed: `reason` is the short text `/readyz` shows. Not an error to retry
@@ -144,7 +144,24 @@ const routes = HttpRouter.use(Effect.fn(function*(router) {
  */
 export const layerServer = (address: ListenAddress.ListenAddress) =>
   HttpRouter.serve(routes, { disableLogger: true, disableListenLog: true }).pipe(
-    Layer.provide(NodeHttpServer.layer(createServer, { port: address.port, ...(address.host ? { host: address.host } : {}) }))
+    // Not NodeHttpServer.layer: its platform services include a child-process spawner, which
+    // loads node:child_process (2.6 MiB resident) into every process.
+    Layer.provide(Layer.mergeAll(
+      NodeHttpServer.layerServer(createServer, { port: address.port, ...(address.host ? { host: address.host } : {}) }),
+      NodeHttpPlatform.layer.pipe(Layer.provide(NodeFileSystem.layer)),
+      Etag.layerWeak
+    )),
+    // platform-node's ServeError has no message of its own: say what could not listen, and why.
+    Layer.catchTag("ServeError", (error) => {
+      const cause = error.cause
+      const message = cause instanceof Error ? cause.message : String(cause)
+      return Layer.effectDiscard(Effect.fail(
+        new ListenAddress.ListenError({
+          message: `cannot listen on ${ListenAddress.format(address)} for the health probes: ${message}`,
+          ...(ListenAddress.errorCode(cause) === undefined ? {} : { code: ListenAddress.errorCode(cause)! })
+        })
+      ))
+    })
   )
 
 /**

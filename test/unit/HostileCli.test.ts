@@ -8,6 +8,9 @@ import { assert, describe, it } from "@effect/vitest"
 import { Effect } from "effect"
 import * as ChildProcess from "node:child_process"
 import * as Fs from "node:fs"
+import * as Net from "node:net"
+import * as Os from "node:os"
+import * as Path from "node:path"
 import { tetherEntry } from "../../src/testing/TetherEntry.ts"
 
 interface Case {
@@ -45,4 +48,34 @@ describe("bad command lines (corpus)", () => {
         }), { concurrency: 4, discard: true })
       assert.strictEqual(failures.length, 0, `${failures.length} of ${corpus.cases.length} cases answered otherwise:\n${failures.join("\n")}`)
     }), 240_000)
+})
+
+describe("a port in use", () => {
+  it.live("the health-probe address: exit 1, naming the address and the reason", () =>
+    Effect.gen(function*() {
+      const taken = Net.createServer()
+      yield* Effect.acquireRelease(
+        Effect.callback<void>((resume) => void taken.listen(0, "127.0.0.1", () => resume(Effect.void))),
+        () => Effect.sync(() => taken.close())
+      )
+      const port = (taken.address() as Net.AddressInfo).port
+      const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tether-cli-"))
+      yield* Effect.addFinalizer(() => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true })))
+      const kubeconfig = Path.join(dir, "managed.kubeconfig")
+      Fs.writeFileSync(kubeconfig, JSON.stringify({
+        clusters: [{ name: "m", cluster: { server: "https://127.0.0.1:1" } }],
+        users: [{ name: "u", user: { token: "t" } }],
+        contexts: [{ name: "m", context: { cluster: "m", user: "u" } }],
+        "current-context": "m"
+      }))
+      const { code, output } = yield* tether(tetherEntry(), {
+        name: "probe port in use",
+        args: ["managed-apiserver-proxy", `--managed-kubeconfig=${kubeconfig}`, "--listen=127.0.0.1:0", `--health-probe-bind-address=127.0.0.1:${port}`],
+        expect: { exit: 1, message: "" }
+      })
+      assert.strictEqual(code, 1)
+      assert.include(output, `cannot listen on 127.0.0.1:${port} for the health probes`)
+      assert.include(output, "EADDRINUSE")
+      assert.notInclude(output, "    at ")
+    }).pipe(Effect.scoped), 60_000)
 })
