@@ -16,13 +16,14 @@
  *
  * @since 0.1.0
  */
-import { NodeServices } from "@effect/platform-node"
+import * as NodePlatform from "./NodePlatform.ts"
 import { Effect, Layer } from "effect"
 import { FetchHttpClient } from "effect/http"
 import { AddonLease } from "../src/addonagent/AddonLease.ts"
 import { HealthChecks } from "../src/addonagent/HealthChecks.ts"
 import type * as AddonAgentOptions from "../src/addonagent/Options.ts"
 import * as ClientNodeKube from "../src/kube/ClientNodeKube.ts"
+import * as Connection from "../src/kube/Connection.ts"
 import * as LeaseStore from "../src/kube/LeaseStore.ts"
 
 /** Checked by {@link AddonAgentOptions.resolve}. @category models */
@@ -82,8 +83,8 @@ export const layerLeaseStore = (options: Pick<Options, "spokeKubeconfig">, clust
   return Layer.effect(
     LeaseStore.LeaseStore,
     Effect.map(
-      ClientNodeKube.loadKubeConfig(cluster, clusters.kubeconfig),
-      (kubeConfig) => LeaseStore.fromClient(ClientNodeKube.make({ cluster, kubeConfig, userAgent }))
+      Connection.load(cluster, clusters.kubeconfig),
+      (connection) => LeaseStore.fromClient(ClientNodeKube.make({ cluster, connection, userAgent }))
     )
   )
 }
@@ -93,5 +94,5 @@ export const layer = (options: Options, clusters: Clusters) =>
   layerNoDeps(options).pipe(
     Layer.provide(layerLeaseStore(options, clusters)),
     Layer.provide(FetchHttpClient.layer),
-    Layer.provide(NodeServices.layer)
+    Layer.provide(NodePlatform.layer)
   )

@@ -1,7 +1,9 @@
 /**
- * Reading the source kubeconfig (the external managed-cluster kubeconfig on the hosting
- * cluster) and building the generated one, pure. The edge does the I/O: it reads Secrets,
- * resolves the one allowed file reference (`certificate-authority`) and calls
+ * tether's one kubeconfig reader and writer, pure: the source kubeconfig (the external
+ * managed-cluster kubeconfig on the hosting cluster, `parseSource`), the generated one
+ * (`buildManaged`), what its consumers need of it (`parseCluster`, `readBearerToken`), and a
+ * process's own kubeconfig (`parseClient`, applied by `kube/Connection`). The edge does the I/O:
+ * it reads Secrets and files, resolves file references and, for the source, calls
  * `inlineCertificateAuthority`.
  *
  * Invariants:
@@ -284,6 +286,45 @@ declare const TokenFilePathBrand: unique symbol
  * @category models
  */
 export type TokenFilePath = string & { readonly [TokenFilePathBrand]: "TokenFilePath" }
+
+/**
+ * Key material a process's own kubeconfig gives inline (base64 PEM, as written) or as a file
+ * path, relative ones still to be resolved against the kubeconfig's folder by the edge
+ * ({@link resolveReference}).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Material =
+  | { readonly _tag: "Data"; readonly base64: Redacted.Redacted<string> }
+  | { readonly _tag: "File"; readonly path: string }
+
+/**
+ * How a process authenticates with its own kubeconfig (`--kubeconfig`, `--hub-kubeconfig`):
+ * - `Direct`: a client certificate and key and/or a bearer token (inline or a `tokenFile`), each
+ *   optional, which tether applies itself; with neither, requests are anonymous;
+ * - `Plugin`: a credential plugin (`exec`, `auth-provider`), impersonation or basic auth, which
+ *   tether leaves to `@kubernetes/client-node`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type ClientAuth =
+  | {
+    readonly _tag: "Direct"
+    readonly certificate: { readonly cert: Material; readonly key: Material } | undefined
+    readonly bearer: BearerToken | undefined
+  }
+  | { readonly _tag: "Plugin"; readonly kind: "exec" | "auth-provider" | "impersonation" | "basic-auth" }
+
+/**
+ * @since 0.1.0
+ * @category models
+ */
+export interface ClientKubeconfig {
+  readonly cluster: ClusterEntry
+  readonly auth: ClientAuth
+}
 
 // ---------------------------------------------------------------------------------------------
 // structural reading
@@ -663,6 +704,70 @@ export const parseCluster = (text: string): Result.Result<ClusterEntry, Kubeconf
   Result.gen(function*() {
     const doc = yield* readDocument(text)
     return yield* readCluster(yield* selectCluster(doc))
+  })
+
+/**
+ * Reads a process's own kubeconfig: the selected cluster (a `certificate-authority` path stays
+ * in `caFile` for the edge to read) and how the selected user authenticates. Unlike
+ * {@link parseSource}, file references are allowed (the files are on this machine), and
+ * plugins are reported rather than refused.
+ *
+ * **Gotchas**
+ *
+ * - Inline data wins over a file path for the certificate and the key, as in client-go; a
+ *   certificate without its key (or the reverse) is refused.
+ * - With a client certificate and a token both present both are sent; the apiserver
+ *   authenticates the certificate first.
+ *
+ * @since 0.1.0
+ * @category parsing
+ */
+export const parseClient = (text: string): Result.Result<ClientKubeconfig, KubeconfigError> =>
+  Result.gen(function*() {
+    const doc = yield* readDocument(text)
+    const cluster = yield* readCluster(yield* selectCluster(doc))
+    const user = yield* selectUser(doc)
+    return { cluster, auth: yield* readClientAuth(user) }
+  })
+
+const readClientAuth = (entry: Named): Result.Result<ClientAuth, KubeconfigError> =>
+  Result.gen(function*() {
+    const body = entry.body
+    if (present(body["exec"])) return { _tag: "Plugin", kind: "exec" } as const
+    if (present(body["auth-provider"])) return { _tag: "Plugin", kind: "auth-provider" } as const
+    if (["as", "as-uid", "as-groups", "as-user-extra"].some((key) => present(body[key]))) {
+      return { _tag: "Plugin", kind: "impersonation" } as const
+    }
+    if (present(body["username"]) || present(body["password"])) return { _tag: "Plugin", kind: "basic-auth" } as const
+    const where = `user ${q(entry.name)}`
+    const material = (dataKey: string, fileKey: string) =>
+      Result.gen(function*() {
+        const data = yield* optionalBase64(body, dataKey, where)
+        if (data !== undefined) return { _tag: "Data", base64: Redacted.make(data) } as Material
+        const path = yield* optionalString(body, fileKey, where)
+        return path === undefined ? undefined : ({ _tag: "File", path } as Material)
+      })
+    const cert = yield* material("client-certificate-data", "client-certificate")
+    const key = yield* material("client-key-data", "client-key")
+    if (cert === undefined && key !== undefined) {
+      return yield* failWith(new NoCredentials({ user: entry.name, detail: "a client key without its certificate" }))
+    }
+    if (cert !== undefined && key === undefined) {
+      return yield* failWith(new NoCredentials({ user: entry.name, detail: "a client certificate without its key" }))
+    }
+    const token = yield* optionalString(body, "token", where)
+    const inline = token === undefined ? undefined : Redacted.make(token)
+    const tokenFile = yield* optionalString(body, "tokenFile", where)
+    const bearer: BearerToken | undefined = tokenFile !== undefined
+      ? { _tag: "File", path: tokenFile, inline }
+      : inline !== undefined
+      ? { _tag: "Inline", token: inline }
+      : undefined
+    return {
+      _tag: "Direct",
+      certificate: cert !== undefined && key !== undefined ? { cert, key } : undefined,
+      bearer
+    } as const
   })
 
 /**

@@ -1,19 +1,13 @@
 /**
- * The {@link KubeClient.KubeClient} over `@kubernetes/client-node`'s `KubeConfig`.
+ * The {@link KubeClient.KubeClient} over HTTP: JSON requests and watch streams on undici's
+ * request API, one {@link Connection.Connection} per cluster for its address, TLS settings and
+ * credentials. Objects are the apiserver's JSON as is (typed with client-node's models): a field
+ * client-node types as a `Date` (timestamps, MicroTime) holds the RFC 3339 string.
  *
- * client-node reads the kubeconfig (or the in-cluster configuration) and applies its credentials
- * and TLS settings to each request. The requests and watch streams are tether's: JSON in and out
- * over undici's request API on the client's dispatcher, so neither client-node's generated API
- * classes with their ObjectSerializer (~700 model classes, ~1 MB of the bundle) nor undici's
- * `fetch` (which client-node's `Watch` uses) are loaded. Objects are the apiserver's JSON as is:
- * a field client-node types as a `Date` (timestamps, MicroTime) holds the RFC 3339 string, as
- * watch events always did.
- *
- * On top of client-node this module adds:
+ * On top of the connection this module adds:
  * - errors become {@link KubeError.KubeError} with a reason and a safe message (only the
  *   apiserver's Status message; no response body leaks);
- * - one TLS dispatcher per client, so connections are reused (client-node builds a new one
- *   for every request);
+ * - one dispatcher per client, so connections are reused;
  * - an optional {@link KubeClient.TokenSource} consulted on every request, so a rotated token
  *   needs no new client.
  *
@@ -27,11 +21,10 @@ import type {
   V1ServiceAccount,
   V1TokenReview
 } from "@kubernetes/client-node"
-import { KubeConfig, RequestContext } from "@kubernetes/client-node"
 import { type Context, Effect, Layer, Redacted } from "effect"
 import { STATUS_CODES } from "node:http"
-import { request as undiciRequest } from "undici"
-import type * as Kubeconfig from "../domain/Kubeconfig.ts"
+import { type Dispatcher, request as undiciRequest } from "undici"
+import * as Connection from "./Connection.ts"
 import * as KubeClient from "./KubeClient.ts"
 import * as KubeError from "./KubeError.ts"
 import * as KubeWatch from "./Watch.ts"
@@ -40,7 +33,7 @@ import * as KubeWatch from "./Watch.ts"
 export interface Options {
   /** Name used in logs and errors: hosting, managed, hub. */
   readonly cluster: string
-  readonly kubeConfig: KubeConfig
+  readonly connection: Connection.Connection
   /**
    * Overrides the kubeconfig user's bearer token on every request. (An apiserver prefers a client
    * certificate when one is configured, so use it with token-based kubeconfigs.)
@@ -118,37 +111,34 @@ export const toKubeError = (cluster: string, operation: string) => (error: unkno
 }
 
 /**
- * Applies the kubeconfig's credentials and TLS settings to a request, reusing one dispatcher and
- * taking the bearer token from `tokenSource`. `dropConnections` destroys the dispatcher (the next request opens a new one): all
- * requests share one HTTP/2 connection, and one that went silent would otherwise carry every
- * later list and watch into the same hole.
+ * The connection's one dispatcher, built on first use. `dropConnections` destroys it (the next
+ * request builds a new one): all requests share its connections, and one that went silent would
+ * otherwise carry every later list and watch into the same hole.
  */
-const makeAuthentication = (
-  kubeConfig: KubeConfig,
-  tokenSource: KubeClient.TokenSource | undefined,
-  userAgent: string
-) => {
-  let dispatcher: ReturnType<RequestContext["getDispatcher"]> | undefined
+const makeDispatcher = (connection: Connection.Connection) => {
+  let current: Promise<Dispatcher> | undefined
+  const take = () => {
+    const old = current
+    current = undefined
+    return old?.catch(() => undefined)
+  }
   return {
+    get: (): Promise<Dispatcher> => {
+      if (current !== undefined) return current
+      const building = connection.dispatcher()
+      current = building
+      // A failed build (an unreadable file) is not kept: the next request tries again.
+      building.catch(() => {
+        if (current === building) current = undefined
+      })
+      return building
+    },
     dropConnections: async () => {
-      const old = dispatcher
-      dispatcher = undefined
-      await old?.destroy().catch(() => undefined)
+      await (await take())?.destroy().catch(() => undefined)
     },
     /** Unlike `dropConnections`, lets the requests in flight finish; does not wait for them. */
     closeConnections: () => {
-      const old = dispatcher
-      dispatcher = undefined
-      void old?.close().catch(() => undefined)
-    },
-    applySecurityAuthentication: async (context: RequestContext) => {
-      await kubeConfig.applySecurityAuthentication(context)
-      context.setHeaderParam("User-Agent", userAgent)
-      if (dispatcher === undefined) dispatcher = context.getDispatcher()
-      else context.setDispatcher(dispatcher)
-      if (tokenSource !== undefined) {
-        context.setHeaderParam("Authorization", `Bearer ${Redacted.value(await tokenSource())}`)
-      }
+      void take()?.then((old) => old?.close()).catch(() => undefined)
     }
   }
 }
@@ -186,10 +176,9 @@ const header = (headers: Record<string, string | Array<string> | undefined>, nam
  * @category constructors
  */
 export const make = (options: Options): KubeClient.KubeClient => {
-  const { cluster, kubeConfig } = options
-  const current = kubeConfig.getCurrentCluster()
-  if (current === null) throw new Error(`the ${cluster} kubeconfig has no current cluster`)
-  const auth = makeAuthentication(kubeConfig, options.tokenSource, options.userAgent ?? "tether")
+  const { cluster, connection, tokenSource } = options
+  const dispatcher = makeDispatcher(connection)
+  const userAgent = options.userAgent ?? "tether"
   const requestTimeoutMs = options.requestTimeoutMs ?? defaultRequestTimeoutMs
 
   /** Open one request with the kubeconfig's credentials and TLS settings; `body` goes as JSON. */
@@ -198,22 +187,23 @@ export const make = (options: Options): KubeClient.KubeClient => {
     path: string,
     request: { readonly query?: Query; readonly body?: unknown; readonly signal?: AbortSignal; readonly bounded?: boolean }
   ) => {
-    const context = new RequestContext(current.server + path, method)
+    const search = new URLSearchParams()
     for (const [name, value] of Object.entries(request.query ?? {})) {
-      if (value !== undefined) context.setQueryParam(name, value)
+      if (value !== undefined) search.set(name, value)
     }
-    context.setHeaderParam("Accept", "application/json")
+    const query = search.size === 0 ? "" : `?${search}`
+    const headers: Record<string, string> = { accept: "application/json", "user-agent": userAgent }
     const body = request.body === undefined ? undefined : JSON.stringify(request.body)
-    if (body !== undefined) context.setHeaderParam("Content-Type", "application/json")
-    await auth.applySecurityAuthentication(context)
-    const dispatcher = context.getDispatcher()
-    return undiciRequest(context.getUrl(), {
+    if (body !== undefined) headers["content-type"] = "application/json"
+    await connection.authenticate(headers)
+    if (tokenSource !== undefined) headers["authorization"] = `Bearer ${Redacted.value(await tokenSource())}`
+    return undiciRequest(connection.server + path + query, {
       method,
-      headers: context.getHeaders(),
+      headers,
+      dispatcher: await dispatcher.get(),
       ...(body === undefined ? {} : { body }),
       ...(request.signal === undefined ? {} : { signal: request.signal }),
-      ...(request.bounded === true ? { headersTimeout: requestTimeoutMs, bodyTimeout: requestTimeoutMs } : {}),
-      ...(dispatcher === undefined ? {} : { dispatcher })
+      ...(request.bounded === true ? { headersTimeout: requestTimeoutMs, bodyTimeout: requestTimeoutMs } : {})
     })
   }
 
@@ -249,7 +239,7 @@ export const make = (options: Options): KubeClient.KubeClient => {
       Effect.map((result) => ({ items: result.items, resourceVersion: result.metadata?.resourceVersion ?? "" }))
     ),
     describe: { cluster, operation: `watch ${description}` },
-    dropConnections: Effect.promise(() => auth.dropConnections()),
+    dropConnections: Effect.promise(() => dispatcher.dropConnections()),
     // One watch request: a stream of JSON lines, `{type, object}` each. The server ends it after
     // timeoutSeconds (the stream's heartbeat, see Watch.ts), whose deadline also bounds it here.
     watch: (resourceVersion, emit, timeoutSeconds) =>
@@ -331,8 +321,8 @@ export const make = (options: Options): KubeClient.KubeClient => {
 
   return {
     cluster,
-    server: current.server,
-    closeConnections: Effect.sync(() => auth.closeConnections()),
+    server: connection.server,
+    closeConnections: Effect.sync(() => dispatcher.closeConnections()),
 
     getSecret: (namespace, name) => call<V1Secret>(`get secret ${namespace}/${name}`, "GET", `${secrets(namespace)}/${segment(name)}`),
     createSecret: (namespace, secret) =>
@@ -424,72 +414,6 @@ export const make = (options: Options): KubeClient.KubeClient => {
 }
 
 /**
- * A client-node configuration for one cluster read by the kubeconfig reader: its server and TLS
- * settings, and its credentials, or none when a {@link KubeClient.TokenSource} supplies the token
- * on every request. The one place such a configuration is built (the provisioner's TokenRequest
- * client, the service proxy's managed client).
- *
- * @category constructors
- */
-export const kubeConfigFor = (
-  cluster: Omit<Kubeconfig.ClusterEntry, "caFile">,
-  credentials?: Kubeconfig.Credentials
-): KubeConfig => {
-  const kubeConfig = new KubeConfig()
-  kubeConfig.loadFromOptions({
-    clusters: [{
-      name: "cluster",
-      server: cluster.server,
-      skipTLSVerify: cluster.insecureSkipTlsVerify ?? false,
-      ...(cluster.certificateAuthorityData === undefined ? {} : { caData: cluster.certificateAuthorityData }),
-      ...(cluster.tlsServerName === undefined ? {} : { tlsServerName: cluster.tlsServerName }),
-      ...(cluster.proxyUrl === undefined ? {} : { proxyUrl: cluster.proxyUrl })
-    }],
-    users: [
-      credentials === undefined
-        ? { name: "user" }
-        : credentials._tag === "Token"
-        ? { name: "user", token: Redacted.value(credentials.token) }
-        : { name: "user", certData: credentials.certData, keyData: Redacted.value(credentials.keyData) }
-    ],
-    contexts: [{ name: "cluster", cluster: "cluster", user: "user" }],
-    currentContext: "cluster"
-  })
-  return kubeConfig
-}
-
-/**
- * Load a kubeconfig from a file, or the in-cluster configuration when `path` is undefined.
- * client-node re-reads the in-cluster token file itself, so rotations of the pod's own token
- * need nothing from us.
- *
- * @category constructors
- */
-export const loadKubeConfig = (cluster: string, path: string | undefined): Effect.Effect<KubeConfig, KubeError.KubeError> =>
-  Effect.try({
-    try: () => {
-      const kubeConfig = new KubeConfig()
-      if (path === undefined) {
-        // Outside a pod client-node would build "https://undefined:undefined" and every call
-        // would fail with "Invalid URL", forever: refuse at start instead.
-        if (!process.env["KUBERNETES_SERVICE_HOST"] || !process.env["KUBERNETES_SERVICE_PORT"]) {
-          throw new Error("not running in a cluster (KUBERNETES_SERVICE_HOST/PORT unset): pass --kubeconfig")
-        }
-        kubeConfig.loadFromCluster()
-      } else kubeConfig.loadFromFile(path)
-      if (kubeConfig.getCurrentCluster() === null) throw new Error("it has no current cluster")
-      return kubeConfig
-    },
-    catch: (error) =>
-      new KubeError.KubeError({
-        cluster,
-        operation: path === undefined ? "load the in-cluster configuration" : `load kubeconfig ${path}`,
-        reason: "Invalid",
-        detail: error instanceof Error ? error.message.split("\n")[0] ?? "unreadable" : "unreadable"
-      })
-  })
-
-/**
  * A layer providing `tag` from a kubeconfig file (or in-cluster when `path` is undefined).
  *
  * @category layers
@@ -500,6 +424,6 @@ export const layer = <I>(
 ) =>
   Layer.effect(
     tag,
-    Effect.map(loadKubeConfig(options.cluster, options.path), (kubeConfig) =>
-      make({ cluster: options.cluster, kubeConfig, ...(options.userAgent ? { userAgent: options.userAgent } : {}) }))
+    Effect.map(Connection.load(options.cluster, options.path), (connection) =>
+      make({ cluster: options.cluster, connection, ...(options.userAgent ? { userAgent: options.userAgent } : {}) }))
   )

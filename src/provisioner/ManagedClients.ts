@@ -22,6 +22,7 @@ import { Clock, Context, Duration, Effect, Layer, Redacted, Schedule } from "eff
 import { createHash } from "node:crypto"
 import type * as Kubeconfig from "../domain/Kubeconfig.ts"
 import * as ClientNodeKube from "../kube/ClientNodeKube.ts"
+import * as Connection from "../kube/Connection.ts"
 import type { KubeClient } from "../kube/KubeClient.ts"
 import * as RateLimit from "../kube/RateLimit.ts"
 
@@ -108,7 +109,7 @@ export const make = Effect.fnUntraced(function*(userAgent: string, latestOnly = 
       }
       const client = limited(ClientNodeKube.make({
         cluster: "managed",
-        kubeConfig: ClientNodeKube.kubeConfigFor(source.cluster, source.credentials),
+        connection: Connection.fromEntry(source.cluster, source.credentials),
         userAgent
       }))
       if (latestOnly) yield* clear

@@ -22,13 +22,13 @@
  *
  * @since 0.1.0
  */
-import type { KubeConfig } from "@kubernetes/client-node"
 import { Context, Duration, Effect, FileSystem, Layer, Redacted, Ref, Result, Schema, Stream } from "effect"
 import { createHash } from "node:crypto"
 import * as Net from "node:net"
 import * as Kubeconfig from "../domain/Kubeconfig.ts"
 import * as ApiserverUrl from "../domain/ApiserverUrl.ts"
 import * as ClientNodeKube from "../kube/ClientNodeKube.ts"
+import * as Connection from "../kube/Connection.ts"
 import type * as KubeClient from "../kube/KubeClient.ts"
 import * as FileWatch from "../kube/FileWatch.ts"
 import { GeneratedKubeconfig } from "../kube/GeneratedKubeconfig.ts"
@@ -282,9 +282,9 @@ export const read = (source: Source): Effect.Effect<Snapshot, CredentialsError, 
 // the service
 // ---------------------------------------------------------------------------------------------
 
-/** A client-node configuration without credentials: the token comes from the token source. */
-const kubeConfigFor = (current: Snapshot): KubeConfig =>
-  ClientNodeKube.kubeConfigFor({
+/** A connection without credentials: the token comes from the token source. */
+const connectionFor = (current: Snapshot): Connection.Connection =>
+  Connection.fromEntry({
     server: current.serverUrl,
     insecureSkipTlsVerify: current.tls.insecure,
     ...(current.tls.ca === undefined ? {} : { certificateAuthorityData: Buffer.from(current.tls.ca, "utf8").toString("base64") }),
@@ -369,7 +369,7 @@ const serve = Effect.fnUntraced(function*(
         key: now.endpointKey,
         client: ClientNodeKube.make({
           cluster,
-          kubeConfig: kubeConfigFor(now),
+          connection: connectionFor(now),
           tokenSource,
           userAgent: options.userAgent ?? "tether-service-proxy"
         })

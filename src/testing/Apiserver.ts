@@ -33,6 +33,8 @@ import * as Https from "node:https"
 import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
+import * as Kubeconfig from "../domain/Kubeconfig.ts"
+import * as Connection from "../kube/Connection.ts"
 import * as EnvtestAssets from "./EnvtestAssets.ts"
 
 /** Issuer and audience of service-account tokens, as a cluster's in-cluster clients expect. */
@@ -208,6 +210,21 @@ export const kubeConfig = (info: ApiserverInfo): KubeConfig => {
   const kc = new KubeConfig()
   kc.loadFromString(info.kubeconfigYaml)
   return kc
+}
+
+/**
+ * The connection tether's own client uses for the admin user of an instance, read from its
+ * kubeconfig by tether's kubeconfig reader; `server` replaces the instance's address (a proxy in
+ * front of it).
+ */
+export const connection = (info: ApiserverInfo, server?: string): Connection.Connection =>
+  connectionOf(server === undefined ? info.kubeconfigYaml : info.kubeconfigYaml.split(info.server).join(server))
+
+/** The connection for a self-contained kubeconfig (inline CA and credentials). */
+export const connectionOf = (kubeconfigYaml: string): Connection.Connection => {
+  const source = Kubeconfig.parseSource(kubeconfigYaml)
+  if (source._tag === "Failure") throw new Error(source.failure.message)
+  return Connection.fromEntry(source.success.cluster, source.success.credentials)
 }
 
 /** Creates a namespace; succeeds when it already exists. */

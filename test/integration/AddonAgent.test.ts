@@ -289,7 +289,7 @@ describe.skipIf(noApiserver)("addon-agent and leader election (real apiservers)"
    * `answered` counts the calls that reached the apiserver.
    */
   const candidate = Effect.fn(function*(options: LeaderElection.Options, cut?: Ref.Ref<boolean>, answered?: Ref.Ref<number>) {
-    const client = ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(hosting) })
+    const client = ClientNodeKube.make({ cluster: "hosting", connection: Apiserver.connection(hosting) })
     const real = LeaseStore.fromClient(client)
     const guard = <A>(call: Effect.Effect<A, KubeError.KubeError>) =>
       cut === undefined

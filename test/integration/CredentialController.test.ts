@@ -10,7 +10,6 @@
  * (TokenRequests counted from the managed apiserver's audit log).
  */
 import { assert, describe, it } from "@effect/vitest"
-import { KubeConfig } from "@kubernetes/client-node"
 import { Effect, Result } from "effect"
 import * as Sharding from "../../src/domain/Sharding.ts"
 import * as Kubeconfig from "../../src/domain/Kubeconfig.ts"
@@ -64,7 +63,7 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
   /** Run the controller in this scope for the add-ons hosted on `hostingClusterName`; returns its failing readiness checks. */
   const startController = (hosting: KubeClient, hostingClusterName: string) =>
     Effect.gen(function*() {
-      const hub = ClientNodeKube.make({ cluster: "hub", kubeConfig: Apiserver.kubeConfig(trio.hub) })
+      const hub = ClientNodeKube.make({ cluster: "hub", connection: Apiserver.connection(trio.hub) })
       const probes = yield* runController(hosting, hub, hostingClusterName)
       return { readiness: probes.readiness }
     })
@@ -84,8 +83,8 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
       }))
       for (const cluster of [...good, "c4"]) yield* markHosted(trio.hub, cluster, "hosting-1")
 
-      const hosting = ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(trio.hosting) })
-      const managed = ClientNodeKube.make({ cluster: "managed", kubeConfig: Apiserver.kubeConfig(trio.managed) })
+      const hosting = ClientNodeKube.make({ cluster: "hosting", connection: Apiserver.connection(trio.hosting) })
+      const managed = ClientNodeKube.make({ cluster: "managed", connection: Apiserver.connection(trio.managed) })
       yield* startController(hosting, "hosting-1")
 
       const condition = (cluster: string) =>
@@ -152,9 +151,7 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
       yield* prepare(trio, "r1", "addon-r1")
       // The controller's hosting client goes through a proxy that can hold an answer back.
       const proxy = yield* FaultProxy.makeHttp(trio.hosting)
-      const kubeConfig = new KubeConfig()
-      kubeConfig.loadFromString(trio.hosting.kubeconfigYaml.split(trio.hosting.server).join(proxy.server))
-      const hosting = ClientNodeKube.make({ cluster: "hosting", kubeConfig })
+      const hosting = ClientNodeKube.make({ cluster: "hosting", connection: Apiserver.connection(trio.hosting, proxy.server) })
       const { readiness } = yield* startController(hosting, "hosting-4")
       // Ready with no pair: discovery has listed, so r1's source (listed, named by no pair) is not kept.
       yield* until(readiness, (failing) => failing.length === 0, "ready with no pair", { timeout: "60 seconds" })
@@ -168,7 +165,7 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
       // The source changes; its watch event reaches the controller; only then the old answer.
       const marker = "tether.test/held-read-change"
       const changeDelivered = proxy.passed(marker)
-      const direct = ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(trio.hosting) })
+      const direct = ClientNodeKube.make({ cluster: "hosting", connection: Apiserver.connection(trio.hosting) })
       const source = yield* direct.getSecret("r1", "external-managed-kubeconfig")
       const changed = `${trio.managed.kubeconfigYaml}\n# changed while a read of it was held\n`
       yield* direct.replaceSecret("r1", {
@@ -205,7 +202,7 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
         Effect.tapError(() => Effect.sync(() => console.log(output().slice(-3000))))
       )
       for (const cluster of clusters) {
-        const secret = yield* ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(trio.hosting) })
+        const secret = yield* ClientNodeKube.make({ cluster: "hosting", connection: Apiserver.connection(trio.hosting) })
           .getSecret(`addon-${cluster}`, "cluster-proxy-managed-kubeconfig")
         assert.includeMembers(Object.keys(secret.data ?? {}), ["kubeconfig", "token"])
       }
@@ -232,7 +229,7 @@ describe.skipIf(noApiserver)("CredentialController (real apiservers)", () => {
       yield* hostPairs(clusters, names, "hosting-3")
       yield* Apiserver.createNamespace(trio.hosting, "tether-shards")
       const keys = names.map((cluster) => `${cluster}/cluster-proxy`)
-      const hosting = ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(trio.hosting) })
+      const hosting = ClientNodeKube.make({ cluster: "hosting", connection: Apiserver.connection(trio.hosting) })
 
       const replica = (identity: string) =>
         Effect.gen(function*() {

@@ -83,8 +83,8 @@ describe.skipIf(noApiserver)("CredentialController requests (real audited apiser
       // 24 pairs, each pointed by annotations at its own ServiceAccount, source and target.
       const pairs = 24
       const prefix = "credentials.tether.open-cluster-management.io"
-      const hubTest = ClientNodeKube.make({ cluster: "hub", kubeConfig: Apiserver.kubeConfig(hub) })
-      const hostingTest = ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(hosting) })
+      const hubTest = ClientNodeKube.make({ cluster: "hub", connection: Apiserver.connection(hub) })
+      const hostingTest = ClientNodeKube.make({ cluster: "hosting", connection: Apiserver.connection(hosting) })
       yield* Apiserver.createNamespace(hosting, "sources")
       yield* Apiserver.createNamespace(hosting, "targets")
       for (let i = 0; i < pairs; i++) {

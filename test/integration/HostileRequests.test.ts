@@ -180,7 +180,7 @@ describe.skipIf(noApiserver)("hostile requests (corpus) against the service rela
     const resolver = ServiceResolver.layerStatic({ "hello.default.svc": "127.0.0.1" })
     const relay = ServiceRelay.layer({ listen: { host: "127.0.0.1", port: 0 } }).pipe(
       Layer.provide(CallerAuthenticator.layer({ trustedUsernames: [proxyUser], cacheTtl: "1 minute" })),
-      Layer.provide(Layer.succeed(ManagedCluster, ClientNodeKube.make({ cluster: "managed", kubeConfig: Apiserver.kubeConfig(managed) }))),
+      Layer.provide(Layer.succeed(ManagedCluster, ClientNodeKube.make({ cluster: "managed", connection: Apiserver.connection(managed) }))),
       Layer.provide(resolver)
     )
     const credentials = ManagedCredentials.layer({ source: { _tag: "Kubeconfig", path: kubeconfig } })

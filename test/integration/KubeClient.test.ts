@@ -4,7 +4,7 @@
  * the token source on every request; the list+watch stream sees changes.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import { CoreV1Api, KubeConfig, RbacAuthorizationV1Api } from "@kubernetes/client-node"
+import { CoreV1Api, RbacAuthorizationV1Api } from "@kubernetes/client-node"
 import { Effect, Exit, Fiber, Redacted, Schedule, Scope, Stream } from "effect"
 import * as Net from "node:net"
 import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
@@ -26,13 +26,9 @@ describe.skipIf(noApiserver)("KubeClient (real apiserver)", () => {
     if (scope !== undefined) await Effect.runPromise(Scope.close(scope, Exit.void))
   })
 
-  const admin = () => ClientNodeKube.make({ cluster: "test", kubeConfig: Apiserver.kubeConfig(server) })
+  const admin = () => ClientNodeKube.make({ cluster: "test", connection: Apiserver.connection(server) })
   /** A kubeconfig without a client certificate (which the apiserver would prefer over any bearer). */
-  const tokenOnly = () => {
-    const kubeConfig = new KubeConfig()
-    kubeConfig.loadFromString(Apiserver.kubeconfigForToken(server, "replaced-by-the-token-source"))
-    return kubeConfig
-  }
+  const tokenOnly = () => Apiserver.connectionOf(Apiserver.kubeconfigForToken(server, "replaced-by-the-token-source"))
   const reasonOf = <A>(effect: Effect.Effect<A, KubeError.KubeError>) =>
     Effect.map(Effect.flip(effect), (e) => ({ reason: e.reason, retryable: e.retryable, message: e.message }))
 
@@ -60,18 +56,16 @@ describe.skipIf(noApiserver)("KubeClient (real apiserver)", () => {
           })
         })
       )
-      const unreachable = Apiserver.kubeConfig(server)
-      unreachable.clusters[0] = { ...unreachable.clusters[0]!, server: `https://127.0.0.1:${closedPort}` }
-      const transport = yield* reasonOf(ClientNodeKube.make({ cluster: "test", kubeConfig: unreachable }).getSecret("errors", "s"))
+      const unreachable = Apiserver.connection(server, `https://127.0.0.1:${closedPort}`)
+      const transport = yield* reasonOf(ClientNodeKube.make({ cluster: "test", connection: unreachable }).getSecret("errors", "s"))
       assert.deepStrictEqual([transport.reason, transport.retryable], ["Transport", true])
     }))
 
   it.live("a request the server never answers fails as a Transport error at the request bound", () =>
     Effect.gen(function*() {
       const proxy = yield* FaultProxy.make({ host: "127.0.0.1", port: Number(new URL(server.server).port) })
-      const kubeConfig = new KubeConfig()
-      kubeConfig.loadFromString(FaultProxy.throughProxy(server.kubeconfigYaml, server.server, proxy))
-      const kube = ClientNodeKube.make({ cluster: "test", kubeConfig, requestTimeoutMs: 1_000 })
+      const connection = Apiserver.connectionOf(FaultProxy.throughProxy(server.kubeconfigYaml, server.server, proxy))
+      const kube = ClientNodeKube.make({ cluster: "test", connection, requestTimeoutMs: 1_000 })
       yield* Apiserver.createNamespace(server, "silent")
       // A first answer, so the next request goes on a connection that is already open.
       yield* Effect.flip(kube.getSecret("silent", "nope"))
@@ -89,7 +83,7 @@ describe.skipIf(noApiserver)("KubeClient (real apiserver)", () => {
     Effect.gen(function*() {
       const token = yield* Apiserver.serviceAccountToken(server, "rbac", "reader", 3600)
       const withToken = (value: string) =>
-        ClientNodeKube.make({ cluster: "test", kubeConfig: tokenOnly(), tokenSource: async () => Redacted.make(value) })
+        ClientNodeKube.make({ cluster: "test", connection: tokenOnly(), tokenSource: async () => Redacted.make(value) })
       const forbidden = yield* reasonOf(withToken(token).getSecret("rbac", "x"))
       assert.deepStrictEqual([forbidden.reason, forbidden.retryable], ["Forbidden", false])
       assert.include(forbidden.message, "system:serviceaccount:rbac:reader")
@@ -125,7 +119,7 @@ describe.skipIf(noApiserver)("KubeClient (real apiserver)", () => {
         Apiserver.kubeConfig(server).makeApiClient(CoreV1Api).createNamespacedSecret({ namespace: "rotate", body: { metadata: { name: "s" } } })
       )
       let current = nobody
-      const kube = ClientNodeKube.make({ cluster: "test", kubeConfig: tokenOnly(), tokenSource: async () => Redacted.make(current) })
+      const kube = ClientNodeKube.make({ cluster: "test", connection: tokenOnly(), tokenSource: async () => Redacted.make(current) })
       const denied = yield* reasonOf(kube.getSecret("rotate", "s"))
       assert.strictEqual(denied.reason, "Forbidden")
       current = reader
@@ -213,7 +207,7 @@ describe.skipIf(noApiserver)("KubeClient (real apiserver)", () => {
     Effect.gen(function*() {
       yield* Apiserver.createNamespace(server, "resumed")
       const userAgent = "tether-resume-test"
-      const kube = ClientNodeKube.make({ cluster: "test", kubeConfig: Apiserver.kubeConfig(server), userAgent })
+      const kube = ClientNodeKube.make({ cluster: "test", connection: Apiserver.connection(server), userAgent })
       const seen: Array<string> = []
       const fiber = yield* kube.watchSecrets("resumed").pipe(
         Stream.runForEach((e) =>

@@ -29,7 +29,7 @@ describe.skipIf(noApiserver)("Membership (real apiserver)", () => {
   it.live("two replicas split the keys; when one leaves the other serves them all", () =>
     Effect.gen(function*() {
       yield* Apiserver.createNamespace(server, "tether")
-      const client = ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(server) })
+      const client = ClientNodeKube.make({ cluster: "hosting", connection: Apiserver.connection(server) })
       // A Lease of another group with a live holder must not count.
       yield* client.createLease("tether", {
         metadata: { name: "other-x", labels: { [Membership.groupLabel]: "other" } },

@@ -31,7 +31,7 @@ describe.skipIf(noApiserver)("PairSource (real apiservers)", () => {
 
   it.live("hub: follows hosted ManagedClusterAddOns in every namespace with one watch", () =>
     Effect.gen(function*() {
-      const hub = ClientNodeKube.make({ cluster: "hub", kubeConfig: Apiserver.kubeConfig(trio.hub) })
+      const hub = ClientNodeKube.make({ cluster: "hub", connection: Apiserver.connection(trio.hub) })
       const addon = (cluster: string, annotations: Record<string, string>) => ({
         apiVersion: "addon.open-cluster-management.io/v1alpha1",
         kind: "ManagedClusterAddOn",
@@ -85,7 +85,7 @@ describe.skipIf(noApiserver)("PairSource (real apiservers)", () => {
 
   it.live("hubless: discovers from labelled source Secrets in every namespace and caches no Secret data", () =>
     Effect.gen(function*() {
-      const hosting = ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(trio.hosting) })
+      const hosting = ClientNodeKube.make({ cluster: "hosting", connection: Apiserver.connection(trio.hosting) })
       const names = ["m1", "m2", "m3"]
       for (const ns of [...names, "unlabelled"]) yield* Apiserver.createNamespace(trio.hosting, ns)
       for (const ns of names) {

@@ -73,11 +73,7 @@ const publish = (dir: string, files: Readonly<Record<string, string>>) => {
 }
 
 /** A client-node configuration that authenticates with `token` only. */
-const tokenKubeConfig = (info: Apiserver.ApiserverInfo, token: string): KubeConfig => {
-  const kubeConfig = new KubeConfig()
-  kubeConfig.loadFromString(Apiserver.kubeconfigForToken(info, token))
-  return kubeConfig
-}
+const tokenConnection = (info: Apiserver.ApiserverInfo, token: string) => Apiserver.connectionOf(Apiserver.kubeconfigForToken(info, token))
 
 const sha256 = (text: string) => Crypto.createHash("sha256").update(text).digest("hex")
 
@@ -228,7 +224,7 @@ describe.skipIf(noApiserver)("ServiceProxy (real hub and managed apiservers)", (
     ;[hub, managed] = await Effect.runPromise(
       Effect.all([Apiserver.make({ name: "sp-hub" }), Apiserver.make({ name: "sp-managed" })], { concurrency: 2 }).pipe(Scope.provide(scope))
     )
-    hubAdmin = ClientNodeKube.make({ cluster: "hub", kubeConfig: Apiserver.kubeConfig(hub) })
+    hubAdmin = ClientNodeKube.make({ cluster: "hub", connection: Apiserver.connection(hub) })
 
     const [proxy, noReview, rotatingA, rotatingB, reader, hubReader] = await Effect.runPromise(Effect.all([
       Apiserver.serviceAccountToken(managed, addonNamespace, "cluster-proxy", 3600),
@@ -426,7 +422,7 @@ describe.skipIf(noApiserver)("ServiceProxy (real hub and managed apiservers)", (
   it.live("fails closed when a cluster cannot review: no fall-through to the next cluster", () =>
     Effect.gen(function*() {
       // The hub client's own credentials are rejected by the hub (401 on the TokenReview).
-      const rejectedHub = ClientNodeKube.make({ cluster: "hub", kubeConfig: tokenKubeConfig(hub, "not-a-valid-hub-credential") })
+      const rejectedHub = ClientNodeKube.make({ cluster: "hub", connection: tokenConnection(hub, "not-a-valid-hub-credential") })
       const { port } = yield* start(proxyLayer({
         source: { _tag: "Kubeconfig", path: managedKubeconfig("bad-hub", tokens.proxy) },
         deployment: { _tag: "Hosted", mode: "Disabled" },
@@ -614,7 +610,7 @@ describe.skipIf(noApiserver)("ServiceProxy (real hub and managed apiservers)", (
 
       // TokenReview goes to the real clusters; only the proxied hop goes to the recorder.
       const providers = [
-        { source: "managed" as const, createTokenReview: ClientNodeKube.make({ cluster: "managed", kubeConfig: Apiserver.kubeConfig(managed) }).createTokenReview },
+        { source: "managed" as const, createTokenReview: ClientNodeKube.make({ cluster: "managed", connection: Apiserver.connection(managed) }).createTokenReview },
         { source: "hub" as const, createTokenReview: hubAdmin.createTokenReview }
       ]
       const layer = ServiceProxyLayers.layerNoDeps({
@@ -752,7 +748,9 @@ describe.skipIf(noApiserver)("ServiceProxy (real hub and managed apiservers)", (
       // token would fail (TokenReview and impersonation alike).
       const rbac = Apiserver.kubeConfig(managed).makeApiClient(RbacAuthorizationV1Api)
       yield* Effect.promise(() => rbac.deleteClusterRoleBinding({ name: "tether-impersonator-rotating-a" }))
-      const oldAuthn = tokenKubeConfig(managed, tokens.rotatingA).makeApiClient(AuthenticationV1Api)
+      const oldConfig = new KubeConfig()
+      oldConfig.loadFromString(Apiserver.kubeconfigForToken(managed, tokens.rotatingA))
+      const oldAuthn = oldConfig.makeApiClient(AuthenticationV1Api)
       yield* eventually(
         Effect.tryPromise({
           try: () => oldAuthn.createTokenReview({ body: { spec: { token: tokens.reader } } }),

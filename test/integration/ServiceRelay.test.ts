@@ -302,7 +302,7 @@ describe.skipIf(noApiserver)("ServiceRelay (real kube-apiserver)", () => {
     ;[helloPort, securePort, nowherePort] = await Promise.all([listen(helloServer), listen(secureServer), deadPort()])
 
     managed = await Effect.runPromise(Apiserver.make({ name: "relay-managed" }).pipe(Scope.provide(scope)))
-    managedClient = ClientNodeKube.make({ cluster: "managed", kubeConfig: Apiserver.kubeConfig(managed) })
+    managedClient = ClientNodeKube.make({ cluster: "managed", connection: Apiserver.connection(managed) })
     const [trustedToken, untrustedToken] = await Effect.runPromise(Effect.all([
       Apiserver.serviceAccountToken(managed, trustedNamespace, "cluster-proxy", 3600),
       Apiserver.serviceAccountToken(managed, "default", "intruder", 3600)

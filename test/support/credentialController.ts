@@ -55,11 +55,11 @@ export const hostPairs = (clusters: Clusters, names: ReadonlyArray<string>, host
 
 /** The controller's hub and hosting clients, sending `userAgent`, and the test's own (client-node's default agent). */
 export const clientsOf = (clusters: Clusters, userAgent: string) => ({
-  hubClient: ClientNodeKube.make({ cluster: "hub", kubeConfig: Apiserver.kubeConfig(clusters.hub), userAgent }),
-  hostingClient: ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(clusters.hosting), userAgent }),
-  hubTest: ClientNodeKube.make({ cluster: "hub", kubeConfig: Apiserver.kubeConfig(clusters.hub) }),
-  hostingTest: ClientNodeKube.make({ cluster: "hosting", kubeConfig: Apiserver.kubeConfig(clusters.hosting) }),
-  managedTest: ClientNodeKube.make({ cluster: "managed", kubeConfig: Apiserver.kubeConfig(clusters.managed) })
+  hubClient: ClientNodeKube.make({ cluster: "hub", connection: Apiserver.connection(clusters.hub), userAgent }),
+  hostingClient: ClientNodeKube.make({ cluster: "hosting", connection: Apiserver.connection(clusters.hosting), userAgent }),
+  hubTest: ClientNodeKube.make({ cluster: "hub", connection: Apiserver.connection(clusters.hub) }),
+  hostingTest: ClientNodeKube.make({ cluster: "hosting", connection: Apiserver.connection(clusters.hosting) }),
+  managedTest: ClientNodeKube.make({ cluster: "managed", connection: Apiserver.connection(clusters.managed) })
 })
 
 /** What the controller needs in process, on these clients: Secret store, Event recorder, token state, probes without a server. */

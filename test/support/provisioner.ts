@@ -12,7 +12,7 @@
  * Each test names its own cluster, so one trio serves a whole file.
  */
 import { NodeServices } from "@effect/platform-node"
-import { CoreV1Api, CustomObjectsApi, KubeConfig } from "@kubernetes/client-node"
+import { CoreV1Api, CustomObjectsApi } from "@kubernetes/client-node"
 import { Context, Data, Duration, Effect, Layer, Logger } from "effect"
 import * as ProvisionerLayers from "../../layers/Provisioner.ts"
 import * as Conditions from "../../src/domain/Conditions.ts"
@@ -109,16 +109,10 @@ export const provisioning = (clusters: Trio) => {
 
   /** Start a provisioner in the test's scope; returns its probes. */
   const start = Effect.fn(function*(options: Provisioner.Options, how: Start) {
-    const kubeConfig = (info: Apiserver.ApiserverInfo, server: string | undefined) => {
-      if (server === undefined) return Apiserver.kubeConfig(info)
-      const config = new KubeConfig()
-      config.loadFromString(info.kubeconfigYaml.split(info.server).join(server))
-      return config
-    }
     const userAgent = how.userAgent === undefined ? {} : { userAgent: how.userAgent }
     const clients = Layer.mergeAll(
-      Layer.succeed(HostingCluster, ClientNodeKube.make({ cluster: "hosting", kubeConfig: kubeConfig(clusters.hosting, how.hostingServer), ...userAgent })),
-      Layer.succeed(HubCluster, ClientNodeKube.make({ cluster: "hub", kubeConfig: kubeConfig(clusters.hub, how.hubServer), ...userAgent }))
+      Layer.succeed(HostingCluster, ClientNodeKube.make({ cluster: "hosting", connection: Apiserver.connection(clusters.hosting, how.hostingServer), ...userAgent })),
+      Layer.succeed(HubCluster, ClientNodeKube.make({ cluster: "hub", connection: Apiserver.connection(clusters.hub, how.hubServer), ...userAgent }))
     )
     const provisioner = ProvisionerLayers.layerNoDeps(options).pipe(Layer.provide(AddonStatus.layer(options.addon!)))
     const probed = how.reachability === undefined ? provisioner : provisioner.pipe(Layer.provide(Layer.succeed(Reachability, how.reachability)))

@@ -318,6 +318,64 @@ describe("Kubeconfig", () => {
     })
   })
 
+  describe("parseClient", () => {
+    const direct = (text: string) => {
+      const client = Result.getOrThrow(Kubeconfig.parseClient(text))
+      assert.strictEqual(client.auth._tag, "Direct")
+      if (client.auth._tag !== "Direct") throw new Error("unreachable")
+      return { cluster: client.cluster, auth: client.auth }
+    }
+
+    it("keeps file references for the edge: the CA, the client certificate and key, a tokenFile", () => {
+      const { cluster, auth } = direct(kubeconfig({
+        cluster: "server: https://hub:6443\n    certificate-authority: ca.crt\n    tls-server-name: hub.internal",
+        user: "client-certificate: tls.crt\n    client-key: tls.key\n    tokenFile: token\n    token: fallback"
+      }))
+      assert.deepStrictEqual(cluster, { server: "https://hub:6443", caFile: "ca.crt", tlsServerName: "hub.internal" })
+      assert.deepStrictEqual(auth.certificate, { cert: { _tag: "File", path: "tls.crt" }, key: { _tag: "File", path: "tls.key" } })
+      assert.strictEqual(auth.bearer?._tag, "File")
+      if (auth.bearer?._tag !== "File") return
+      assert.strictEqual(auth.bearer.path, "token")
+      assert.strictEqual(auth.bearer.inline === undefined ? undefined : Redacted.value(auth.bearer.inline), "fallback")
+    })
+
+    it("prefers inline data to a file path, and keeps the key redacted", () => {
+      const { auth } = direct(kubeconfig({
+        user: `client-certificate-data: ${CERT_DATA}\n    client-certificate: ignored.crt\n    client-key-data: ${KEY_DATA}\n    client-key: ignored.key`
+      }))
+      assert.strictEqual(auth.certificate?.cert._tag === "Data" && Redacted.value(auth.certificate.cert.base64), CERT_DATA)
+      assert.strictEqual(auth.certificate?.key._tag === "Data" && Redacted.value(auth.certificate.key.base64), KEY_DATA)
+      assert.deepStrictEqual(secretsIn(String(auth.certificate?.key)), [])
+      assert.isUndefined(auth.bearer)
+    })
+
+    it("an inline token alone, or no credentials at all (anonymous)", () => {
+      const token = direct(kubeconfig())
+      assert.strictEqual(token.auth.bearer?._tag === "Inline" && Redacted.value(token.auth.bearer.token), TOKEN)
+      assert.isUndefined(token.auth.certificate)
+      const anonymous = direct(kubeconfig({ user: "{}" }))
+      assert.deepStrictEqual([anonymous.auth.certificate, anonymous.auth.bearer], [undefined, undefined])
+    })
+
+    it.each([
+      { kind: "exec", user: "exec:\n      command: gcloud" },
+      { kind: "auth-provider", user: "auth-provider:\n      name: oidc" },
+      { kind: "impersonation", user: `token: ${TOKEN}\n    as: admin` },
+      { kind: "basic-auth", user: "username: admin\n    password: secret" }
+    ] as const)("reports $kind as a plugin for client-node rather than refusing it", ({ kind, user }) => {
+      assert.deepStrictEqual(Result.getOrThrow(Kubeconfig.parseClient(kubeconfig({ user }))).auth, { _tag: "Plugin", kind })
+    })
+
+    it.each([
+      { name: "a certificate without its key", user: `client-certificate-data: ${CERT_DATA}`, detail: "a client certificate without its key" },
+      { name: "a key without its certificate", user: "client-key: tls.key", detail: "a client key without its certificate" }
+    ])("refuses $name", ({ detail, user }) => {
+      const reason = reasonOf(Kubeconfig.parseClient(kubeconfig({ user })))
+      assert.strictEqual(reason._tag, "NoCredentials")
+      assert.include(reason.message, detail)
+    })
+  })
+
   describe("resolveReference", () => {
     it("resolves relative references against the kubeconfig's folder, keeps absolute ones", () => {
       assert.strictEqual(Kubeconfig.resolveReference("/etc/managed/kubeconfig", "token"), "/etc/managed/token")
