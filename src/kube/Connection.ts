@@ -178,18 +178,27 @@ const delegated = async (path: string): Promise<Connection> => {
   }
 }
 
-const serviceAccount = "/var/run/secrets/kubernetes.io/serviceaccount"
-
-/** The pod's own ServiceAccount: `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`, its CA and token. */
-const inCluster = (): Connection => {
-  const host = process.env["KUBERNETES_SERVICE_HOST"]
-  const port = process.env["KUBERNETES_SERVICE_PORT"]
+/**
+ * The pod's own ServiceAccount: `https://$KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT`, the
+ * CA and token the kubelet mounts in `folder`. Throws outside a pod.
+ *
+ * @category constructors
+ */
+export const inCluster = (options: {
+  readonly env?: Readonly<Record<string, string | undefined>>
+  /** Default `/var/run/secrets/kubernetes.io/serviceaccount`. */
+  readonly folder?: string
+} = {}): Connection => {
+  const env = options.env ?? process.env
+  const folder = options.folder ?? "/var/run/secrets/kubernetes.io/serviceaccount"
+  const host = env["KUBERNETES_SERVICE_HOST"]
+  const port = env["KUBERNETES_SERVICE_PORT"]
   // Without them the address would be "https://undefined:undefined" and every call would fail,
   // for ever: refuse at start instead.
   if (!host || !port) throw new Error("not running in a cluster (KUBERNETES_SERVICE_HOST/PORT unset): pass --kubeconfig")
   return direct(
-    { server: `https://${Net.isIPv6(host) ? `[${host}]` : host}:${port}`, caFile: `${serviceAccount}/ca.crt` },
-    { _tag: "Direct", certificate: undefined, bearer: { _tag: "File", path: `${serviceAccount}/token`, inline: undefined } },
+    { server: `https://${Net.isIPv6(host) ? `[${host}]` : host}:${port}`, caFile: `${folder}/ca.crt` },
+    { _tag: "Direct", certificate: undefined, bearer: { _tag: "File", path: `${folder}/token`, inline: undefined } },
     (path) => path
   )
 }
@@ -225,8 +234,13 @@ export const load = (cluster: string, path: string | undefined): Effect.Effect<C
       })
   })
 
-/** Reads every file once (the dispatcher it builds is dropped), so unreadable credentials fail now. */
-const checked = async (connection: Connection): Promise<Connection> => {
+/**
+ * Reads every file the connection names once (the dispatcher it builds is closed), so unreadable
+ * credentials fail now rather than on a first request.
+ *
+ * @category constructors
+ */
+export const checked = async (connection: Connection): Promise<Connection> => {
   await (await connection.dispatcher()).close()
   await connection.authenticate({})
   return connection

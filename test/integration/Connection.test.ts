@@ -120,6 +120,20 @@ describe.skipIf(noApiserver)("Connection (real apiserver)", () => {
       assert.strictEqual(insecure.reason, "NotFound")
     }))
 
+  it.effect("the pod's own ServiceAccount: the service address, the mounted CA and token", () =>
+    Effect.gen(function*() {
+      const folder = Path.join(dir, "serviceaccount")
+      Fs.mkdirSync(folder, { recursive: true })
+      Fs.writeFileSync(Path.join(folder, "ca.crt"), server.caPem)
+      Fs.writeFileSync(Path.join(folder, "token"), token)
+      const env = { KUBERNETES_SERVICE_HOST: "127.0.0.1", KUBERNETES_SERVICE_PORT: new URL(server.server).port }
+      const connection = yield* Effect.promise(() => Connection.checked(Connection.inCluster({ env, folder })))
+      const error = yield* Effect.flip(ClientNodeKube.make({ cluster: "test", connection }).getSecret("conn", "missing"))
+      assert.strictEqual(error.reason, "Forbidden")
+      assert.include(error.message, asCaller)
+      assert.throws(() => Connection.inCluster({ env: {}, folder }), /not running in a cluster/)
+    }))
+
   it.effect("unusable credentials fail at load, naming the file and never the token", () =>
     Effect.gen(function*() {
       const noToken = yield* loadFailure(kubeconfig({ "certificate-authority": "ca.crt" }, { tokenFile: "missing-token" }))
