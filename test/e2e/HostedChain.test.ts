@@ -514,7 +514,15 @@ subjects: [{kind: ServiceAccount, name: cluster-proxy-agent, namespace: ${cluste
 
   it.live("the metrics each component promises, scraped from /metrics of the agent pod and the relay pod", () =>
     Effect.gen(function*() {
-      const agent = yield* scrape(yield* hostingNode.pod(agentDeployment))
+      const agentPod = yield* hostingNode.pod(agentDeployment)
+      // The last kubectl of the test before has exited, but its relayed connection may still be
+      // closing: wait (bounded) for the TCP relay to count it as ended.
+      const agent = yield* until(
+        scrape(agentPod),
+        (text) => sample(text, "cluster_proxy_managed_apiserver_relay_connections_active", {}) === 0,
+        "no relayed connection is active",
+        { timeout: "10 seconds" }
+      )
       const relay = yield* scrape(yield* managedNode.pod(relayDeployment))
       const at = (text: string, name: string, labels: Record<string, string> = {}) => {
         const value = sample(text, name, labels)
