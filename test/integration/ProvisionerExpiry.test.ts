@@ -155,7 +155,8 @@ describe.skipIf(noApiserver)("provisioner: the managed apiserver away across the
         assert.strictEqual(s.condition?.status, "True", `condition at ${new Date(s.to).toISOString()}`)
       }
       for (const s of expired) {
-        assert.strictEqual(s.readyz.status, 503)
+        const at = `${new Date(s.from).toISOString()} (expiry ${new Date(expiresAt).toISOString()})`
+        assert.strictEqual(s.readyz.status, 503, `/readyz at ${at}: ${s.readyz.body}; condition ${s.condition?.status} ${s.condition?.reason}`)
         assert.match(s.readyz.body, /^token: the managed kubeconfig token has expired$/m)
         if (s.from >= expiresAt + 2_000) {
           assert.strictEqual(s.condition?.status, "False", `condition at ${new Date(s.from).toISOString()}`)
