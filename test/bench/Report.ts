@@ -6,6 +6,7 @@
  */
 
 import type * as Footprint from "./Footprint.ts"
+import type * as Pauses from "./Pauses.ts"
 
 /** One path through which the load went (direct, tether, a peer). */
 export interface Path {
@@ -65,7 +66,11 @@ export interface Report {
   readonly tcp?: { readonly throughput: ReadonlyArray<Throughput>; readonly roundTrips: ReadonlyArray<RoundTrip> }
   readonly http?: ReadonlyArray<HttpResult>
   /** The service proxy's rows, one table per request kind. */
-  readonly serviceProxy?: ReadonlyArray<{ readonly scenario: { readonly label: string }; readonly rows: ReadonlyArray<HttpResult> }>
+  readonly serviceProxy?: ReadonlyArray<{
+    readonly scenario: { readonly label: string }
+    readonly rows: ReadonlyArray<HttpResult>
+    readonly pauses: ReadonlyArray<{ readonly conns: number; readonly summary: Pauses.Summary }>
+  }>
   /** One list per round. */
   readonly footprint?: ReadonlyArray<ReadonlyArray<Footprint.Measured>>
   readonly notes: ReadonlyArray<string>
@@ -327,9 +332,10 @@ export const render = (report: Report): string => {
   if (report.serviceProxy !== undefined) {
     parts.push("## HTTP: tether's service proxy and a Go proxy doing the same work")
     parts.push("wrk with keep-alive over TLS, GET answered with a 1 KiB body by a TLS backend standing in for the managed apiserver.")
-    for (const { rows, scenario } of report.serviceProxy) {
+    for (const { pauses, rows, scenario } of report.serviceProxy) {
       parts.push(`### ${scenario.label}`)
       parts.push(httpSection(rows))
+      if (pauses.length > 0) parts.push(pausesSection(pauses))
     }
   }
   if (report.footprint !== undefined && report.footprint.length > 0) {
@@ -339,6 +345,19 @@ export const render = (report: Report): string => {
   if (report.notes.length > 0) parts.push(["## Notes", "", ...report.notes.map((note) => `- ${note}`)].join("\n"))
   return `${parts.join("\n\n")}\n`
 }
+
+/** tether's garbage collections and event-loop delay during its measured runs (test/bench/Pauses.ts). */
+const pausesSection = (pauses: ReadonlyArray<{ readonly conns: number; readonly summary: Pauses.Summary }>): string =>
+  [
+    "Inside tether's process during those runs (all rounds; event-loop delay per 100 ms window, 1 ms resolution):",
+    "",
+    "| conns | young-generation GCs/s | time in GC | full GCs | longest GC | event-loop delay p99, worst window | longest event-loop delay |",
+    "|---:|---:|---:|---:|---:|---:|---:|",
+    ...pauses.map(({ conns, summary }) =>
+      `| ${conns} | ${summary.minorPerSecond.toFixed(0)} | ${(summary.gcShare * 100).toFixed(1)}% | ${summary.majors} | ` +
+      `${summary.longestGcMs.toFixed(1)} ms | ${summary.loopP99Ms.toFixed(1)} ms | ${summary.loopMaxMs.toFixed(1)} ms |`
+    )
+  ].join("\n")
 
 const splitLayout = ["managed-kubeconfig-provisioner", "managed-apiserver-proxy", "service-proxy", "addon-agent"]
 

@@ -21,6 +21,7 @@ import * as Yaml from "js-yaml"
 import * as Apiserver from "../../src/testing/Apiserver.ts"
 import { selfSigned } from "../support/local.ts"
 import * as Children from "./Children.ts"
+import * as Pauses from "./Pauses.ts"
 import type * as Report from "./Report.ts"
 
 const here = Path.dirname(fileURLToPath(import.meta.url))
@@ -86,6 +87,8 @@ export const scenarios: ReadonlyArray<Scenario> = [
 export interface Rows {
   readonly scenario: Scenario
   readonly rows: ReadonlyArray<Report.HttpResult>
+  /** tether's collections and event-loop delay during its runs, by connection count. */
+  readonly pauses: ReadonlyArray<{ readonly conns: number; readonly summary: Pauses.Summary }>
 }
 
 /** The routing headers of a scenario, as request.lua sends them (BENCH_ROUTE). */
@@ -163,6 +166,7 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
   }))
 
   const serving = selfSigned(dir, "proxy", ["127.0.0.1", "localhost"])
+  const pausesFile = Path.join(dir, "tether-pauses.jsonl")
   const tetherPort = yield* Children.freePort
   const tetherProbePort = yield* Children.freePort
   const tether = yield* Children.server("tether service-proxy", process.execPath, [
@@ -175,7 +179,7 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
     `--cert=${serving.certFile}`,
     `--key=${serving.keyFile}`,
     `--token-review-cache-ttl=${deps.cacheTtl}`
-  ], { _tag: "Prints", pattern: /listening (\d+)/, port: tetherPort })
+  ], { _tag: "Prints", pattern: /listening (\d+)/, port: tetherPort }, { env: { ...process.env, BENCH_PAUSES: pausesFile } })
   const go = yield* Children.server("Go service proxy", deps.tools, [
     "serviceproxy",
     "-listen", "127.0.0.1:0",
@@ -239,14 +243,20 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
   }
 
   const results = new Map<string, Array<WrkRun & { readonly cpuUs: number }>>()
+  const tetherRuns = new Map<string, Array<readonly [number, number]>>()
   for (let round = 1; round <= deps.rounds; round++) {
     for (const scenario of scenarios) {
       for (const endpoint of endpoints) {
         for (const conns of deps.conns) {
+          const started = Date.now()
           const { cpuSeconds, result } = yield* deps.measure(
             endpoint,
             deps.wrk(endpoint.port, conns, deps.wrkSeconds, env(scenario), "https")
           )
+          if (endpoint.path === paths.tether) {
+            const key = `${scenario.key}/${conns}`
+            tetherRuns.set(key, [...(tetherRuns.get(key) ?? []), [started, Date.now()] as const])
+          }
           const cpuUs = (cpuSeconds * 1e6) / Math.max(1, result.requests)
           const key = `${scenario.key}/${endpoint.path.key}/${conns}`
           results.set(key, [...(results.get(key) ?? []), { ...result, cpuUs }])
@@ -260,7 +270,14 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
       }
     }
   }
-  return { results, endpoints }
+  const pauses = new Map(scenarios.map((scenario) => [
+    scenario.key,
+    deps.conns.flatMap((conns) => {
+      const summary = Pauses.summarize(pausesFile, tetherRuns.get(`${scenario.key}/${conns}`) ?? [])
+      return summary === undefined ? [] : [{ conns, summary }]
+    })
+  ]))
+  return { results, endpoints, pauses }
 })
 
 /** Pool the runs of each path and connection count into report rows. */
@@ -268,10 +285,12 @@ export const rows = (
   results: ReadonlyMap<string, ReadonlyArray<WrkRun & { readonly cpuUs: number }>>,
   endpoints: ReadonlyArray<Endpoint>,
   conns: ReadonlyArray<number>,
-  summarize: (runs: ReadonlyArray<WrkRun & { readonly cpuUs: number }>) => Omit<Report.HttpResult, "path" | "conns">
+  summarize: (runs: ReadonlyArray<WrkRun & { readonly cpuUs: number }>) => Omit<Report.HttpResult, "path" | "conns">,
+  pauses: ReadonlyMap<Scenario["key"], Rows["pauses"]>
 ): ReadonlyArray<Rows> =>
   scenarios.map((scenario) => ({
     scenario,
+    pauses: pauses.get(scenario.key) ?? [],
     rows: endpoints.flatMap((endpoint) =>
       conns.map((count): Report.HttpResult => ({
         path: endpoint.path,

@@ -29,6 +29,7 @@ import { ServiceResolver } from "../../src/relay/ServiceResolver.ts"
 import { ManagedCredentials } from "../../src/serviceproxy/ManagedCredentials.ts"
 import { ServiceProxy } from "../../src/serviceproxy/ServiceProxy.ts"
 import { TokenReviewChain } from "../../src/serviceproxy/TokenReviewChain.ts"
+import * as Pauses from "./Pauses.ts"
 
 const flag = (name: string): string | undefined => {
   const prefix = `--${name}=`
@@ -43,6 +44,8 @@ const required = (name: string): string => {
   }
   return value
 }
+
+if (process.env["BENCH_PAUSES"]) Pauses.record(process.env["BENCH_PAUSES"])
 
 const kubeconfig = required("kubeconfig")
 const managedKubeconfig = required("managed-kubeconfig")

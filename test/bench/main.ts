@@ -604,7 +604,7 @@ const summarize = (runs: ReadonlyArray<ServiceProxyBench.WrkRun & { readonly cpu
 
 const serviceProxyBench = (work: string, tools: string) =>
   Effect.gen(function*() {
-    const { endpoints, results } = yield* ServiceProxyBench.run({
+    const { endpoints, pauses, results } = yield* ServiceProxyBench.run({
       work,
       tools,
       rounds,
@@ -618,7 +618,7 @@ const serviceProxyBench = (work: string, tools: string) =>
       wrk: (port, conns, duration, env, scheme) => wrk(port, conns, duration, env, scheme),
       measure
     })
-    return ServiceProxyBench.rows(results, endpoints, httpConns, summarize)
+    return ServiceProxyBench.rows(results, endpoints, httpConns, summarize, pauses)
   })
 
 const httpBench = Effect.fn("bench.http")(function*(work: string, tools: string) {

@@ -1,0 +1,103 @@
+/**
+ * Where a proxy's latency tail comes from, recorded inside the proxy process under `npm run
+ * bench`: every garbage collection (kind and duration, from `PerformanceObserver`) and how late
+ * the event loop ran (`monitorEventLoopDelay`, 1 ms resolution). Both go to a file as one JSON
+ * line per 100 ms window, read back by the bench and summed over each measured wrk run.
+ *
+ * Started by the proxy processes of the bench when `BENCH_PAUSES` names the file; costs one
+ * timer and one observer callback per collection.
+ *
+ * @since 0.1.0
+ */
+import * as Fs from "node:fs"
+import { constants, monitorEventLoopDelay, PerformanceObserver } from "node:perf_hooks"
+
+/** One window of the recording. */
+export interface Window {
+  /** End of the window, `Date.now()`. */
+  readonly at: number
+  /** Young-generation collections (scavenges, minor mark-sweeps): count and milliseconds. */
+  readonly minor: number
+  readonly minorMs: number
+  /** Full collections (mark-compact): count and milliseconds. */
+  readonly major: number
+  readonly majorMs: number
+  /** The longest single collection in the window, milliseconds. */
+  readonly longestGcMs: number
+  /** The event loop's delay in the window: p99 and maximum, milliseconds. */
+  readonly loopP99Ms: number
+  readonly loopMaxMs: number
+}
+
+const windowMs = 100
+
+/** Record to `file` until the process ends. */
+export const record = (file: string): void => {
+  const out = Fs.openSync(file, "w")
+  let minor = 0
+  let minorMs = 0
+  let major = 0
+  let majorMs = 0
+  let longest = 0
+  new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) {
+      const kind = ((entry as { readonly detail?: unknown }).detail as { readonly kind?: number } | undefined)?.kind
+      if (kind === constants.NODE_PERFORMANCE_GC_MAJOR) {
+        major++
+        majorMs += entry.duration
+      } else {
+        minor++
+        minorMs += entry.duration
+      }
+      longest = Math.max(longest, entry.duration)
+    }
+  }).observe({ entryTypes: ["gc"] })
+  const loop = monitorEventLoopDelay({ resolution: 1 })
+  loop.enable()
+  const flush = () => {
+    const window: Window = {
+      at: Date.now(),
+      minor,
+      minorMs,
+      major,
+      majorMs,
+      longestGcMs: longest,
+      loopP99Ms: loop.percentile(99) / 1e6,
+      loopMaxMs: loop.max / 1e6
+    }
+    Fs.writeSync(out, JSON.stringify(window) + "\n")
+    minor = minorMs = major = majorMs = longest = 0
+    loop.reset()
+  }
+  setInterval(flush, windowMs).unref()
+}
+
+/** What the windows between `from` and `to` add up to. */
+export interface Summary {
+  readonly minorPerSecond: number
+  /** Share of the run's wall time spent in collections. */
+  readonly gcShare: number
+  readonly majors: number
+  readonly longestGcMs: number
+  /** The worst window's event-loop p99 and the longest delay seen, milliseconds. */
+  readonly loopP99Ms: number
+  readonly loopMaxMs: number
+}
+
+/** Sum the recording in `file` over the runs `[from, to]` (`Date.now()` times); undefined without windows. */
+export const summarize = (file: string, runs: ReadonlyArray<readonly [number, number]>): Summary | undefined => {
+  const all = Fs.readFileSync(file, "utf8").split("\n").filter((line) => line !== "").map((line) => JSON.parse(line) as Window)
+  // A window counts when it lies within a run (its first one may have begun before the run did).
+  const windows = all.filter((window) => runs.some(([from, to]) => window.at > from + windowMs && window.at <= to))
+  if (windows.length === 0) return undefined
+  const seconds = (windows.length * windowMs) / 1000
+  const sum = (pick: (window: Window) => number) => windows.reduce((total, window) => total + pick(window), 0)
+  return {
+    minorPerSecond: sum((w) => w.minor) / seconds,
+    gcShare: sum((w) => w.minorMs + w.majorMs) / 1000 / seconds,
+    majors: sum((w) => w.major),
+    longestGcMs: Math.max(...windows.map((w) => w.longestGcMs)),
+    loopP99Ms: Math.max(...windows.map((w) => w.loopP99Ms)),
+    loopMaxMs: Math.max(...windows.map((w) => w.loopMaxMs))
+  }
+}
