@@ -247,9 +247,19 @@ export class Forwarder {
    * apiserver, one per credentials snapshot), without building its key on every request.
    */
   private readonly known = new WeakMap<Destination, Pool>()
+  /**
+   * One TLS context per trust, shared by its pools and upgrades: given `ca`, every connect would
+   * build its own, parsing each CA certificate again (with the system roots, milliseconds of CPU
+   * per connection, and native memory churn that leaves the resident size high;
+   * test/bench/TlsContext.ts).
+   */
+  private readonly contexts = new Map<string, Tls.SecureContext>()
   private readonly options: Options
-  // Upgrades only: an upgraded connection never returns to a pool.
-  private readonly agents = { http: new Http.Agent(), https: new Https.Agent({ minVersion: "TLSv1.2" }) }
+  // Upgrades only: an upgraded connection never returns to a pool. No TLS session is kept for
+  // resumption: the agent tells sessions apart by host, port and name, not by the trust's
+  // `secureContext`, and a resumed session is not verified again, so a session verified under
+  // one trust would be taken for an upstream under another.
+  private readonly agents = { http: new Http.Agent(), https: new Https.Agent({ minVersion: "TLSv1.2", maxCachedSessions: 0 }) }
 
   constructor(options: Options) {
     this.options = options
@@ -263,6 +273,16 @@ export class Forwarder {
     return pool
   }
 
+  private secureContext(trust: Trust): Tls.SecureContext {
+    const existing = this.contexts.get(trust.key)
+    if (existing !== undefined) return existing
+    if (this.contexts.size >= maxPools) this.contexts.delete(this.contexts.keys().next().value as string)
+    const { ca } = trust
+    const context = Tls.createSecureContext({ ...(ca === undefined ? {} : { ca: typeof ca === "string" ? ca : [...ca] }), minVersion: "TLSv1.2" })
+    this.contexts.set(trust.key, context)
+    return context
+  }
+
   private poolFor(destination: Destination): Pool {
     const origin = `${destination.protocol}://${bracketed(destination.host)}:${destination.port}`
     const https = destination.protocol === "https"
@@ -274,13 +294,8 @@ export class Forwarder {
       this.pools.delete(oldestKey)
       void oldest.close().catch(() => {})
     }
-    const { ca, rejectUnauthorized } = destination.trust
-    // One TLS context per pool: given `ca`, every connect would build its own, parsing each CA
-    // certificate again (with the system roots, milliseconds of CPU per connection, and native
-    // memory churn that leaves the resident size high; test/bench/TlsContext.ts).
-    const secureContext = https
-      ? Tls.createSecureContext({ ...(ca === undefined ? {} : { ca: typeof ca === "string" ? ca : [...ca] }), minVersion: "TLSv1.2" })
-      : undefined
+    const { rejectUnauthorized } = destination.trust
+    const secureContext = https ? this.secureContext(destination.trust) : undefined
     const pool = new Pool(origin, {
       keepAliveTimeout: this.options.idleTimeout,
       keepAliveMaxTimeout: this.options.idleTimeout,
@@ -382,7 +397,7 @@ export class Forwarder {
       const https = destination.protocol === "https"
       let outgoing: Http.ClientRequest
       try {
-        const { ca, rejectUnauthorized } = destination.trust
+        const { rejectUnauthorized } = destination.trust
         outgoing = (https ? Https : Http).request({
           host: destination.host,
           port: destination.port,
@@ -394,7 +409,7 @@ export class Forwarder {
           ...(https
             ? {
               agent: agents.https,
-              ...(ca === undefined ? {} : { ca: typeof ca === "string" ? ca : [...ca] }),
+              secureContext: this.secureContext(destination.trust),
               ...(destination.servername === undefined ? {} : { servername: destination.servername }),
               rejectUnauthorized
             }

@@ -4,14 +4,16 @@
  * every connection and parses each CA certificate again; with the system roots (the service
  * relay's trust for https Services) that is milliseconds of CPU per connection. The backend here
  * closes every connection after its answer, so each request opens a new one; the count of
- * contexts Node builds while connecting is read from `tls.createSecureContext` itself. The
- * answers show that verification still holds: the right CA and name pass, another CA fails.
+ * contexts Node builds while connecting is read from `tls.createSecureContext` itself. Upgrades
+ * (spliced, so each opens its own connection) take the same context. The answers show that
+ * verification still holds: the right CA and name pass, another CA fails.
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Metric, Scope } from "effect"
 import * as Fs from "node:fs"
 import * as Https from "node:https"
 import type * as Net from "node:net"
+import NetModule from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import TlsModule from "node:tls"
@@ -20,6 +22,32 @@ import * as Server from "../../src/http/Server.ts"
 import * as Metrics from "../../src/observability/Metrics.ts"
 import { selfSigned } from "../support/local.ts"
 import { send } from "../support/send.ts"
+
+/** An upgrade through the server on a raw socket: its status line, and whether a byte sent after a 101 comes back. */
+const upgrade = (port: number, path: string) =>
+  Effect.callback<{ readonly status: string; readonly echoed: boolean }>((resume) => {
+    const socket = NetModule.connect(port, "127.0.0.1")
+    let data = ""
+    let settled = false
+    const settle = (echoed: boolean) => {
+      if (settled) return
+      settled = true
+      socket.destroy()
+      resume(Effect.succeed({ status: data.split("\r\n")[0] ?? "", echoed }))
+    }
+    socket.on("error", () => settle(false))
+    socket.on("close", () => settle(false))
+    socket.on("data", (chunk: Buffer) => {
+      data += chunk.toString("latin1")
+      const head = data.indexOf("\r\n\r\n")
+      if (head < 0) return
+      if (!data.startsWith("HTTP/1.1 101")) return settle(false)
+      if (data.length === head + 4) socket.write("ping")
+      else if (data.endsWith("ping")) settle(true)
+    })
+    socket.write(`GET ${path} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n`)
+    return Effect.sync(() => socket.destroy())
+  })
 
 describe("Forwarder https upstreams", () => {
   it.live("build one TLS context per pool, and still verify the upstream", () =>
@@ -34,6 +62,11 @@ describe("Forwarder https upstreams", () => {
         res.writeHead(200, { connection: "close" })
         res.end(`ok ${req.url}`)
       })
+      backend.on("upgrade", (_req, socket: Net.Socket) => {
+        socket.on("error", () => socket.destroy())
+        socket.write("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n")
+        socket.pipe(socket)
+      })
       const backendPort = yield* Effect.acquireRelease(
         Effect.promise(() => new Promise<number>((resolve) => backend.listen(0, "127.0.0.1", () => resolve((backend.address() as Net.AddressInfo).port)))),
         () => Effect.promise(() => new Promise((resolve) => {
@@ -46,7 +79,7 @@ describe("Forwarder https upstreams", () => {
       const trusted = { key: "right", ca: [backendTls.cert], rejectUnauthorized: true }
       const untrusted = { key: "wrong", ca: [otherCa.cert], rejectUnauthorized: true }
       const policy: Admission.Policy<string> = {
-        admit: (req) =>
+        admit: (req, upgrade) =>
           Admission.admitted({
             label: "test",
             destination: {
@@ -57,7 +90,9 @@ describe("Forwarder https upstreams", () => {
               trust: req.url?.startsWith("/other/") ? untrusted : trusted
             },
             path: req.url ?? "/",
-            headers: { host: "backend.default.svc" },
+            headers: upgrade
+              ? { host: "backend.default.svc", connection: "Upgrade", upgrade: req.headers.upgrade ?? "test" }
+              : { host: "backend.default.svc" },
             upstream: { target: "test" }
           }),
         record: () => {}
@@ -96,8 +131,15 @@ describe("Forwarder https upstreams", () => {
       }
       assert.strictEqual(built, 0, "TLS contexts built per connection for 20 upstream connections")
 
+      for (let i = 0; i < 5; i++) {
+        assert.deepStrictEqual(yield* upgrade(served.address.port, `/ws/${i}`), { status: "HTTP/1.1 101 Switching Protocols", echoed: true })
+      }
+      assert.strictEqual(built, 0, "TLS contexts built per connection for 5 upgrades")
+
       const refused = yield* send(served.address.port, { path: "/other/x" })
       assert.strictEqual(refused.status, 502, "a backend certificate the trust does not cover is refused")
+      const refusedUpgrade = yield* upgrade(served.address.port, "/other/ws")
+      assert.deepStrictEqual(refusedUpgrade, { status: "HTTP/1.1 502 Bad Gateway", echoed: false }, "and so is an upgrade to it")
       assert.strictEqual(built, 0)
     }))
 })
