@@ -1,14 +1,18 @@
 /**
  * Where a proxy's latency tail comes from, recorded inside the proxy process under `npm run
- * bench`: every garbage collection (kind and duration, from `PerformanceObserver`) and how late
- * the event loop ran (`monitorEventLoopDelay`, 1 ms resolution). Both go to a file as one JSON
- * line per 100 ms window, read back by the bench and summed over each measured wrk run.
+ * bench`: every garbage collection (kind and duration, from `PerformanceObserver`), how late
+ * the event loop ran (`monitorEventLoopDelay`, 1 ms resolution), the process's CPU time and the
+ * connections it accepted (`net.server.socket`). They go to a file as one JSON line per 100 ms
+ * window, read back by the bench and summed over each measured wrk run. A window with a long
+ * delay and little CPU time is one in which the process was not scheduled; one with much CPU
+ * time and many new connections, a burst of handshakes.
  *
  * Started by the proxy processes of the bench when `BENCH_PAUSES` names the file; costs one
  * timer and one observer callback per collection.
  *
  * @since 0.1.0
  */
+import * as DiagnosticsChannel from "node:diagnostics_channel"
 import * as Fs from "node:fs"
 import { constants, monitorEventLoopDelay, PerformanceObserver } from "node:perf_hooks"
 
@@ -27,6 +31,10 @@ export interface Window {
   /** The event loop's delay in the window: p99 and maximum, milliseconds. */
   readonly loopP99Ms: number
   readonly loopMaxMs: number
+  /** CPU time of the process (user and system), milliseconds. */
+  readonly cpuMs: number
+  /** Connections accepted by the process's servers. */
+  readonly accepted: number
 }
 
 const windowMs = 100
@@ -52,9 +60,13 @@ export const record = (file: string): void => {
       longest = Math.max(longest, entry.duration)
     }
   }).observe({ entryTypes: ["gc"] })
+  let accepted = 0
+  DiagnosticsChannel.subscribe("net.server.socket", () => void accepted++)
   const loop = monitorEventLoopDelay({ resolution: 1 })
   loop.enable()
+  let cpu = process.cpuUsage()
   const flush = () => {
+    const cpuNow = process.cpuUsage()
     const window: Window = {
       at: Date.now(),
       minor,
@@ -63,10 +75,13 @@ export const record = (file: string): void => {
       majorMs,
       longestGcMs: longest,
       loopP99Ms: loop.percentile(99) / 1e6,
-      loopMaxMs: loop.max / 1e6
+      loopMaxMs: loop.max / 1e6,
+      cpuMs: (cpuNow.user - cpu.user + cpuNow.system - cpu.system) / 1000,
+      accepted
     }
     Fs.writeSync(out, JSON.stringify(window) + "\n")
-    minor = minorMs = major = majorMs = longest = 0
+    cpu = cpuNow
+    minor = minorMs = major = majorMs = longest = accepted = 0
     loop.reset()
   }
   setInterval(flush, windowMs).unref()
@@ -82,6 +97,8 @@ export interface Summary {
   /** The worst window's event-loop p99 and the longest delay seen, milliseconds. */
   readonly loopP99Ms: number
   readonly loopMaxMs: number
+  /** The window with the longest delay: the process's CPU time in it and the connections it accepted. */
+  readonly worst: { readonly cpuMs: number; readonly accepted: number }
 }
 
 /** Sum the recording in `file` over the runs `[from, to]` (`Date.now()` times); undefined without windows. */
@@ -92,7 +109,9 @@ export const summarize = (file: string, runs: ReadonlyArray<readonly [number, nu
   if (windows.length === 0) return undefined
   const seconds = (windows.length * windowMs) / 1000
   const sum = (pick: (window: Window) => number) => windows.reduce((total, window) => total + pick(window), 0)
+  const worst = windows.reduce((a, b) => (b.loopMaxMs > a.loopMaxMs ? b : a))
   return {
+    worst: { cpuMs: worst.cpuMs, accepted: worst.accepted },
     minorPerSecond: sum((w) => w.minor) / seconds,
     gcShare: sum((w) => w.minorMs + w.majorMs) / 1000 / seconds,
     majors: sum((w) => w.major),

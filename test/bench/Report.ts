@@ -351,11 +351,12 @@ const pausesSection = (pauses: ReadonlyArray<{ readonly conns: number; readonly 
   [
     "Inside tether's process during those runs (all rounds; event-loop delay per 100 ms window, 1 ms resolution):",
     "",
-    "| conns | young-generation GCs/s | time in GC | full GCs | longest GC | event-loop delay p99, worst window | longest event-loop delay |",
-    "|---:|---:|---:|---:|---:|---:|---:|",
+    "| conns | young-generation GCs/s | time in GC | full GCs | longest GC | event-loop delay p99, worst window | longest event-loop delay | its window: CPU, connections accepted |",
+    "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ...pauses.map(({ conns, summary }) =>
       `| ${conns} | ${summary.minorPerSecond.toFixed(0)} | ${(summary.gcShare * 100).toFixed(1)}% | ${summary.majors} | ` +
-      `${summary.longestGcMs.toFixed(1)} ms | ${summary.loopP99Ms.toFixed(1)} ms | ${summary.loopMaxMs.toFixed(1)} ms |`
+      `${summary.longestGcMs.toFixed(1)} ms | ${summary.loopP99Ms.toFixed(1)} ms | ${summary.loopMaxMs.toFixed(1)} ms | ` +
+      `${summary.worst.cpuMs.toFixed(0)} ms, ${summary.worst.accepted} |`
     )
   ].join("\n")
 
