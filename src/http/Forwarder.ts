@@ -126,6 +126,14 @@ const flatten = (headers: HeaderList): Array<string> => {
 class Forwarding implements Dispatcher.DispatchHandler {
   private controller: Dispatcher.DispatchController | undefined
   private clientGone = false
+  /**
+   * The last chunk of the answer, held until the end of the tick: when the answer ends in the
+   * same tick (a small answer read at once), it goes out with `res.end(chunk)`, which Node writes
+   * together with the head and finishes in one write; `write` then `end` took an extra, empty
+   * write through the TLS socket. A chunk still held at the end of the tick is written then.
+   */
+  private held: Buffer | undefined
+  private flushing = false
   /** The status written but not yet reported ({@link Report.answered}), and when. */
   private unreported: number | undefined
   private headAt = 0
@@ -177,6 +185,19 @@ class Forwarding implements Dispatcher.DispatchHandler {
   }
 
   onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+    if (this.held !== undefined) this.write(controller, this.held)
+    this.held = chunk
+    if (this.flushing) return
+    this.flushing = true
+    process.nextTick(() => {
+      this.flushing = false
+      const held = this.held
+      this.held = undefined
+      if (held !== undefined && !this.res.writableEnded && !this.res.destroyed) this.write(controller, held)
+    })
+  }
+
+  private write(controller: Dispatcher.DispatchController, chunk: Buffer): void {
     const flowing = this.res.write(chunk)
     this.tell()
     if (flowing) return
@@ -186,7 +207,10 @@ class Forwarding implements Dispatcher.DispatchHandler {
 
   onResponseEnd(_controller: Dispatcher.DispatchController, trailers: Http.IncomingHttpHeaders): void {
     passTrailers(this.res, trailers)
-    this.res.end()
+    const held = this.held
+    this.held = undefined
+    if (held === undefined) this.res.end()
+    else this.res.end(held)
     this.tell()
   }
 
