@@ -1,7 +1,8 @@
 /**
  * What tether's components take from Node's platform: the file system and paths. Not
- * `NodeServices.layer`, whose child-process spawner loads `node:child_process` (2.6 MiB resident
- * in every process) for subprocesses tether never starts.
+ * `NodeServices.layer`, whose child-process spawner loads `node:child_process` (2.6 MiB in a bare
+ * Node process, less where the rest of `net` is loaded anyway) for subprocesses tether never
+ * starts.
  *
  * @since 0.1.0
  */

@@ -145,7 +145,7 @@ const routes = HttpRouter.use(Effect.fn(function*(router) {
 export const layerServer = (address: ListenAddress.ListenAddress) =>
   HttpRouter.serve(routes, { disableLogger: true, disableListenLog: true }).pipe(
     // Not NodeHttpServer.layer: its platform services include a child-process spawner, which
-    // loads node:child_process (2.6 MiB resident) into every process.
+    // would load node:child_process into every process (see layers/NodePlatform.ts).
     Layer.provide(Layer.mergeAll(
       NodeHttpServer.layerServer(createServer, { port: address.port, ...(address.host ? { host: address.host } : {}) }),
       NodeHttpPlatform.layer.pipe(Layer.provide(NodeFileSystem.layer)),
