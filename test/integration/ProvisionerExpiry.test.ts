@@ -147,7 +147,9 @@ describe.skipIf(noApiserver)("provisioner: the managed apiserver away across the
       // Before expiry: True and ready; from expiry until the return: False and not ready, naming the token check.
       const before = samples.filter((s) => s.to < expiresAt)
       // The readiness check is evaluated when asked; the condition is given the 2 s bound below.
-      const expired = samples.filter((s) => s.from >= expiresAt)
+      // Until the return: samples taken after it may already see the new token (the sampler runs
+      // until the new token is read back, which is after the provisioner wrote it).
+      const expired = samples.filter((s) => s.from >= expiresAt && s.to < returnedAt)
       assert.isAbove(before.length, 100)
       assert.isAbove(expired.length, 20)
       for (const s of before) {
@@ -158,7 +160,10 @@ describe.skipIf(noApiserver)("provisioner: the managed apiserver away across the
         const at = `${new Date(s.from).toISOString()} (expiry ${new Date(expiresAt).toISOString()})`
         assert.strictEqual(s.readyz.status, 503, `/readyz at ${at}: ${s.readyz.body}; condition ${s.condition?.status} ${s.condition?.reason}`)
         assert.match(s.readyz.body, /^token: the managed kubeconfig token has expired$/m)
-        if (s.from >= expiresAt + 2_000) {
+        // Once seen False it stays False. When the provisioner decided is its lastTransitionTime,
+        // checked below to be within 2 s of the expiry; how soon the hub shows it also depends on
+        // the hub's write latency, which has exceeded 2 s on a loaded CI machine.
+        if (s.from >= falseAt.seen) {
           assert.strictEqual(s.condition?.status, "False", `condition at ${new Date(s.from).toISOString()}`)
           assert.strictEqual(s.condition?.reason, Reconciler.expiredReason)
         }
