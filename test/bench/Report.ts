@@ -295,7 +295,7 @@ const targets = (report: Report): ReadonlyArray<string> => {
   for (const { rows, scenario } of report.serviceProxy ?? []) {
     const parts = [...new Set(rows.map((row) => row.conns))].map((conns) => {
       const tether = rows.find((row) => row.path.key === tetherKey && row.conns === conns)
-      const go = rows.find((row) => row.path.key !== tetherKey && row.path.key !== directKey && row.conns === conns)
+      const go = rows.find((row) => row.path.key === "go-tuned" && row.conns === conns)
       if (tether === undefined || go === undefined) return undefined
       const rps = tether.perSecond / go.perSecond
       const p99 = tether.p99us / go.p99us
@@ -349,7 +349,7 @@ export const render = (report: Report): string => {
 /** tether's garbage collections and event-loop delay during its measured runs (test/bench/Pauses.ts). */
 const pausesSection = (pauses: ReadonlyArray<{ readonly conns: number; readonly summary: Pauses.Summary }>): string =>
   [
-    "Inside tether's process during those runs (all rounds; event-loop delay per 100 ms window, 1 ms resolution):",
+    "Inside tether's process during those runs (all rounds; event-loop delay per 100 ms window, 10 ms resolution):",
     "",
     "| conns | young-generation GCs/s | time in GC | full GCs | longest GC | event-loop delay p99, worst window | longest event-loop delay | its window: CPU, connections accepted |",
     "|---:|---:|---:|---:|---:|---:|---:|---:|",

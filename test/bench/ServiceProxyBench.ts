@@ -53,6 +53,10 @@ export interface Deps {
   readonly warmupSeconds: number
   readonly cacheTtl: string
   readonly nodeFlags: ReadonlyArray<string>
+  /** The environment tether ships with (the chart's `runtimeEnv`). */
+  readonly shippedEnv: Readonly<Record<string, string>>
+  /** Path keys to measure (default: all but the diagnostic one). */
+  readonly paths: ReadonlyArray<string> | undefined
   readonly bodyBytes: number
   readonly say: (line: string) => Effect.Effect<void>
   readonly wrk: (
@@ -71,8 +75,14 @@ export interface Deps {
 export const paths = {
   direct: { key: "direct", label: "direct (the TLS backend)" },
   tether: { key: "tether", label: "tether service-proxy" },
+  tetherWithoutRuntimeEnv: { key: "tether-no-runtime-env", label: "tether service-proxy, without runtimeEnv (variant)" },
+  tetherPolling: { key: "tether-polling", label: "tether service-proxy, event loop kept polling (diagnostic)" },
+  floor: { key: "node-floor", label: "Node https + undici, nothing else (floor)" },
   go: { key: "go-tuned", label: "Go ReverseProxy, same work (1024 idle/host)" }
 } satisfies Record<string, Report.Path>
+
+/** Measured unless `--paths` names others; the diagnostic path only when named. */
+const defaultPaths: ReadonlyArray<string> = [paths.direct, paths.tether, paths.tetherWithoutRuntimeEnv, paths.floor, paths.go].map((path) => path.key)
 
 export interface Scenario {
   readonly key: "apiserver" | "relay"
@@ -167,19 +177,44 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
 
   const serving = selfSigned(dir, "proxy", ["127.0.0.1", "localhost"])
   const pausesFile = Path.join(dir, "tether-pauses.jsonl")
-  const tetherPort = yield* Children.freePort
-  const tetherProbePort = yield* Children.freePort
-  const tether = yield* Children.server("tether service-proxy", process.execPath, [
-    ...deps.nodeFlags,
-    Path.join(here, "ServiceProxyProcess.ts"),
-    `--kubeconfig=${apiserver.kubeconfigPath}`,
-    `--managed-kubeconfig=${managedKubeconfig}`,
-    `--listen=127.0.0.1:${tetherPort}`,
-    `--health-probe-bind-address=127.0.0.1:${tetherProbePort}`,
-    `--cert=${serving.certFile}`,
-    `--key=${serving.keyFile}`,
-    `--token-review-cache-ttl=${deps.cacheTtl}`
-  ], { _tag: "Prints", pattern: /listening (\d+)/, port: tetherPort }, { env: { ...process.env, BENCH_PAUSES: pausesFile } })
+  const measured = deps.paths ?? defaultPaths
+  const wanted = (path: Report.Path) => measured.includes(path.key)
+  /** A tether service proxy started with `env` on top of the bench's own environment. */
+  const startTether = Effect.fnUntraced(function*(name: string, env: NodeJS.ProcessEnv) {
+    const port = yield* Children.freePort
+    const probePort = yield* Children.freePort
+    const child = yield* Children.server(name, process.execPath, [
+      ...deps.nodeFlags,
+      Path.join(here, "ServiceProxyProcess.ts"),
+      `--kubeconfig=${apiserver.kubeconfigPath}`,
+      `--managed-kubeconfig=${managedKubeconfig}`,
+      `--listen=127.0.0.1:${port}`,
+      `--health-probe-bind-address=127.0.0.1:${probePort}`,
+      `--cert=${serving.certFile}`,
+      `--key=${serving.keyFile}`,
+      `--token-review-cache-ttl=${deps.cacheTtl}`
+    ], { _tag: "Prints", pattern: /listening (\d+)/, port }, { env: { ...process.env, ...env } })
+    return { ...child, port }
+  })
+  // As it ships (the chart's runtimeEnv), recording its pauses; the variant without it; the
+  // diagnostic whose event loop never waits in epoll (what a wake-up from idle costs).
+  const tether = yield* startTether("tether service-proxy", { ...deps.shippedEnv, BENCH_PAUSES: pausesFile })
+  const variant = wanted(paths.tetherWithoutRuntimeEnv) ? yield* startTether("tether service-proxy (without runtimeEnv)", {}) : undefined
+  const polling = wanted(paths.tetherPolling)
+    ? yield* startTether("tether service-proxy (polling)", { ...deps.shippedEnv, BENCH_POLL: "1" })
+    : undefined
+  const floorPort = yield* Children.freePort
+  const floor = wanted(paths.floor)
+    ? yield* Children.server("Node floor proxy", process.execPath, [
+      Path.join(here, "NodeFloorProxy.ts"),
+      `--listen-port=${floorPort}`,
+      `--cert=${serving.certFile}`,
+      `--key=${serving.keyFile}`,
+      `--upstream=https://127.0.0.1:${backend.port}`,
+      `--upstream-ca=${backendTls.certFile}`,
+      `--token-file=${proxyTokenFile}`
+    ], { _tag: "Prints", pattern: /listening (\d+)/, port: floorPort })
+    : undefined
   const go = yield* Children.server("Go service proxy", deps.tools, [
     "serviceproxy",
     "-listen", "127.0.0.1:0",
@@ -198,7 +233,10 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
 
   const endpoints: ReadonlyArray<Endpoint> = [
     { path: paths.direct, port: backend.port, groups: [] },
-    { path: paths.tether, port: tetherPort, groups: [tether.pid] },
+    { path: paths.tether, port: tether.port, groups: [tether.pid] },
+    ...(variant === undefined ? [] : [{ path: paths.tetherWithoutRuntimeEnv, port: variant.port, groups: [variant.pid] }]),
+    ...(polling === undefined ? [] : [{ path: paths.tetherPolling, port: polling.port, groups: [polling.pid] }]),
+    ...(floor === undefined ? [] : [{ path: paths.floor, port: floor.port, groups: [floor.pid] }]),
     { path: paths.go, port: go.port, groups: [go.pid] }
   ]
 
@@ -214,7 +252,8 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
         })
       }
     }
-    for (const endpoint of endpoints.slice(1)) {
+    // The floor authenticates nobody: it stands for what Node costs, not for a proxy.
+    for (const endpoint of endpoints.filter((endpoint) => endpoint.path !== paths.direct && endpoint.path !== paths.floor)) {
       const anonymous = yield* probe(endpoint.port, routing("apiserver"))
       if (anonymous.status !== 401) {
         return yield* new Children.BenchError({

@@ -18,6 +18,7 @@
  */
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import { Console, Effect, Layer } from "effect"
+import * as DiagnosticsChannel from "node:diagnostics_channel"
 import * as Observability from "../../layers/Observability.ts"
 import * as ServiceProxyLayers from "../../layers/ServiceProxy.ts"
 import * as GoDuration from "../../src/domain/GoDuration.ts"
@@ -46,6 +47,21 @@ const required = (name: string): string => {
 }
 
 if (process.env["BENCH_PAUSES"]) Pauses.record(process.env["BENCH_PAUSES"])
+// Diagnostic only (the bench's `tether-polling` path): while requests come (until a second
+// after the last one), an immediate always pending keeps the event loop polling without
+// waiting in epoll, so the process never sleeps between events.
+if (process.env["BENCH_POLL"]) {
+  let lastRequest = 0
+  let polling = false
+  const poll = () => {
+    polling = performance.now() - lastRequest < 1000
+    if (polling) setImmediate(poll)
+  }
+  DiagnosticsChannel.subscribe("http.server.request.start", () => {
+    lastRequest = performance.now()
+    if (!polling) poll()
+  })
+}
 
 const kubeconfig = required("kubeconfig")
 const managedKubeconfig = required("managed-kubeconfig")

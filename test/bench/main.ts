@@ -10,8 +10,9 @@
  *   of the Go prototype (per-host idle pool left at Go's default of 2) and with a per-host pool
  *   of 1024. wrk with keep-alive at 1, 32 and 128 connections; the backend is nginx answering a
  *   1 KiB body.
- * - Service proxy: direct vs tether's service proxy (its production layers in hosted Relay mode)
- *   vs a Go `httputil.ReverseProxy` doing the same work, for a kube-apiserver request
+ * - Service proxy: direct vs tether's service proxy (its production layers in hosted Relay mode,
+ *   with and without the chart's runtimeEnv) vs a bare Node proxy (the floor) vs a Go
+ *   `httputil.ReverseProxy` doing the same work, for a kube-apiserver request
  *   (TokenReview cached, impersonation) and a Relay-mode Service request, over TLS at 1, 32 and
  *   128 connections ({@link ServiceProxyBench}).
  *
@@ -28,7 +29,8 @@
  * `--rounds=N`, `--out=<file>`, `--profile=<dir>` (tether's processes write V8 CPU profiles
  * there, `node --cpu-prof`, when they stop), `--token-review-cache-ttl=<Go duration>` (the
  * relay's, default 10s as in production), `--paths=direct,tether,...` (measure only these paths; keys:
- * direct, tether, hosted-agent, hosted-agent-semi1, socat, haproxy, nginx, go-prototype, go-tuned, node), `--conns=1,32` (HTTP: measure only
+ * direct, tether, hosted-agent, hosted-agent-semi1, socat, haproxy, nginx, go-prototype, go-tuned, node; the service
+ * proxy's tether-no-runtime-env and node-floor, and its diagnostic tether-polling, measured only when named), `--conns=1,32` (HTTP: measure only
  * these of the concurrencies 1, 32 and 128).
  *
  * @since 0.1.0
@@ -613,6 +615,8 @@ const serviceProxyBench = (work: string, tools: string) =>
       warmupSeconds: seconds.wrkWarmup,
       cacheTtl,
       nodeFlags,
+      shippedEnv: Footprint.shippedEnv(repo),
+      paths: onlyPaths,
       bodyBytes,
       say,
       wrk: (port, conns, duration, env, scheme) => wrk(port, conns, duration, env, scheme),
@@ -820,8 +824,10 @@ const main = Effect.gen(function*() {
       "tether service-relay: test/bench/ServiceRelayProcess.ts, the layers of `tether service-relay` (TokenReview against a real " +
         `kube-apiserver, ${cacheTtl} answer cache, probes, metrics, JSON logs) with a static Service resolver; one Node process`,
       "service proxy: test/bench/ServiceProxyProcess.ts, the layers of `tether service-proxy` in hosted Relay mode (TLS, " +
-        `TokenReview chain with a ${cacheTtl} cache against a real kube-apiserver, impersonation, metrics, probes, JSON logs); ` +
-        "the Go peer is tools.go `serviceproxy` (httputil.ReverseProxy, the same TokenReview with a map cache, the same " +
+        `TokenReview chain with a ${cacheTtl} cache against a real kube-apiserver, impersonation, metrics, probes, JSON logs), ` +
+        `started with the chart's runtimeEnv (${Object.entries(Footprint.shippedEnv(repo)).map(([name, value]) => `${name}=${value}`).join(" ")}) ` +
+        "as it ships, and without it (a variant); the floor is test/bench/NodeFloorProxy.ts (node:https and an undici Pool, " +
+        "no admission, metrics or logs); the Go peer is tools.go `serviceproxy` (httputil.ReverseProxy, the same TokenReview with a map cache, the same " +
         "impersonation and relay headers, HTTP/1.1 upstream, 1024 idle connections per host); both in front of the Go TLS " +
         `backend (${bodyBytes} B body) standing in for the managed kube-apiserver; wrk over TLS with keep-alive`
     ],

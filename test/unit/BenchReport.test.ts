@@ -25,3 +25,38 @@ describe("bench Report histograms", () => {
     expect(Report.percentile(all, 99)).toBe(150)
   })
 })
+
+describe("bench Report targets", () => {
+  const row = (key: string, conns: number, perSecond: number, p99us: number): Report.HttpResult => ({
+    path: { key, label: key },
+    conns,
+    perSecond,
+    p50us: p99us / 4,
+    p99us,
+    cpuUs: 100,
+    errors: 0
+  })
+
+  it("the service proxy is held against the Go proxy's row, not against a variant or the floor listed first", () => {
+    const rendered = Report.render({
+      date: "2026-12-07",
+      command: "npm run bench",
+      machine: [],
+      settings: [],
+      quick: false,
+      notes: [],
+      serviceProxy: [{
+        scenario: { label: "kube-apiserver request" },
+        pauses: [],
+        rows: [
+          row("direct", 1, 10_000, 1000),
+          row("tether", 1, 2_000, 2000),
+          row("tether-no-runtime-env", 1, 4_000, 1000),
+          row("node-floor", 1, 8_000, 500),
+          row("go-tuned", 1, 2_500, 2000)
+        ]
+      }]
+    })
+    expect(rendered).toContain("Service proxy, kube-apiserver request: req/s ≥ the Go proxy with p99 ≤ 1.2× of it: c=1: 0.80× req/s, 1.00× p99 (**not met**).")
+  })
+})
