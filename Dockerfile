@@ -35,7 +35,7 @@ COPY --from=build /out/app /app
 COPY .ci/image/tether /usr/local/bin/tether
 ENV PATH=/usr/local/bin:/nodejs/bin:/usr/bin:/bin
 # The chart's runtimeEnv (charts/tether/values.yaml), as .ci/image/build sets it.
-ENV NODE_OPTIONS=--max-semi-space-size=1 MALLOC_ARENA_MAX=2
+ENV NODE_OPTIONS=--max-semi-space-size=16 MALLOC_ARENA_MAX=2
 WORKDIR /app
 USER 65532:65532
 ENTRYPOINT ["/nodejs/bin/node", "/app/dist/tether.mjs"]

@@ -1,9 +1,10 @@
 /**
  * What the soak suites share: the shipped bundle (`tetherEntry()`) spawned as its own process
- * with the environment the chart and the image give it (`runtimeEnv`: a small young generation,
+ * with the environment the chart and the image give it (`runtimeEnv`: a bounded young generation,
  * two malloc arenas) and a small preload, and the readings taken from it between rounds.
  *
- * The preload answers SIGUSR2 with a full garbage collection and writes `process.memoryUsage()`
+ * The preload answers SIGUSR2 with the memory-reducing full collection an idle tether process
+ * makes itself (src/observability/HeapTrim.ts) and writes `process.memoryUsage()`
  * to a file: after a forced collection the heap holds only what is retained, so a leak shows as
  * growth from round to round, while V8's own choice of when to collect (an idle process collects
  * nothing) does not. With `serviceAddress` it also stands in for cluster DNS: every `*.svc` name
@@ -29,7 +30,9 @@ const out = process.env.SOAK_MEMORY_FILE
 const snapshots = process.env.SOAK_HEAP_SNAPSHOTS
 let reading = 0
 process.on("SIGUSR2", () => {
-  globalThis.gc()
+  // The collection the process makes itself once it has been idle (src/observability/HeapTrim.ts),
+  // which also gives the young generation back: the reading is what an idle process keeps.
+  globalThis.gc({ type: "major", execution: "sync", flavor: "last-resort" })
   if (snapshots) V8.writeHeapSnapshot(snapshots + "/" + process.pid + "-" + String(reading++).padStart(2, "0") + ".heapsnapshot")
   const m = process.memoryUsage()
   Fs.writeFileSync(out + ".tmp", JSON.stringify({ rss: m.rss, heapUsed: m.heapUsed, external: m.external }))
