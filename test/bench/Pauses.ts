@@ -63,7 +63,8 @@ export const record = (file: string): void => {
   let accepted = 0
   DiagnosticsChannel.subscribe("net.server.socket", () => void accepted++)
   // 10 ms, not 1: a 1 ms timer woke the proxy 1,000 times a second, which cost it 7-23 µs of
-  // CPU per request at one connection (three runs); the stalls worth finding are longer.
+  // CPU per request at one connection (three hand-run rounds with and without it); the stalls
+  // worth finding are longer.
   const loop = monitorEventLoopDelay({ resolution: 10 })
   loop.enable()
   let cpu = process.cpuUsage()

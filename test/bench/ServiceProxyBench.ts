@@ -203,18 +203,19 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
   const polling = wanted(paths.tetherPolling)
     ? yield* startTether("tether service-proxy (polling)", { ...deps.shippedEnv, BENCH_POLL: "1" })
     : undefined
-  const floorPort = yield* Children.freePort
-  const floor = wanted(paths.floor)
-    ? yield* Children.server("Node floor proxy", process.execPath, [
+  const startFloor = Effect.fnUntraced(function*() {
+    const port = yield* Children.freePort
+    return yield* Children.server("Node floor proxy", process.execPath, [
       Path.join(here, "NodeFloorProxy.ts"),
-      `--listen-port=${floorPort}`,
+      `--listen-port=${port}`,
       `--cert=${serving.certFile}`,
       `--key=${serving.keyFile}`,
       `--upstream=https://127.0.0.1:${backend.port}`,
       `--upstream-ca=${backendTls.certFile}`,
       `--token-file=${proxyTokenFile}`
-    ], { _tag: "Prints", pattern: /listening (\d+)/, port: floorPort })
-    : undefined
+    ], { _tag: "Prints", pattern: /listening (\d+)/, port })
+  })
+  const floor = wanted(paths.floor) ? yield* startFloor() : undefined
   const go = yield* Children.server("Go service proxy", deps.tools, [
     "serviceproxy",
     "-listen", "127.0.0.1:0",
