@@ -18,6 +18,9 @@
  * upgrade socket) and the process alive; the cause goes to the log. Upstream failures are
  * logged with the admission's `upstream` fields, never a path, header value or token.
  *
+ * With `busyPollMicros`, the event loop keeps polling for that long after each request arrives
+ * and each response closes, instead of sleeping ({@link BusyPoll}; off by default).
+ *
  * What is open (requests, client connections, upgrades) is counted here with plain numbers and
  * sets, and read by the proxy's gauges ({@link Metrics.OpenGauges}) at scrape time, so the
  * request path pays no metric update.
@@ -39,6 +42,7 @@ import type * as Metrics from "../observability/Metrics.ts"
 import { type NotReady, notReady } from "../observability/Probes.ts"
 import * as Admission from "./Admission.ts"
 import * as Answers from "./Answers.ts"
+import * as BusyPoll from "./BusyPoll.ts"
 import { Forwarder, type Report } from "./Forwarder.ts"
 
 /** @category models */
@@ -64,6 +68,8 @@ export interface Options {
   readonly handshakeTimeout: number
   /** An idle upstream connection is closed after this long, in milliseconds. */
   readonly idleTimeout: number
+  /** Keep the event loop polling this long after each request and response ({@link BusyPoll}); 0 or absent: never. */
+  readonly busyPollMicros?: number | undefined
 }
 
 /** @category models */
@@ -109,8 +115,6 @@ class Open {
   readonly upgrades = new Set<Duplex>()
   /** Called once the last client socket has closed (shutdown waits on it). */
   onIdle: (() => void) | undefined
-  /** One listener function for every response: no closure per request. */
-  readonly requestClosed = () => void this.requests--
 
   register(gauges: Metrics.OpenGauges, context: Context.Context<never>): void {
     const readOnly = { update: () => {}, modify: () => {} }
@@ -192,6 +196,13 @@ export const serve = Effect.fnUntraced(function*<L>(options: Options, policy: Ad
   const spliced = new Set<Duplex>()
   const open = new Open()
   open.register(options.gauges, yield* Effect.context<never>())
+  const poll = BusyPoll.make(options.busyPollMicros ?? 0)
+  yield* Scope.addFinalizer(scope, Effect.sync(poll.stop))
+  /** One listener function for every response: no closure per request. */
+  const requestClosed = () => {
+    open.requests--
+    poll.touch()
+  }
 
   // The request path reads the clock and logs outside any fiber.
   const clock = yield* Clock.clockWith(Effect.succeed)
@@ -280,7 +291,8 @@ export const serve = Effect.fnUntraced(function*<L>(options: Options, policy: Ad
     // A response closes exactly once on every path: finished, refused, cut, or its socket gone
     // (queued pipelined responses included).
     open.requests++
-    res.on("close", open.requestClosed)
+    poll.touch()
+    res.on("close", requestClosed)
     try {
       handleRequest(req, res, expectsContinue)
     } catch (error) {

@@ -6,7 +6,8 @@
  *
  * @since 0.1.0
  */
-import { type Duration, Result } from "effect"
+import { Duration, Option, Result } from "effect"
+import * as BusyPoll from "../http/BusyPoll.ts"
 import * as ApiserverUrl from "../domain/ApiserverUrl.ts"
 import { fail, type InvalidOptions } from "../domain/InvalidOptions.ts"
 import type * as ListenAddress from "../domain/ListenAddress.ts"
@@ -56,6 +57,8 @@ export interface Input {
   readonly idleConnectionTimeout: Duration.Input
   readonly tlsHandshakeTimeout: Duration.Input
   readonly expectContinueTimeout: Duration.Input
+  /** `--busy-poll`: how long the event loop keeps polling after each request and response; absent or 0: never. */
+  readonly busyPoll?: Duration.Input | undefined
   /** Server tuning and file paths tests override; the defaults suit a pod. */
   readonly tuning?: Partial<Omit<ServiceProxy.Options, "listen" | "certFile" | "keyFile" | "deployment" | "enableImpersonation" | "relay">>
   /** Re-read period of the managed kubeconfig file (file events are picked up at once); default 10 seconds. */
@@ -124,6 +127,10 @@ export const resolve = (given: Input): Result.Result<Options, InvalidOptions> =>
   if (!Number.isInteger(given.serviceRelayPort) || given.serviceRelayPort < 1 || given.serviceRelayPort > 65535) {
     return fail("--service-relay-port must be between 1 and 65535")
   }
+  const busyPoll = Duration.fromInput(given.busyPoll ?? 0)
+  if (Option.isNone(busyPoll) || Duration.toMillis(busyPoll.value) * 1000 > BusyPoll.maxBudgetMicros) {
+    return fail(`--busy-poll must be a duration from 0s to ${BusyPoll.maxBudgetMicros / 1000}ms`)
+  }
   const deployment: ServiceProxyMode.Deployment = managed._tag === "NotHosted"
     ? { _tag: "Direct" }
     : { _tag: "Hosted", mode: mode ?? "Disabled" }
@@ -150,7 +157,8 @@ export const resolve = (given: Input): Result.Result<Options, InvalidOptions> =>
       maxIdleConnections: given.maxIdleConnections,
       idleConnectionTimeout: given.idleConnectionTimeout,
       tlsHandshakeTimeout: given.tlsHandshakeTimeout,
-      expectContinueTimeout: given.expectContinueTimeout
+      expectContinueTimeout: given.expectContinueTimeout,
+      busyPoll: busyPoll.value
     },
     managedKubeconfig: managed,
     hubKubeconfig: blankToUndefined(given.hubKubeconfig),

@@ -91,6 +91,11 @@ export interface Options {
    * `100 Continue` and receives the whole body; the upstream hop carries no `Expect`.
    */
   readonly expectContinueTimeout?: Duration.Input
+  /**
+   * How long the event loop keeps polling after each request and response instead of
+   * sleeping (`--busy-poll`, see `http/BusyPoll`); absent or 0: never.
+   */
+  readonly busyPoll?: Duration.Input | undefined
   /** Upstream connect bound (default 30 seconds). */
   readonly dialTimeout?: Duration.Input
   /** Fail-safe re-read period of the certificate files (default 10 seconds). */
@@ -366,7 +371,8 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
     shutdownTimeout: options.shutdownTimeout ?? Duration.seconds(5),
     dialTimeout: Server.millis(options.dialTimeout, Duration.seconds(30)),
     handshakeTimeout: Server.millis(options.tlsHandshakeTimeout, Duration.seconds(10)),
-    idleTimeout: Server.millis(options.idleConnectionTimeout, Duration.seconds(90))
+    idleTimeout: Server.millis(options.idleConnectionTimeout, Duration.seconds(90)),
+    busyPollMicros: Server.millis(options.busyPoll, 0) * 1000
   }, { admit, record }).pipe(Effect.mapError((error) => new ServiceProxyError({ reason: "Listen", message: error.message })))
   const server = served.server as Https.Server
   const address = served.address

@@ -72,17 +72,20 @@ export interface Deps {
   ) => Effect.Effect<{ readonly result: A; readonly cpuSeconds: number }, E>
 }
 
+/** The busy-polling budget of the `tether-busy-poll` row: the best of 100, 200, 400 and 1000 µs in hand-run rounds at one connection. */
+const busyPoll = "200us"
+
 export const paths = {
   direct: { key: "direct", label: "direct (the TLS backend)" },
   tether: { key: "tether", label: "tether service-proxy" },
   tetherWithoutRuntimeEnv: { key: "tether-no-runtime-env", label: "tether service-proxy, without runtimeEnv (variant)" },
-  tetherPolling: { key: "tether-polling", label: "tether service-proxy, event loop kept polling (diagnostic)" },
+  tetherBusyPoll: { key: "tether-busy-poll", label: `tether service-proxy, --busy-poll=${busyPoll}` },
   floor: { key: "node-floor", label: "Node https + undici, nothing else (floor)" },
   go: { key: "go-tuned", label: "Go ReverseProxy, same work (1024 idle/host)" }
 } satisfies Record<string, Report.Path>
 
-/** Measured unless `--paths` names others; the diagnostic path only when named. */
-const defaultPaths: ReadonlyArray<string> = [paths.direct, paths.tether, paths.tetherWithoutRuntimeEnv, paths.floor, paths.go].map((path) => path.key)
+/** Measured unless `--paths` names others. */
+const defaultPaths: ReadonlyArray<string> = Object.values(paths).map((path) => path.key)
 
 export interface Scenario {
   readonly key: "apiserver" | "relay"
@@ -180,7 +183,7 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
   const measured = deps.paths ?? defaultPaths
   const wanted = (path: Report.Path) => measured.includes(path.key)
   /** A tether service proxy started with `env` on top of the bench's own environment. */
-  const startTether = Effect.fnUntraced(function*(name: string, env: NodeJS.ProcessEnv) {
+  const startTether = Effect.fnUntraced(function*(name: string, env: NodeJS.ProcessEnv, flags: ReadonlyArray<string> = []) {
     const port = yield* Children.freePort
     const probePort = yield* Children.freePort
     const child = yield* Children.server(name, process.execPath, [
@@ -192,16 +195,17 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
       `--health-probe-bind-address=127.0.0.1:${probePort}`,
       `--cert=${serving.certFile}`,
       `--key=${serving.keyFile}`,
-      `--token-review-cache-ttl=${deps.cacheTtl}`
+      `--token-review-cache-ttl=${deps.cacheTtl}`,
+      ...flags
     ], { _tag: "Prints", pattern: /listening (\d+)/, port }, { env: { ...process.env, ...env } })
     return { ...child, port }
   })
   // As it ships (the chart's runtimeEnv), recording its pauses; the variant without it; the
-  // diagnostic whose event loop never waits in epoll (what a wake-up from idle costs).
+  // same with busy polling on (off by default: it trades CPU for the wake-ups from idle).
   const tether = yield* startTether("tether service-proxy", { ...deps.shippedEnv, BENCH_PAUSES: pausesFile })
   const variant = wanted(paths.tetherWithoutRuntimeEnv) ? yield* startTether("tether service-proxy (without runtimeEnv)", {}) : undefined
-  const polling = wanted(paths.tetherPolling)
-    ? yield* startTether("tether service-proxy (polling)", { ...deps.shippedEnv, BENCH_POLL: "1" })
+  const polling = wanted(paths.tetherBusyPoll)
+    ? yield* startTether("tether service-proxy (busy polling)", deps.shippedEnv, [`--busy-poll=${busyPoll}`])
     : undefined
   const startFloor = Effect.fnUntraced(function*() {
     const port = yield* Children.freePort
@@ -236,7 +240,7 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
     { path: paths.direct, port: backend.port, groups: [] },
     { path: paths.tether, port: tether.port, groups: [tether.pid] },
     ...(variant === undefined ? [] : [{ path: paths.tetherWithoutRuntimeEnv, port: variant.port, groups: [variant.pid] }]),
-    ...(polling === undefined ? [] : [{ path: paths.tetherPolling, port: polling.port, groups: [polling.pid] }]),
+    ...(polling === undefined ? [] : [{ path: paths.tetherBusyPoll, port: polling.port, groups: [polling.pid] }]),
     ...(floor === undefined ? [] : [{ path: paths.floor, port: floor.port, groups: [floor.pid] }]),
     { path: paths.go, port: go.port, groups: [go.pid] }
   ]

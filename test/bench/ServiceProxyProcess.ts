@@ -9,7 +9,7 @@
  * ```sh
  * node test/bench/ServiceProxyProcess.ts --kubeconfig=<admin kubeconfig> --managed-kubeconfig=<backend kubeconfig> \
  *   --listen=127.0.0.1:<port> --health-probe-bind-address=127.0.0.1:<port> --cert=<pem> --key=<pem> \
- *   [--token-review-cache-ttl=10s]
+ *   [--token-review-cache-ttl=10s] [--busy-poll=0s]
  * ```
  *
  * Prints `listening <port>` on stdout once it accepts connections.
@@ -18,7 +18,6 @@
  */
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
 import { Console, Effect, Layer } from "effect"
-import * as DiagnosticsChannel from "node:diagnostics_channel"
 import * as Observability from "../../layers/Observability.ts"
 import * as ServiceProxyLayers from "../../layers/ServiceProxy.ts"
 import * as GoDuration from "../../src/domain/GoDuration.ts"
@@ -47,32 +46,17 @@ const required = (name: string): string => {
 }
 
 if (process.env["BENCH_PAUSES"]) Pauses.record(process.env["BENCH_PAUSES"])
-// Diagnostic only (the bench's `tether-polling` path): while requests come (until a second
-// after the last one), an immediate always pending keeps the event loop polling without
-// waiting in epoll, so the process never sleeps between events.
-if (process.env["BENCH_POLL"]) {
-  let lastRequest = 0
-  let polling = false
-  const poll = () => {
-    polling = performance.now() - lastRequest < 1000
-    if (polling) setImmediate(poll)
-  }
-  DiagnosticsChannel.subscribe("http.server.request.start", () => {
-    lastRequest = performance.now()
-    if (!polling) poll()
-  })
-}
-
 const kubeconfig = required("kubeconfig")
 const managedKubeconfig = required("managed-kubeconfig")
 const listen = ListenAddress.parse(required("listen"))
 const probes = ListenAddress.parse(required("health-probe-bind-address"))
 const cacheTtl = GoDuration.parse(flag("token-review-cache-ttl") ?? "10s")
+const busyPoll = GoDuration.parse(flag("busy-poll") ?? "0s")
 const certFile = required("cert")
 const keyFile = required("key")
 
-if (listen._tag === "Failure" || probes._tag === "Failure" || cacheTtl._tag === "Failure") {
-  process.stderr.write("bad --listen, --health-probe-bind-address or --token-review-cache-ttl\n")
+if (listen._tag === "Failure" || probes._tag === "Failure" || cacheTtl._tag === "Failure" || busyPoll._tag === "Failure") {
+  process.stderr.write("bad --listen, --health-probe-bind-address, --token-review-cache-ttl or --busy-poll\n")
   process.exit(2)
 }
 
@@ -88,7 +72,8 @@ const proxy = ServiceProxyLayers.layerNoDeps({
   enableImpersonation: true,
   relay: { namespace: "open-cluster-management-agent-addon", name: "cluster-proxy-service-relay", port: 7444 },
   additionalServiceCa: undefined,
-  serviceAccountCa: ""
+  serviceAccountCa: "",
+  busyPoll: busyPoll.success
 }).pipe(
   Layer.provide(chain),
   Layer.provideMerge(ManagedCredentials.layer({ source: { _tag: "Kubeconfig", path: managedKubeconfig }, userAgent: "tether-bench" })),

@@ -53,10 +53,12 @@ describe("bench Report targets", () => {
           row("tether", 1, 2_000, 2000),
           row("tether-no-runtime-env", 1, 4_000, 1000),
           row("node-floor", 1, 8_000, 500),
+          row("tether-busy-poll", 1, 3_000, 2200),
           row("go-tuned", 1, 2_500, 2000)
         ]
       }]
     })
-    expect(rendered).toContain("Service proxy, kube-apiserver request: req/s ≥ the Go proxy with p99 ≤ 1.2× of it: c=1: 0.80× req/s, 1.00× p99 (**not met**).")
+    expect(rendered).toContain("- Service proxy, kube-apiserver request: req/s ≥ the Go proxy with p99 ≤ 1.2× of it: c=1: 0.80× req/s, 1.00× p99 (**not met**).")
+    expect(rendered).toContain("- Service proxy with busy polling, kube-apiserver request: req/s ≥ the Go proxy with p99 ≤ 1.2× of it: c=1: 1.20× req/s, 1.10× p99 (met).")
   })
 })

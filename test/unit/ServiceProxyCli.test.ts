@@ -33,7 +33,8 @@ const given = {
   maxIdleConns: 100,
   idleConnTimeout: Duration.seconds(90),
   tlsHandshakeTimeout: Duration.seconds(10),
-  expectContinueTimeout: Duration.seconds(1)
+  expectContinueTimeout: Duration.seconds(1),
+  busyPoll: Duration.zero
 }
 
 describe("tether service-proxy", () => {
@@ -47,7 +48,7 @@ describe("tether service-proxy", () => {
       "--service-relay-name", 'default "cluster-proxy-service-relay"', "--service-relay-port", "default 7444",
       "--listen", 'default ":7443"', "--health-probe-bind-address", 'default ":8000"',
       "--max-idle-conns", "default 100", "--idle-conn-timeout", "default 90s", "--tls-handshake-timeout",
-      "--token-review-error-pattern", 'default "invalid bearer token"'
+      "--token-review-error-pattern", 'default "invalid bearer token"', "--busy-poll", "default 0s"
     ]) {
       assert.include(help.stdout, expected)
     }
@@ -60,6 +61,7 @@ describe("tether service-proxy", () => {
     { name: "Relay without POD_NAMESPACE", args: ["--cert=c", "--key=k", "--managed-kubeconfig=/m", "--hosted-service-proxy-mode=Relay"], expected: "POD_NAMESPACE must name the add-on namespace in Relay mode" },
     { name: "a bad relay name", args: ["--cert=c", "--key=k", "--managed-kubeconfig=/m", "--hosted-service-proxy-mode=Relay", "--service-relay-name=Relay_1"], env: { POD_NAMESPACE: "addon" }, expected: "is not a valid Service name" },
     { name: "a bad duration", args: ["--cert=c", "--key=k", "--token-review-cache-ttl=1d"], expected: 'invalid duration "1d"' },
+    { name: "a busy-poll budget above 10ms", args: ["--cert=c", "--key=k", "--busy-poll=20ms"], expected: "--busy-poll must be a duration from 0s to 10ms" },
     { name: "an unreadable managed kubeconfig", args: ["--cert=/nonexistent/tls.crt", "--key=/nonexistent/tls.key", "--health-probe-bind-address=127.0.0.1:0", "--listen=127.0.0.1:0", "--managed-kubeconfig=/nonexistent/kubeconfig"], expected: "cannot read the managed kubeconfig /nonexistent/kubeconfig" }
   ])("exits non-zero on $name, saying what is wrong", ({ args, env, expected }) => {
     const run = tether(["service-proxy", ...args], env)
@@ -74,6 +76,9 @@ describe("tether service-proxy", () => {
     assert.deepStrictEqual(direct.managedKubeconfig, { _tag: "NotHosted" })
     assert.deepStrictEqual(direct.proxy.deployment, { _tag: "Direct" })
     assert.deepStrictEqual(direct.tokenReviewErrorPatterns, ["invalid bearer token"])
+    assert.deepStrictEqual(direct.proxy.busyPoll, Duration.zero, "no polling unless asked for")
+    const polling = Result.getOrThrow(ServiceProxyCommand.resolve({ ...given, busyPoll: Duration.micros(200n) }, {}))
+    assert.deepStrictEqual(polling.proxy.busyPoll, Duration.micros(200n))
 
     const hosted = Result.getOrThrow(ServiceProxyCommand.resolve({ ...given, managedKubeconfig: " /etc/managed/kubeconfig " }, {}))
     assert.deepStrictEqual(hosted.managedKubeconfig, { _tag: "File", path: "/etc/managed/kubeconfig" })
