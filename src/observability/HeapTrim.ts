@@ -11,6 +11,12 @@
  * collection shrinks it back. V8's own memory reducer does not do this for a process that is
  * merely idle.
  *
+ * The period is minutes, not seconds: traffic that comes back after a trim finds a small young
+ * generation, and until V8 has grown it again its objects are copied and promoted, which brings
+ * full collections. With a 15 s period, a burst of 32 connections after 20 s of idleness had a
+ * p99 of 20-29 ms against 12-14 ms without the trim (hand-run rounds, README, Benchmarks).
+ * Shenandoah gives memory back after five idle minutes for the same reason.
+ *
  * The collection is V8's `gc` function, obtained once by turning `--expose-gc` on for the
  * creation of one context and off again ({@link collector}): the flags' hash, which V8's code
  * cache is checked against, is the same before and after.
@@ -33,7 +39,7 @@ export interface Options {
 }
 
 /** @category models */
-export const defaults: Options = { period: Duration.seconds(15), idleBelow: 0.02, floorBytes: 2 * 1024 * 1024 }
+export const defaults: Options = { period: Duration.minutes(5), idleBelow: 0.02, floorBytes: 2 * 1024 * 1024 }
 
 /** What one look at the process sees. @category models */
 export interface Sample {
