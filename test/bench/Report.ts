@@ -71,9 +71,19 @@ export interface Report {
     readonly rows: ReadonlyArray<HttpResult>
     readonly pauses: ReadonlyArray<{ readonly conns: number; readonly summary: Pauses.Summary }>
   }>
+  /** The service proxy's CPU at paced rates on one connection (kube-apiserver request). */
+  readonly serviceProxyPaced?: ReadonlyArray<Paced>
   /** One list per round. */
   readonly footprint?: ReadonlyArray<ReadonlyArray<Footprint.Measured>>
   readonly notes: ReadonlyArray<string>
+}
+
+/** A proxy's CPU at a paced request rate on one keep-alive connection (medians over rounds). */
+export interface Paced {
+  readonly path: Path
+  readonly rate: number
+  readonly perSecond: number
+  readonly cpuMsPerSecond: number
 }
 
 /** Latency samples as distinct values (µs) with their counts, as wrk's script API gives them. */
@@ -341,6 +351,7 @@ export const render = (report: Report): string => {
       parts.push(httpSection(rows))
       if (pauses.length > 0) parts.push(pausesSection(pauses))
     }
+    if (report.serviceProxyPaced !== undefined && report.serviceProxyPaced.length > 0) parts.push(pacedSection(report.serviceProxyPaced))
   }
   if (report.footprint !== undefined && report.footprint.length > 0) {
     parts.push("## Footprint: each process against the bare Node floor")
@@ -348,6 +359,31 @@ export const render = (report: Report): string => {
   }
   if (report.notes.length > 0) parts.push(["## Notes", "", ...report.notes.map((note) => `- ${note}`)].join("\n"))
   return `${parts.join("\n\n")}\n`
+}
+
+/** Proxy CPU at paced rates, with each path's ratio to tether as shipped. */
+const pacedSection = (rows: ReadonlyArray<Paced>): string => {
+  const rates = [...new Set(rows.map((row) => row.rate))]
+  const paths = [...new Map(rows.map((row) => [row.path.key, row.path])).values()]
+  const find = (key: string, rate: number) => rows.find((row) => row.path.key === key && row.rate === rate)
+  return [
+    "### CPU at paced rates (kube-apiserver request, one keep-alive connection, a request every 1/rate s for 5 s)",
+    "",
+    "Proxy CPU in milliseconds per second of wall time (answers per second achieved); ÷ tether: against tether as shipped.",
+    "",
+    `| path | ${rates.map((rate) => `${rate} req/s`).join(" | ")} | ${rates.map((rate) => `÷ tether at ${rate}`).join(" | ")} |`,
+    `|---|${rates.map(() => "---:").join("|")}|${rates.map(() => "---:").join("|")}|`,
+    ...paths.map((path) =>
+      `| ${path.label} | ${rates.map((rate) => {
+        const row = find(path.key, rate)
+        return row === undefined ? "–" : `${row.cpuMsPerSecond.toFixed(0)} ms/s (${row.perSecond.toFixed(0)})`
+      }).join(" | ")} | ${rates.map((rate) => {
+        const row = find(path.key, rate)
+        const tether = find(tetherKey, rate)
+        return row === undefined || tether === undefined ? "–" : ratio(row.cpuMsPerSecond / tether.cpuMsPerSecond)
+      }).join(" | ")} |`
+    )
+  ].join("\n")
 }
 
 /** tether's garbage collections and event-loop delay during its measured runs (test/bench/Pauses.ts). */

@@ -22,7 +22,7 @@ import * as Apiserver from "../../src/testing/Apiserver.ts"
 import { selfSigned } from "../support/local.ts"
 import * as Children from "./Children.ts"
 import * as Pauses from "./Pauses.ts"
-import type * as Report from "./Report.ts"
+import * as Report from "./Report.ts"
 
 const here = Path.dirname(fileURLToPath(import.meta.url))
 
@@ -132,6 +132,48 @@ const probe = (port: number, headers: Record<string, string>) =>
     return Effect.sync(() => req.destroy())
   })
 
+/** The paced runs: one keep-alive connection, a request every 1/rate s, for what an idle-ish proxy costs. */
+export const pacedRates: ReadonlyArray<number> = [50, 200, 1000]
+const pacedSeconds = 5
+
+/** One paced run against `port`: the answers counted and the wall time it took (including the last answers). */
+const paced = (port: number, rate: number, headers: Record<string, string>) =>
+  Effect.callback<{ readonly answered: number; readonly seconds: number }, Children.BenchError>((resume) => {
+    const agent = new Https.Agent({ keepAlive: true, maxSockets: 1 })
+    const started = performance.now()
+    let answered = 0
+    let failure: Error | undefined
+    const send = () => {
+      const req = Https.get({ host: "127.0.0.1", port, path: "/", headers, agent, rejectUnauthorized: false }, (res) => {
+        res.resume()
+        res.on("end", () => void answered++)
+      })
+      req.on("error", (error) => void (failure ??= error))
+    }
+    const ticker = setInterval(send, 1000 / rate)
+    let drain: NodeJS.Timeout | undefined
+    const stop = setTimeout(() => {
+      clearInterval(ticker)
+      drain = setTimeout(() => {
+        agent.destroy()
+        resume(
+          failure === undefined
+            ? Effect.succeed({ answered, seconds: (performance.now() - started) / 1000 })
+            : Effect.fail(new Children.BenchError({ message: `paced requests to port ${port} failed: ${failure.message}` }))
+        )
+      }, 200)
+    }, pacedSeconds * 1000)
+    return Effect.sync(() => {
+      clearInterval(ticker)
+      clearTimeout(stop)
+      clearTimeout(drain)
+      agent.destroy()
+    })
+  })
+
+/** CPU a proxy spent while serving paced requests (medians over rounds). */
+export type Paced = Report.Paced
+
 /**
  * Start the apiserver, backend and both proxies, check every path answers, then measure.
  * Lives as long as the current scope.
@@ -204,8 +246,12 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
   // same with busy polling on (off by default: it trades CPU for the wake-ups from idle).
   const tether = yield* startTether("tether service-proxy", { ...deps.shippedEnv, BENCH_PAUSES: pausesFile })
   const variant = wanted(paths.tetherWithoutRuntimeEnv) ? yield* startTether("tether service-proxy (without runtimeEnv)", {}) : undefined
+  // It records its pauses too (to a file nobody reads), so that the recorder's timer costs both
+  // the same in the rows and paced runs that compare them.
   const polling = wanted(paths.tetherBusyPoll)
-    ? yield* startTether("tether service-proxy (busy polling)", deps.shippedEnv, [`--busy-poll=${busyPoll}`])
+    ? yield* startTether("tether service-proxy (busy polling)", { ...deps.shippedEnv, BENCH_PAUSES: Path.join(dir, "busy-poll-pauses.jsonl") }, [
+      `--busy-poll=${busyPoll}`
+    ])
     : undefined
   const startFloor = Effect.fnUntraced(function*() {
     const port = yield* Children.freePort
@@ -314,6 +360,33 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
       }
     }
   }
+  // What the proxies cost at paced rates on one connection (the kube-apiserver request): where
+  // busy polling spends CPU that the wrk runs, never idle, do not show.
+  const pacedPaths = endpoints.filter((endpoint) => endpoint.path === paths.tether || endpoint.path === paths.tetherBusyPoll || endpoint.path === paths.go)
+  const pacedRuns = new Map<string, Array<{ readonly perSecond: number; readonly cpuMsPerSecond: number }>>()
+  const headers = { ...routing("apiserver"), authorization: `Bearer ${callerToken}` }
+  for (let round = 1; round <= deps.rounds; round++) {
+    for (const endpoint of pacedPaths) {
+      for (const rate of pacedRates) {
+        const { cpuSeconds, result } = yield* deps.measure(endpoint, paced(endpoint.port, rate, headers))
+        const run = { perSecond: result.answered / result.seconds, cpuMsPerSecond: (cpuSeconds * 1000) / result.seconds }
+        const key = `${endpoint.path.key}/${rate}`
+        pacedRuns.set(key, [...(pacedRuns.get(key) ?? []), run])
+        yield* say(`  round ${round} paced ${endpoint.path.label} ${rate}/s: ${run.perSecond.toFixed(0)} answers/s, proxy CPU ${run.cpuMsPerSecond.toFixed(0)} ms/s`)
+      }
+    }
+  }
+  const pacedRows: ReadonlyArray<Paced> = pacedPaths.flatMap((endpoint) =>
+    pacedRates.map((rate) => {
+      const runs = pacedRuns.get(`${endpoint.path.key}/${rate}`) ?? []
+      return {
+        path: endpoint.path,
+        rate,
+        perSecond: Report.median(runs.map((run) => run.perSecond)),
+        cpuMsPerSecond: Report.median(runs.map((run) => run.cpuMsPerSecond))
+      }
+    })
+  )
   const pauses = new Map(scenarios.map((scenario) => [
     scenario.key,
     deps.conns.flatMap((conns) => {
@@ -321,7 +394,7 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
       return summary === undefined ? [] : [{ conns, summary }]
     })
   ]))
-  return { results, endpoints, pauses }
+  return { results, endpoints, pauses, paced: pacedRows }
 })
 
 /** Pool the runs of each path and connection count into report rows. */

@@ -606,7 +606,7 @@ const summarize = (runs: ReadonlyArray<ServiceProxyBench.WrkRun & { readonly cpu
 
 const serviceProxyBench = (work: string, tools: string) =>
   Effect.gen(function*() {
-    const { endpoints, pauses, results } = yield* ServiceProxyBench.run({
+    const { endpoints, paced, pauses, results } = yield* ServiceProxyBench.run({
       work,
       tools,
       rounds,
@@ -622,7 +622,7 @@ const serviceProxyBench = (work: string, tools: string) =>
       wrk: (port, conns, duration, env, scheme) => wrk(port, conns, duration, env, scheme),
       measure
     })
-    return ServiceProxyBench.rows(results, endpoints, httpConns, summarize, pauses)
+    return { rows: ServiceProxyBench.rows(results, endpoints, httpConns, summarize, pauses), paced }
   })
 
 const httpBench = Effect.fn("bench.http")(function*(work: string, tools: string) {
@@ -776,7 +776,7 @@ const main = Effect.gen(function*() {
     }
   }
 
-  let serviceProxy: ReadonlyArray<ServiceProxyBench.Rows> | undefined
+  let serviceProxy: { readonly rows: ReadonlyArray<ServiceProxyBench.Rows>; readonly paced: ReadonlyArray<ServiceProxyBench.Paced> } | undefined
   if (only === undefined || only === "http" || only === "service-proxy") {
     if (EnvtestAssets.resolveSync() === undefined) {
       yield* say("service proxy: skipped, no kube-apiserver assets (run `npm run envtest` first)")
@@ -833,7 +833,7 @@ const main = Effect.gen(function*() {
     ],
     ...(tcp === undefined ? {} : { tcp }),
     ...(http === undefined ? {} : { http }),
-    ...(serviceProxy === undefined ? {} : { serviceProxy }),
+    ...(serviceProxy === undefined ? {} : { serviceProxy: serviceProxy.rows, serviceProxyPaced: serviceProxy.paced }),
     ...(footprint === undefined ? {} : { footprint }),
     notes: [
       ...(tcp === undefined && http === undefined ? [] : [

@@ -61,4 +61,25 @@ describe("bench Report targets", () => {
     expect(rendered).toContain("- Service proxy, kube-apiserver request: req/s ≥ the Go proxy with p99 ≤ 1.2× of it: c=1: 0.80× req/s, 1.00× p99 (**not met**).")
     expect(rendered).toContain("- Service proxy with busy polling, kube-apiserver request: req/s ≥ the Go proxy with p99 ≤ 1.2× of it: c=1: 1.20× req/s, 1.10× p99 (met).")
   })
+  it("shows the paced rows' CPU against tether as shipped, at each rate", () => {
+    const paced = (key: string, rate: number, cpuMsPerSecond: number): Report.Paced => ({
+      path: { key, label: key },
+      rate,
+      perSecond: rate * 0.98,
+      cpuMsPerSecond
+    })
+    const rendered = Report.render({
+      date: "2026-12-07",
+      command: "npm run bench",
+      machine: [],
+      settings: [],
+      quick: false,
+      notes: [],
+      serviceProxy: [],
+      serviceProxyPaced: [paced("tether", 50, 40), paced("tether", 200, 100), paced("tether-busy-poll", 50, 60), paced("tether-busy-poll", 200, 150)]
+    })
+    expect(rendered).toContain("| path | 50 req/s | 200 req/s | ÷ tether at 50 | ÷ tether at 200 |")
+    expect(rendered).toContain("| tether | 40 ms/s (49) | 100 ms/s (196) | 1.00× | 1.00× |")
+    expect(rendered).toContain("| tether-busy-poll | 60 ms/s (49) | 150 ms/s (196) | 1.50× | 1.50× |")
+  })
 })
