@@ -27,6 +27,9 @@ describe("bench Report histograms", () => {
 })
 
 describe("bench Report targets", () => {
+  /** A report with only the service proxy's parts. */
+  const render = (parts: Pick<Report.Report, "serviceProxy" | "serviceProxyPaced">) =>
+    Report.render({ date: "2026-12-07", command: "npm run bench", machine: [], settings: [], quick: false, notes: [], ...parts })
   const row = (key: string, conns: number, perSecond: number, p99us: number): Report.HttpResult => ({
     path: { key, label: key },
     conns,
@@ -38,13 +41,7 @@ describe("bench Report targets", () => {
   })
 
   it("the service proxy is held against the Go proxy's row, not against a variant or the floor listed first", () => {
-    const rendered = Report.render({
-      date: "2026-12-07",
-      command: "npm run bench",
-      machine: [],
-      settings: [],
-      quick: false,
-      notes: [],
+    const rendered = render({
       serviceProxy: [{
         scenario: { label: "kube-apiserver request" },
         pauses: [],
@@ -68,13 +65,7 @@ describe("bench Report targets", () => {
       perSecond: rate * 0.98,
       cpuMsPerSecond
     })
-    const rendered = Report.render({
-      date: "2026-12-07",
-      command: "npm run bench",
-      machine: [],
-      settings: [],
-      quick: false,
-      notes: [],
+    const rendered = render({
       serviceProxy: [],
       serviceProxyPaced: [paced("tether", 50, 40), paced("tether", 200, 100), paced("tether-busy-poll", 50, 60), paced("tether-busy-poll", 200, 150)]
     })
