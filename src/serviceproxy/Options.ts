@@ -2,17 +2,18 @@
  * The service proxy's options, checked once, whether `tether service-proxy` or `tether
  * hosted-agent` runs it: the serving certificate, the hosted mode and the rule that Relay mode
  * needs a managed kubeconfig (and the add-on namespace the relay Service lives in), the relay
- * Service's address, and the TokenReview patterns' default. Pure.
+ * Service's address, the TokenReview patterns' default, and the busy-polling budget (at most
+ * 10ms). Pure.
  *
  * @since 0.1.0
  */
 import { Duration, Option, Result } from "effect"
-import * as BusyPoll from "../http/BusyPoll.ts"
 import * as ApiserverUrl from "../domain/ApiserverUrl.ts"
 import { fail, type InvalidOptions } from "../domain/InvalidOptions.ts"
 import type * as ListenAddress from "../domain/ListenAddress.ts"
 import * as ServiceProxyMode from "../domain/ServiceProxyMode.ts"
 import * as TokenReview from "../domain/TokenReview.ts"
+import * as BusyPoll from "../http/BusyPoll.ts"
 import type * as ServiceProxy from "./ServiceProxy.ts"
 
 /**

@@ -8,6 +8,9 @@
  * - a Service request in Relay mode: sent to the relay Service's `services/proxy` path with the
  *   client's credential moved to `Cluster-Proxy-Authorization` and the proxy's token set.
  *
+ * Then, on one keep-alive connection at 50, 200 and 1,000 requests a second, the CPU that tether,
+ * tether with busy polling and Go spend (what polling costs where wrk's runs never let a proxy idle).
+ *
  * The driver (test/bench/main.ts) hands over its load generator and measurement helpers.
  *
  * @since 0.1.0
@@ -133,7 +136,7 @@ const probe = (port: number, headers: Record<string, string>) =>
   })
 
 /** The paced runs: one keep-alive connection, a request every 1/rate s, for what an idle-ish proxy costs. */
-export const pacedRates: ReadonlyArray<number> = [50, 200, 1000]
+const pacedRates: ReadonlyArray<number> = [50, 200, 1000]
 const pacedSeconds = 5
 
 /** One paced run against `port`: the answers counted and the wall time it took (including the last answers). */
@@ -170,9 +173,6 @@ const paced = (port: number, rate: number, headers: Record<string, string>) =>
       agent.destroy()
     })
   })
-
-/** CPU a proxy spent while serving paced requests (medians over rounds). */
-export type Paced = Report.Paced
 
 /**
  * Start the apiserver, backend and both proxies, check every path answers, then measure.
@@ -376,7 +376,7 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
       }
     }
   }
-  const pacedRows: ReadonlyArray<Paced> = pacedPaths.flatMap((endpoint) =>
+  const pacedRows: ReadonlyArray<Report.Paced> = pacedPaths.flatMap((endpoint) =>
     pacedRates.map((rate) => {
       const runs = pacedRuns.get(`${endpoint.path.key}/${rate}`) ?? []
       return {

@@ -776,7 +776,7 @@ const main = Effect.gen(function*() {
     }
   }
 
-  let serviceProxy: { readonly rows: ReadonlyArray<ServiceProxyBench.Rows>; readonly paced: ReadonlyArray<ServiceProxyBench.Paced> } | undefined
+  let serviceProxy: { readonly rows: ReadonlyArray<ServiceProxyBench.Rows>; readonly paced: ReadonlyArray<Report.Paced> } | undefined
   if (only === undefined || only === "http" || only === "service-proxy") {
     if (EnvtestAssets.resolveSync() === undefined) {
       yield* say("service proxy: skipped, no kube-apiserver assets (run `npm run envtest` first)")
