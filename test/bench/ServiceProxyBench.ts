@@ -76,7 +76,7 @@ export interface Deps {
 }
 
 /** The busy-polling budget of the `tether-busy-poll` row: the best of 100, 200, 400 and 1000 µs in hand-run rounds at one connection. */
-const busyPoll = "200us"
+export const busyPoll = "200us"
 
 export const paths = {
   direct: { key: "direct", label: "direct (the TLS backend)" },

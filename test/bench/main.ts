@@ -826,7 +826,7 @@ const main = Effect.gen(function*() {
       "service proxy: test/bench/ServiceProxyProcess.ts, the layers of `tether service-proxy` in hosted Relay mode (TLS, " +
         `TokenReview chain with a ${cacheTtl} cache against a real kube-apiserver, impersonation, metrics, probes, JSON logs), ` +
         `started with the chart's runtimeEnv (${Object.entries(Footprint.shippedEnv(repo)).map(([name, value]) => `${name}=${value}`).join(" ")}) ` +
-        "as it ships, without it (a variant), and as it ships with `--busy-poll=200us` (off by default); the floor is test/bench/NodeFloorProxy.ts (node:https and an undici Pool, " +
+        `as it ships, without it (a variant), and as it ships with \`--busy-poll=${ServiceProxyBench.busyPoll}\` (off by default); the floor is test/bench/NodeFloorProxy.ts (node:https and an undici Pool, ` +
         "no admission, metrics or logs); the Go peer is tools.go `serviceproxy` (httputil.ReverseProxy, the same TokenReview with a map cache, the same " +
         "impersonation and relay headers, HTTP/1.1 upstream, 1024 idle connections per host); both in front of the Go TLS " +
         `backend (${bodyBytes} B body) standing in for the managed kube-apiserver; wrk over TLS with keep-alive`
