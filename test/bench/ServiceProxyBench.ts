@@ -334,10 +334,14 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
 
   const results = new Map<string, Array<WrkRun & { readonly cpuUs: number }>>()
   const tetherRuns = new Map<string, Array<readonly [number, number]>>()
+  // Every path's run of a row comes next to the others', in turns that reverse each round: this
+  // machine's speed drifts over minutes (the same proxy's CPU per request by up to 2×), and a
+  // ratio of runs made minutes apart measured the drift as much as the proxies.
+  const inTurn = <A>(round: number, items: ReadonlyArray<A>): ReadonlyArray<A> => (round % 2 === 1 ? items : [...items].reverse())
   for (let round = 1; round <= deps.rounds; round++) {
     for (const scenario of scenarios) {
-      for (const endpoint of endpoints) {
-        for (const conns of deps.conns) {
+      for (const conns of deps.conns) {
+        for (const endpoint of inTurn(round, endpoints)) {
           const started = Date.now()
           const { cpuSeconds, result } = yield* deps.measure(
             endpoint,
@@ -366,8 +370,8 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
   const pacedRuns = new Map<string, Array<{ readonly perSecond: number; readonly cpuMsPerSecond: number }>>()
   const headers = { ...routing("apiserver"), authorization: `Bearer ${callerToken}` }
   for (let round = 1; round <= deps.rounds; round++) {
-    for (const endpoint of pacedPaths) {
-      for (const rate of pacedRates) {
+    for (const rate of pacedRates) {
+      for (const endpoint of inTurn(round, pacedPaths)) {
         const { cpuSeconds, result } = yield* deps.measure(endpoint, paced(endpoint.port, rate, headers))
         const run = { perSecond: result.answered / result.seconds, cpuMsPerSecond: (cpuSeconds * 1000) / result.seconds }
         const key = `${endpoint.path.key}/${rate}`

@@ -17,7 +17,9 @@
  *   128 connections ({@link ServiceProxyBench}).
  *
  * Paths are measured in rounds (each round visits every path), and each figure is the median
- * over rounds, so slow drift of a shared machine lands on every path alike. Every process binds
+ * over rounds, so slow drift of a shared machine lands on every path alike. The service proxy's
+ * paths take turns within each row (request and connection count), in an order reversed every
+ * round. Every process binds
  * to 127.0.0.1, every load run is bounded in count and time, and every child process is stopped
  * when the run ends, also on failure or Ctrl-C.
  *
@@ -807,7 +809,7 @@ const main = Effect.gen(function*() {
     settings: [
       only === "footprint"
         ? `${footprintRounds} footprint round(s); each figure is the median over rounds`
-        : `${rounds} round(s) (footprint: ${footprintRounds}); each figure is the median over rounds (every round visits every path in turn), except HTTP ` +
+        : `${rounds} round(s) (footprint: ${footprintRounds}); each figure is the median over rounds (every round visits every path in turn; the service proxy's paths run one after another for each row, in an order reversed every round), except HTTP ` +
           "p50 and p99, which are over the requests of all rounds together",
       `TCP throughput: \`iperf3 -c 127.0.0.1 -p <port> -t ${seconds.iperf} -O 1\` and the same with \`-R\` (server to client); one stream, first second omitted, to \`iperf3 -s\``,
       `TCP round trip: test/bench/tools.go \`rtt\`: ${bodyBytes} B written and read back, one in flight per connection, ` +
