@@ -335,8 +335,8 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
   const results = new Map<string, Array<WrkRun & { readonly cpuUs: number }>>()
   const tetherRuns = new Map<string, Array<readonly [number, number]>>()
   // Every path's run of a row comes next to the others', in turns that reverse each round: this
-  // machine's speed drifts over minutes (the same proxy's CPU per request by up to 2×), and a
-  // ratio of runs made minutes apart measured the drift as much as the proxies.
+  // machine's speed drifts over minutes (the Go proxy's CPU per request by 1.6× within one run),
+  // and a ratio of runs made minutes apart measured the drift as much as the proxies.
   const inTurn = <A>(round: number, items: ReadonlyArray<A>): ReadonlyArray<A> => (round % 2 === 1 ? items : [...items].reverse())
   for (let round = 1; round <= deps.rounds; round++) {
     for (const scenario of scenarios) {

@@ -19,9 +19,8 @@
  * Paths are measured in rounds (each round visits every path), and each figure is the median
  * over rounds, so slow drift of a shared machine lands on every path alike. The service proxy's
  * paths take turns within each row (request and connection count), in an order reversed every
- * round. Every process binds
- * to 127.0.0.1, every load run is bounded in count and time, and every child process is stopped
- * when the run ends, also on failure or Ctrl-C.
+ * round. Every process binds to 127.0.0.1, every load run is bounded in count and time, and
+ * every child process is stopped when the run ends, also on failure or Ctrl-C.
  *
  * Missing tools are installed from Debian (`apt-get install socat haproxy iperf3 wrk
  * nginx-light golang-go`); nothing else is downloaded. The load tools (echo server, round-trip
