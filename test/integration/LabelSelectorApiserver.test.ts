@@ -84,7 +84,10 @@ describe.skipIf(noApiserver)("label selectors: tether's parser agrees with kube-
   it.live("accepted and refused alike, and read alike", () =>
     Effect.gen(function*() {
       const core = Apiserver.kubeConfig(server).makeApiClient(CoreV1Api)
-      const namespace = "default"
+      // Its own namespace: `default` is created by the apiserver's controller some time after
+      // it answers, and a create into it could meet a 404 (seen once in CI).
+      const namespace = "selectors"
+      yield* Apiserver.createNamespace(server, namespace)
       yield* Effect.forEach(labelSets, (labels, i) =>
         Effect.promise(() => core.createNamespacedSecret({ namespace, body: { metadata: { name: `s${i}`, labels } } })), { discard: true })
       /** The names the apiserver lists for `selector`, or "refused" (400). */
