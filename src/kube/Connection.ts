@@ -19,7 +19,9 @@
  */
 import { Effect, Redacted } from "effect"
 import * as Fs from "node:fs/promises"
+import type * as Https from "node:https"
 import * as Net from "node:net"
+import type * as NodeTls from "node:tls"
 import { Agent, type Dispatcher, ProxyAgent } from "undici"
 import * as Kubeconfig from "../domain/Kubeconfig.ts"
 import * as KubeError from "./KubeError.ts"
@@ -40,9 +42,9 @@ export interface Connection {
 
 /** TLS settings of one dispatcher. */
 interface Tls {
-  readonly ca?: string
-  readonly cert?: string
-  readonly key?: string
+  readonly ca?: Exclude<NodeTls.ConnectionOptions["ca"], undefined>
+  readonly cert?: Exclude<NodeTls.ConnectionOptions["cert"], undefined>
+  readonly key?: Exclude<NodeTls.ConnectionOptions["key"], undefined>
   readonly servername?: string
   readonly rejectUnauthorized: boolean
 }
@@ -50,13 +52,22 @@ interface Tls {
 // client-go's keep-alive probe interval; undici's 60 s default can race a load balancer's idle timeout.
 const keepAlive = { keepAlive: true, keepAliveInitialDelay: 30_000 } as const
 
+/**
+ * HTTP/1.1 only, as client-node's own transport: undici 8 negotiates HTTP/2 where the server
+ * offers it (the kube-apiserver does), and its HTTP/2 client can still emit an error on a stream
+ * or session nobody listens to (a CI run of the hosting apiserver going away ended in an uncaught
+ * "socket idle timeout" from its idle-session reaper), which would take the whole agent down.
+ * Over HTTP/1.1 each watch holds its own connection: a few per apiserver.
+ */
+const http1 = { allowH2: false } as const
+
 /** How often a token file is read again (client-go's cachingTokenSource). */
 const tokenFileRefreshMs = 60_000
 
 const newDispatcher = (proxyUrl: string | undefined, tls: Tls): Dispatcher =>
   proxyUrl === undefined
-    ? new Agent({ connect: { ...tls, ...keepAlive } })
-    : new ProxyAgent({ uri: proxyUrl, requestTls: tls, connect: keepAlive })
+    ? new Agent({ ...http1, connect: { ...tls, ...keepAlive } })
+    : new ProxyAgent({ ...http1, uri: proxyUrl, requestTls: tls, connect: keepAlive })
 
 /**
  * A plain `http://` server sends credentials in the clear: as client-node does, only with
@@ -169,9 +180,28 @@ const delegated = async (path: string): Promise<Connection> => {
     await kubeConfig.applySecurityAuthentication(context)
     return context
   }
+  // client-node's TLS settings in tether's dispatcher (HTTP/1.1); its SOCKS connector offers no
+  // ALPN, so it speaks HTTP/1.1 already, and is kept.
+  const dispatcher = async (): Promise<Dispatcher> => {
+    const proxyUrl = kubeConfig.getCurrentCluster()?.proxyUrl
+    if (proxyUrl?.startsWith("socks") === true) {
+      const socks = (await applied()).getDispatcher()
+      if (socks === undefined) throw new Error(`no dispatcher for the SOCKS proxy ${proxyUrl}`)
+      return socks
+    }
+    const applies: Https.RequestOptions = {}
+    await kubeConfig.applyToHTTPSOptions(applies)
+    return newDispatcher(proxyUrl, {
+      rejectUnauthorized: applies.rejectUnauthorized !== false,
+      ...(applies.ca === undefined ? {} : { ca: applies.ca }),
+      ...(applies.cert === undefined ? {} : { cert: applies.cert }),
+      ...(applies.key === undefined ? {} : { key: applies.key }),
+      ...(applies.servername === undefined ? {} : { servername: applies.servername })
+    })
+  }
   return {
     server,
-    dispatcher: async () => (await applied()).getDispatcher() ?? new Agent({ connect: keepAlive }),
+    dispatcher,
     authenticate: async (headers) => {
       for (const [name, value] of Object.entries((await applied()).getHeaders())) headers[name.toLowerCase()] = value
     }

@@ -13,8 +13,7 @@
  * entry that expired or a proxy that froze) is caught by a deadline: each watch asks the server
  * to end it after a short, jittered `timeoutSeconds`, so a live watch always ends by itself; one
  * still open `stallGrace` past that is presumed dead, reported {@link Broken} and re-listed. An
- * HTTP/1.1 stream has no ping, and client-node's HTTP/2 client sends none, so the server's own
- * timeout is the heartbeat. Lists get a deadline too, so a frozen connection cannot hold the
+ * HTTP/1.1 stream has no ping, so the server's own timeout is the heartbeat. Lists get a deadline too, so a frozen connection cannot hold the
  * stream forever, and on either the transport drops its connections, so that the re-list does
  * not go down the same frozen connection.
  *
@@ -64,8 +63,8 @@ export interface Transport<A> {
   /** Names the watch in the error of a stalled one (default: cluster "kubernetes", "watch"). */
   readonly describe?: { readonly cluster: string; readonly operation: string }
   /**
-   * Close the client's connections, run when a list or watch is presumed stalled: requests share
-   * connections (HTTP/2), and a new request on a frozen one would stall as well.
+   * Close the client's connections, run when a list or watch is presumed stalled: requests reuse
+   * kept-alive connections, and a new request on one that froze would stall as well.
    */
   readonly dropConnections?: Effect.Effect<void>
 }

@@ -9,6 +9,7 @@
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { Effect, Exit, Redacted, Result, Scope } from "effect"
 import * as Fs from "node:fs"
+import * as Http2 from "node:http2"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import * as Kubeconfig from "../../src/domain/Kubeconfig.ts"
@@ -132,6 +133,38 @@ describe.skipIf(noApiserver)("Connection (real apiserver)", () => {
       assert.strictEqual(error.reason, "Forbidden")
       assert.include(error.message, asCaller)
       assert.throws(() => Connection.inCluster({ env: {}, folder }), /not running in a cluster/)
+    }))
+
+  it.live("HTTP/1.1 where the server offers HTTP/2 as well, in tether's own connection and through client-node", () =>
+    Effect.gen(function*() {
+      // A TLS server with the apiserver's serving certificate that offers h2 and http/1.1 (as the
+      // kube-apiserver does) and answers every request NotFound, noting the protocol it was asked in.
+      const versions: Array<string> = []
+      const pki = (file: string) => Fs.readFileSync(Path.join(server.dir, "pki", file), "utf8")
+      const offersBoth = yield* Effect.acquireRelease(
+        Effect.callback<Http2.Http2SecureServer>((resume) => {
+          const listening = Http2.createSecureServer({ cert: pki("serving.crt"), key: pki("serving.key"), allowHTTP1: true }, (request, response) => {
+            versions.push(request.httpVersion)
+            response.writeHead(404, { "content-type": "application/json" })
+            response.end(JSON.stringify({ kind: "Status", apiVersion: "v1", status: "Failure", reason: "NotFound", code: 404, message: "not here" }))
+          })
+          listening.listen(0, "127.0.0.1", () => resume(Effect.succeed(listening)))
+        }),
+        (listening) => Effect.callback<void>((resume) => void listening.close(() => resume(Effect.void)))
+      )
+      const address = offersBoth.address()
+      if (address === null || typeof address === "string") return assert.fail("the server has no port")
+      const at = { server: `https://127.0.0.1:${address.port}`, "certificate-authority": "ca.crt" }
+      const plugin = Path.join(dir, "h1-credential-plugin")
+      const credential = { apiVersion: "client.authentication.k8s.io/v1", kind: "ExecCredential", status: { token } }
+      Fs.writeFileSync(plugin, `#!/bin/sh\ncat <<'EOF'\n${JSON.stringify(credential)}\nEOF\n`, { mode: 0o700 })
+
+      const own = yield* answerTo(kubeconfig(at, { token }))
+      const throughClientNode = yield* answerTo(kubeconfig(at, {
+        exec: { apiVersion: "client.authentication.k8s.io/v1", command: plugin, interactiveMode: "Never" }
+      }))
+      assert.deepStrictEqual([own.reason, throughClientNode.reason], ["NotFound", "NotFound"])
+      assert.deepStrictEqual(versions, ["1.1", "1.1"])
     }))
 
   it.effect("unusable credentials fail at load, naming the file and never the token", () =>

@@ -241,7 +241,7 @@ describe.skipIf(noApiserver)("provisioner under faults (real apiservers, audit l
       )
       const listsBefore = yield* lists
 
-      // Both Secret watches share one HTTP/2 connection to the hosting apiserver; freeze it.
+      // Freeze the connections to the hosting apiserver open now: both Secret watches' among them.
       assert.isAtLeast(proxy.stall(), 2, "the watches' connection frozen")
       const stalledAt = Date.now()
       yield* changeSource(options, `${source}\n# while the watch was frozen\n`) // by the test, directly
