@@ -1,28 +1,31 @@
 /**
- * Bounded busy polling: after a request arrives or a response closes, the event loop keeps
- * polling its sockets (epoll with a zero timeout) for a short budget instead of sleeping, so
- * that the next event (the upstream's answer, the client's next request) is picked up without
- * a wake-up from idle.
+ * Adaptive busy polling: after a request arrives or a response closes, the event loop keeps
+ * polling its sockets (epoll with a zero timeout) instead of sleeping, so that the next event
+ * (the upstream's answer, the client's next request) is picked up without a wake-up from idle;
+ * for how long is adapted to how close together events have been coming ({@link PollWindow}).
  *
  * Why: a process that sleeps in epoll is woken twice per request at one connection, and on a
  * virtual machine each wake-up from idle costs tens of microseconds (the vCPU halts and has to
  * be brought back). That was most of the service proxy's gap to Go at one connection; Go's
  * scheduler spins before it parks its threads.
  *
- * What it costs: CPU, at most the budget after each such event, and nothing while no requests
- * come. It is off unless asked for, as busy polling is in HAProxy (`busy-polling`) and Linux
- * (`net.core.busy_poll`).
+ * What it costs: CPU while events come within the maximum of each other (when the process is
+ * serving a steady stream of requests anyway), nearly nothing when they come further apart, and
+ * nothing while no requests come.
  *
  * @since 0.1.0
  */
 import { performance } from "node:perf_hooks"
+import * as PollWindow from "../domain/PollWindow.ts"
 
 /** @category models */
 export interface BusyPoll {
-  /** Something happened: keep polling until the budget has passed since now. */
+  /** Something happened: adapt the window to the gap since the last touch and poll for it from now. */
   readonly touch: () => void
   /** Whether the loop is polling now (for tests and diagnostics). */
   readonly polling: () => boolean
+  /** The window the last touch polled for, in microseconds (for tests and diagnostics). */
+  readonly window: () => number
   /** Stop polling now; later touches are ignored. */
   readonly stop: () => void
 }
@@ -32,21 +35,23 @@ export interface BusyPoll {
  *
  * @category constructors
  */
-export const off: BusyPoll = { touch: () => {}, polling: () => false, stop: () => {} }
+export const off: BusyPoll = { touch: () => {}, polling: () => false, window: () => 0, stop: () => {} }
 
-/** The longest budget accepted; more is almost surely a unit mistake and would spend a core. */
+/** The longest window accepted; more is almost surely a unit mistake and would spend a core. */
 export const maxBudgetMicros = 10_000
 
 /**
- * Poll for `budgetMicros` after every touch ({@link off} for 0). One immediate is queued at a
- * time; it re-queues itself until the deadline has passed, and the touches in between only
- * move the deadline.
+ * Poll after every touch for the adapted window, at most `maxMicros` ({@link off} for 0). One
+ * immediate is queued at a time; it re-queues itself until the deadline has passed, and the
+ * touches in between only move the deadline.
  *
  * @category constructors
  */
-export const make = (budgetMicros: number): BusyPoll => {
-  if (!(budgetMicros > 0)) return off
-  const budgetMs = Math.min(budgetMicros, maxBudgetMicros) / 1000
+export const make = (maxMicros: number): BusyPoll => {
+  if (!(maxMicros > 0)) return off
+  const max = Math.min(maxMicros, maxBudgetMicros)
+  let window = 0
+  let lastTouch = Number.NEGATIVE_INFINITY
   let deadline = 0
   let active = false
   let stopped = false
@@ -57,13 +62,18 @@ export const make = (budgetMicros: number): BusyPoll => {
   return {
     touch: () => {
       if (stopped) return
-      deadline = performance.now() + budgetMs
+      const now = performance.now()
+      window = PollWindow.next(window, (now - lastTouch) * 1000, max)
+      lastTouch = now
+      if (window === 0) return
+      deadline = now + window / 1000
       if (!active) {
         active = true
         setImmediate(spin)
       }
     },
     polling: () => active,
+    window: () => window,
     stop: () => {
       stopped = true
     }

@@ -18,8 +18,9 @@
  * upgrade socket) and the process alive; the cause goes to the log. Upstream failures are
  * logged with the admission's `upstream` fields, never a path, header value or token.
  *
- * With `busyPollMicros`, the event loop keeps polling for that long after each request arrives
- * and each response closes, instead of sleeping ({@link BusyPoll}; off by default).
+ * With `busyPollMicros`, the event loop keeps polling for up to that long after each request
+ * arrives and each response closes, instead of sleeping, for as long as they come close together
+ * ({@link BusyPoll}).
  *
  * What is open (requests, client connections, upgrades) is counted here with plain numbers and
  * sets, and read by the proxy's gauges ({@link Metrics.OpenGauges}) at scrape time, so the
@@ -68,7 +69,7 @@ export interface Options {
   readonly handshakeTimeout: number
   /** An idle upstream connection is closed after this long, in milliseconds. */
   readonly idleTimeout: number
-  /** Keep the event loop polling this long after each request and response ({@link BusyPoll}); 0 or absent: never. */
+  /** Keep the event loop polling up to this long after each request and response ({@link BusyPoll}); 0 or absent: never. */
   readonly busyPollMicros?: number | undefined
 }
 

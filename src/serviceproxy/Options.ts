@@ -2,7 +2,7 @@
  * The service proxy's options, checked once, whether `tether service-proxy` or `tether
  * hosted-agent` runs it: the serving certificate, the hosted mode and the rule that Relay mode
  * needs a managed kubeconfig (and the add-on namespace the relay Service lives in), the relay
- * Service's address, the TokenReview patterns' default, and the busy-polling budget (at most
+ * Service's address, the TokenReview patterns' default, and the busy-polling maximum (at most
  * 10ms). Pure.
  *
  * @since 0.1.0
@@ -58,7 +58,7 @@ export interface Input {
   readonly idleConnectionTimeout: Duration.Input
   readonly tlsHandshakeTimeout: Duration.Input
   readonly expectContinueTimeout: Duration.Input
-  /** `--busy-poll`: how long the event loop keeps polling after each request and response; absent or 0: never. */
+  /** `--busy-poll`: the longest the event loop keeps polling after each request and response (adapted); absent or 0: never. */
   readonly busyPoll?: Duration.Input | undefined
   /** Server tuning and file paths tests override; the defaults suit a pod. */
   readonly tuning?: Partial<Omit<ServiceProxy.Options, "listen" | "certFile" | "keyFile" | "deployment" | "enableImpersonation" | "relay">>

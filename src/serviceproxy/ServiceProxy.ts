@@ -92,8 +92,9 @@ export interface Options {
    */
   readonly expectContinueTimeout?: Duration.Input
   /**
-   * How long the event loop keeps polling after each request and response instead of
-   * sleeping (`--busy-poll`, see `http/BusyPoll`); absent or 0: never.
+   * The longest the event loop keeps polling after each request and response instead of
+   * sleeping, adapted to how close together they come (`--busy-poll`, see `http/BusyPoll`);
+   * absent or 0: never.
    */
   readonly busyPoll?: Duration.Input | undefined
   /** Upstream connect bound (default 30 seconds). */

@@ -1,6 +1,8 @@
 /**
- * Bounded busy polling on the real event loop: off does nothing; on, the loop stays out of
- * epoll's sleep from a touch until the budget has passed since the last touch, and no longer.
+ * Adaptive busy polling on the real event loop: off does nothing; on, touches that come close
+ * together open the window (to the maximum after four), the loop stays out of epoll's sleep
+ * from a touch until the window has passed since the last touch and no longer, and touches that
+ * come far apart close it again.
  */
 import { assert, describe, it } from "@effect/vitest"
 import { performance } from "node:perf_hooks"
@@ -19,37 +21,57 @@ const stopped = async (poll: BusyPoll.BusyPoll, boundMs = 2000): Promise<number>
   return performance.now()
 }
 
+/** A touch, then four back to back: the window at its maximum. */
+const steady = (poll: BusyPoll.BusyPoll) => {
+  for (let i = 0; i < 5; i++) poll.touch()
+}
+
 describe("BusyPoll", () => {
-  it("is off for a zero or negative budget", () => {
+  it("is off for a zero or negative maximum", () => {
     for (const budget of [0, -5, Number.NaN]) {
       const poll = BusyPoll.make(budget)
-      poll.touch()
+      steady(poll)
       assert.isFalse(poll.polling(), `budget ${budget}`)
     }
   })
 
-  it("polls from a touch until the budget has passed since the last touch", async () => {
+  it("does not poll after a touch out of the blue; opens the window as touches come close together", () => {
     const poll = BusyPoll.make(BusyPoll.maxBudgetMicros)
-    const firstTouch = performance.now()
+    poll.touch()
+    assert.isFalse(poll.polling(), "the first touch after idle")
+    assert.strictEqual(poll.window(), 0)
     poll.touch()
     assert.isTrue(poll.polling())
-    // A second touch 5 ms later (within the first one's 10 ms budget) moves the deadline.
+    assert.strictEqual(poll.window(), BusyPoll.maxBudgetMicros / 8)
+    poll.touch()
+    poll.touch()
+    poll.touch()
+    assert.strictEqual(poll.window(), BusyPoll.maxBudgetMicros)
+    poll.stop()
+  })
+
+  it("polls from a touch until the window has passed since the last touch", async () => {
+    const poll = BusyPoll.make(BusyPoll.maxBudgetMicros)
+    steady(poll)
+    const firstTouch = performance.now()
+    poll.touch()
+    // Another touch 5 ms later (within the 10 ms window) moves the deadline.
     while (performance.now() - firstTouch < 5) await nextTurn()
     const lastTouch = performance.now()
     poll.touch()
     const end = await stopped(poll)
-    assert.isAtLeast(end - lastTouch, 10, "not before the budget has passed since the last touch")
-    assert.isAtLeast(end - firstTouch, 15, "past the first touch's budget")
+    assert.isAtLeast(end - lastTouch, 10, "not before the window has passed since the last touch")
+    assert.isAtLeast(end - firstTouch, 15, "past the first touch's window")
   })
 
   it("keeps the event loop out of its sleep while polling, and only then", async () => {
     const utilization = async (poll: BusyPoll.BusyPoll) => {
       const before = performance.eventLoopUtilization()
-      poll.touch()
+      steady(poll)
       await wait(5)
       return performance.eventLoopUtilization(before).utilization
     }
-    // The wait (5 ms) is within the budget (10 ms).
+    // The wait (5 ms) is within the window (10 ms).
     const busy = BusyPoll.make(BusyPoll.maxBudgetMicros)
     const polled = await utilization(busy)
     await stopped(busy)
@@ -58,21 +80,37 @@ describe("BusyPoll", () => {
     assert.isBelow(slept, 0.5, `utilization while sleeping ${slept.toFixed(2)}`)
   })
 
+  it("closes the window as touches come further apart than the maximum", async () => {
+    const poll = BusyPoll.make(1000)
+    steady(poll)
+    const windows: Array<number> = []
+    for (let i = 0; i < 4; i++) {
+      await stopped(poll)
+      await wait(3) // three times the 1 ms maximum
+      poll.touch()
+      windows.push(poll.window())
+    }
+    assert.deepStrictEqual(windows, [500, 250, 125, 0])
+    assert.isFalse(poll.polling(), "no polling with the window closed")
+  })
+
   it("stops at once when stopped and ignores later touches", async () => {
     const poll = BusyPoll.make(BusyPoll.maxBudgetMicros)
-    poll.touch()
+    steady(poll)
     poll.stop()
     await stopped(poll)
-    poll.touch()
+    steady(poll)
     assert.isFalse(poll.polling())
   })
 
-  it("caps the budget at 10 ms", async () => {
+  it("caps the window at 10 ms", async () => {
     const poll = BusyPoll.make(60_000_000)
+    steady(poll)
+    assert.strictEqual(poll.window(), BusyPoll.maxBudgetMicros)
     const touched = performance.now()
     poll.touch()
     const end = await stopped(poll)
     assert.isAtLeast(end - touched, 10)
-    assert.isBelow(end - touched, 1000, "a minute's budget was capped")
+    assert.isBelow(end - touched, 1000, "a minute's maximum was capped")
   })
 })
