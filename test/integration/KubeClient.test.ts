@@ -67,8 +67,11 @@ describe.skipIf(noApiserver)("KubeClient (real apiserver)", () => {
       const connection = Apiserver.connectionOf(FaultProxy.throughProxy(server.kubeconfigYaml, server.server, proxy))
       const kube = ClientNodeKube.make({ cluster: "test", connection, requestTimeoutMs: 1_000 })
       yield* Apiserver.createNamespace(server, "silent")
-      // A first answer, so the next request goes on a connection that is already open.
+      // A first answer, so the next request goes on a connection that is already open: after an
+      // event-loop turn, as undici's pool takes a connection as busy until then (and would open
+      // another for a request sent in the same turn).
       yield* Effect.flip(kube.getSecret("silent", "nope"))
+      yield* Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
       proxy.stall()
       const started = Date.now()
       const failure = yield* reasonOf(kube.getSecret("silent", "nope")).pipe(Effect.timeout("20 seconds"))
@@ -77,6 +80,7 @@ describe.skipIf(noApiserver)("KubeClient (real apiserver)", () => {
       assert.isTrue(failure.retryable)
       assert.match(failure.message, /UND_ERR_HEADERS_TIMEOUT/)
       assert.isAtLeast(took, 900)
+      assert.strictEqual(proxy.accepted(), 1, "the request went down the frozen connection")
     }).pipe(Effect.scoped))
 
   it.live("Unauthorized and Forbidden carry the apiserver's explanation but never the token", () =>
