@@ -58,7 +58,7 @@ export interface Input {
   readonly idleConnectionTimeout: Duration.Input
   readonly tlsHandshakeTimeout: Duration.Input
   readonly expectContinueTimeout: Duration.Input
-  /** `--busy-poll`: the longest the event loop keeps polling after each request and response (adapted); absent or 0: never. */
+  /** `--busy-poll`: the longest the event loop keeps polling after each request and response (adapted); 0: never; absent: 200us. */
   readonly busyPoll?: Duration.Input | undefined
   /** Server tuning and file paths tests override; the defaults suit a pod. */
   readonly tuning?: Partial<Omit<ServiceProxy.Options, "listen" | "certFile" | "keyFile" | "deployment" | "enableImpersonation" | "relay">>
@@ -128,7 +128,7 @@ export const resolve = (given: Input): Result.Result<Options, InvalidOptions> =>
   if (!Number.isInteger(given.serviceRelayPort) || given.serviceRelayPort < 1 || given.serviceRelayPort > 65535) {
     return fail("--service-relay-port must be between 1 and 65535")
   }
-  const busyPoll = Duration.fromInput(given.busyPoll ?? 0)
+  const busyPoll = Duration.fromInput(given.busyPoll ?? Duration.micros(BigInt(BusyPoll.defaultMaxMicros)))
   if (Option.isNone(busyPoll) || Duration.toMillis(busyPoll.value) * 1000 > BusyPoll.maxBudgetMicros) {
     return fail(`--busy-poll must be a duration from 0s to ${BusyPoll.maxBudgetMicros / 1000}ms`)
   }

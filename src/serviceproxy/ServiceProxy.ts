@@ -48,6 +48,7 @@ import * as ServiceProxyMode from "../domain/ServiceProxyMode.ts"
 import * as ServiceRouting from "../domain/ServiceRouting.ts"
 import * as Admission from "../http/Admission.ts"
 import * as Answers from "../http/Answers.ts"
+import * as BusyPoll from "../http/BusyPoll.ts"
 import type * as Forwarder from "../http/Forwarder.ts"
 import * as Server from "../http/Server.ts"
 import * as Trust from "../http/Trust.ts"
@@ -94,7 +95,7 @@ export interface Options {
   /**
    * The longest the event loop keeps polling after each request and response instead of
    * sleeping, adapted to how close together they come (`--busy-poll`, see `http/BusyPoll`);
-   * absent or 0: never.
+   * 0: never; absent: {@link BusyPoll.defaultMaxMicros}.
    */
   readonly busyPoll?: Duration.Input | undefined
   /** Upstream connect bound (default 30 seconds). */
@@ -373,7 +374,7 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
     dialTimeout: Server.millis(options.dialTimeout, Duration.seconds(30)),
     handshakeTimeout: Server.millis(options.tlsHandshakeTimeout, Duration.seconds(10)),
     idleTimeout: Server.millis(options.idleConnectionTimeout, Duration.seconds(90)),
-    busyPollMicros: Server.millis(options.busyPoll, 0) * 1000
+    busyPollMicros: options.busyPoll === undefined ? BusyPoll.defaultMaxMicros : Server.millis(options.busyPoll, 0) * 1000
   }, { admit, record }).pipe(Effect.mapError((error) => new ServiceProxyError({ reason: "Listen", message: error.message })))
   const server = served.server as Https.Server
   const address = served.address

@@ -302,8 +302,8 @@ const targets = (report: Report): ReadonlyArray<string> => {
     }).filter((part) => part !== undefined)
     if (nginx.length > 0) lines.push(`- Stretch, HTTP req/s vs nginx: ${nginx.join("; ")}.`)
   }
-  // As shipped, and with busy polling on when that row was measured.
-  const proxies = [{ key: tetherKey, name: "Service proxy" }, { key: "tether-busy-poll", name: "Service proxy with busy polling" }]
+  // As shipped, and without busy polling when that row was measured.
+  const proxies = [{ key: tetherKey, name: "Service proxy" }, { key: "tether-no-busy-poll", name: "Service proxy without busy polling" }]
   for (const { key, name } of proxies) {
     for (const { rows, scenario } of report.serviceProxy ?? []) {
       const parts = [...new Set(rows.map((row) => row.conns))].map((conns) => {

@@ -9,7 +9,8 @@
  *   client's credential moved to `Cluster-Proxy-Authorization` and the proxy's token set.
  *
  * Then, on one keep-alive connection at 50, 200 and 1,000 requests a second, the CPU that tether,
- * tether with busy polling and Go spend (what polling costs where wrk's runs never let a proxy idle).
+ * tether without busy polling and Go spend (what polling costs where wrk's runs never let a proxy
+ * idle).
  *
  * The driver (test/bench/main.ts) hands over its load generator and measurement helpers.
  *
@@ -75,14 +76,12 @@ export interface Deps {
   ) => Effect.Effect<{ readonly result: A; readonly cpuSeconds: number }, E>
 }
 
-/** The busy-polling budget of the `tether-busy-poll` row: the best of 100, 200, 400 and 1000 µs in hand-run rounds at one connection. */
-export const busyPoll = "200us"
 
 export const paths = {
   direct: { key: "direct", label: "direct (the TLS backend)" },
   tether: { key: "tether", label: "tether service-proxy" },
   tetherWithoutRuntimeEnv: { key: "tether-no-runtime-env", label: "tether service-proxy, without runtimeEnv (variant)" },
-  tetherBusyPoll: { key: "tether-busy-poll", label: `tether service-proxy, --busy-poll=${busyPoll}` },
+  tetherNoBusyPoll: { key: "tether-no-busy-poll", label: "tether service-proxy, --busy-poll=0s (variant)" },
   floor: { key: "node-floor", label: "Node https + undici, nothing else (floor)" },
   go: { key: "go-tuned", label: "Go ReverseProxy, same work (1024 idle/host)" }
 } satisfies Record<string, Report.Path>
@@ -242,15 +241,15 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
     ], { _tag: "Prints", pattern: /listening (\d+)/, port }, { env: { ...process.env, ...env } })
     return { ...child, port }
   })
-  // As it ships (the chart's runtimeEnv), recording its pauses; the variant without it; the
-  // same with busy polling on (off by default: it trades CPU for the wake-ups from idle).
+  // As it ships (the chart's runtimeEnv, adaptive busy polling), recording its pauses; the
+  // variant without the runtimeEnv; the one without busy polling (what polling buys and costs).
   const tether = yield* startTether("tether service-proxy", { ...deps.shippedEnv, BENCH_PAUSES: pausesFile })
   const variant = wanted(paths.tetherWithoutRuntimeEnv) ? yield* startTether("tether service-proxy (without runtimeEnv)", {}) : undefined
   // It records its pauses too (to a file nobody reads), so that the recorder's timer costs both
   // the same in the rows and paced runs that compare them.
-  const polling = wanted(paths.tetherBusyPoll)
-    ? yield* startTether("tether service-proxy (busy polling)", { ...deps.shippedEnv, BENCH_PAUSES: Path.join(dir, "busy-poll-pauses.jsonl") }, [
-      `--busy-poll=${busyPoll}`
+  const sleeping = wanted(paths.tetherNoBusyPoll)
+    ? yield* startTether("tether service-proxy (no busy polling)", { ...deps.shippedEnv, BENCH_PAUSES: Path.join(dir, "no-busy-poll-pauses.jsonl") }, [
+      "--busy-poll=0s"
     ])
     : undefined
   const startFloor = Effect.fnUntraced(function*() {
@@ -286,7 +285,7 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
     { path: paths.direct, port: backend.port, groups: [] },
     { path: paths.tether, port: tether.port, groups: [tether.pid] },
     ...(variant === undefined ? [] : [{ path: paths.tetherWithoutRuntimeEnv, port: variant.port, groups: [variant.pid] }]),
-    ...(polling === undefined ? [] : [{ path: paths.tetherBusyPoll, port: polling.port, groups: [polling.pid] }]),
+    ...(sleeping === undefined ? [] : [{ path: paths.tetherNoBusyPoll, port: sleeping.port, groups: [sleeping.pid] }]),
     ...(floor === undefined ? [] : [{ path: paths.floor, port: floor.port, groups: [floor.pid] }]),
     { path: paths.go, port: go.port, groups: [go.pid] }
   ]
@@ -366,7 +365,7 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
   }
   // What the proxies cost at paced rates on one connection (the kube-apiserver request): where
   // busy polling spends CPU that the wrk runs, never idle, do not show.
-  const pacedPaths = endpoints.filter((endpoint) => endpoint.path === paths.tether || endpoint.path === paths.tetherBusyPoll || endpoint.path === paths.go)
+  const pacedPaths = endpoints.filter((endpoint) => endpoint.path === paths.tether || endpoint.path === paths.tetherNoBusyPoll || endpoint.path === paths.go)
   const pacedRuns = new Map<string, Array<{ readonly perSecond: number; readonly cpuMsPerSecond: number }>>()
   const headers = { ...routing("apiserver"), authorization: `Bearer ${callerToken}` }
   for (let round = 1; round <= deps.rounds; round++) {

@@ -9,7 +9,7 @@
  * ```sh
  * node test/bench/ServiceProxyProcess.ts --kubeconfig=<admin kubeconfig> --managed-kubeconfig=<backend kubeconfig> \
  *   --listen=127.0.0.1:<port> --health-probe-bind-address=127.0.0.1:<port> --cert=<pem> --key=<pem> \
- *   [--token-review-cache-ttl=10s] [--busy-poll=0s]
+ *   [--token-review-cache-ttl=10s] [--busy-poll=<Go duration; the service proxy's default when absent>]
  * ```
  *
  * Prints `listening <port>` on stdout once it accepts connections.
@@ -17,7 +17,7 @@
  * @since 0.1.0
  */
 import { NodeRuntime, NodeServices } from "@effect/platform-node"
-import { Console, Effect, Layer } from "effect"
+import { Console, Effect, Layer, Result } from "effect"
 import * as Observability from "../../layers/Observability.ts"
 import * as ServiceProxyLayers from "../../layers/ServiceProxy.ts"
 import * as GoDuration from "../../src/domain/GoDuration.ts"
@@ -51,7 +51,8 @@ const managedKubeconfig = required("managed-kubeconfig")
 const listen = ListenAddress.parse(required("listen"))
 const probes = ListenAddress.parse(required("health-probe-bind-address"))
 const cacheTtl = GoDuration.parse(flag("token-review-cache-ttl") ?? "10s")
-const busyPoll = GoDuration.parse(flag("busy-poll") ?? "0s")
+const busyPollFlag = flag("busy-poll")
+const busyPoll = busyPollFlag === undefined ? Result.succeed(undefined) : GoDuration.parse(busyPollFlag)
 const certFile = required("cert")
 const keyFile = required("key")
 

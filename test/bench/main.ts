@@ -31,7 +31,7 @@
  * there, `node --cpu-prof`, when they stop), `--token-review-cache-ttl=<Go duration>` (the
  * relay's, default 10s as in production), `--paths=direct,tether,...` (measure only these paths; keys:
  * direct, tether, hosted-agent, hosted-agent-semi1, socat, haproxy, nginx, go-prototype, go-tuned, node; the service
- * proxy's also tether-no-runtime-env, tether-busy-poll and node-floor), `--conns=1,32` (HTTP: measure only
+ * proxy's also tether-no-runtime-env, tether-no-busy-poll and node-floor), `--conns=1,32` (HTTP: measure only
  * these of the concurrencies 1, 32 and 128).
  *
  * @since 0.1.0
@@ -827,7 +827,7 @@ const main = Effect.gen(function*() {
       "service proxy: test/bench/ServiceProxyProcess.ts, the layers of `tether service-proxy` in hosted Relay mode (TLS, " +
         `TokenReview chain with a ${cacheTtl} cache against a real kube-apiserver, impersonation, metrics, probes, JSON logs), ` +
         `started with the chart's runtimeEnv (${Object.entries(Footprint.shippedEnv(repo)).map(([name, value]) => `${name}=${value}`).join(" ")}) ` +
-        `as it ships, without it (a variant), and as it ships with \`--busy-poll=${ServiceProxyBench.busyPoll}\` (off by default); the floor is test/bench/NodeFloorProxy.ts (node:https and an undici Pool, ` +
+        "as it ships (with adaptive busy polling up to 200us, the default), without the runtimeEnv (a variant), and as it ships with `--busy-poll=0s` (a variant); the floor is test/bench/NodeFloorProxy.ts (node:https and an undici Pool, " +
         "no admission, metrics or logs); the Go peer is tools.go `serviceproxy` (httputil.ReverseProxy, the same TokenReview with a map cache, the same " +
         "impersonation and relay headers, HTTP/1.1 upstream, 1024 idle connections per host); both in front of the Go TLS " +
         `backend (${bodyBytes} B body) standing in for the managed kube-apiserver; wrk over TLS with keep-alive`

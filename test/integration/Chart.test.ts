@@ -186,7 +186,7 @@ const tunedFlags = set(
   "agent.addonAgent.tokenFreshnessMargin=10m",
   "agent.serviceProxy.enableImpersonation=false",
   "agent.serviceProxy.tokenReviewCacheTtl=30s",
-  "agent.serviceProxy.busyPoll=200us",
+  "agent.serviceProxy.busyPoll=1ms",
   "agent.serviceProxy.tokenReviewErrorPatterns={invalid bearer token,token has expired}",
   "agent.serviceProxy.additionalServiceCAConfigMap=service-ca",
   "agent.serviceProxy.serverCertificatesSecret=proxy-certs",
@@ -1044,7 +1044,7 @@ describe("Helm chart (helm lint, helm template, the real CLI's flags)", () => {
         }
       )
       assert.strictEqual(millis(Duration.fromInputUnsafe(proxy.tokenReviewCacheTtl)), 30_000)
-      assert.strictEqual(millis(Duration.fromInputUnsafe(proxy.proxy.busyPoll ?? 0)), 0.2)
+      assert.strictEqual(millis(Duration.fromInputUnsafe(proxy.proxy.busyPoll ?? 0)), 1)
 
       const relay = (yield* parseApiserverProxy(args(container(agent, "managed-apiserver-proxy")).slice(1))).options
       assert.deepStrictEqual(

@@ -480,7 +480,7 @@ describe.skipIf(noApiserver)("ServiceProxy (real hub and managed apiservers)", (
 
   it.live("BestEffort mode proxies to <svc>.<ns>.svc:<port> with the client's credential, internal headers stripped", () =>
     Effect.gen(function*() {
-      // With busy polling on: it changes when the event loop sleeps, nothing a request sees.
+      // With five times the default busy-polling window: it changes when the event loop sleeps, nothing a request sees.
       const { port } = yield* start(proxyLayer({
         source: { _tag: "Kubeconfig", path: Path.join(managedKubeconfigDir, "kubeconfig") },
         deployment: { _tag: "Hosted", mode: "BestEffort" },

@@ -34,7 +34,7 @@ const given = {
   idleConnTimeout: Duration.seconds(90),
   tlsHandshakeTimeout: Duration.seconds(10),
   expectContinueTimeout: Duration.seconds(1),
-  busyPoll: Duration.zero
+  busyPoll: Duration.micros(200n)
 }
 
 describe("tether service-proxy", () => {
@@ -48,7 +48,7 @@ describe("tether service-proxy", () => {
       "--service-relay-name", 'default "cluster-proxy-service-relay"', "--service-relay-port", "default 7444",
       "--listen", 'default ":7443"', "--health-probe-bind-address", 'default ":8000"',
       "--max-idle-conns", "default 100", "--idle-conn-timeout", "default 90s", "--tls-handshake-timeout",
-      "--token-review-error-pattern", 'default "invalid bearer token"', "--busy-poll", "default 0s"
+      "--token-review-error-pattern", 'default "invalid bearer token"', "--busy-poll", "default 200us"
     ]) {
       assert.include(help.stdout, expected)
     }
@@ -76,9 +76,9 @@ describe("tether service-proxy", () => {
     assert.deepStrictEqual(direct.managedKubeconfig, { _tag: "NotHosted" })
     assert.deepStrictEqual(direct.proxy.deployment, { _tag: "Direct" })
     assert.deepStrictEqual(direct.tokenReviewErrorPatterns, ["invalid bearer token"])
-    assert.deepStrictEqual(direct.proxy.busyPoll, Duration.zero, "no polling unless asked for")
-    const polling = Result.getOrThrow(ServiceProxyCommand.resolve({ ...given, busyPoll: Duration.micros(200n) }, {}))
-    assert.deepStrictEqual(polling.proxy.busyPoll, Duration.micros(200n))
+    assert.deepStrictEqual(direct.proxy.busyPoll, Duration.micros(200n), "adaptive polling up to 200us by default")
+    const never = Result.getOrThrow(ServiceProxyCommand.resolve({ ...given, busyPoll: Duration.zero }, {}))
+    assert.deepStrictEqual(never.proxy.busyPoll, Duration.zero)
 
     const hosted = Result.getOrThrow(ServiceProxyCommand.resolve({ ...given, managedKubeconfig: " /etc/managed/kubeconfig " }, {}))
     assert.deepStrictEqual(hosted.managedKubeconfig, { _tag: "File", path: "/etc/managed/kubeconfig" })

@@ -9,6 +9,7 @@ import { Effect, Layer, Option } from "effect"
 import { Command, Flag } from "effect/cli"
 import * as Observability from "../../../layers/Observability.ts"
 import * as ServiceProxyLayers from "../../../layers/ServiceProxy.ts"
+import * as BusyPoll from "../../http/BusyPoll.ts"
 import * as ServiceProxyOptions from "../../serviceproxy/Options.ts"
 import * as Flags from "../Flags.ts"
 import { checked } from "../UsageError.ts"
@@ -66,9 +67,9 @@ export const proxyFlags = (listenFlag = "listen") => ({
   ),
   busyPoll: Flags.duration(
     "busy-poll",
-    "After each request and response, keep polling the sockets this long instead of sleeping (at most 10ms): lower latency at few " +
-      "connections on virtual machines, for up to that much CPU per event; 0s never polls",
-    "0s"
+    "After each request and response, keep polling the sockets up to this long instead of sleeping (at most 10ms), adapted to how " +
+      "close together they come: at few connections on virtual machines it spares wake-ups from idle; 0s never polls",
+    `${BusyPoll.defaultMaxMicros}us`
   ),
   listen: Flags.listen(listenFlag, "Address the proxy serves TLS on", ":7443")
 })
