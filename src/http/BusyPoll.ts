@@ -18,14 +18,27 @@
 import { performance } from "node:perf_hooks"
 import * as PollWindow from "../domain/PollWindow.ts"
 
+/**
+ * What the event loop waits for after an event: the upstream's answer (after a request came in,
+ * or an answer arrived while the response is being written), or a client's next request (after
+ * a response closed). Each has its own window: with requests milliseconds apart the upstream
+ * still answers within microseconds, and only the wait for the client is worth no polling.
+ *
+ * @category models
+ */
+export type Awaiting = "upstream" | "client"
+
 /** @category models */
 export interface BusyPoll {
-  /** Something happened: adapt the window to the gap since the last touch and poll for it from now. */
-  readonly touch: () => void
+  /**
+   * Something happened, and now the loop awaits `awaiting`: adapt the window of what it awaited
+   * before to the gap since the last touch, and poll for the window of `awaiting` from now.
+   */
+  readonly touch: (awaiting: Awaiting) => void
   /** Whether the loop is polling now (for tests and diagnostics). */
   readonly polling: () => boolean
-  /** The window the last touch polled for, in microseconds (for tests and diagnostics). */
-  readonly window: () => number
+  /** The window of `awaiting`, in microseconds (for tests and diagnostics). */
+  readonly window: (awaiting: Awaiting) => number
   /** Stop polling now; later touches are ignored. */
   readonly stop: () => void
 }
@@ -47,16 +60,17 @@ export const defaultMaxMicros = 200
 export const maxBudgetMicros = 10_000
 
 /**
- * Poll after every touch for the adapted window, at most `maxMicros` ({@link off} for 0). One
- * immediate is queued at a time; it re-queues itself until the deadline has passed, and the
- * touches in between only move the deadline.
+ * Poll after every touch for the adapted window of what the loop awaits, at most `maxMicros`
+ * ({@link off} for 0). One immediate is queued at a time; it re-queues itself until the
+ * deadline has passed, and the touches in between only move the deadline.
  *
  * @category constructors
  */
 export const make = (maxMicros: number): BusyPoll => {
   if (!(maxMicros > 0)) return off
   const max = Math.min(maxMicros, maxBudgetMicros)
-  let window = 0
+  const windows: Record<Awaiting, number> = { upstream: 0, client: 0 }
+  let awaited: Awaiting = "client"
   let lastTouch = Number.NEGATIVE_INFINITY
   let deadline = 0
   let active = false
@@ -66,20 +80,20 @@ export const make = (maxMicros: number): BusyPoll => {
     if (active) setImmediate(spin)
   }
   return {
-    touch: () => {
+    touch: (awaiting) => {
       if (stopped) return
       const now = performance.now()
-      window = PollWindow.next(window, (now - lastTouch) * 1000, max)
+      windows[awaited] = PollWindow.next(windows[awaited], (now - lastTouch) * 1000, max)
       lastTouch = now
-      if (window === 0) return
-      deadline = now + window / 1000
-      if (!active) {
+      awaited = awaiting
+      deadline = now + windows[awaiting] / 1000
+      if (!active && windows[awaiting] > 0) {
         active = true
         setImmediate(spin)
       }
     },
     polling: () => active,
-    window: () => window,
+    window: (awaiting) => windows[awaiting],
     stop: () => {
       stopped = true
     }

@@ -19,8 +19,8 @@
  * logged with the admission's `upstream` fields, never a path, header value or token.
  *
  * With `busyPollMicros`, the event loop keeps polling for up to that long after each request
- * arrives and each response closes, instead of sleeping, for as long as they come close together
- * ({@link BusyPoll}).
+ * arrives, each answer comes and each response closes, instead of sleeping, while such events
+ * come close together ({@link BusyPoll}).
  *
  * What is open (requests, client connections, upgrades) is counted here with plain numbers and
  * sets, and read by the proxy's gauges ({@link Metrics.OpenGauges}) at scrape time, so the
@@ -202,7 +202,7 @@ export const serve = Effect.fnUntraced(function*<L>(options: Options, policy: Ad
   /** One listener function for every response: no closure per request. */
   const requestClosed = () => {
     open.requests--
-    poll.touch()
+    poll.touch("client")
   }
 
   // The request path reads the clock and logs outside any fiber.
@@ -212,7 +212,11 @@ export const serve = Effect.fnUntraced(function*<L>(options: Options, policy: Ad
 
   const report = (admitted: Admission.Admitted<L>, startedAt: number): Report => ({
     now,
-    answered: (status, headAt) => policy.record(admitted.label, status, startedAt, headAt),
+    answered: (status, headAt) => {
+      // The answer came: the response closes next, as soon as it is written.
+      poll.touch("upstream")
+      policy.record(admitted.label, status, startedAt, headAt)
+    },
     failed: (message) => log(Effect.logWarning("upstream request failed", { ...admitted.upstream, error: message }))
   })
 
@@ -292,7 +296,7 @@ export const serve = Effect.fnUntraced(function*<L>(options: Options, policy: Ad
     // A response closes exactly once on every path: finished, refused, cut, or its socket gone
     // (queued pipelined responses included).
     open.requests++
-    poll.touch()
+    poll.touch("upstream")
     res.on("close", requestClosed)
     try {
       handleRequest(req, res, expectsContinue)

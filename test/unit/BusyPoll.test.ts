@@ -1,8 +1,9 @@
 /**
  * Adaptive busy polling on the real event loop: off does nothing; on, touches that come close
  * together open the window (to the maximum after four), the loop stays out of epoll's sleep
- * from a touch until the window has passed since the last touch and no longer, and touches that
- * come far apart close it again.
+ * from a touch until the window has passed since the last touch and no longer, touches that
+ * come far apart close it again, and the wait for an upstream and the wait for a client adapt
+ * each on its own.
  */
 import { assert, describe, it } from "@effect/vitest"
 import { performance } from "node:perf_hooks"
@@ -23,7 +24,7 @@ const stopped = async (poll: BusyPoll.BusyPoll, boundMs = 2000): Promise<number>
 
 /** A touch, then four back to back: the window at its maximum. */
 const steady = (poll: BusyPoll.BusyPoll) => {
-  for (let i = 0; i < 5; i++) poll.touch()
+  for (let i = 0; i < 5; i++) poll.touch("client")
 }
 
 describe("BusyPoll", () => {
@@ -37,16 +38,16 @@ describe("BusyPoll", () => {
 
   it("does not poll after a touch out of the blue; opens the window as touches come close together", () => {
     const poll = BusyPoll.make(BusyPoll.maxBudgetMicros)
-    poll.touch()
+    poll.touch("client")
     assert.isFalse(poll.polling(), "the first touch after idle")
-    assert.strictEqual(poll.window(), 0)
-    poll.touch()
+    assert.strictEqual(poll.window("client"), 0)
+    poll.touch("client")
     assert.isTrue(poll.polling())
-    assert.strictEqual(poll.window(), BusyPoll.maxBudgetMicros / 8)
-    poll.touch()
-    poll.touch()
-    poll.touch()
-    assert.strictEqual(poll.window(), BusyPoll.maxBudgetMicros)
+    assert.strictEqual(poll.window("client"), BusyPoll.maxBudgetMicros / 8)
+    poll.touch("client")
+    poll.touch("client")
+    poll.touch("client")
+    assert.strictEqual(poll.window("client"), BusyPoll.maxBudgetMicros)
     poll.stop()
   })
 
@@ -54,11 +55,11 @@ describe("BusyPoll", () => {
     const poll = BusyPoll.make(BusyPoll.maxBudgetMicros)
     steady(poll)
     const firstTouch = performance.now()
-    poll.touch()
+    poll.touch("client")
     // Another touch 5 ms later (within the 10 ms window) moves the deadline.
     while (performance.now() - firstTouch < 5) await nextTurn()
     const lastTouch = performance.now()
-    poll.touch()
+    poll.touch("client")
     const end = await stopped(poll)
     assert.isAtLeast(end - lastTouch, 10, "not before the window has passed since the last touch")
     assert.isAtLeast(end - firstTouch, 15, "past the first touch's window")
@@ -87,11 +88,31 @@ describe("BusyPoll", () => {
     for (let i = 0; i < 4; i++) {
       await stopped(poll)
       await wait(3) // three times the 1 ms maximum
-      poll.touch()
-      windows.push(poll.window())
+      poll.touch("client")
+      windows.push(poll.window("client"))
     }
     assert.deepStrictEqual(windows, [500, 250, 125, 0])
     assert.isFalse(poll.polling(), "no polling with the window closed")
+  })
+
+  it("adapts the wait for the upstream and the wait for a client each on its own", async () => {
+    // Requests 3 ms apart on one connection, answered at once: each request comes in (the loop
+    // awaits the upstream), its answer comes right after (the response closes next), it closes
+    // (the loop awaits the client's next request, 3 ms away).
+    const poll = BusyPoll.make(1000)
+    for (let i = 0; i < 6; i++) {
+      poll.touch("upstream")
+      poll.touch("upstream")
+      poll.touch("client")
+      await wait(3)
+    }
+    assert.strictEqual(poll.window("upstream"), 1000, "the upstream answers within the window: polled for")
+    assert.strictEqual(poll.window("client"), 0, "the next request comes 3 ms later: not polled for")
+    poll.touch("upstream")
+    assert.isTrue(poll.polling(), "polling while the upstream is awaited")
+    poll.touch("client")
+    await stopped(poll, 10)
+    poll.stop()
   })
 
   it("stops at once when stopped and ignores later touches", async () => {
@@ -106,9 +127,9 @@ describe("BusyPoll", () => {
   it("caps the window at 10 ms", async () => {
     const poll = BusyPoll.make(60_000_000)
     steady(poll)
-    assert.strictEqual(poll.window(), BusyPoll.maxBudgetMicros)
+    assert.strictEqual(poll.window("client"), BusyPoll.maxBudgetMicros)
     const touched = performance.now()
-    poll.touch()
+    poll.touch("client")
     const end = await stopped(poll)
     assert.isAtLeast(end - touched, 10)
     assert.isBelow(end - touched, 1000, "a minute's maximum was capped")
