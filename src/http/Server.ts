@@ -20,7 +20,7 @@
  *
  * With `busyPollMicros`, the event loop keeps polling for up to that long after each request
  * arrives, each answer comes and each response closes, instead of sleeping, while such events
- * come close together ({@link BusyPoll}).
+ * come close together and at most one request is open ({@link BusyPoll}).
  *
  * What is open (requests, client connections, upgrades) is counted here with plain numbers and
  * sets, and read by the proxy's gauges ({@link Metrics.OpenGauges}) at scrape time, so the
@@ -199,10 +199,16 @@ export const serve = Effect.fnUntraced(function*<L>(options: Options, policy: Ad
   open.register(options.gauges, yield* Effect.context<never>())
   const poll = BusyPoll.make(options.busyPollMicros ?? 0)
   yield* Scope.addFinalizer(scope, Effect.sync(poll.stop))
+  // Polled for only while at most one request is open: with more the loop is seldom idle, and
+  // spinning would take CPU from the clients and upstreams beside it (in two bench runs at 128
+  // connections, 0.81-0.97x Go's req/s polling against 1.01-1.14x without).
+  const touch = (awaiting: BusyPoll.Awaiting) => {
+    if (open.requests <= 1) poll.touch(awaiting)
+  }
   /** One listener function for every response: no closure per request. */
   const requestClosed = () => {
     open.requests--
-    poll.touch("client")
+    touch("client")
   }
 
   // The request path reads the clock and logs outside any fiber.
@@ -214,7 +220,7 @@ export const serve = Effect.fnUntraced(function*<L>(options: Options, policy: Ad
     now,
     answered: (status, headAt) => {
       // The answer came: the response closes next, as soon as it is written.
-      poll.touch("upstream")
+      touch("upstream")
       policy.record(admitted.label, status, startedAt, headAt)
     },
     failed: (message) => log(Effect.logWarning("upstream request failed", { ...admitted.upstream, error: message }))
@@ -296,7 +302,7 @@ export const serve = Effect.fnUntraced(function*<L>(options: Options, policy: Ad
     // A response closes exactly once on every path: finished, refused, cut, or its socket gone
     // (queued pipelined responses included).
     open.requests++
-    poll.touch("upstream")
+    touch("upstream")
     res.on("close", requestClosed)
     try {
       handleRequest(req, res, expectsContinue)
