@@ -1,8 +1,9 @@
 /**
- * Adaptive busy polling: after a request arrives or a response closes, the event loop keeps
- * polling its sockets (epoll with a zero timeout) instead of sleeping, so that the next event
- * (the upstream's answer, the client's next request) is picked up without a wake-up from idle;
- * for how long is adapted to how close together events have been coming ({@link PollWindow}).
+ * Adaptive busy polling: after a request arrives, its answer comes or a response closes, the
+ * event loop keeps polling its sockets (epoll with a zero timeout) instead of sleeping, so that
+ * the next event (the upstream's answer, the client's next request) is picked up without a
+ * wake-up from idle; for how long is adapted to how close together such events have been
+ * coming, for each of the two waits on its own ({@link Awaiting}, {@link PollWindow}).
  *
  * Why: a process that sleeps in epoll is woken twice per request at one connection, and on a
  * virtual machine each wake-up from idle costs tens of microseconds (the vCPU halts and has to
