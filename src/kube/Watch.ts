@@ -13,9 +13,10 @@
  * entry that expired or a proxy that froze) is caught by a deadline: each watch asks the server
  * to end it after a short, jittered `timeoutSeconds`, so a live watch always ends by itself; one
  * still open `stallGrace` past that is presumed dead, reported {@link Broken} and re-listed. An
- * HTTP/1.1 stream has no ping, so the server's own timeout is the heartbeat. Lists get a deadline too, so a frozen connection cannot hold the
- * stream forever, and on either the transport drops its connections, so that the re-list does
- * not go down the same frozen connection.
+ * HTTP/1.1 stream has no ping, so the server's own timeout is the heartbeat. Lists get a
+ * deadline too, so a frozen connection cannot hold the stream forever, and on either the
+ * transport drops its connections, so that the re-list does not go down the same frozen
+ * connection.
  *
  * The transport is abstracted as {@link Transport}, so this module holds no client-node code.
  *
