@@ -76,7 +76,6 @@ export interface Deps {
   ) => Effect.Effect<{ readonly result: A; readonly cpuSeconds: number }, E>
 }
 
-
 export const paths = {
   direct: { key: "direct", label: "direct (the TLS backend)" },
   tether: { key: "tether", label: "tether service-proxy" },

@@ -44,6 +44,7 @@ import * as Https from "node:https"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"
+import * as BusyPoll from "../../src/http/BusyPoll.ts"
 import * as Apiserver from "../../src/testing/Apiserver.ts"
 import * as EnvtestAssets from "../../src/testing/EnvtestAssets.ts"
 import { tetherEntry } from "../../src/testing/TetherEntry.ts"
@@ -827,7 +828,7 @@ const main = Effect.gen(function*() {
       "service proxy: test/bench/ServiceProxyProcess.ts, the layers of `tether service-proxy` in hosted Relay mode (TLS, " +
         `TokenReview chain with a ${cacheTtl} cache against a real kube-apiserver, impersonation, metrics, probes, JSON logs), ` +
         `started with the chart's runtimeEnv (${Object.entries(Footprint.shippedEnv(repo)).map(([name, value]) => `${name}=${value}`).join(" ")}) ` +
-        "as it ships (with adaptive busy polling up to 200us, the default), without the runtimeEnv (a variant), and as it ships with `--busy-poll=0s` (a variant); the floor is test/bench/NodeFloorProxy.ts (node:https and an undici Pool, " +
+        `as it ships (with adaptive busy polling up to ${BusyPoll.defaultMaxMicros}us, the default), without the runtimeEnv (a variant), and as it ships with \`--busy-poll=0s\` (a variant); the floor is test/bench/NodeFloorProxy.ts (node:https and an undici Pool, ` +
         "no admission, metrics or logs); the Go peer is tools.go `serviceproxy` (httputil.ReverseProxy, the same TokenReview with a map cache, the same " +
         "impersonation and relay headers, HTTP/1.1 upstream, 1024 idle connections per host); both in front of the Go TLS " +
         `backend (${bodyBytes} B body) standing in for the managed kube-apiserver; wrk over TLS with keep-alive`
