@@ -78,6 +78,14 @@ describe.skipIf(noApiserver)("Connection (real apiserver)", () => {
 
   const asCaller = "system:serviceaccount:conn:caller"
 
+  /** A kubeconfig user whose token comes from an exec plugin (which client-node runs) printing the ServiceAccount token. */
+  const execUser = (name: string) => {
+    const plugin = Path.join(dir, name)
+    const credential = { apiVersion: "client.authentication.k8s.io/v1", kind: "ExecCredential", status: { token } }
+    Fs.writeFileSync(plugin, `#!/bin/sh\ncat <<'EOF'\n${JSON.stringify(credential)}\nEOF\n`, { mode: 0o700 })
+    return { exec: { apiVersion: "client.authentication.k8s.io/v1", command: plugin, interactiveMode: "Never" } }
+  }
+
   it.effect("a CA file and a client certificate and key as files, relative to the kubeconfig", () =>
     Effect.gen(function*() {
       const answer = yield* answerTo(kubeconfig({ "certificate-authority": "ca.crt" }, { "client-certificate": "tls.crt", "client-key": "tls.key" }))
@@ -97,13 +105,7 @@ describe.skipIf(noApiserver)("Connection (real apiserver)", () => {
 
   it.effect("an exec plugin is run by client-node", () =>
     Effect.gen(function*() {
-      const plugin = Path.join(dir, "credential-plugin")
-      const credential = { apiVersion: "client.authentication.k8s.io/v1", kind: "ExecCredential", status: { token } }
-      Fs.writeFileSync(plugin, `#!/bin/sh\ncat <<'EOF'\n${JSON.stringify(credential)}\nEOF\n`, { mode: 0o700 })
-      const answer = yield* answerTo(kubeconfig(
-        { "certificate-authority": "ca.crt" },
-        { exec: { apiVersion: "client.authentication.k8s.io/v1", command: plugin, interactiveMode: "Never" } }
-      ))
+      const answer = yield* answerTo(kubeconfig({ "certificate-authority": "ca.crt" }, execUser("credential-plugin")))
       assert.strictEqual(answer.reason, "Forbidden")
       assert.include(answer.message, asCaller)
     }))
@@ -155,14 +157,8 @@ describe.skipIf(noApiserver)("Connection (real apiserver)", () => {
       const address = offersBoth.address()
       if (address === null || typeof address === "string") return assert.fail("the server has no port")
       const at = { server: `https://127.0.0.1:${address.port}`, "certificate-authority": "ca.crt" }
-      const plugin = Path.join(dir, "h1-credential-plugin")
-      const credential = { apiVersion: "client.authentication.k8s.io/v1", kind: "ExecCredential", status: { token } }
-      Fs.writeFileSync(plugin, `#!/bin/sh\ncat <<'EOF'\n${JSON.stringify(credential)}\nEOF\n`, { mode: 0o700 })
-
       const own = yield* answerTo(kubeconfig(at, { token }))
-      const throughClientNode = yield* answerTo(kubeconfig(at, {
-        exec: { apiVersion: "client.authentication.k8s.io/v1", command: plugin, interactiveMode: "Never" }
-      }))
+      const throughClientNode = yield* answerTo(kubeconfig(at, execUser("h1-credential-plugin")))
       assert.deepStrictEqual([own.reason, throughClientNode.reason], ["NotFound", "NotFound"])
       assert.deepStrictEqual(versions, ["1.1", "1.1"])
     }))
