@@ -148,22 +148,30 @@ interface KeyPair {
   readonly fingerprint: string
 }
 
+const certificateError = (message: string) => new ServiceProxyError({ reason: "Certificate", message })
+
+/** The files as they are now, not yet checked ({@link checkKeyPair}). */
 const readKeyPair = (certFile: string, keyFile: string) =>
   Effect.gen(function*() {
     const fs = yield* FileSystem.FileSystem
-    const fail = (why: string) => new ServiceProxyError({ reason: "Certificate", message: why })
     const cert = yield* fs.readFileString(certFile).pipe(
-      Effect.mapError((error) => fail(`cannot read the certificate ${certFile}: ${error.message}`))
+      Effect.mapError((error) => certificateError(`cannot read the certificate ${certFile}: ${error.message}`))
     )
     const key = yield* fs.readFileString(keyFile).pipe(
-      Effect.mapError((error) => fail(`cannot read the key ${keyFile}: ${error.message}`))
+      Effect.mapError((error) => certificateError(`cannot read the key ${keyFile}: ${error.message}`))
     )
-    yield* Effect.try({
-      try: () => Tls.createSecureContext({ cert, key }),
-      catch: (error) =>
-        fail(`the certificate ${certFile} and key ${keyFile} are not a usable pair: ${Answers.describe(error).split("\n")[0]}`)
-    })
     return { cert, key, fingerprint: Crypto.createHash("sha256").update(cert).update("\0").update(key).digest("hex") } satisfies KeyPair
+  })
+
+/**
+ * Fails unless the pair can serve TLS. Parsing the key costs milliseconds of the event loop
+ * (tens of them on a busy 2-core machine), so a reload checks only a pair that changed.
+ */
+const checkKeyPair = (pair: KeyPair, certFile: string, keyFile: string) =>
+  Effect.try({
+    try: () => void Tls.createSecureContext({ cert: pair.cert, key: pair.key }),
+    catch: (error) =>
+      certificateError(`the certificate ${certFile} and key ${keyFile} are not a usable pair: ${Answers.describe(error).split("\n")[0]}`)
   })
 
 const secureOptions = (pair: KeyPair) => ({ cert: pair.cert, key: pair.key, minVersion: "TLSv1.2" as const })
@@ -205,6 +213,7 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
   const serviceTrust: Forwarder.Trust = { key: "service", ca: serviceCa.length > 0 ? serviceCa : undefined, rejectUnauthorized: true }
 
   let keyPair = yield* readKeyPair(options.certFile, options.keyFile).pipe(Effect.provideService(FileSystem.FileSystem, fs))
+  yield* checkKeyPair(keyPair, options.certFile, options.keyFile)
 
   // Labelled metric handles, built once: the label sets are closed and small.
   const context = yield* Effect.context<never>()
@@ -379,22 +388,24 @@ export const make = Effect.fn("ServiceProxy.make")(function*(options: Options) {
   const server = served.server as Https.Server
   const address = served.address
 
+  /** Serve new connections with a checked pair. */
+  const use = (next: KeyPair) =>
+    Effect.try({
+      try: () => server.setSecureContext(secureOptions(next)),
+      catch: (error) => Answers.describe(error)
+    }).pipe(
+      Effect.andThen(Effect.sync(() => void (keyPair = next))),
+      Effect.andThen(Effect.logInfo("serving certificate reloaded", { cert: options.certFile })),
+      Effect.catch((error) => Effect.logWarning("cannot use the new serving certificate; keeping the current one", { error }))
+    )
   const reloadCertificate = readKeyPair(options.certFile, options.keyFile).pipe(
     Effect.provideService(FileSystem.FileSystem, fs),
-    Effect.matchEffect({
-      onFailure: (error) => Effect.logWarning("cannot reload the serving certificate; keeping the current one", { error: error.message }),
-      onSuccess: (next) => {
-        if (next.fingerprint === keyPair.fingerprint) return Effect.void
-        return Effect.try({
-          try: () => server.setSecureContext(secureOptions(next)),
-          catch: (error) => Answers.describe(error)
-        }).pipe(
-          Effect.andThen(Effect.sync(() => void (keyPair = next))),
-          Effect.andThen(Effect.logInfo("serving certificate reloaded", { cert: options.certFile })),
-          Effect.catch((error) => Effect.logWarning("cannot use the new serving certificate; keeping the current one", { error }))
-        )
-      }
-    }),
+    Effect.flatMap((next) =>
+      next.fingerprint === keyPair.fingerprint
+        ? Effect.void
+        : Effect.andThen(checkKeyPair(next, options.certFile, options.keyFile), use(next))
+    ),
+    Effect.catch((error) => Effect.logWarning("cannot reload the serving certificate; keeping the current one", { error: error.message })),
     Effect.annotateLogs({ component: "service-proxy" })
   )
 
