@@ -219,7 +219,11 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
   }))
 
   const serving = selfSigned(dir, "proxy", ["127.0.0.1", "localhost"])
-  const pausesFile = Path.join(dir, "tether-pauses.jsonl")
+  // Not beside the proxy's certificate and kubeconfig: a pod's Secret volumes are quiet, and
+  // files written ten times a second there woke its file watches (which now ignore them).
+  const pausesDir = Path.join(dir, "pauses")
+  Fs.mkdirSync(pausesDir, { recursive: true })
+  const pausesFile = Path.join(pausesDir, "tether-pauses.jsonl")
   const measured = deps.paths ?? defaultPaths
   const wanted = (path: Report.Path) => measured.includes(path.key)
   /** A tether service proxy started with `env` on top of the bench's own environment. */
@@ -247,13 +251,14 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
   // It records its pauses too (to a file nobody reads), so that the recorder's timer costs both
   // the same in the rows and paced runs that compare them.
   const sleeping = wanted(paths.tetherNoBusyPoll)
-    ? yield* startTether("tether service-proxy (no busy polling)", { ...deps.shippedEnv, BENCH_PAUSES: Path.join(dir, "no-busy-poll-pauses.jsonl") }, [
+    ? yield* startTether("tether service-proxy (no busy polling)", { ...deps.shippedEnv, BENCH_PAUSES: Path.join(pausesDir, "no-busy-poll-pauses.jsonl") }, [
       "--busy-poll=0s"
     ])
     : undefined
   const startFloor = Effect.fnUntraced(function*() {
     const port = yield* Children.freePort
     return yield* Children.server("Node floor proxy", process.execPath, [
+      ...deps.nodeFlags,
       Path.join(here, "NodeFloorProxy.ts"),
       `--listen-port=${port}`,
       `--cert=${serving.certFile}`,
