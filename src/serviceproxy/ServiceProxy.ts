@@ -164,8 +164,8 @@ const readKeyPair = (certFile: string, keyFile: string) =>
   })
 
 /**
- * Fails unless the pair can serve TLS. Parsing the key costs milliseconds of the event loop
- * (tens of them on a busy 2-core machine), so a reload checks only a pair that changed.
+ * Fails unless the pair can serve TLS. Building a TLS context from it costs about a
+ * millisecond of the event loop, so a reload checks only a pair that changed.
  */
 const checkKeyPair = (pair: KeyPair, certFile: string, keyFile: string) =>
   Effect.try({
