@@ -6,7 +6,7 @@ import * as Os from "node:os"
 import * as Path from "node:path"
 import * as FileWatch from "../../src/kube/FileWatch.ts"
 import { until } from "../support/eventually.ts"
-import { atomicWrite } from "../support/kubelet.ts"
+import { publish } from "../support/volume.ts"
 
 describe("FileWatch.concerns", () => {
   const watched = new Set(["tls.crt", "tls.key"])
@@ -63,8 +63,8 @@ describe("FileWatch.start", () => {
     Effect.gen(function*() {
       const folder = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tether-filewatch-"))
       const file = Path.join(folder, "tls.crt")
-      atomicWrite(folder, new Map([["tls.crt", Buffer.from("old")]]), 0o600)
-      const seen = yield* reloadsAround(folder, file, () => atomicWrite(folder, new Map([["tls.crt", Buffer.from("new")]]), 0o600))
+      publish(folder, { "tls.crt": "old" })
+      const seen = yield* reloadsAround(folder, file, () => publish(folder, { "tls.crt": "new" }))
       assert.deepStrictEqual(seen, ["new"])
       Fs.rmSync(folder, { recursive: true, force: true })
     }))

@@ -40,6 +40,7 @@ import { ManagedCredentials, type Source } from "../../src/serviceproxy/ManagedC
 import { ServiceProxy, ServiceProxyError } from "../../src/serviceproxy/ServiceProxy.ts"
 import { TokenReviewChain } from "../../src/serviceproxy/TokenReviewChain.ts"
 import { Apiserver } from "../../src/testing/index.ts"
+import { publish } from "../support/volume.ts"
 import { eventually, NotYet, until } from "../support/eventually.ts"
 import { send as sendTo, type SendOptions } from "../support/send.ts"
 import { noApiserver } from "../support/apiserver.ts"
@@ -52,25 +53,6 @@ const managedUser = "system:serviceaccount:team:reader"
 // ---------------------------------------------------------------------------------------------
 // files: certificates and kubelet-style Secret volumes
 // ---------------------------------------------------------------------------------------------
-
-/**
- * Write `files` into `dir` the way the kubelet updates a Secret volume: a new timestamped folder,
- * an atomic swap of the `..data` symlink, and stable `name -> ..data/name` links.
- */
-let volumeVersion = 0
-const publish = (dir: string, files: Readonly<Record<string, string>>) => {
-  Fs.mkdirSync(dir, { recursive: true })
-  const version = `..v${++volumeVersion}`
-  Fs.mkdirSync(Path.join(dir, version))
-  for (const [name, content] of Object.entries(files)) Fs.writeFileSync(Path.join(dir, version, name), content, { mode: 0o600 })
-  const previous = Fs.existsSync(Path.join(dir, "..data")) ? Fs.readlinkSync(Path.join(dir, "..data")) : undefined
-  Fs.symlinkSync(version, Path.join(dir, "..data_tmp"))
-  Fs.renameSync(Path.join(dir, "..data_tmp"), Path.join(dir, "..data"))
-  for (const name of Object.keys(files)) {
-    if (!Fs.existsSync(Path.join(dir, name))) Fs.symlinkSync(Path.join("..data", name), Path.join(dir, name))
-  }
-  if (previous !== undefined) Fs.rmSync(Path.join(dir, previous), { recursive: true, force: true })
-}
 
 /** A client-node configuration that authenticates with `token` only. */
 const tokenConnection = (info: Apiserver.ApiserverInfo, token: string) => Apiserver.connectionOf(Apiserver.kubeconfigForToken(info, token))

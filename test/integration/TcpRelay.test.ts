@@ -17,6 +17,7 @@ import { Probes } from "../../src/observability/Probes.ts"
 import { TargetWatcher } from "../../src/relay/TargetWatcher.ts"
 import { TcpRelay } from "../../src/relay/TcpRelay.ts"
 import { Apiserver } from "../../src/testing/index.ts"
+import { publish } from "../support/volume.ts"
 import { until } from "../support/eventually.ts"
 import { noApiserver } from "../support/apiserver.ts"
 import { kubectl, type Run } from "../support/local.ts"
@@ -65,16 +66,7 @@ describe.skipIf(noApiserver)("managed-apiserver relay (real apiservers)", () => 
     )
     dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tether-relay-it-"))
     const volume = Path.join(dir, "managed")
-    Fs.mkdirSync(volume)
-    let version = 0
-    writeManaged = (yaml) => {
-      version++
-      Fs.mkdirSync(Path.join(volume, `..v${version}`))
-      Fs.writeFileSync(Path.join(volume, `..v${version}`, "kubeconfig"), yaml)
-      Fs.symlinkSync(`..v${version}`, Path.join(volume, "..data_tmp"))
-      Fs.renameSync(Path.join(volume, "..data_tmp"), Path.join(volume, "..data"))
-      if (!Fs.existsSync(Path.join(volume, "kubeconfig"))) Fs.symlinkSync("..data/kubeconfig", Path.join(volume, "kubeconfig"))
-    }
+    writeManaged = (yaml) => publish(volume, { kubeconfig: yaml })
     writeManaged(first.kubeconfigYaml)
 
     const context = await Effect.runPromise(

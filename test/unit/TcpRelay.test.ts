@@ -19,6 +19,7 @@ import * as ManagedTarget from "../../src/relay/ManagedTarget.ts"
 import * as TcpRelay from "../../src/relay/TcpRelay.ts"
 import * as TcpRelayOptions from "../../src/relay/TcpRelayOptions.ts"
 import { fromRef, TargetWatcher } from "../../src/relay/TargetWatcher.ts"
+import { publish } from "../support/volume.ts"
 import { holds, type Options as Polling, until } from "../support/eventually.ts"
 
 // ---------------------------------------------------------------------------------------------
@@ -156,16 +157,7 @@ const kubeconfig = (server: string, token = "relay-test-token-abc123") =>
 const secretVolume = Effect.acquireRelease(
   Effect.sync(() => {
     const dir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "tether-relay-"))
-    let version = 0
-    const write = (content: string) => {
-      version++
-      const versioned = `..v${version}`
-      Fs.mkdirSync(Path.join(dir, versioned))
-      Fs.writeFileSync(Path.join(dir, versioned, "kubeconfig"), content)
-      Fs.symlinkSync(versioned, Path.join(dir, "..data_tmp"))
-      Fs.renameSync(Path.join(dir, "..data_tmp"), Path.join(dir, "..data"))
-      if (!Fs.existsSync(Path.join(dir, "kubeconfig"))) Fs.symlinkSync("..data/kubeconfig", Path.join(dir, "kubeconfig"))
-    }
+    const write = (content: string) => publish(dir, { kubeconfig: content })
     return { dir, path: Path.join(dir, "kubeconfig"), write }
   }),
   ({ dir }) => Effect.sync(() => Fs.rmSync(dir, { recursive: true, force: true }))
