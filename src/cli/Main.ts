@@ -11,6 +11,7 @@ import { NodeRuntime, NodeStdio, NodeTerminal } from "@effect/platform-node"
 import { Cause, Console, Effect, Exit, Layer, type Runtime } from "effect"
 import { CliError, Command } from "effect/cli"
 import * as NodePlatform from "../../layers/NodePlatform.ts"
+import * as WasmTiering from "../observability/WasmTiering.ts"
 
 const subcommands = {
   "managed-kubeconfig-provisioner": () => import("./commands/ManagedKubeconfigProvisioner.ts"),
@@ -41,6 +42,8 @@ export const main = async (argv: ReadonlyArray<string>): Promise<void> => {
   const requested = argv[0]
   const names: ReadonlyArray<Name> = isName(requested) ? [requested] : (Object.keys(subcommands) as Array<Name>)
   const commands = await Promise.all(names.map((name) => subcommands[name]().then((module) => module.command)))
+  // After the subcommand's chunks are loaded, so that their code cache still applies.
+  WasmTiering.keepOnBaseline()
   const tether = Command.make("tether").pipe(
     Command.withDescription("Hosted-mode credential and relay engine for Open Cluster Management add-ons"),
     Command.withSubcommands(commands as unknown as [typeof commands[number]])

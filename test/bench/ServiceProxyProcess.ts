@@ -25,6 +25,7 @@ import * as ListenAddress from "../../src/domain/ListenAddress.ts"
 import * as TokenReview from "../../src/domain/TokenReview.ts"
 import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
 import { ManagedCluster } from "../../src/kube/KubeClient.ts"
+import * as WasmTiering from "../../src/observability/WasmTiering.ts"
 import { ServiceResolver } from "../../src/relay/ServiceResolver.ts"
 import { ManagedCredentials } from "../../src/serviceproxy/ManagedCredentials.ts"
 import { ServiceProxy } from "../../src/serviceproxy/ServiceProxy.ts"
@@ -85,4 +86,6 @@ const proxy = ServiceProxyLayers.layerNoDeps({
 
 const announce = Layer.effectDiscard(Effect.flatMap(ServiceProxy, (bound) => Console.log(`listening ${bound.address.port}`)))
 
+// As `tether` does once its modules are loaded.
+WasmTiering.keepOnBaseline()
 NodeRuntime.runMain(Layer.launch(announce.pipe(Layer.provide(proxy))))

@@ -22,6 +22,7 @@ import * as GoDuration from "../../src/domain/GoDuration.ts"
 import * as ListenAddress from "../../src/domain/ListenAddress.ts"
 import * as ClientNodeKube from "../../src/kube/ClientNodeKube.ts"
 import { ManagedCluster } from "../../src/kube/KubeClient.ts"
+import * as WasmTiering from "../../src/observability/WasmTiering.ts"
 import { ServiceRelay } from "../../src/relay/ServiceRelay.ts"
 import { ServiceResolver } from "../../src/relay/ServiceResolver.ts"
 
@@ -70,4 +71,6 @@ const relay = ServiceRelayLayers.layerReadiness.pipe(
 
 const announce = Layer.effectDiscard(Effect.flatMap(ServiceRelay, (bound) => Console.log(`listening ${bound.address.port}`)))
 
+// As `tether` does once its modules are loaded.
+WasmTiering.keepOnBaseline()
 NodeRuntime.runMain(Layer.launch(announce.pipe(Layer.provide(relay))))
