@@ -15,6 +15,7 @@
 import * as DiagnosticsChannel from "node:diagnostics_channel"
 import * as Fs from "node:fs"
 import { constants, monitorEventLoopDelay, PerformanceObserver } from "node:perf_hooks"
+import * as HeapTrim from "../../src/observability/HeapTrim.ts"
 
 /** One window of the recording. */
 export interface Window {
@@ -35,6 +36,10 @@ export interface Window {
   readonly cpuMs: number
   /** Connections accepted by the process's servers. */
   readonly accepted: number
+  /** Upstream connections its undici pools opened. */
+  readonly connected?: number
+  /** The young generation's size at the end of the window, bytes (V8 grows and shrinks it). */
+  readonly youngBytes: number
 }
 
 const windowMs = 100
@@ -61,7 +66,9 @@ export const record = (file: string): void => {
     }
   }).observe({ entryTypes: ["gc"] })
   let accepted = 0
+  let connected = 0
   DiagnosticsChannel.subscribe("net.server.socket", () => void accepted++)
+  DiagnosticsChannel.subscribe("undici:client:connected", () => void connected++)
   // 10 ms, not 1: a 1 ms timer woke the proxy 1,000 times a second, which cost it 7-23 µs of
   // CPU per request at one connection (three hand-run rounds with and without it); the stalls
   // worth finding are longer.
@@ -80,11 +87,13 @@ export const record = (file: string): void => {
       loopP99Ms: loop.percentile(99) / 1e6,
       loopMaxMs: loop.max / 1e6,
       cpuMs: (cpuNow.user - cpu.user + cpuNow.system - cpu.system) / 1000,
-      accepted
+      accepted,
+      connected,
+      youngBytes: HeapTrim.youngBytes()
     }
     Fs.writeSync(out, JSON.stringify(window) + "\n")
     cpu = cpuNow
-    minor = minorMs = major = majorMs = longest = accepted = 0
+    minor = minorMs = major = majorMs = longest = accepted = connected = 0
     loop.reset()
   }
   setInterval(flush, windowMs).unref()
@@ -102,6 +111,11 @@ export interface Summary {
   readonly loopMaxMs: number
   /** The window with the longest delay: the process's CPU time in it and the connections it accepted. */
   readonly worst: { readonly cpuMs: number; readonly accepted: number }
+  /** The young generation's mean size over the windows, MiB. */
+  readonly youngMiB: number
+  /** Connections accepted from clients and opened upstream, in all. */
+  readonly accepted: number
+  readonly connected: number
 }
 
 /** Sum the recording in `file` over the runs `[from, to]` (`Date.now()` times); undefined without windows. */
@@ -120,6 +134,9 @@ export const summarize = (file: string, runs: ReadonlyArray<readonly [number, nu
     majors: sum((w) => w.major),
     longestGcMs: Math.max(...windows.map((w) => w.longestGcMs)),
     loopP99Ms: Math.max(...windows.map((w) => w.loopP99Ms)),
-    loopMaxMs: Math.max(...windows.map((w) => w.loopMaxMs))
+    loopMaxMs: Math.max(...windows.map((w) => w.loopMaxMs)),
+    youngMiB: sum((w) => w.youngBytes) / windows.length / 1048576,
+    accepted: sum((w) => w.accepted),
+    connected: sum((w) => w.connected ?? 0)
   }
 }

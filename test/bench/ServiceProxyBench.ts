@@ -61,6 +61,8 @@ export interface Deps {
   readonly shippedEnv: Readonly<Record<string, string>>
   /** Path keys to measure (default: all but the diagnostic one). */
   readonly paths: ReadonlyArray<string> | undefined
+  /** The requests to measure ({@link scenarios}, or some of them). */
+  readonly scenarios: ReadonlyArray<Scenario>
   readonly bodyBytes: number
   readonly say: (line: string) => Effect.Effect<void>
   readonly wrk: (
@@ -296,7 +298,7 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
 
   // Every path answers both requests with the backend's body; both proxies refuse an
   // unauthenticated kube-apiserver request, so their figures are with authentication on.
-  for (const scenario of scenarios) {
+  for (const scenario of deps.scenarios) {
     for (const endpoint of endpoints) {
       const answer = yield* probe(endpoint.port, { ...routing(scenario.key), authorization: `Bearer ${callerToken}` })
       if (answer.status !== 200 || answer.bytes !== deps.bodyBytes) {
@@ -324,7 +326,7 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
   // requests), so its first measurements ran interpreted at several times the CPU per request,
   // which slowed it further. Every path gets the same warm-up, bounded in time.
   yield* say(`service proxy: warming up every path (at least ${warmupRequests} requests each, at most ${warmupBound} s)`)
-  for (const scenario of scenarios) {
+  for (const scenario of deps.scenarios) {
     for (const endpoint of endpoints) {
       const started = Date.now()
       let served = 0
@@ -342,7 +344,7 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
   // and a ratio of runs made minutes apart measured the drift as much as the proxies.
   const inTurn = <A>(round: number, items: ReadonlyArray<A>): ReadonlyArray<A> => (round % 2 === 1 ? items : [...items].reverse())
   for (let round = 1; round <= deps.rounds; round++) {
-    for (const scenario of scenarios) {
+    for (const scenario of deps.scenarios) {
       for (const conns of deps.conns) {
         for (const endpoint of inTurn(round, endpoints)) {
           const started = Date.now()
@@ -350,9 +352,17 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
             endpoint,
             deps.wrk(endpoint.port, conns, deps.wrkSeconds, env(scenario), "https")
           )
+          // tether's collections in this run, so that an outlying round can be told apart.
+          let inside = ""
           if (endpoint.path === paths.tether) {
+            const run = [started, Date.now()] as const
             const key = `${scenario.key}/${conns}`
-            tetherRuns.set(key, [...(tetherRuns.get(key) ?? []), [started, Date.now()] as const])
+            tetherRuns.set(key, [...(tetherRuns.get(key) ?? []), run])
+            const pauses = Pauses.summarize(pausesFile, [run])
+            if (pauses !== undefined) {
+              inside = `; ${pauses.minorPerSecond.toFixed(0)} young GCs/s, ${pauses.majors} full, ${(pauses.gcShare * 100).toFixed(1)}% in GC, young generation ${pauses.youngMiB.toFixed(1)} MiB, ` +
+                `${pauses.accepted} connections accepted, ${pauses.connected} opened upstream`
+            }
           }
           const cpuUs = (cpuSeconds * 1e6) / Math.max(1, result.requests)
           const key = `${scenario.key}/${endpoint.path.key}/${conns}`
@@ -361,7 +371,7 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
           yield* say(
             `  round ${round} ${scenario.key} ${endpoint.path.label} c=${conns}: ` +
               `${(result.requests / (result.durationUs / 1e6)).toFixed(0)} req/s` +
-              `${Number.isFinite(cpuUs) ? `, proxy CPU ${cpuUs.toFixed(0)} µs/req` : ""}${errors > 0 ? `, ${errors} errors` : ""}`
+              `${Number.isFinite(cpuUs) ? `, proxy CPU ${cpuUs.toFixed(0)} µs/req` : ""}${inside}${errors > 0 ? `, ${errors} errors` : ""}`
           )
         }
       }
@@ -369,7 +379,10 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
   }
   // What the proxies cost at paced rates on one connection (the kube-apiserver request): where
   // busy polling spends CPU that the wrk runs, never idle, do not show.
-  const pacedPaths = endpoints.filter((endpoint) => endpoint.path === paths.tether || endpoint.path === paths.tetherNoBusyPoll || endpoint.path === paths.go)
+  // (Only when that request is measured at all.)
+  const pacedPaths = deps.scenarios.some((scenario) => scenario.key === "apiserver")
+    ? endpoints.filter((endpoint) => endpoint.path === paths.tether || endpoint.path === paths.tetherNoBusyPoll || endpoint.path === paths.go)
+    : []
   const pacedRuns = new Map<string, Array<{ readonly perSecond: number; readonly cpuMsPerSecond: number }>>()
   const headers = { ...routing("apiserver"), authorization: `Bearer ${callerToken}` }
   for (let round = 1; round <= deps.rounds; round++) {
@@ -394,7 +407,7 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
       }
     })
   )
-  const pauses = new Map(scenarios.map((scenario) => [
+  const pauses = new Map(deps.scenarios.map((scenario) => [
     scenario.key,
     deps.conns.flatMap((conns) => {
       const summary = Pauses.summarize(pausesFile, tetherRuns.get(`${scenario.key}/${conns}`) ?? [])
@@ -406,13 +419,14 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
 
 /** Pool the runs of each path and connection count into report rows. */
 export const rows = (
+  measured: ReadonlyArray<Scenario>,
   results: ReadonlyMap<string, ReadonlyArray<WrkRun & { readonly cpuUs: number }>>,
   endpoints: ReadonlyArray<Endpoint>,
   conns: ReadonlyArray<number>,
   summarize: (runs: ReadonlyArray<WrkRun & { readonly cpuUs: number }>) => Omit<Report.HttpResult, "path" | "conns">,
   pauses: ReadonlyMap<Scenario["key"], Rows["pauses"]>
 ): ReadonlyArray<Rows> =>
-  scenarios.map((scenario) => ({
+  measured.map((scenario) => ({
     scenario,
     pauses: pauses.get(scenario.key) ?? [],
     rows: endpoints.flatMap((endpoint) =>

@@ -32,7 +32,8 @@
  * relay's, default 10s as in production), `--paths=direct,tether,...` (measure only these paths; keys:
  * direct, tether, hosted-agent, hosted-agent-semi1, socat, haproxy, nginx, go-prototype, go-tuned, node; the service
  * proxy's also tether-no-runtime-env, tether-no-busy-poll and node-floor), `--conns=1,32` (HTTP: measure only
- * these of the concurrencies 1, 32 and 128).
+ * these of the concurrencies 1, 32 and 128), `--requests=apiserver,relay` (the service proxy: measure only these
+ * requests).
  *
  * @since 0.1.0
  */
@@ -66,9 +67,9 @@ const option = (name: string): string | undefined => {
 }
 const known = new Set(["--quick"])
 for (const arg of argv) {
-  if (!known.has(arg) && !/^--(only|rounds|out|profile|token-review-cache-ttl|paths|conns|footprint-idle)=/.test(arg)) {
+  if (!known.has(arg) && !/^--(only|rounds|out|profile|token-review-cache-ttl|paths|conns|requests|footprint-idle)=/.test(arg)) {
     process.stderr.write(
-      `unknown option ${arg}; options: --quick --only=tcp|http|service-proxy|footprint --rounds=N --out=<file> --profile=<dir> --token-review-cache-ttl=<duration> --paths=<key,...> --conns=<n,...> --footprint-idle=<seconds>\n`
+      `unknown option ${arg}; options: --quick --only=tcp|http|service-proxy|footprint --rounds=N --out=<file> --profile=<dir> --token-review-cache-ttl=<duration> --paths=<key,...> --conns=<n,...> --requests=apiserver,relay --footprint-idle=<seconds>\n`
     )
     process.exit(2)
   }
@@ -93,7 +94,7 @@ const onlyPaths = option("paths")?.split(",")
 const selected = <A extends { readonly path: Report.Path }>(endpoints: ReadonlyArray<A>): ReadonlyArray<A> =>
   onlyPaths === undefined ? endpoints : endpoints.filter((endpoint) => onlyPaths.includes(endpoint.path.key))
 const resultsPath = option("out") ??
-  (quick || profileDir !== undefined || option("token-review-cache-ttl") !== undefined || onlyPaths !== undefined ? undefined : Path.join(here, "RESULTS.md"))
+  (quick || profileDir !== undefined || option("token-review-cache-ttl") !== undefined || onlyPaths !== undefined || option("requests") !== undefined ? undefined : Path.join(here, "RESULTS.md"))
 /** Node flags for tether's own processes. */
 const nodeFlags = profileDir === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${Path.resolve(profileDir)}`]
 
@@ -109,6 +110,7 @@ const roundTripCount = (conns: number) => (conns === 1 ? 200_000 : 600_000)
 const roundTripConns = [1, 16, 256] as const
 const httpConns = [1, 32, 128].filter((conns) => option("conns")?.split(",").includes(String(conns)) ?? true)
 const bodyBytes = 1024
+const serviceProxyRequests = ServiceProxyBench.scenarios.filter((scenario) => option("requests")?.split(",").includes(scenario.key) ?? true)
 
 const say = (line: string) => Effect.sync(() => process.stderr.write(`${line}\n`))
 
@@ -619,12 +621,13 @@ const serviceProxyBench = (work: string, tools: string) =>
       nodeFlags,
       shippedEnv: Footprint.shippedEnv(repo),
       paths: onlyPaths,
+      scenarios: serviceProxyRequests,
       bodyBytes,
       say,
       wrk: (port, conns, duration, env, scheme) => wrk(port, conns, duration, env, scheme),
       measure
     })
-    return { rows: ServiceProxyBench.rows(results, endpoints, httpConns, summarize, pauses), paced }
+    return { rows: ServiceProxyBench.rows(serviceProxyRequests, results, endpoints, httpConns, summarize, pauses), paced }
   })
 
 const httpBench = Effect.fn("bench.http")(function*(work: string, tools: string) {
