@@ -15,6 +15,7 @@
 import * as DiagnosticsChannel from "node:diagnostics_channel"
 import * as Fs from "node:fs"
 import { constants, monitorEventLoopDelay, PerformanceObserver } from "node:perf_hooks"
+import * as V8 from "node:v8"
 import * as HeapTrim from "../../src/observability/HeapTrim.ts"
 
 /** One window of the recording. */
@@ -37,12 +38,16 @@ export interface Window {
   /** Connections accepted by the process's servers. */
   readonly accepted: number
   /** Upstream connections its undici pools opened. */
-  readonly connected?: number
+  readonly connected: number
   /** The young generation's size at the end of the window, bytes (V8 grows and shrinks it). */
   readonly youngBytes: number
+  /** The old generation's used bytes at the end of the window: what grows here was promoted. */
+  readonly oldBytes: number
 }
 
 const windowMs = 100
+
+const oldBytes = (): number => V8.getHeapSpaceStatistics().find((space) => space.space_name === "old_space")?.space_used_size ?? 0
 
 /** Record to `file` until the process ends. */
 export const record = (file: string): void => {
@@ -89,7 +94,8 @@ export const record = (file: string): void => {
       cpuMs: (cpuNow.user - cpu.user + cpuNow.system - cpu.system) / 1000,
       accepted,
       connected,
-      youngBytes: HeapTrim.youngBytes()
+      youngBytes: HeapTrim.youngBytes(),
+      oldBytes: oldBytes()
     }
     Fs.writeSync(out, JSON.stringify(window) + "\n")
     cpu = cpuNow
@@ -116,6 +122,8 @@ export interface Summary {
   /** Connections accepted from clients and opened upstream, in all. */
   readonly accepted: number
   readonly connected: number
+  /** How much the old generation grew, window to window (what was promoted into it), bytes. */
+  readonly promotedBytes: number
 }
 
 /** Sum the recording in `file` over the runs `[from, to]` (`Date.now()` times); undefined without windows. */
@@ -137,6 +145,8 @@ export const summarize = (file: string, runs: ReadonlyArray<readonly [number, nu
     loopMaxMs: Math.max(...windows.map((w) => w.loopMaxMs)),
     youngMiB: sum((w) => w.youngBytes) / windows.length / 1048576,
     accepted: sum((w) => w.accepted),
-    connected: sum((w) => w.connected ?? 0)
+    connected: sum((w) => w.connected),
+    // A window with a full collection shows a drop, and what grew before it in that window is missed.
+    promotedBytes: windows.reduce((total, window, i) => i === 0 ? total : total + Math.max(0, window.oldBytes - windows[i - 1]!.oldBytes), 0)
   }
 }

@@ -361,7 +361,8 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
             const pauses = Pauses.summarize(pausesFile, [run])
             if (pauses !== undefined) {
               inside = `; ${pauses.minorPerSecond.toFixed(0)} young GCs/s, ${pauses.majors} full, ${(pauses.gcShare * 100).toFixed(1)}% in GC, young generation ${pauses.youngMiB.toFixed(1)} MiB, ` +
-                `${pauses.accepted} connections accepted, ${pauses.connected} opened upstream`
+                `${pauses.accepted} connections accepted, ${pauses.connected} opened upstream, ` +
+                `${(pauses.promotedBytes / Math.max(1, result.requests)).toFixed(0)} B/request promoted`
             }
           }
           const cpuUs = (cpuSeconds * 1e6) / Math.max(1, result.requests)
