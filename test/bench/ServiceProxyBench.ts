@@ -378,9 +378,8 @@ export const run = Effect.fn("bench.serviceProxy")(function*(deps: Deps) {
       }
     }
   }
-  // What the proxies cost at paced rates on one connection (the kube-apiserver request): where
-  // busy polling spends CPU that the wrk runs, never idle, do not show.
-  // (Only when that request is measured at all.)
+  // What the proxies cost at paced rates on one connection (the kube-apiserver request, so only
+  // when it is measured): where busy polling spends CPU that the wrk runs, never idle, do not show.
   const pacedPaths = deps.scenarios.some((scenario) => scenario.key === "apiserver")
     ? endpoints.filter((endpoint) => endpoint.path === paths.tether || endpoint.path === paths.tetherNoBusyPoll || endpoint.path === paths.go)
     : []

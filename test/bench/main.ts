@@ -90,11 +90,18 @@ const repo = Path.resolve(here, "../..")
 const profileDir = option("profile")
 const cacheTtl = option("token-review-cache-ttl") ?? "10s"
 const onlyPaths = option("paths")?.split(",")
+const requestKeys = option("requests")?.split(",")
+const unknownRequest = requestKeys?.find((key) => !ServiceProxyBench.scenarios.some((scenario) => scenario.key === key))
+if (unknownRequest !== undefined) {
+  process.stderr.write(`--requests takes apiserver and relay, not ${unknownRequest}\n`)
+  process.exit(2)
+}
+const serviceProxyRequests = ServiceProxyBench.scenarios.filter((scenario) => requestKeys?.includes(scenario.key) ?? true)
 /** The endpoints the options ask for. */
 const selected = <A extends { readonly path: Report.Path }>(endpoints: ReadonlyArray<A>): ReadonlyArray<A> =>
   onlyPaths === undefined ? endpoints : endpoints.filter((endpoint) => onlyPaths.includes(endpoint.path.key))
 const resultsPath = option("out") ??
-  (quick || profileDir !== undefined || option("token-review-cache-ttl") !== undefined || onlyPaths !== undefined || option("requests") !== undefined ? undefined : Path.join(here, "RESULTS.md"))
+  (quick || profileDir !== undefined || option("token-review-cache-ttl") !== undefined || onlyPaths !== undefined || requestKeys !== undefined ? undefined : Path.join(here, "RESULTS.md"))
 /** Node flags for tether's own processes. */
 const nodeFlags = profileDir === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${Path.resolve(profileDir)}`]
 
@@ -110,7 +117,6 @@ const roundTripCount = (conns: number) => (conns === 1 ? 200_000 : 600_000)
 const roundTripConns = [1, 16, 256] as const
 const httpConns = [1, 32, 128].filter((conns) => option("conns")?.split(",").includes(String(conns)) ?? true)
 const bodyBytes = 1024
-const serviceProxyRequests = ServiceProxyBench.scenarios.filter((scenario) => option("requests")?.split(",").includes(scenario.key) ?? true)
 
 const say = (line: string) => Effect.sync(() => process.stderr.write(`${line}\n`))
 
